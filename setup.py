@@ -1,0 +1,34 @@
+"""Installs tf-segunravel: DeepLab-LargeFOV, template-similarity loss, segmentation unravel."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="tf-segunravel",
+    version="0.1.0",
+    description=(
+        "DeepLab-LargeFOV in Keras 3 with the per-pixel template-similarity loss and "
+        "segmentation fixations (Seg-Unravel)."
+    ),
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["tf_segunravel", "tf_segunravel.*"]),
+    install_requires=[
+        "tensorflow>=2.16",
+        "keras>=3.0",
+        "tensorflow-datasets>=4.9",
+        "numpy",
+        "pillow",
+        "absl-py",
+        "matplotlib",
+        "h5py",
+        "protobuf",
+    ],
+    extras_require={
+        "test": ["pytest>=7", "ruff>=0.4", "scipy"],
+    },
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)

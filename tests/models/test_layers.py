@@ -1,0 +1,94 @@
+"""CaffePreprocess and CaffePooling2D against Caffe's arithmetic."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from caffe_reference import pool as caffe_pool
+
+from tf_segunravel.models.layers import CaffePooling2D, CaffePreprocess, caffe_pool_output_size
+
+
+def test_preprocess_is_bgr_minus_mean():
+    rgb = np.array([[[[10.0, 20.0, 30.0]]]], np.float32)
+    out = CaffePreprocess()(rgb).numpy()
+    np.testing.assert_allclose(out[0, 0, 0], [30 - 104.008, 20 - 116.669, 10 - 122.675], rtol=1e-6)
+
+
+def test_preprocess_accepts_uint8_and_round_trips_config():
+    layer = CaffePreprocess(mean_bgr=(1.0, 2.0, 3.0), name="pre")
+    clone = CaffePreprocess.from_config(layer.get_config())
+    image = np.full((1, 2, 2, 3), 7, np.uint8)
+    np.testing.assert_allclose(clone(image).numpy(), layer(image).numpy())
+    np.testing.assert_allclose(clone(image).numpy()[0, 0, 0], [6.0, 5.0, 4.0])
+
+
+@pytest.mark.parametrize(
+    "size, kernel, stride, pad, expected",
+    [
+        (321, 3, 2, 1, 161),
+        (320, 3, 2, 1, 161),
+        (161, 3, 2, 1, 81),
+        (41, 3, 1, 1, 41),
+        (2, 3, 2, 1, 2),
+        (1, 3, 2, 1, 1),
+        (7, 2, 2, 0, 4),
+        (6, 2, 2, 0, 3),
+    ],
+)
+def test_output_size_matches_caffe(size, kernel, stride, pad, expected):
+    assert caffe_pool_output_size(size, kernel, stride, pad) == expected
+    dynamic = caffe_pool_output_size(tf.constant(size), kernel, stride, pad)
+    assert int(dynamic) == expected
+
+
+@pytest.mark.parametrize("mode", ["max", "avg"])
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("size", [(7, 7), (8, 6), (1, 2), (12, 9)])
+def test_pooling_matches_caffe_loops(mode, stride, size):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, *size, 3)).astype(np.float32)
+    layer = CaffePooling2D(mode, 3, stride, 1)
+    got = layer(x).numpy()
+    for n in range(2):
+        want = caffe_pool(x[n].transpose(2, 0, 1).astype(np.float64), mode, 3, stride, 1)
+        np.testing.assert_allclose(got[n], want.transpose(1, 2, 0), rtol=1e-5, atol=1e-6)
+
+
+def test_pool5a_border_divides_by_nine():
+    """Hand computation: 3x3 ones, avg 3x3 stride 1 pad 1. Corners see 4 ones, edges 6."""
+    x = np.ones((1, 3, 3, 1), np.float32)
+    got = CaffePooling2D("avg", 3, 1, 1)(x).numpy()[0, :, :, 0]
+    want = np.array([[4, 6, 4], [6, 9, 6], [4, 6, 4]]) / 9.0
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_max_pool_never_picks_padding():
+    x = -np.ones((1, 3, 3, 1), np.float32) * np.arange(1, 10, dtype=np.float32).reshape(1, 3, 3, 1)
+    got = CaffePooling2D("max", 3, 2, 1)(x).numpy()[0, :, :, 0]
+    # Windows cover rows/cols {0,1} and {1,2}: the max is the top-left in-image value.
+    np.testing.assert_allclose(got, [[-1, -2], [-4, -5]])
+
+
+def test_pooling_dynamic_shapes_inside_tf_function():
+    layer = CaffePooling2D("avg", 3, 2, 1)
+    fn = tf.function(layer.call, input_signature=[tf.TensorSpec([None, None, None, 2])])
+    for size in [(5, 8), (9, 4)]:
+        x = np.random.default_rng(1).normal(size=(1, *size, 2)).astype(np.float32)
+        np.testing.assert_allclose(fn(x).numpy(), layer(x).numpy(), rtol=1e-6)
+
+
+def test_pooling_static_shape_and_config():
+    layer = CaffePooling2D("max", 3, 2, 1, name="p")
+    assert layer.compute_output_shape((None, 320, None, 4)) == (None, 161, None, 4)
+    symbolic = layer(keras.Input((320, 321, 4)))
+    assert tuple(symbolic.shape) == (None, 161, 161, 4)
+    clone = CaffePooling2D.from_config(layer.get_config())
+    assert (clone.mode, clone.pool_size, clone.strides, clone.padding) == ("max", 3, 2, 1)
+
+
+def test_pooling_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="mode"):
+        CaffePooling2D("median")
+    with pytest.raises(ValueError, match="padding"):
+        CaffePooling2D("max", 3, 1, 3)

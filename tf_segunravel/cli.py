@@ -1,0 +1,35 @@
+"""What every absl binary in `tools/` shares: quiet TensorFlow logs and one-line input errors."""
+
+import os
+import sys
+
+# Set before TensorFlow is imported anywhere, so its C++ start-up chatter stays out of the
+# one-line errors and progress output users read.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app
+
+from tf_segunravel.errors import InputError
+
+
+def run(main):
+    """`absl.app.run(main)`, turning an `InputError` into `<tool>: error: <message>`, exit 1."""
+
+    def guarded(argv):
+        try:
+            return main(argv)
+        except InputError as e:
+            tool = os.path.splitext(os.path.basename(sys.argv[0]))[0]
+            print(f"{tool}: error: {e}", file=sys.stderr)
+            sys.exit(1)
+
+    app.run(guarded)
+
+
+def atomic_output_path(path):
+    """A temporary sibling of `path` with the same suffixes; `os.replace` it into place.
+
+    Writers save to this path, then move it, so a crash never leaves a half-written `path`.
+    """
+    directory, name = os.path.split(os.path.abspath(path))
+    return os.path.join(directory, f".tmp-{os.getpid()}-{name}")

@@ -1,0 +1,120 @@
+"""Layers that reproduce Caffe's behaviour where Keras' built-ins differ.
+
+Both layers are registered Keras serialisables, so a model that contains them saves and loads
+as `.keras` without `custom_objects`.
+"""
+
+import keras
+import tensorflow as tf
+
+# The ImageNet mean that the Caffe VGG-16 and DeepLab weights were trained with, in BGR order.
+CAFFE_MEAN_BGR = (104.008, 116.669, 122.675)
+
+
+@keras.saving.register_keras_serializable(package="tf_segunravel")
+class CaffePreprocess(keras.layers.Layer):
+    """RGB pixels in 0..255 -> BGR minus the ImageNet mean, the input Caffe's VGG-16 expects.
+
+    Living inside the model means training, unravel and the exported SavedModel all feed plain
+    RGB pixels; nobody has to remember the colour order or the mean.
+    """
+
+    def __init__(self, mean_bgr=CAFFE_MEAN_BGR, **kwargs):
+        super().__init__(**kwargs)
+        self.mean_bgr = tuple(float(m) for m in mean_bgr)
+        if len(self.mean_bgr) != 3:
+            raise ValueError(f"mean_bgr must have 3 values, got {len(self.mean_bgr)}")
+
+    def call(self, images):
+        images = tf.cast(images, self.compute_dtype)
+        bgr = tf.reverse(images, axis=[-1])
+        return bgr - tf.constant(self.mean_bgr, dtype=self.compute_dtype)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "mean_bgr": list(self.mean_bgr)}
+
+
+def caffe_pool_output_size(size, pool_size, stride, pad):
+    """Caffe's pooled size: ceil mode, minus a last window that would start in the padding.
+
+    Works on Python ints and on scalar tensors (dynamic image sizes).
+    """
+    if isinstance(size, int):
+        out = -(-(size + 2 * pad - pool_size) // stride) + 1
+        if (out - 1) * stride >= size + pad:
+            out -= 1
+        return out
+    out = (size + 2 * pad - pool_size + stride - 1) // stride + 1
+    return out - tf.cast((out - 1) * stride >= size + pad, out.dtype)
+
+
+@keras.saving.register_keras_serializable(package="tf_segunravel")
+class CaffePooling2D(keras.layers.Layer):
+    """Max or average pooling with Caffe's output size and border rules.
+
+    Keras' pooling layers cannot express Caffe's: explicit symmetric padding with ceil-mode
+    output size (an even 320-pixel input pools to 161 in Caffe, 160 in Keras 'same'), max
+    pooling that never picks a padded tap, and average pooling whose divisor counts the padding
+    (`pool_size` x `pool_size` at the border too) but not the extra ceil-mode overhang. The
+    pretrained DeepLab weights were trained with exactly this arithmetic.
+    """
+
+    def __init__(self, mode="max", pool_size=3, strides=1, padding=1, **kwargs):
+        super().__init__(**kwargs)
+        if mode not in ("max", "avg"):
+            raise ValueError(f"mode must be 'max' or 'avg', got {mode!r}")
+        if not 0 <= padding < pool_size:
+            raise ValueError(f"padding must be in [0, pool_size), got {padding}")
+        self.mode = mode
+        self.pool_size = int(pool_size)
+        self.strides = int(strides)
+        self.padding = int(padding)
+
+    def output_size(self, size):
+        """Pooled length of a spatial axis of length `size` (int or scalar tensor)."""
+        return caffe_pool_output_size(size, self.pool_size, self.strides, self.padding)
+
+    def _spatial_sizes(self, inputs):
+        static = inputs.shape[1:3]
+        dynamic = tf.shape(inputs)[1:3]
+        return [static[i] if static[i] is not None else dynamic[i] for i in range(2)]
+
+    def _divisor(self, size, out):
+        """Per output index along one axis: window length clipped to [-pad, size + pad)."""
+        start = tf.range(out) * self.strides - self.padding
+        end = tf.minimum(start + self.pool_size, size + self.padding)
+        return end - start
+
+    def call(self, inputs):
+        k, s, p = self.pool_size, self.strides, self.padding
+        height, width = self._spatial_sizes(inputs)
+        out_h, out_w = self.output_size(height), self.output_size(width)
+        extra_h = (out_h - 1) * s + k - height - p
+        extra_w = (out_w - 1) * s + k - width - p
+        paddings = [[0, 0], [p, extra_h], [p, extra_w], [0, 0]]
+        if self.mode == "max":
+            lowest = inputs.dtype.min
+            padded = tf.pad(inputs, paddings, constant_values=lowest)
+            return tf.nn.max_pool2d(padded, k, s, "VALID")
+        padded = tf.pad(inputs, paddings)
+        window_sum = tf.nn.avg_pool2d(padded, k, s, "VALID") * float(k * k)
+        divisor = self._divisor(height, out_h)[:, None] * self._divisor(width, out_w)[None, :]
+        return window_sum / tf.cast(divisor, inputs.dtype)[None, :, :, None]
+
+    def compute_output_shape(self, input_shape):
+        batch, height, width, channels = input_shape
+        height = None if height is None else self.output_size(height)
+        width = None if width is None else self.output_size(width)
+        return (batch, height, width, channels)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "mode": self.mode,
+            "pool_size": self.pool_size,
+            "strides": self.strides,
+            "padding": self.padding,
+        }
