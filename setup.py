@@ -23,9 +23,12 @@ setup(
         "matplotlib",
         "h5py",
         "protobuf",
+        # tensorflow-datasets 4.9 imports it to prepare datasets but does not declare it.
+        "importlib_resources",
+        "scipy",
     ],
     extras_require={
-        "test": ["pytest>=7", "ruff>=0.4", "scipy"],
+        "test": ["pytest>=7", "ruff>=0.4"],
     },
     classifiers=[
         "Programming Language :: Python :: 3",
