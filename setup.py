@@ -23,6 +23,8 @@ setup(
         "matplotlib",
         "h5py",
         "protobuf",
+        # TensorFlow 2.21 no longer pulls it in; the training logs need it.
+        "tensorboard",
         # tensorflow-datasets 4.9 imports it to prepare datasets but does not declare it.
         "importlib_resources",
         "scipy",

@@ -18,3 +18,15 @@ import pytest  # noqa: E402
 def _seed():
     keras.utils.set_random_seed(1234)
     yield
+
+
+@pytest.fixture(scope="session")
+def shapes_data_dir(tmp_path_factory):
+    """A TFDS data dir with segunravel_shapes prepared once for the whole session."""
+    import tensorflow_datasets as tfds
+
+    import tf_segunravel.data  # noqa: F401  (registers the builders)
+
+    data_dir = str(tmp_path_factory.mktemp("tfds"))
+    tfds.builder("segunravel_shapes", data_dir=data_dir).download_and_prepare()
+    return data_dir

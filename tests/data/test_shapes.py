@@ -1,7 +1,6 @@
 """segunravel_shapes: builds offline, and its labels carry exactly the evidence we designed."""
 
 import numpy as np
-import pytest
 import tensorflow_datasets as tfds
 
 from tf_segunravel.data import shapes
@@ -10,29 +9,20 @@ from tf_segunravel.data.labels import IGNORE_LABEL
 BOAT, CAR = shapes.CLASS_NAMES.index("boat"), shapes.CLASS_NAMES.index("car")
 
 
-@pytest.fixture(scope="module")
-def shapes_dir(tmp_path_factory):
-    data_dir = str(tmp_path_factory.mktemp("tfds"))
-    import tf_segunravel.data  # noqa: F401
-
-    tfds.builder("segunravel_shapes", data_dir=data_dir).download_and_prepare()
-    return data_dir
-
-
-def test_loads_with_the_documented_splits_and_metadata(shapes_dir):
-    builder = tfds.builder("segunravel_shapes", data_dir=shapes_dir)
+def test_loads_with_the_documented_splits_and_metadata(shapes_data_dir):
+    builder = tfds.builder("segunravel_shapes", data_dir=shapes_data_dir)
     assert builder.info.splits["train"].num_examples == 2000
     assert builder.info.splits["val"].num_examples == 500
     meta = builder.info.metadata
     assert meta["class_names"] == list(shapes.CLASS_NAMES)
     assert dict(zip(meta["class_names"], meta["class_kinds"], strict=True))["car"] == "contextual"
-    example = next(iter(tfds.load("segunravel_shapes", split="val", data_dir=shapes_dir)))
+    example = next(iter(tfds.load("segunravel_shapes", split="val", data_dir=shapes_data_dir)))
     assert example["image"].dtype == "uint8" and example["image"].shape == (129, 129, 3)
     assert example["segmentation"].shape == (129, 129, 1)
 
 
-def test_stored_labels_are_the_generator_truth(shapes_dir):
-    stored = tfds.load("segunravel_shapes", split="val[:40]", data_dir=shapes_dir)
+def test_stored_labels_are_the_generator_truth(shapes_data_dir):
+    stored = tfds.load("segunravel_shapes", split="val[:40]", data_dir=shapes_data_dir)
     for example in tfds.as_numpy(stored):
         index = int(example["filename"].decode().split("_")[1])
         image, labels, truth = shapes.generate_example("val", index)

@@ -95,11 +95,14 @@ def train_pipeline(
     shuffle_buffer=1000,
     deterministic=False,
     repeat=True,
+    skip_batches=0,
 ):
     """Shuffled, repeated, augmented, batched (images, labels) for training.
 
     Batches have static shapes ([B, crop, crop, 3] float32, [B, crop, crop] int32), as XLA
     and `tf.distribute` want. With `deterministic=True` the order of batches is fixed too.
+    `skip_batches` resumes the stream where a run stopped: the examples before are read but
+    not augmented, and every later batch is the one the uninterrupted run would have seen.
     """
     if scale_range[0] <= 0 or scale_range[0] > scale_range[1]:
         raise ValueError(f"scale_range must satisfy 0 < min <= max, got {scale_range}")
@@ -114,8 +117,10 @@ def train_pipeline(
         example_seed = tf.stack([tf.cast(seed, tf.int64), index])
         return random_scale_crop_flip(image, label, example_seed, crop_size, scale_range, mirror)
 
-    dataset = dataset.enumerate().map(
-        augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic or None
+    dataset = (
+        dataset.enumerate()
+        .skip(skip_batches * batch_size)
+        .map(augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic or None)
     )
     dataset = dataset.batch(batch_size, drop_remainder=True)
     options = tf.data.Options()

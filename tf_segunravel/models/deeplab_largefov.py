@@ -16,6 +16,7 @@ FC_CHANNELS = 1024
 FC6_DILATION = 12
 OUTPUT_STRIDE = 8
 FEATURE_LAYER = "drop7"
+PIXEL_STD = 60.0
 SCORE_LAYER = "fc8"
 
 
@@ -69,7 +70,15 @@ def deeplab_largefov(
     x = CaffePreprocess(name="preprocess")(images)
     for (block, convs, channels, dilation), stride in zip(VGG_BLOCKS, POOL_STRIDES, strict=True):
         for i in range(1, convs + 1):
-            x = conv(x, f"conv{block}_{i}", scaled_channels(channels, width), 3, dilation)
+            # He initialisation assumes unit-variance inputs; the mean-subtracted pixels have
+            # a standard deviation of about 60, so conv1_1 starts 60x smaller to keep every
+            # later activation (and the initial scores) at unit scale.
+            init = "he_normal"
+            if (block, i) == (1, 1):  # built here, not at import, so the global seed applies
+                init = keras.initializers.VarianceScaling(2.0 / PIXEL_STD**2, "fan_in")
+            x = conv(
+                x, f"conv{block}_{i}", scaled_channels(channels, width), 3, dilation, init=init
+            )
         x = CaffePooling2D("max", 3, stride, 1, name=f"pool{block}")(x)
     x = CaffePooling2D("avg", 3, 1, 1, name="pool5a")(x)
 

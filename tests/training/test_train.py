@@ -1,0 +1,185 @@
+"""End-to-end training: learning, kill and resume, divergence, distribution, flags."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import REPO_ROOT
+from helpers import last_line, run_tool
+
+from tf_segunravel.training import load_network
+
+TINY = [
+    "--width=0.0625", "--dropout=0.5", "--crop_size=41", "--batch_size=2", "--base_lr=0.001",
+    "--lr_policy=poly", "--shuffle_buffer=20", "--template_weight=0.1", "--deterministic",
+]  # fmt: skip
+
+
+def final_weights(model_dir):
+    return [w.copy() for w in load_network(model_dir).get_weights()]
+
+
+@pytest.mark.slow
+def test_training_on_shapes_learns(tmp_path, shapes_data_dir):
+    model_dir = tmp_path / "run"
+    proc = run_tool(
+        "train", "--flagfile=flags/shapes_baseline.cfg", f"--model_dir={model_dir}",
+        f"--data_dir={shapes_data_dir}", "--steps=600", "--checkpoint_every=300", "--verbose=2",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    losses = [float(line.split("loss: ")[1].split(" ")[0]) for line in proc.stdout.splitlines()
+              if " - loss: " in line]  # fmt: skip
+    assert len(losses) == 2 and losses[1] < 0.5 * losses[0]
+    for name in ("config.json", "flags.txt", "model.keras"):
+        assert (model_dir / name).exists()
+    assert list((model_dir / "logs").rglob("events.out.tfevents.*"))
+
+    out_json = tmp_path / "val.json"
+    proc = run_tool("evaluate", f"--model={model_dir}", f"--data_dir={shapes_data_dir}",
+                    "--pad_size=129", f"--output_json={out_json}")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(out_json.read_text())
+    assert "mean IoU" in proc.stdout and results["images"] == 500
+    # Background alone scores 1/6 mean IoU; 600 steps must find objects too.
+    assert results["mean_iou"] > 0.3, results["per_class_iou"]
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_same_weights(tmp_path, shapes_data_dir):
+    common = [*TINY, f"--data_dir={shapes_data_dir}", "--steps=24", "--checkpoint_every=6",
+              "--verbose=0"]  # fmt: skip
+    straight = tmp_path / "straight"
+    proc = run_tool("train", f"--model_dir={straight}", *common)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    killed = tmp_path / "killed"
+    args = [sys.executable, os.path.join(REPO_ROOT, "tools", "train.py"),
+            f"--model_dir={killed}", *common]  # fmt: skip
+    child = subprocess.Popen(args, cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.time() + 300
+    while not (killed / "checkpoints" / "ckpt-12.index").exists():
+        assert time.time() < deadline and child.poll() is None
+        time.sleep(0.05)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    assert not (killed / "model.keras").exists()
+    assert tf.train.latest_checkpoint(str(killed / "checkpoints")) is not None
+
+    proc = run_tool("train", f"--model_dir={killed}", *common)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "step: 24" in proc.stdout
+    for a, b in zip(final_weights(straight), final_weights(killed), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.slow
+def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path, shapes_data_dir):
+    model_dir = tmp_path / "run"
+    common = [*TINY, f"--data_dir={shapes_data_dir}", f"--model_dir={model_dir}", "--verbose=0"]
+    assert run_tool("train", *common, "--steps=4", "--checkpoint_every=2").returncode == 0
+    proc = run_tool("train", *common, "--steps=40", "--checkpoint_every=2", "--base_lr=1e30")
+    assert proc.returncode == 1
+    message = last_line(proc.stderr)
+    assert message.startswith("train: error: ") and "NaN/Inf" in message
+    diverged_at = int(message.split("at step ")[1].split(";")[0])
+    latest = tf.train.latest_checkpoint(str(model_dir / "checkpoints"))
+    saved_at = int(latest.rsplit("-", 1)[1])
+    assert 4 <= saved_at < diverged_at
+    # Nothing from the diverged interval was saved; the last good checkpoint still loads.
+    weights = load_network(latest).get_weights()
+    assert all(np.isfinite(w).all() for w in weights)
+
+
+@pytest.mark.parametrize(
+    "flag, message",
+    [
+        ("--width=0", "--width must be > 0"),
+        ("--steps=10", "--steps must be a multiple of --checkpoint_every"),
+        ("--init=caffe", "--init_path is required"),
+        ("--similarity=dot", "similarity"),
+        ("--template_weight=-1", "--template_weight must be >= 0"),
+    ],
+)
+def test_bad_flags_are_usage_errors(tmp_path, flag, message):
+    proc = run_tool("train", f"--model_dir={tmp_path}", "--checkpoint_every=4", flag)
+    assert proc.returncode != 0
+    assert message in proc.stderr
+    assert not (tmp_path / "config.json").exists()
+
+
+MIRRORED_SCRIPT = textwrap.dedent(
+    """
+    import os, sys
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    import numpy as np, tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    import keras
+    from tf_segunravel.models import deeplab_largefov
+    from tf_segunravel.training import SegmentationTrainer
+
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0, 255, (4, 33, 33, 3)).astype(np.float32)
+    labels = rng.integers(0, 3, (4, 33, 33)).astype(np.int32)
+    labels[1] = 255  # replica 0 gets fewer valid pixels than replica 1
+    labels[2, :10] = 255
+    keras.utils.set_random_seed(1)
+    initial = deeplab_largefov(num_classes=3, width=1 / 16, dropout=0.0).get_weights()
+
+    def one_step(strategy):
+        with strategy.scope():
+            net = deeplab_largefov(num_classes=3, width=1 / 16, dropout=0.0)
+            net.set_weights(initial)
+            trainer = SegmentationTrainer(net, 3, template_weight=float(sys.argv[1]),
+                                          similarity="correlation")
+            trainer.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9))
+        data = tf.data.Dataset.from_tensor_slices((images, labels)).batch(4)
+        logs = trainer.fit(data, epochs=1, verbose=0).history
+        return net.get_weights(), logs
+
+    single, single_logs = one_step(tf.distribute.get_strategy())
+    mirrored, mirrored_logs = one_step(
+        tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))
+    diff = max(float(np.abs(a - b).max()) for a, b in zip(single, mirrored))
+    moved = max(float(np.abs(a - b).max()) for a, b in zip(single, initial))
+    print("max_diff", diff, "moved", moved,
+          "loss", single_logs["loss"][0], mirrored_logs["loss"][0])
+    """
+)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("template_weight", [0.0, 1.0])
+def test_mirrored_strategy_gives_the_single_device_update(tmp_path, template_weight):
+    script = tmp_path / "mirrored.py"
+    script.write_text(MIRRORED_SCRIPT)
+    proc = subprocess.run([sys.executable, str(script), str(template_weight)], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=600, check=False)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    fields = last_line(proc.stdout).split()
+    diff, moved = float(fields[1]), float(fields[3])
+    assert moved > 1e-4  # the step did change the weights
+    assert diff < 1e-5 * max(moved, 1.0), proc.stdout
+    np.testing.assert_allclose(float(fields[5]), float(fields[6]), rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_mixed_precision_and_xla_train(tmp_path, shapes_data_dir):
+    proc = run_tool(
+        "train", f"--model_dir={tmp_path}", *TINY, f"--data_dir={shapes_data_dir}", "--steps=4",
+        "--checkpoint_every=2", "--verbose=0", "--mixed_precision", "--xla",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "step: 4" in proc.stdout
+    network = load_network(tmp_path)
+    assert network.get_layer("fc7").compute_dtype == "float16"
+    assert network.output.dtype == "float32"
+    assert all(np.isfinite(w).all() for w in network.get_weights())

@@ -1,0 +1,90 @@
+"""Where trained networks live, and how every tool loads one.
+
+A training model dir holds `config.json` (what network it trains), `checkpoints/` (model,
+optimizer, step and dropout seeds, written by `tf.train.CheckpointManager`), `logs/`
+(TensorBoard) and, once training finishes, `model.keras`.
+"""
+
+import json
+import os
+
+import keras
+import tensorflow as tf
+
+from tf_segunravel.errors import InputError
+from tf_segunravel.models import deeplab_largefov
+
+CONFIG_FILE = "config.json"
+CHECKPOINT_DIR = "checkpoints"
+FINAL_MODEL = "model.keras"
+
+
+def make_checkpoint(network, optimizer=None, step=None):
+    """A `tf.train.Checkpoint` of the network, optimizer, step and the dropout seed states.
+
+    `step` counts the batches trained; it differs from `optimizer.iterations` under mixed
+    precision, whose loss scaling skips the update of batches with non-finite gradients.
+
+    Keras 3 keeps dropout's random state in seed-generator variables that TF checkpoints do
+    not track on their own; saving them makes a resumed run draw the same dropout masks as an
+    uninterrupted one.
+    """
+    seeds = [v for v in network.variables if "seed_generator_state" in v.path]
+    items = {"model": network, "dropout_seeds": seeds}
+    if optimizer is not None:
+        items["optimizer"] = optimizer
+    if step is not None:
+        items["step"] = step
+    return tf.train.Checkpoint(**items)
+
+
+def read_config(model_dir):
+    path = os.path.join(model_dir, CONFIG_FILE)
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError as e:
+        raise InputError(f"{model_dir}: not a training model dir (no {CONFIG_FILE})") from e
+    except json.JSONDecodeError as e:
+        raise InputError(f"{path}: not valid JSON ({e})") from e
+
+
+def network_from_config(config):
+    return deeplab_largefov(
+        num_classes=config["num_classes"], width=config["width"], dropout=config["dropout"]
+    )
+
+
+def _restore(network, prefix):
+    try:
+        make_checkpoint(network).read(prefix).expect_partial()
+    except (tf.errors.OpError, ValueError, AssertionError) as e:
+        raise InputError(f"{prefix}: cannot restore the network ({e})") from e
+    return network
+
+
+def load_network(path):
+    """The segmentation network stored at `path`.
+
+    `path` may be a `.keras` file, a training model dir (its `model.keras`, else its latest
+    checkpoint), or a checkpoint prefix inside a model dir (`.../checkpoints/ckpt-300`).
+    """
+    path = os.fspath(path)
+    if path.endswith(".keras"):
+        if not os.path.isfile(path):
+            raise InputError(f"{path}: no such file")
+        try:
+            return keras.models.load_model(path)
+        except (ValueError, OSError, TypeError) as e:
+            raise InputError(f"{path}: cannot load the .keras model ({e})") from e
+    if os.path.isdir(path):
+        if os.path.isfile(os.path.join(path, FINAL_MODEL)):
+            return load_network(os.path.join(path, FINAL_MODEL))
+        prefix = tf.train.latest_checkpoint(os.path.join(path, CHECKPOINT_DIR))
+        if prefix is None:
+            raise InputError(f"{path}: model dir has neither {FINAL_MODEL} nor a checkpoint")
+        return _restore(network_from_config(read_config(path)), prefix)
+    if tf.io.gfile.exists(path + ".index"):
+        model_dir = os.path.dirname(os.path.dirname(os.path.abspath(path)))
+        return _restore(network_from_config(read_config(model_dir)), path)
+    raise InputError(f"{path}: not a .keras file, a model dir or a checkpoint prefix")

@@ -1,0 +1,64 @@
+"""Caffe's optimisation for DeepLab: SGD with momentum, lr multipliers, L2 decay, schedules.
+
+Keras' SGD with momentum updates v = m*v - lr*g, w += v, which is Caffe's SGDSolver. What
+Keras does not have is Caffe's per-blob `lr_mult` and coupled L2 `weight_decay` (added to the
+gradient before the learning rate, unlike AdamW-style decoupled decay), so those two are
+applied to the gradients here.
+"""
+
+import keras
+import tensorflow as tf
+
+from tf_segunravel.models.deeplab_largefov import SCORE_LAYER
+
+LR_POLICIES = ("step", "poly")
+
+
+def learning_rate_schedule(policy, base_lr, max_steps, step_size=2000, gamma=0.1, power=0.9):
+    """Caffe's "step" (base * gamma^floor(step / step_size)) or "poly" (base * (1 -
+    step / max_steps)^power) policy, as Keras schedules."""
+    if policy == "step":
+        return keras.optimizers.schedules.ExponentialDecay(
+            base_lr, decay_steps=step_size, decay_rate=gamma, staircase=True
+        )
+    if policy == "poly":
+        return keras.optimizers.schedules.PolynomialDecay(
+            base_lr, decay_steps=max_steps, end_learning_rate=0.0, power=power
+        )
+    raise ValueError(f"lr policy must be one of {LR_POLICIES}, got {policy!r}")
+
+
+def lr_multiplier(variable, score_layer=SCORE_LAYER):
+    """DeepLab's lr_mult: 1 for kernels and 2 for biases, 10 and 20 in the score layer."""
+    is_bias = variable.path.endswith("bias")
+    in_score_layer = variable.path.split("/")[-2] == score_layer
+    return (20.0 if is_bias else 10.0) if in_score_layer else (2.0 if is_bias else 1.0)
+
+
+def caffe_gradients(gradients, variables, weight_decay=5e-4, use_lr_multipliers=True):
+    """g' = lr_mult * (g + weight_decay * w) for kernels, lr_mult * g for biases."""
+    out = []
+    for gradient, variable in zip(gradients, variables, strict=True):
+        if gradient is None:
+            out.append(None)
+            continue
+        if variable.path.endswith("kernel"):
+            gradient = gradient + weight_decay * tf.cast(variable.value, gradient.dtype)
+        if use_lr_multipliers:
+            gradient = gradient * lr_multiplier(variable)
+        out.append(gradient)
+    return out
+
+
+def freeze_all_but_last(network, train_layers):
+    """Freezes every weight layer but the last `train_layers` (0 keeps all trainable).
+
+    The dissertation fine-tunes fc6, fc7 and fc8 only: `train_layers=3`.
+    """
+    weighted = [layer for layer in network.layers if layer.weights]
+    if not 0 <= train_layers <= len(weighted):
+        raise ValueError(f"train_layers must be in 0..{len(weighted)}, got {train_layers}")
+    if train_layers:
+        for layer in weighted[:-train_layers]:
+            layer.trainable = False
+    return [layer.name for layer in weighted if layer.trainable]

@@ -1,0 +1,132 @@
+"""The training model: cross-entropy plus the template-similarity loss, Caffe-style updates.
+
+`SegmentationTrainer` wraps a segmentation network (fc8 scores, and the features that feed
+fc8) and overrides `train_step` / `test_step` the way Keras' own TensorFlow trainer is written,
+so `fit`, `evaluate`, callbacks, `tf.distribute` and mixed precision all work as usual.
+"""
+
+import keras
+import tensorflow as tf
+
+from tf_segunravel.losses import (
+    IGNORE_LABEL,
+    cross_entropy,
+    shrink_labels,
+    template_similarity_loss,
+)
+from tf_segunravel.models.deeplab_largefov import FEATURE_LAYER, with_features
+from tf_segunravel.training.optim import caffe_gradients
+
+
+class SegmentationTrainer(keras.Model):
+    """Trains `network` on (images [B, H, W, 3] RGB 0..255, labels [B, H, W] int) batches.
+
+    Labels are shrunk to the score grid by nearest sampling. The loss is
+    `cross_entropy + template_weight * template_similarity_loss`; the logged metrics are
+    `loss`, `cross_entropy`, `template_loss`, `pixel_accuracy`, `mean_iou` (on the score grid)
+    and `learning_rate`.
+    """
+
+    def __init__(
+        self,
+        network,
+        num_classes,
+        template_weight=0.0,
+        similarity="cosine",
+        selective=False,
+        template_reduction="mean",
+        weight_decay=5e-4,
+        use_lr_multipliers=True,
+        feature_layer=FEATURE_LAYER,
+        ignore_label=IGNORE_LABEL,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.network = network
+        self.features_and_scores = with_features(network, feature_layer)
+        self.num_classes = num_classes
+        self.template_weight = float(template_weight)
+        self.similarity = similarity
+        self.selective = selective
+        self.template_reduction = template_reduction
+        self.weight_decay = weight_decay
+        self.use_lr_multipliers = use_lr_multipliers
+        self.ignore_label = ignore_label
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.cross_entropy_tracker = keras.metrics.Mean(name="cross_entropy")
+        self.template_tracker = keras.metrics.Mean(name="template_loss")
+        self.accuracy = keras.metrics.SparseCategoricalAccuracy(name="pixel_accuracy")
+        self.mean_iou = keras.metrics.MeanIoU(
+            num_classes, name="mean_iou", ignore_class=ignore_label
+        )
+
+    @property
+    def metrics(self):
+        return [
+            self.loss_tracker,
+            self.cross_entropy_tracker,
+            self.template_tracker,
+            self.accuracy,
+            self.mean_iou,
+        ]
+
+    def call(self, images, training=False):
+        return self.network(images, training=training)
+
+    def _compute_losses(self, images, labels, training):
+        outputs = self.features_and_scores(images, training=training)
+        scores = outputs["scores"]
+        labels = shrink_labels(labels, tf.shape(scores)[1:3])
+        ce = cross_entropy(scores, labels, self.ignore_label)
+        if self.template_weight:
+            template = template_similarity_loss(
+                outputs["features"],
+                scores,
+                labels,
+                self.similarity,
+                self.selective,
+                self.ignore_label,
+                self.template_reduction,
+            )
+        else:
+            template = tf.zeros([], tf.float32)
+        return ce + self.template_weight * template, ce, template, scores, labels
+
+    def _update_metrics(self, total, ce, template, scores, labels):
+        # The losses are each replica's share of the global loss (see `losses`); summed over
+        # replicas they are the global value, which is what the trackers should average.
+        context = tf.distribute.get_replica_context()
+        if context is not None and context.num_replicas_in_sync > 1:
+            total, ce, template = context.all_reduce("sum", [total, ce, template])
+        self.loss_tracker.update_state(total)
+        self.cross_entropy_tracker.update_state(ce)
+        self.template_tracker.update_state(template)
+        valid = tf.not_equal(labels, self.ignore_label)
+        safe = tf.where(valid, labels, 0)
+        self.accuracy.update_state(safe, scores, sample_weight=tf.cast(valid, tf.float32))
+        self.mean_iou.update_state(labels, tf.argmax(scores, axis=-1, output_type=tf.int32))
+        logs = {m.name: m.result() for m in self.metrics}
+        learning_rate = self.optimizer.learning_rate
+        logs["learning_rate"] = tf.cast(learning_rate, tf.float32)
+        return logs
+
+    def train_step(self, data):
+        images, labels = data
+        variables = self.network.trainable_variables
+        with tf.GradientTape() as tape:
+            total, ce, template, scores, small_labels = self._compute_losses(images, labels, True)
+            scaled = self.optimizer.scale_loss(total)
+        gradients = tape.gradient(scaled, variables)
+        # Under mixed precision the gradients are still multiplied by the loss scale here
+        # (the LossScaleOptimizer divides it out in `apply`), so the decay term is too.
+        loss_scale = tf.cast(getattr(self.optimizer, "dynamic_scale", 1.0), tf.float32)
+        gradients = caffe_gradients(
+            gradients, variables, self.weight_decay * loss_scale, self.use_lr_multipliers
+        )
+        self.optimizer.apply(gradients, variables)
+        return self._update_metrics(total, ce, template, scores, small_labels)
+
+    def test_step(self, data):
+        images, labels = data
+        total, ce, template, scores, small_labels = self._compute_losses(images, labels, False)
+        return self._update_metrics(total, ce, template, scores, small_labels)
