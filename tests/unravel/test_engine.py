@@ -1,0 +1,193 @@
+"""The vectorised engine against the naive per-point reference, point for point."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from unravel_reference import naive_unravel
+
+from tf_segunravel.models import deeplab_largefov
+from tf_segunravel.models.layers import CaffePooling2D
+from tf_segunravel.unravel import SegUnravel, UntraceableLayerError
+
+L = keras.layers
+
+
+def integer_weights(model, seed=0):
+    """Small integer weights: float32 arithmetic is then exact and ties are real ties."""
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if layer.weights and not isinstance(layer, L.BatchNormalization):
+            layer.set_weights([rng.integers(-2, 3, w.shape).astype(np.float32)
+                               if w.ndim > 1 else np.zeros(w.shape, np.float32)
+                               for w in layer.get_weights()])  # fmt: skip
+    return model
+
+
+def images(shape=(2, 19, 23, 3), seed=1):
+    return np.random.default_rng(seed).integers(0, 8, shape).astype(np.float32)
+
+
+def as_counter(result):
+    return {tuple(int(v) for v in p): int(c) for p, c in zip(result.points, result.counts,
+                                                              strict=True)}  # fmt: skip
+
+
+def check(model, batch, **options):
+    model = integer_weights(model)
+    got = as_counter(SegUnravel(model, **options)(batch))
+    want = dict(naive_unravel(model, batch, **options))
+    assert got == want
+    return got
+
+
+def conv_model(kernel, stride, dilation, padding, classes=3):
+    inp = keras.Input((None, None, 3))
+    x = L.Conv2D(4, kernel, strides=stride, dilation_rate=dilation, padding=padding,
+                 activation="relu")(inp)  # fmt: skip
+    x = L.Conv2D(5, 3, padding="same", activation="relu")(x)
+    return keras.Model(inp, L.Conv2D(classes, 1)(x))
+
+
+CONVS = [(1, 1, 1, "same"), (3, 1, 1, "same"), (3, 2, 1, "same"), (5, 1, 1, "valid"),
+         (5, 2, 1, "same"), (3, 1, 2, "same"), (3, 1, 2, "valid"), (3, 1, 12, "same"),
+         (3, 2, 1, "valid")]  # fmt: skip
+
+
+@pytest.mark.parametrize("kernel, stride, dilation, padding", CONVS)
+@pytest.mark.parametrize("shift", ["none", "partial", "full"])
+def test_convolutions(kernel, stride, dilation, padding, shift):
+    got = check(conv_model(kernel, stride, dilation, padding), images(), shift=shift)
+    assert sum(got.values()) > 0
+
+
+@pytest.mark.parametrize("options", [{"k": 2}, {"k": 3, "shift": "full"}, {"mass": 0.6},
+                                     {"mass": 0.9, "max_k": 3, "shift": "none"}])  # fmt: skip
+def test_branching(options):
+    check(conv_model(3, 1, 1, "same"), images(shape=(1, 11, 9, 3)), **options)
+
+
+@pytest.mark.parametrize("pool", [
+    L.MaxPooling2D(2), L.MaxPooling2D(3, 2, padding="same"), L.AveragePooling2D(2),
+    L.AveragePooling2D(3, 1, padding="same"), CaffePooling2D("max", 3, 2, 1),
+    CaffePooling2D("avg", 3, 1, 1),
+])  # fmt: skip
+def test_pooling(pool):
+    inp = keras.Input((None, None, 3))
+    x = L.Conv2D(4, 3, padding="same", activation="relu")(inp)
+    x = pool(x)
+    check(keras.Model(inp, L.Conv2D(3, 1)(x)), images())
+
+
+def test_add_and_concatenate_with_nested_model_and_pass_through():
+    inp = keras.Input((None, None, 3))
+    a = L.Conv2D(4, 3, padding="same", activation="relu")(inp)
+    b = L.Conv2D(4, 1, activation="relu")(inp)
+    s = L.Add()([a, b])
+    c = L.Concatenate()([s, L.Conv2D(2, 3, padding="same")(inp)])
+    c = L.Dropout(0.3)(L.ReLU()(c))
+    x = L.UpSampling2D(2)(L.MaxPooling2D(2)(c))
+    model = keras.Model(inp, L.Conv2D(3, 1)(x))
+    check(model, images())
+    # The same graph inside an outer model: nested models are flattened.
+    outer_in = keras.Input((None, None, 3))
+    outer = keras.Model(outer_in, L.Rescaling(1.0)(integer_weights(model)(outer_in)))
+    got = as_counter(SegUnravel(outer)(images()))
+    assert got == dict(naive_unravel(model, images()))
+
+
+def test_resizing():
+    inp = keras.Input((12, 10, 3))
+    x = L.Conv2D(4, 3, strides=2, padding="same", activation="relu")(inp)
+    x = L.Resizing(9, 7)(x)
+    check(keras.Model(inp, L.Conv2D(3, 1)(x)), images(shape=(2, 12, 10, 3)))
+
+
+def test_grouped_convolution():
+    inp = keras.Input((None, None, 3))
+    x = L.Conv2D(6, 3, padding="same", activation="relu")(inp)
+    x = L.Conv2D(4, 3, padding="same", groups=2, activation="relu")(x)
+    check(keras.Model(inp, L.Conv2D(3, 1)(x)), images())
+
+
+@pytest.mark.parametrize("dense_rule", ["topk", "positive"])
+@pytest.mark.parametrize("head", ["flatten", "global"])
+def test_dense_classifier(dense_rule, head):
+    inp = keras.Input((9, 8, 3))
+    x = L.Conv2D(4, 3, padding="same", activation="relu")(inp)
+    x = L.Flatten()(x) if head == "flatten" else L.GlobalAveragePooling2D()(x)
+    x = L.Dense(6, activation="relu")(x)
+    model = keras.Model(inp, L.Dense(4)(x))
+    check(model, images(shape=(3, 9, 8, 3)), dense_rule=dense_rule)
+
+
+def test_dense_per_position():
+    inp = keras.Input((None, None, 3))
+    x = L.Conv2D(4, 3, padding="same", activation="relu")(inp)
+    check(keras.Model(inp, L.Dense(3)(x)), images())
+
+
+@pytest.mark.parametrize("shift", ["none", "partial", "full"])
+def test_largefov(shift):
+    model = deeplab_largefov(num_classes=4, width=1 / 16)
+    batch = np.random.default_rng(2).uniform(0, 255, (1, 35, 30, 3)).astype(np.float32)
+    got = as_counter(SegUnravel(model, shift=shift)(batch))
+    assert got == dict(naive_unravel(model, batch, shift=shift))
+    assert sum(got.values()) == 5 * 6  # every seed reaches the image: 35x30 -> 5x6 scores
+
+
+def test_counts_sum_to_seeds_and_points_are_sorted():
+    model = integer_weights(conv_model(3, 2, 1, "same"))
+    result = SegUnravel(model)(images())
+    assert result.counts.sum() == result.seeds.sum() == 2 * 10 * 12
+    keys = [tuple(p) for p in result.points]
+    assert keys == sorted(keys)
+    for b in range(2):
+        seeds = np.bincount(result.labels[b].ravel(), minlength=3)
+        np.testing.assert_array_equal(result.seeds[b], seeds)
+
+
+def test_seeds_from_masks_and_classes():
+    model = integer_weights(conv_model(3, 1, 1, "same"))
+    batch = images(shape=(1, 8, 8, 3))
+    mask = np.full((1, 8, 8), 255, np.int32)
+    mask[0, 2:5, 3:6] = 1
+    result = SegUnravel(model)(batch, masks=mask)
+    assert set(result.points[:, 1]) == {1} and result.counts.sum() == 9
+    only = SegUnravel(model)(batch, classes=[2])
+    assert set(only.points[:, 1]) <= {2}
+    assert only.counts.sum() == (only.labels == 2).sum()
+
+
+def test_works_inside_tf_function_with_dynamic_sizes():
+    model = integer_weights(conv_model(3, 2, 1, "same"))
+    engine = SegUnravel(model)
+    traced = tf.function(engine.trace, input_signature=[tf.TensorSpec([None, None, None, 3])])
+    for shape in [(1, 9, 13, 3), (2, 16, 7, 3)]:
+        batch = images(shape=shape)
+        out = traced(batch)
+        want = engine(batch)
+        np.testing.assert_array_equal(out["points"].numpy(), want.points)
+        np.testing.assert_array_equal(out["counts"].numpy(), want.counts)
+
+
+def test_flow_keeps_points_per_layer():
+    model = deeplab_largefov(num_classes=3, width=1 / 16)
+    result = SegUnravel(model, keep_flow=True)(images(shape=(1, 33, 33, 3)))
+    names = [name for name, _, _ in result.flow]
+    assert names[0] == "fc8" and names[-1] == "preprocess"
+    assert all(counts.sum() == result.counts.sum() for _, _, counts in result.flow)
+
+
+def test_untraceable_layer_is_named():
+    inp = keras.Input((None, None, 3))
+    x = L.Conv2DTranspose(4, 3, padding="same", name="deconv")(inp)
+    with pytest.raises(UntraceableLayerError, match="'deconv' \\(Conv2DTranspose\\)"):
+        SegUnravel(keras.Model(inp, L.Conv2D(3, 1)(x)))
+
+
+@pytest.mark.parametrize("kwargs", [{"shift": "diagonal"}, {"k": 0}, {"mass": 1.5},
+                                    {"dense_rule": "all"}])  # fmt: skip
+def test_rejects_bad_options(kwargs):
+    with pytest.raises(ValueError):
+        SegUnravel(conv_model(3, 1, 1, "same"), **kwargs)

@@ -1,0 +1,182 @@
+"""A naive, per-point segmentation unravel written straight from METHOD.md section 2.
+
+Python loops over points, taps and channels, numpy values, and no code shared with the
+package: the engine's vectorised rules are tested against this, and bench/unravel.py times
+it for the speed-up figure.
+"""
+
+import collections
+import math
+
+import keras
+import numpy as np
+
+from tf_segunravel.models.layers import CaffePooling2D, CaffePreprocess
+
+PASS = (
+    keras.layers.InputLayer, keras.layers.Activation, keras.layers.ReLU, keras.layers.Dropout,
+    keras.layers.BatchNormalization, keras.layers.Rescaling, keras.layers.LayerNormalization,
+    CaffePreprocess,
+)  # fmt: skip
+
+
+def same_before(size_in, size_out, kernel, stride, dilation):
+    effective = (kernel - 1) * dilation + 1
+    return max((size_out - 1) * stride + effective - size_in, 0) // 2
+
+
+def keep_channels(scores, k, mass, max_k, positive=False):
+    order = sorted(range(len(scores)), key=lambda c: (-scores[c], c))
+    if positive:
+        kept = [c for c in range(len(scores)) if scores[c] > 0]
+        return kept or [order[0]]
+    if mass is None:
+        return order[:k]
+    total = sum(max(s, 0.0) for s in scores)
+    kept, running = [], 0.0
+    for c in order[: min(max_k, len(scores))]:
+        kept.append(c)
+        running += scores[c]
+        if running >= mass * total:
+            break
+    return kept
+
+
+def conv_point(layer, x, out, point, k, mass, max_k, shift):
+    b, y, xx, ch = point
+    kernel = layer.kernel.numpy()
+    kh, kw, group_in, filters = kernel.shape
+    (sh, sw), (dh, dw) = layer.strides, layer.dilation_rate
+    h, w = x.shape[1:3]
+    top = same_before(h, out.shape[1], kh, sh, dh) if layer.padding == "same" else 0
+    left = same_before(w, out.shape[2], kw, sw, dw) if layer.padding == "same" else 0
+    group = ch // (filters // layer.groups)
+    channel_scores = [0.0] * group_in
+    taps = {}
+    for i in range(kh):
+        for j in range(kw):
+            yy, xj = y * sh - top + i * dh, xx * sw - left + j * dw
+            inside = 0 <= yy < h and 0 <= xj < w
+            taps[(i, j)] = (yy, xj, inside)
+            for c in range(group_in):
+                value = x[b, yy, xj, group * group_in + c] if inside else 0.0
+                contribution = float(value) * float(kernel[i, j, c, ch])
+                channel_scores[c] += contribution
+    full = shift == "full" or (shift == "partial" and max(dh, dw) == 1)
+    moved = []
+    for c in keep_channels(channel_scores, k, mass, max_k):
+        if full:
+            best, best_tap = -math.inf, None
+            for i in range(kh):
+                for j in range(kw):
+                    yy, xj, inside = taps[(i, j)]
+                    if not inside:
+                        continue
+                    p = float(x[b, yy, xj, group * group_in + c]) * float(kernel[i, j, c, ch])
+                    if p > best:
+                        best, best_tap = p, (yy, xj)
+            yy, xj = best_tap
+        else:
+            yy, xj, _ = taps[((kh - 1) // 2, (kw - 1) // 2)]
+        moved.append((0, (b, yy, xj, group * group_in + c)))
+    return moved
+
+
+def dense_point(layer, x, point, k, mass, max_k, positive):
+    b, y, xx, ch = point
+    kernel = layer.kernel.numpy()
+    vector = x[b, y, xx] if x.ndim == 4 else x[b]
+    scores = [float(vector[c]) * float(kernel[c, ch]) for c in range(len(vector))]
+    return [(0, (b, y, xx, c)) for c in keep_channels(scores, k, mass, max_k, positive)]
+
+
+def pool_point(layer, x, out, point):
+    b, y, xx, ch = point
+    if isinstance(layer, CaffePooling2D):
+        (kh, kw), (sh, sw) = (layer.pool_size,) * 2, (layer.strides,) * 2
+        top = left = layer.padding
+    else:
+        (kh, kw), (sh, sw) = layer.pool_size, layer.strides
+        same = layer.padding == "same"
+        top = same_before(x.shape[1], out.shape[1], kh, sh, 1) if same else 0
+        left = same_before(x.shape[2], out.shape[2], kw, sw, 1) if same else 0
+    best, where = -math.inf, None
+    for i in range(kh):
+        for j in range(kw):
+            yy, xj = y * sh - top + i, xx * sw - left + j
+            if 0 <= yy < x.shape[1] and 0 <= xj < x.shape[2] and x[b, yy, xj, ch] > best:
+                best, where = x[b, yy, xj, ch], (yy, xj)
+    return [(0, (b, *where, ch))]
+
+
+def move(layer, inputs, out, point, k, mass, max_k, shift, dense_rule):
+    """[(input index, new point)] for one point at the layer's output."""
+    b, y, xx, ch = point
+    x = inputs[0]
+    if isinstance(layer, PASS):
+        return [(0, point)]
+    if isinstance(layer, keras.layers.Conv2D):
+        return conv_point(layer, x, out, point, k, mass, max_k, shift)
+    if isinstance(layer, keras.layers.Dense):
+        return dense_point(layer, x, point, k, mass, max_k, dense_rule == "positive")
+    if isinstance(layer, (keras.layers.MaxPooling2D, keras.layers.AveragePooling2D,
+                          CaffePooling2D)):  # fmt: skip
+        return pool_point(layer, x, out, point)
+    if isinstance(layer, (keras.layers.GlobalAveragePooling2D, keras.layers.GlobalMaxPooling2D)):
+        plane = x[b, :, :, ch]
+        flat = int(np.argmax(plane))
+        return [(0, (b, flat // plane.shape[1], flat % plane.shape[1], ch))]
+    if isinstance(layer, keras.layers.Flatten):
+        _, _, width, channels = x.shape
+        return [(0, (b, ch // (width * channels), (ch // channels) % width, ch % channels))]
+    if isinstance(layer, keras.layers.Add):
+        values = [t[b, y, xx, ch] if t.ndim == 4 else t[b, ch] for t in inputs]
+        return [(int(np.argmax(values)), point)]
+    if isinstance(layer, keras.layers.Concatenate):
+        offset = 0
+        for index, t in enumerate(inputs):
+            if offset <= ch < offset + t.shape[-1]:
+                return [(index, (b, y, xx, ch - offset))]
+            offset += t.shape[-1]
+    if isinstance(layer, (keras.layers.UpSampling2D, keras.layers.Resizing)):
+        yy = min(int(math.floor((y + 0.5) * x.shape[1] / out.shape[1])), x.shape[1] - 1)
+        xj = min(int(math.floor((xx + 0.5) * x.shape[2] / out.shape[2])), x.shape[2] - 1)
+        return [(0, (b, yy, xj, ch))]
+    raise NotImplementedError(type(layer).__name__)
+
+
+def naive_unravel(model, images, k=1, mass=None, max_k=16, shift="partial", dense_rule="topk"):
+    """{(b, class, y, x): count} at the image, for a functional model of single-use layers."""
+    tensors = [layer.output for layer in model.layers]
+    values = keras.Model(model.input, tensors)(images, training=False)
+    value_of = {id(t): np.asarray(v) for t, v in zip(tensors, values, strict=True)}
+    value_of[id(model.input)] = np.asarray(images, np.float32)
+    scores = value_of[id(model.output)]
+    if scores.ndim == 2:
+        scores = scores[:, None, None, :]
+    labels = np.argmax(scores, axis=-1)
+    points = collections.defaultdict(collections.Counter)
+    for b, y, xx in np.ndindex(labels.shape):
+        c = int(labels[b, y, xx])
+        points[id(model.output)][(c, (b, y, xx, c))] += 1
+    for layer in reversed(model.layers):
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
+        arrived = points.pop(id(layer.output), None)
+        if not arrived:
+            continue
+        inputs = layer.input if isinstance(layer.input, list) else [layer.input]
+        in_values = [value_of[id(t)] for t in inputs]
+        out = value_of[id(layer.output)]
+        for (cls, point), count in arrived.items():
+            if out.ndim == 2:
+                point = (point[0], 0, 0, point[3])
+            for index, new in move(layer, in_values, out, point, k, mass, max_k, shift,
+                                   dense_rule):  # fmt: skip
+                if in_values[index].ndim == 2:
+                    new = (new[0], 0, 0, new[3])
+                points[id(inputs[index])][(cls, new)] += count
+    at_image = collections.Counter()
+    for (cls, (b, y, xx, _)), count in points[id(model.input)].items():
+        at_image[(b, cls, y, xx)] += count
+    return at_image

@@ -1,0 +1,79 @@
+"""Activation bookkeeping: the flattened layer graph of a Keras model and one recorded pass.
+
+`flatten_graph` turns a functional (or Sequential) model, nested models included, into a
+list of steps in topological order, each naming its layer and the ids of the tensors it reads
+and writes. `record` runs those steps once on a batch and keeps every tensor: the input of
+every layer between the image and the scores, which is all segmentation unravel needs. No
+gradients are involved anywhere.
+"""
+
+import dataclasses
+
+import keras
+
+
+@dataclasses.dataclass(frozen=True)
+class Step:
+    """One layer application: `layer(inputs) -> outputs`, tensors named by integer ids."""
+
+    layer: keras.layers.Layer
+    inputs: tuple
+    outputs: tuple
+
+
+def _functional(model):
+    if isinstance(model, keras.Sequential):
+        model = model._functional  # Sequential models keep their graph here once built
+    return model if hasattr(model, "_nodes_by_depth") else None
+
+
+def flatten_graph(model):
+    """(steps, input id, output ids) of `model` with nested models expanded in place."""
+    inner = _functional(model)
+    if inner is None:
+        raise ValueError(
+            f"unravel needs a functional or Sequential Keras model, got {type(model).__name__}"
+        )
+    if len(inner.inputs) != 1:
+        raise ValueError(f"unravel needs a model with one image input, got {len(inner.inputs)}")
+    alias = {}
+    steps = []
+    _flatten_into(inner, alias, steps)
+
+    def resolve(tensor):
+        return alias.get(id(tensor), id(tensor))
+
+    return steps, resolve(inner.inputs[0]), tuple(resolve(t) for t in inner.outputs)
+
+
+def _flatten_into(model, alias, steps):
+    def resolve(tensor):
+        return alias.get(id(tensor), id(tensor))
+
+    for depth in sorted(model._nodes_by_depth, reverse=True):
+        for node in model._nodes_by_depth[depth]:
+            if node.is_input or node.operation is None:
+                continue
+            inputs = tuple(resolve(t) for t in node.input_tensors)
+            nested = _functional(node.operation)
+            if nested is not None:
+                for inner_input, outer in zip(nested.inputs, inputs, strict=True):
+                    alias[id(inner_input)] = outer
+                _flatten_into(nested, alias, steps)
+                for outer, inner_output in zip(node.outputs, nested.outputs, strict=True):
+                    alias[id(outer)] = resolve(inner_output)
+                continue
+            outputs = tuple(id(t) for t in node.outputs)
+            steps.append(Step(node.operation, inputs, outputs))
+
+
+def record(steps, input_id, images):
+    """Runs the steps on `images` (inference mode); returns {tensor id: value}."""
+    values = {input_id: images}
+    for step in steps:
+        args = [values[i] for i in step.inputs]
+        result = step.layer(args[0] if len(args) == 1 else args, training=False)
+        results = result if isinstance(result, (list, tuple)) else [result]
+        for key, value in zip(step.outputs, results, strict=True):
+            values[key] = value
+    return values
