@@ -139,8 +139,8 @@ def move(layer, inputs, out, point, k, mass, max_k, shift, dense_rule):
                 return [(index, (b, y, xx, ch - offset))]
             offset += t.shape[-1]
     if isinstance(layer, (keras.layers.UpSampling2D, keras.layers.Resizing)):
-        yy = min(int(math.floor((y + 0.5) * x.shape[1] / out.shape[1])), x.shape[1] - 1)
-        xj = min(int(math.floor((xx + 0.5) * x.shape[2] / out.shape[2])), x.shape[2] - 1)
+        yy = min(math.floor((y + 0.5) * x.shape[1] / out.shape[1]), x.shape[1] - 1)
+        xj = min(math.floor((xx + 0.5) * x.shape[2] / out.shape[2]), x.shape[2] - 1)
         return [(0, (b, yy, xj, ch))]
     raise NotImplementedError(type(layer).__name__)
 
