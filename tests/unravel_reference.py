@@ -14,10 +14,15 @@ import numpy as np
 from tf_segunravel.models.layers import CaffePooling2D, CaffePreprocess
 
 PASS = (
-    keras.layers.InputLayer, keras.layers.Activation, keras.layers.ReLU, keras.layers.Dropout,
-    keras.layers.BatchNormalization, keras.layers.Rescaling, keras.layers.LayerNormalization,
+    keras.layers.InputLayer,
+    keras.layers.Activation,
+    keras.layers.ReLU,
+    keras.layers.Dropout,
+    keras.layers.BatchNormalization,
+    keras.layers.Rescaling,
+    keras.layers.LayerNormalization,
     CaffePreprocess,
-)  # fmt: skip
+)
 
 
 def same_before(size_in, size_out, kernel, stride, dilation):
@@ -119,8 +124,9 @@ def move(layer, inputs, out, point, k, mass, max_k, shift, dense_rule):
         return conv_point(layer, x, out, point, k, mass, max_k, shift)
     if isinstance(layer, keras.layers.Dense):
         return dense_point(layer, x, point, k, mass, max_k, dense_rule == "positive")
-    if isinstance(layer, (keras.layers.MaxPooling2D, keras.layers.AveragePooling2D,
-                          CaffePooling2D)):  # fmt: skip
+    if isinstance(
+        layer, (keras.layers.MaxPooling2D, keras.layers.AveragePooling2D, CaffePooling2D)
+    ):
         return pool_point(layer, x, out, point)
     if isinstance(layer, (keras.layers.GlobalAveragePooling2D, keras.layers.GlobalMaxPooling2D)):
         plane = x[b, :, :, ch]
@@ -145,8 +151,13 @@ def move(layer, inputs, out, point, k, mass, max_k, shift, dense_rule):
     raise NotImplementedError(type(layer).__name__)
 
 
-def naive_unravel(model, images, k=1, mass=None, max_k=16, shift="partial", dense_rule="topk"):
-    """{(b, class, y, x): count} at the image, for a functional model of single-use layers."""
+def naive_unravel(
+    model, images, k=1, mass=None, max_k=16, shift="partial", dense_rule="topk", seed_limit=None
+):
+    """{(b, class, y, x): count} at the image, for a functional model of single-use layers.
+
+    `seed_limit` keeps only the first seeds (row-major), for timing on full-size networks.
+    """
     tensors = [layer.output for layer in model.layers]
     values = keras.Model(model.input, tensors)(images, training=False)
     value_of = {id(t): np.asarray(v) for t, v in zip(tensors, values, strict=True)}
@@ -156,7 +167,9 @@ def naive_unravel(model, images, k=1, mass=None, max_k=16, shift="partial", dens
         scores = scores[:, None, None, :]
     labels = np.argmax(scores, axis=-1)
     points = collections.defaultdict(collections.Counter)
-    for b, y, xx in np.ndindex(labels.shape):
+    for number, (b, y, xx) in enumerate(np.ndindex(labels.shape)):
+        if seed_limit is not None and number >= seed_limit:
+            break
         c = int(labels[b, y, xx])
         points[id(model.output)][(c, (b, y, xx, c))] += 1
     for layer in reversed(model.layers):
@@ -171,8 +184,7 @@ def naive_unravel(model, images, k=1, mass=None, max_k=16, shift="partial", dens
         for (cls, point), count in arrived.items():
             if out.ndim == 2:
                 point = (point[0], 0, 0, point[3])
-            for index, new in move(layer, in_values, out, point, k, mass, max_k, shift,
-                                   dense_rule):  # fmt: skip
+            for index, new in move(layer, in_values, out, point, k, mass, max_k, shift, dense_rule):
                 if in_values[index].ndim == 2:
                     new = (new[0], 0, 0, new[3])
                 points[id(inputs[index])][(cls, new)] += count

@@ -14,8 +14,10 @@ from tf_segunravel.training.optim import (
 
 def test_lr_multipliers_follow_deeplab():
     model = deeplab_largefov(num_classes=3, width=1 / 16)
-    mults = {v.path.split("/")[-2] + "/" + v.path.split("/")[-1]: lr_multiplier(v)
-             for v in model.trainable_variables}  # fmt: skip
+    mults = {
+        v.path.split("/")[-2] + "/" + v.path.split("/")[-1]: lr_multiplier(v)
+        for v in model.trainable_variables
+    }
     assert mults["conv1_1/kernel"] == 1 and mults["conv1_1/bias"] == 2
     assert mults["fc7/kernel"] == 1 and mults["fc7/bias"] == 2
     assert mults["fc8/kernel"] == 10 and mults["fc8/bias"] == 20

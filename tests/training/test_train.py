@@ -17,9 +17,16 @@ from helpers import last_line, run_tool
 from tf_segunravel.training import load_network
 
 TINY = [
-    "--width=0.0625", "--dropout=0.5", "--crop_size=41", "--batch_size=2", "--base_lr=0.001",
-    "--lr_policy=poly", "--shuffle_buffer=20", "--template_weight=0.1", "--deterministic",
-]  # fmt: skip
+    "--width=0.0625",
+    "--dropout=0.5",
+    "--crop_size=41",
+    "--batch_size=2",
+    "--base_lr=0.001",
+    "--lr_policy=poly",
+    "--shuffle_buffer=20",
+    "--template_weight=0.1",
+    "--deterministic",
+]
 
 
 def final_weights(model_dir):
@@ -30,20 +37,33 @@ def final_weights(model_dir):
 def test_training_on_shapes_learns(tmp_path, shapes_data_dir):
     model_dir = tmp_path / "run"
     proc = run_tool(
-        "train", "--flagfile=flags/shapes_baseline.cfg", f"--model_dir={model_dir}",
-        f"--data_dir={shapes_data_dir}", "--steps=600", "--checkpoint_every=300", "--verbose=2",
-    )  # fmt: skip
+        "train",
+        "--flagfile=flags/shapes_baseline.cfg",
+        f"--model_dir={model_dir}",
+        f"--data_dir={shapes_data_dir}",
+        "--steps=600",
+        "--checkpoint_every=300",
+        "--verbose=2",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    losses = [float(line.split("loss: ")[1].split(" ")[0]) for line in proc.stdout.splitlines()
-              if " - loss: " in line]  # fmt: skip
+    losses = [
+        float(line.split("loss: ")[1].split(" ")[0])
+        for line in proc.stdout.splitlines()
+        if " - loss: " in line
+    ]
     assert len(losses) == 2 and losses[1] < 0.5 * losses[0]
     for name in ("config.json", "flags.txt", "model.keras"):
         assert (model_dir / name).exists()
     assert list((model_dir / "logs").rglob("events.out.tfevents.*"))
 
     out_json = tmp_path / "val.json"
-    proc = run_tool("evaluate", f"--model={model_dir}", f"--data_dir={shapes_data_dir}",
-                    "--pad_size=129", f"--output_json={out_json}")  # fmt: skip
+    proc = run_tool(
+        "evaluate",
+        f"--model={model_dir}",
+        f"--data_dir={shapes_data_dir}",
+        "--pad_size=129",
+        f"--output_json={out_json}",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads(out_json.read_text())
     assert "mean IoU" in proc.stdout and results["images"] == 500
@@ -53,17 +73,27 @@ def test_training_on_shapes_learns(tmp_path, shapes_data_dir):
 
 @pytest.mark.slow
 def test_killed_run_resumes_to_the_same_weights(tmp_path, shapes_data_dir):
-    common = [*TINY, f"--data_dir={shapes_data_dir}", "--steps=24", "--checkpoint_every=6",
-              "--verbose=0"]  # fmt: skip
+    common = [
+        *TINY,
+        f"--data_dir={shapes_data_dir}",
+        "--steps=24",
+        "--checkpoint_every=6",
+        "--verbose=0",
+    ]
     straight = tmp_path / "straight"
     proc = run_tool("train", f"--model_dir={straight}", *common)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     killed = tmp_path / "killed"
-    args = [sys.executable, os.path.join(REPO_ROOT, "tools", "train.py"),
-            f"--model_dir={killed}", *common]  # fmt: skip
-    child = subprocess.Popen(args, cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)  # fmt: skip
+    args = [
+        sys.executable,
+        os.path.join(REPO_ROOT, "tools", "train.py"),
+        f"--model_dir={killed}",
+        *common,
+    ]
+    child = subprocess.Popen(
+        args, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 300
     while not (killed / "checkpoints" / "ckpt-12.index").exists():
         assert time.time() < deadline and child.poll() is None
@@ -161,8 +191,14 @@ MIRRORED_SCRIPT = textwrap.dedent(
 def test_mirrored_strategy_gives_the_single_device_update(tmp_path, template_weight):
     script = tmp_path / "mirrored.py"
     script.write_text(MIRRORED_SCRIPT)
-    proc = subprocess.run([sys.executable, str(script), str(template_weight)], cwd=REPO_ROOT,
-                          capture_output=True, text=True, timeout=600, check=False)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, str(script), str(template_weight)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     fields = last_line(proc.stdout).split()
     diff, moved = float(fields[1]), float(fields[3])
@@ -174,9 +210,16 @@ def test_mirrored_strategy_gives_the_single_device_update(tmp_path, template_wei
 @pytest.mark.slow
 def test_mixed_precision_and_xla_train(tmp_path, shapes_data_dir):
     proc = run_tool(
-        "train", f"--model_dir={tmp_path}", *TINY, f"--data_dir={shapes_data_dir}", "--steps=4",
-        "--checkpoint_every=2", "--verbose=0", "--mixed_precision", "--xla",
-    )  # fmt: skip
+        "train",
+        f"--model_dir={tmp_path}",
+        *TINY,
+        f"--data_dir={shapes_data_dir}",
+        "--steps=4",
+        "--checkpoint_every=2",
+        "--verbose=0",
+        "--mixed_precision",
+        "--xla",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "step: 4" in proc.stdout
     network = load_network(tmp_path)

@@ -18,9 +18,14 @@ def integer_weights(model, seed=0):
     rng = np.random.default_rng(seed)
     for layer in model.layers:
         if layer.weights and not isinstance(layer, L.BatchNormalization):
-            layer.set_weights([rng.integers(-2, 3, w.shape).astype(np.float32)
-                               if w.ndim > 1 else np.zeros(w.shape, np.float32)
-                               for w in layer.get_weights()])  # fmt: skip
+            layer.set_weights(
+                [
+                    rng.integers(-2, 3, w.shape).astype(np.float32)
+                    if w.ndim > 1
+                    else np.zeros(w.shape, np.float32)
+                    for w in layer.get_weights()
+                ]
+            )
     return model
 
 
@@ -29,8 +34,9 @@ def images(shape=(2, 19, 23, 3), seed=1):
 
 
 def as_counter(result):
-    return {tuple(int(v) for v in p): int(c) for p, c in zip(result.points, result.counts,
-                                                              strict=True)}  # fmt: skip
+    return {
+        tuple(int(v) for v in p): int(c) for p, c in zip(result.points, result.counts, strict=True)
+    }
 
 
 def check(model, batch, **options):
@@ -43,15 +49,24 @@ def check(model, batch, **options):
 
 def conv_model(kernel, stride, dilation, padding, classes=3):
     inp = keras.Input((None, None, 3))
-    x = L.Conv2D(4, kernel, strides=stride, dilation_rate=dilation, padding=padding,
-                 activation="relu")(inp)  # fmt: skip
+    x = L.Conv2D(
+        4, kernel, strides=stride, dilation_rate=dilation, padding=padding, activation="relu"
+    )(inp)
     x = L.Conv2D(5, 3, padding="same", activation="relu")(x)
     return keras.Model(inp, L.Conv2D(classes, 1)(x))
 
 
-CONVS = [(1, 1, 1, "same"), (3, 1, 1, "same"), (3, 2, 1, "same"), (5, 1, 1, "valid"),
-         (5, 2, 1, "same"), (3, 1, 2, "same"), (3, 1, 2, "valid"), (3, 1, 12, "same"),
-         (3, 2, 1, "valid")]  # fmt: skip
+CONVS = [
+    (1, 1, 1, "same"),
+    (3, 1, 1, "same"),
+    (3, 2, 1, "same"),
+    (5, 1, 1, "valid"),
+    (5, 2, 1, "same"),
+    (3, 1, 2, "same"),
+    (3, 1, 2, "valid"),
+    (3, 1, 12, "same"),
+    (3, 2, 1, "valid"),
+]
 
 
 @pytest.mark.parametrize("kernel, stride, dilation, padding", CONVS)
@@ -61,17 +76,30 @@ def test_convolutions(kernel, stride, dilation, padding, shift):
     assert sum(got.values()) > 0
 
 
-@pytest.mark.parametrize("options", [{"k": 2}, {"k": 3, "shift": "full"}, {"mass": 0.6},
-                                     {"mass": 0.9, "max_k": 3, "shift": "none"}])  # fmt: skip
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"k": 2},
+        {"k": 3, "shift": "full"},
+        {"mass": 0.6},
+        {"mass": 0.9, "max_k": 3, "shift": "none"},
+    ],
+)
 def test_branching(options):
     check(conv_model(3, 1, 1, "same"), images(shape=(1, 11, 9, 3)), **options)
 
 
-@pytest.mark.parametrize("pool", [
-    L.MaxPooling2D(2), L.MaxPooling2D(3, 2, padding="same"), L.AveragePooling2D(2),
-    L.AveragePooling2D(3, 1, padding="same"), CaffePooling2D("max", 3, 2, 1),
-    CaffePooling2D("avg", 3, 1, 1),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "pool",
+    [
+        L.MaxPooling2D(2),
+        L.MaxPooling2D(3, 2, padding="same"),
+        L.AveragePooling2D(2),
+        L.AveragePooling2D(3, 1, padding="same"),
+        CaffePooling2D("max", 3, 2, 1),
+        CaffePooling2D("avg", 3, 1, 1),
+    ],
+)
 def test_pooling(pool):
     inp = keras.Input((None, None, 3))
     x = L.Conv2D(4, 3, padding="same", activation="relu")(inp)
@@ -174,9 +202,13 @@ def test_works_inside_tf_function_with_dynamic_sizes():
 def test_flow_keeps_points_per_layer():
     model = deeplab_largefov(num_classes=3, width=1 / 16)
     result = SegUnravel(model, keep_flow=True)(images(shape=(1, 33, 33, 3)))
-    names = [name for name, _, _ in result.flow]
+    names = [name for name, _, _, _ in result.flow]
     assert names[0] == "fc8" and names[-1] == "preprocess"
-    assert all(counts.sum() == result.counts.sum() for _, _, counts in result.flow)
+    assert all(counts.sum() == result.counts.sum() for _, _, _, counts in result.flow)
+    sizes = dict((name, size) for name, size, _, _ in result.flow)
+    assert sizes["fc8"] == (5, 5) and sizes["conv1_1"] == (33, 33)
+    for _, (height, width), points, _ in result.flow:
+        assert (points[:, 2] < height).all() and (points[:, 3] < width).all()
 
 
 def test_untraceable_layer_is_named():
@@ -186,8 +218,9 @@ def test_untraceable_layer_is_named():
         SegUnravel(keras.Model(inp, L.Conv2D(3, 1)(x)))
 
 
-@pytest.mark.parametrize("kwargs", [{"shift": "diagonal"}, {"k": 0}, {"mass": 1.5},
-                                    {"dense_rule": "all"}])  # fmt: skip
+@pytest.mark.parametrize(
+    "kwargs", [{"shift": "diagonal"}, {"k": 0}, {"mass": 1.5}, {"dense_rule": "all"}]
+)
 def test_rejects_bad_options(kwargs):
     with pytest.raises(ValueError):
         SegUnravel(conv_model(3, 1, 1, "same"), **kwargs)

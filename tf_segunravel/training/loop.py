@@ -210,9 +210,13 @@ def train(config):
     with strategy.scope():
         network = checkpoints.network_from_config(dataclasses.asdict(config))
         schedule = learning_rate_schedule(
-            config.lr_policy, config.base_lr, config.steps, config.step_size, config.gamma,
+            config.lr_policy,
+            config.base_lr,
+            config.steps,
+            config.step_size,
+            config.gamma,
             config.power,
-        )  # fmt: skip
+        )
         optimizer = keras.optimizers.SGD(schedule, momentum=config.momentum)
         if config.mixed_precision:
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)

@@ -149,11 +149,13 @@ def conv_rule(layer, x, output, points, config):
     groups = getattr(layer, "groups", 1)
     in_h, in_w = tf.shape(x)[1], tf.shape(x)[2]
     before = [
-        _pad_before(in_h, tf.shape(output)[1], kh, layer.strides[0], layer.dilation_rate[0],
-                    layer.padding),
-        _pad_before(in_w, tf.shape(output)[2], kw, layer.strides[1], layer.dilation_rate[1],
-                    layer.padding),
-    ]  # fmt: skip
+        _pad_before(
+            in_h, tf.shape(output)[1], kh, layer.strides[0], layer.dilation_rate[0], layer.padding
+        ),
+        _pad_before(
+            in_w, tf.shape(output)[2], kw, layer.strides[1], layer.dilation_rate[1], layer.padding
+        ),
+    ]
     ys, xs, inside = _window(
         points, in_h, in_w, (kh, kw), layer.strides, layer.dilation_rate, before
     )
@@ -176,8 +178,9 @@ def conv_rule(layer, x, output, points, config):
     else:  # the kernel centre
         tap = tf.fill(tf.shape(parents), ((kh - 1) // 2) * kw + (kw - 1) // 2)
     taps = tf.stack([parents, tap], axis=-1)
-    in_channel = tf.gather_nd(tf.broadcast_to(in_channels, [tf.shape(ys)[0], group_in]),
-                              tf.stack([parents, channels], -1))  # fmt: skip
+    in_channel = tf.gather_nd(
+        tf.broadcast_to(in_channels, [tf.shape(ys)[0], group_in]), tf.stack([parents, channels], -1)
+    )
     return [
         points.take(parents).replace(
             y=tf.gather_nd(ys, taps), x=tf.gather_nd(xs, taps), ch=in_channel
@@ -205,12 +208,12 @@ def pooling_rule(layer, x, output, points, config):
         before = [tf.constant(layer.padding), tf.constant(layer.padding)]
     else:
         before = [
-            _pad_before(tf.shape(x)[a], tf.shape(output)[a], kernel[a - 1], stride[a - 1], 1,
-                        layer.padding)
+            _pad_before(
+                tf.shape(x)[a], tf.shape(output)[a], kernel[a - 1], stride[a - 1], 1, layer.padding
+            )
             for a in (1, 2)
-        ]  # fmt: skip
-    ys, xs, inside = _window(points, tf.shape(x)[1], tf.shape(x)[2], kernel, stride, (1, 1),
-                             before)  # fmt: skip
+        ]
+    ys, xs, inside = _window(points, tf.shape(x)[1], tf.shape(x)[2], kernel, stride, (1, 1), before)
     pixels = _gather_pixels(x, points.b, ys, xs)  # [N, T, C]
     values = tf.gather(pixels, points.ch[:, None], axis=2, batch_dims=1)[..., 0]
     tap = first_argmax(tf.where(inside, values, float("-inf")))
@@ -230,8 +233,13 @@ def global_pooling_rule(layer, x, output, points, config):
 def flatten_rule(layer, x, output, points, config):
     """Flatten of [B, H, W, C]: the output index unravels to (y, x, channel)."""
     _, _, width, channels = x.shape
-    return [points.replace(y=points.ch // (width * channels),
-                           x=(points.ch // channels) % width, ch=points.ch % channels)]  # fmt: skip
+    return [
+        points.replace(
+            y=points.ch // (width * channels),
+            x=(points.ch // channels) % width,
+            ch=points.ch % channels,
+        )
+    ]
 
 
 def add_rule(layer, inputs, output, points, config):
@@ -280,15 +288,21 @@ def rule_for(layer):
         return conv_rule, False
     table = [
         (keras.layers.Dense, dense_rule, False),
-        ((keras.layers.MaxPooling2D, keras.layers.AveragePooling2D, CaffePooling2D),
-         pooling_rule, False),
-        ((keras.layers.GlobalMaxPooling2D, keras.layers.GlobalAveragePooling2D),
-         global_pooling_rule, False),
+        (
+            (keras.layers.MaxPooling2D, keras.layers.AveragePooling2D, CaffePooling2D),
+            pooling_rule,
+            False,
+        ),
+        (
+            (keras.layers.GlobalMaxPooling2D, keras.layers.GlobalAveragePooling2D),
+            global_pooling_rule,
+            False,
+        ),
         (keras.layers.Flatten, flatten_rule, False),
         (keras.layers.Add, add_rule, True),
         (keras.layers.Concatenate, concatenate_rule, True),
         ((keras.layers.Resizing, keras.layers.UpSampling2D), resize_rule, False),
-    ]  # fmt: skip
+    ]
     for types, rule, multi in table:
         if isinstance(layer, types):
             if getattr(layer, "keepdims", False):

@@ -80,14 +80,16 @@ class UnravelResult:
     counts: int64 [N], the number of seed paths through each point.
     labels: int32 [B, h, w], the predicted labels on the score grid.
     seeds: int32 [B, classes], how many seeds each class had in each image.
+    scores: float32 [B, h, w, classes], the model's scores from the same forward pass.
     flow: when kept, [(layer name, (height, width), points [M, 4], counts [M])] from the
-      scores down to the image, the points at each layer's input.
+      scores down to the image: the points arriving at each layer's input, unmerged.
     """
 
     points: np.ndarray
     counts: np.ndarray
     labels: np.ndarray
     seeds: np.ndarray
+    scores: np.ndarray
     flow: list | None = None
 
     def for_image(self, index):
@@ -111,8 +113,9 @@ class SegUnravel:
       keep_flow: also return the points at every layer (for flow figures).
     """
 
-    def __init__(self, model, k=1, mass=None, max_k=16, shift="partial", dense_rule="topk",
-                 keep_flow=False):  # fmt: skip
+    def __init__(
+        self, model, k=1, mass=None, max_k=16, shift="partial", dense_rule="topk", keep_flow=False
+    ):
         if shift not in SHIFTS:
             raise ValueError(f"shift must be one of {SHIFTS}, got {shift!r}")
         if dense_rule not in DENSE_RULES:
@@ -146,7 +149,15 @@ class SegUnravel:
           [B, h, w], seeds int32 [B, classes], and per layer `flow/<i>` entries when kept.
         """
         images = tf.cast(images, tf.float32)
-        values = graph.record(self.steps, self.input_id, images)
+        return self.walk(self.record(images), seed_labels, classes)
+
+    def record(self, images):
+        """The recorded forward pass: {tensor id: value} for every tensor of the graph."""
+        return graph.record(self.steps, self.input_id, tf.cast(images, tf.float32))
+
+    def walk(self, values, seed_labels=None, classes=None):
+        """The unravel proper on recorded values (see `trace`); no forward computation."""
+        images = values[self.input_id]
         scores = values[self.output_id]
         if len(scores.shape) == 2:  # a classifier: one "pixel" per image
             scores = scores[:, None, None, :]
@@ -175,23 +186,26 @@ class SegUnravel:
             rule, multi = self.rules[id(step)]
             inputs = [values[i] for i in step.inputs]
             moved = rule(step.layer, inputs if multi else inputs[0], output, points, self.config)
-            for key, part in zip(step.inputs, moved, strict=True):
+            for j, (key, part) in enumerate(zip(step.inputs, moved, strict=True)):
                 pending.setdefault(key, []).append(part)
                 if self.keep_flow:
-                    flow[f"flow/{index}"] = part
+                    flow[f"flow/{index}/{j}"] = (part, _spatial_size(values[key]))
         final = merge(_concat(pending[self.input_id]), _sizes(images, self.num_classes))
         # The image's colour channel is not a location: merge over it.
-        at_image = merge(final.replace(ch=tf.zeros_like(final.ch)),
-                         (*_sizes(images, self.num_classes)[:4], 1))  # fmt: skip
+        at_image = merge(
+            final.replace(ch=tf.zeros_like(final.ch)), (*_sizes(images, self.num_classes)[:4], 1)
+        )
         result = {
             "points": tf.stack([at_image.b, at_image.cls, at_image.y, at_image.x], axis=1),
             "counts": at_image.count,
             "labels": labels,
             "seeds": seeds,
+            "scores": scores,
         }
-        for key, part in flow.items():
-            result[key] = tf.stack([part.b, part.cls, part.y, part.x], axis=1)
+        for key, (part, size) in flow.items():
+            result[key + "/points"] = tf.stack([part.b, part.cls, part.y, part.x], axis=1)
             result[key + "/counts"] = part.count
+            result[key + "/size"] = size
         return result
 
     def __call__(self, images, masks=None, classes=None):
@@ -206,13 +220,31 @@ class SegUnravel:
         if self.keep_flow:
             flow = []
             for index in range(len(self.steps) - 1, -1, -1):
-                key = f"flow/{index}"
-                if key in out:
-                    step = self.steps[index]
-                    flow.append((step.layer.name, out[key], out[key + "/counts"]))
+                for j in range(len(self.steps[index].inputs)):
+                    key = f"flow/{index}/{j}"
+                    if key + "/points" in out:
+                        flow.append(
+                            (
+                                self.steps[index].layer.name,
+                                tuple(out[key + "/size"].tolist()),
+                                out[key + "/points"],
+                                out[key + "/counts"],
+                            )
+                        )
         return UnravelResult(
-            out["points"].astype(np.int32), out["counts"], out["labels"], out["seeds"], flow
+            out["points"].astype(np.int32),
+            out["counts"],
+            out["labels"],
+            out["seeds"],
+            out["scores"],
+            flow,
         )
+
+
+def _spatial_size(tensor):
+    if len(tensor.shape) == 4:
+        return tf.shape(tensor)[1:3]
+    return tf.ones([2], tf.int32)
 
 
 def _concat(parts):

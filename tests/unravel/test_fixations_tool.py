@@ -1,0 +1,163 @@
+"""tools/fixations.py end to end on a tiny model, and every bad input it must name."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+from helpers import last_line, run_tool
+from PIL import Image
+
+from tf_segunravel.models import deeplab_largefov
+from tf_segunravel.unravel import SegUnravel
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    keras.utils.set_random_seed(3)
+    model = deeplab_largefov(num_classes=3, width=1 / 16)
+    rng = np.random.default_rng(0)
+    fc8 = model.get_layer("fc8")
+    fc8.set_weights([rng.normal(0, 1, w.shape).astype(np.float32) for w in fc8.get_weights()])
+    path = tmp_path_factory.mktemp("model") / "tiny.keras"
+    model.save(path)
+    return path, model
+
+
+def write_images(directory):
+    directory.mkdir()
+    rng = np.random.default_rng(1)
+    rgb = rng.integers(0, 256, (37, 45, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(directory / "rgb.png")
+    Image.fromarray(rgb).convert("L").save(directory / "grey.png")
+    Image.fromarray(rgb).convert("RGBA").save(directory / "alpha.png")
+    Image.fromarray(rgb).save(directory / "photo.jpg", quality=95)
+    Image.fromarray(rng.integers(0, 65535, (30, 33), dtype=np.uint16)).save(directory / "deep.png")
+    return rgb
+
+
+def test_writes_every_output(tmp_path, tiny_model):
+    model_path, model = tiny_model
+    rgb = write_images(tmp_path / "images")
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    truth = np.zeros((37, 45), np.uint8)
+    truth[5:20, 5:30] = 1
+    truth[0] = 255
+    Image.fromarray(truth, mode="L").save(masks / "rgb.png")
+    out = tmp_path / "out"
+    proc = run_tool(
+        "fixations",
+        f"--model={model_path}",
+        f"--images={tmp_path / 'images'}",
+        f"--output_dir={out}",
+        f"--masks={masks}",
+        "--sigma=3",
+        "--flow",
+        "--class_names=sky,road,car",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for stem in ("rgb", "grey", "alpha", "photo", "deep"):
+        for suffix in (".npz", ".png", ".json", "_flow.gif"):
+            assert (out / f"{stem}{suffix}").exists(), stem + suffix
+        with Image.open(out / f"{stem}.png") as figure:
+            figure.verify()
+    assert not [p for p in out.iterdir() if p.name.startswith(".tmp")]
+
+    data = np.load(out / "rgb.npz")
+    points, counts, classes = data["points"], data["counts"], data["classes"]
+    assert points.dtype == np.int32 and counts.dtype == np.int32 and classes.dtype == np.int32
+    assert [tuple(p) for p in points] == sorted(tuple(p) for p in points)
+    assert data["labels"].shape == (37, 45) and data["maps"].shape == (len(classes), 37, 45)
+    assert 0 <= data["maps"].min() and data["maps"].max() <= 1
+    # The same points as the engine on the same image.
+    engine_points, engine_counts = SegUnravel(model)(rgb[None].astype(np.float32)).for_image(0)
+    np.testing.assert_array_equal(points, engine_points)
+    np.testing.assert_array_equal(counts, engine_counts)
+
+    summary = json.loads((out / "rgb.json").read_text())
+    for cls in classes:
+        entry = summary["classes"][str(cls)]
+        assert entry["seeds"] > 0 and entry["name"] == ["sky", "road", "car"][cls]
+        for key in ("inside_predicted", "inside_predicted_weighted", "inside_truth"):
+            assert 0.0 <= entry[key] <= 1.0
+        mine = points[:, 0] == cls
+        want = np.mean(truth[points[mine, 1], points[mine, 2]] == cls)
+        assert entry["inside_truth"] == pytest.approx(want)
+    grey = json.loads((out / "grey.json").read_text())["classes"]
+    assert grey and all("inside_truth" not in entry for entry in grey.values())
+
+
+def test_max_side_maps_points_back(tmp_path, tiny_model):
+    model_path, _ = tiny_model
+    image = np.random.default_rng(5).integers(0, 256, (90, 70, 3), dtype=np.uint8)
+    Image.fromarray(image).save(tmp_path / "big.png")
+    proc = run_tool(
+        "fixations",
+        f"--model={model_path}",
+        f"--images={tmp_path}/*.png",
+        f"--output_dir={tmp_path / 'out'}",
+        "--max_side=45",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = np.load(tmp_path / "out" / "big.npz")
+    assert data["labels"].shape == (90, 70) and data["maps"].shape[1:] == (90, 70)
+    assert data["points"][:, 1].max() < 90 and data["points"][:, 2].max() < 70
+
+
+def test_bad_images_are_named_and_keep_going_summarises(tmp_path, tiny_model):
+    model_path, _ = tiny_model
+    images = tmp_path / "images"
+    write_images(images)
+    (images / "broken.png").write_bytes(b"\x89PNG\r\n not really")
+    out = tmp_path / "out"
+    args = [f"--model={model_path}", f"--images={images}", f"--output_dir={out}"]
+    proc = run_tool("fixations", *args)
+    assert proc.returncode == 1
+    assert last_line(proc.stderr).startswith("fixations: error: ")
+    assert "broken.png: not a readable image" in last_line(proc.stderr)
+    assert not (out / "broken.npz").exists()
+
+    proc = run_tool("fixations", *args, "--keep_going")
+    assert proc.returncode == 1
+    assert "1 of 6 images failed" in proc.stderr and "broken.png" in proc.stderr
+    assert (out / "rgb.npz").exists() and not (out / "broken.npz").exists()
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--images=/nonexistent/*.png"], "matches no image"),
+        (["--images=/nonexistent/a.png"], "/nonexistent/a.png: no such file"),
+        (["--classes=zebra"], "--classes: 'zebra'"),
+        (["--classes=7"], "--classes: 7 is not below the model's 3"),
+        (["--model=/nonexistent/model.keras"], "/nonexistent/model.keras: no such file"),
+        (["--shift=diagonal"], "shift"),
+        (["--seed_from_masks"], "--seed_from_masks needs --masks"),
+    ],
+)
+def test_bad_arguments(tmp_path, tiny_model, extra, message):
+    model_path, _ = tiny_model
+    write_images(tmp_path / "images")
+    base = {"model": f"--model={model_path}", "images": f"--images={tmp_path / 'images'}"}
+    for flag in extra:
+        base[flag.split("=")[0].lstrip("-")] = flag
+    proc = run_tool("fixations", *base.values(), f"--output_dir={tmp_path / 'out'}")
+    assert proc.returncode != 0
+    assert message in proc.stderr
+
+
+def test_mask_size_mismatch_is_named(tmp_path, tiny_model):
+    model_path, _ = tiny_model
+    write_images(tmp_path / "images")
+    (tmp_path / "masks").mkdir()
+    Image.fromarray(np.zeros((5, 5), np.uint8), mode="L").save(tmp_path / "masks" / "rgb.png")
+    proc = run_tool(
+        "fixations",
+        f"--model={model_path}",
+        f"--images={tmp_path}/images/rgb.png",
+        f"--output_dir={tmp_path / 'out'}",
+        f"--masks={tmp_path / 'masks'}",
+    )
+    assert proc.returncode == 1
+    assert "rgb.png: mask is 5x5 but the image is 45x37" in last_line(proc.stderr)

@@ -1,0 +1,122 @@
+"""Figures: segmentation colours, fixation overlays and fixation-flow GIFs (matplotlib)."""
+
+import io
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display needed
+
+import matplotlib.pyplot as plt
+import numpy as np
+from PIL import Image
+
+from tf_segunravel.data.labels import IGNORE_LABEL, voc_colormap
+
+
+def colorize(labels):
+    """uint8 RGB [H, W, 3] of class ids in the VOC colours (255 void in cream)."""
+    colormap = voc_colormap()
+    colormap[IGNORE_LABEL] = (224, 224, 192)
+    return colormap[np.asarray(labels, np.int64) % 256]
+
+
+def save_atomically(path, write):
+    """Calls write(temporary path), then moves the file into place."""
+    directory, name = os.path.split(os.path.abspath(path))
+    temporary = os.path.join(directory, f".tmp-{os.getpid()}-{name}")
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
+def _figure_to_array(figure):
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=80)
+    plt.close(figure)
+    buffer.seek(0)
+    with Image.open(buffer) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def overlay_figure(image, labels, classes, maps, points, counts, class_names, path):
+    """Image, predicted segmentation, and one panel per class: heat map and fixations.
+
+    Args:
+      image: uint8 [H, W, 3]; labels: [H, W] predicted class ids at image size.
+      classes: the classes to show; maps: [len(classes), H, W] in [0, 1].
+      points: [N, 3] rows (class, y, x); counts: [N].
+      class_names: names indexed by class id (or None for numbers).
+    """
+    panels = 2 + len(classes)
+    columns = min(panels, 4)
+    rows = -(-panels // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.3 * rows), squeeze=False)
+    for axis in axes.ravel():
+        axis.axis("off")
+    axes.flat[0].imshow(image)
+    axes.flat[0].set_title("image")
+    axes.flat[1].imshow(colorize(labels))
+    axes.flat[1].set_title("prediction")
+
+    def name(c):
+        return class_names[c] if class_names and c < len(class_names) else str(c)
+
+    for panel, (cls, heat) in enumerate(zip(classes, maps, strict=True), start=2):
+        axis = axes.flat[panel]
+        axis.imshow(image)
+        # Transparent where the map is (nearly) empty, so the image stays readable.
+        axis.imshow(np.ma.masked_less(heat, 0.02), cmap="jet", alpha=0.5, vmin=0, vmax=1)
+        mine = points[:, 0] == cls
+        if mine.any():
+            sizes = 4 + 30 * np.sqrt(counts[mine] / counts[mine].max())
+            axis.scatter(
+                points[mine, 2],
+                points[mine, 1],
+                s=sizes,
+                c="white",
+                edgecolors="black",
+                linewidths=0.4,
+            )
+        axis.set_title(name(cls))
+    figure.tight_layout()
+    save_atomically(path, lambda p: figure.savefig(p, dpi=90, format="png"))
+    plt.close(figure)
+
+
+def flow_gif(image, flow, path, frame_ms=600):
+    """One frame per layer: the fixation points on the image at that layer's resolution.
+
+    flow: [(layer name, (height, width), points [M, 4] (b, class, y, x), counts)] for one
+    image (b is ignored), from the scores down to the image.
+    """
+    colours = voc_colormap()[1:] / 255.0
+    frames = []
+    for name, (height, width), points, counts in flow:
+        small = np.asarray(
+            Image.fromarray(image).resize(
+                (max(width, 1), max(height, 1)), Image.Resampling.BILINEAR
+            )
+        )
+        figure, axis = plt.subplots(figsize=(4, 4 * height / max(width, 1) + 0.4))
+        axis.imshow(small, extent=(-0.5, width - 0.5, height - 0.5, -0.5))
+        if len(points):
+            colour = colours[(points[:, 1] - 1) % len(colours)]
+            sizes = 6 + 40 * np.sqrt(counts / counts.max())
+            axis.scatter(
+                points[:, 3], points[:, 2], s=sizes, c=colour, edgecolors="white", linewidths=0.4
+            )
+        axis.set_title(f"{name}  ({height}x{width})")
+        axis.axis("off")
+        frames.append(Image.fromarray(_figure_to_array(figure)))
+    size = frames[0].size
+    frames = [frame.resize(size) for frame in frames]
+    save_atomically(
+        path,
+        lambda p: frames[0].save(
+            p, format="GIF", save_all=True, append_images=frames[1:], duration=frame_ms, loop=0
+        ),
+    )

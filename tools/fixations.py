@@ -1,0 +1,143 @@
+"""Segmentation fixations for image files: points, heat maps, figures, statistics.
+
+    python3 tools/fixations.py --model=runs/shapes_base --images=photos/ \
+        --output_dir=runs/fixations [--k=1 --shift=partial --sigma=20 --flow]
+
+--model is a .keras file of any Keras model mapping RGB 0..255 images to per-pixel class
+scores, or a training model dir. For each image <stem> it writes <stem>.npz, <stem>.png and
+<stem>.json (and <stem>_flow.gif with --flow) into --output_dir; see
+tf_segunravel/unravel/files.py for their contents.
+"""
+
+import os
+import sys
+
+from absl import flags
+
+from tf_segunravel import cli
+from tf_segunravel.errors import InputError
+
+flags.DEFINE_string("model", None, "A .keras file or a training model dir.")
+flags.DEFINE_list("images", None, "Image files, globs or directories (comma-separated).")
+flags.DEFINE_string("output_dir", None, "Directory for the per-image outputs.")
+flags.DEFINE_integer("k", 1, "Channels kept per unit (branching when > 1).")
+flags.DEFINE_float(
+    "mass",
+    None,
+    "Instead of --k: keep the fewest channels reaching this "
+    "fraction of a unit's positive contribution.",
+)
+flags.DEFINE_enum("shift", "partial", ["none", "partial", "full"], "Spatial shift rule.")
+flags.DEFINE_float("sigma", 20.0, "Gaussian blur of the heat maps, in pixels.")
+flags.DEFINE_float(
+    "outlier_radius", 0.02, "Outlier radius, fraction of the image diagonal (0: keep every point)."
+)
+flags.DEFINE_boolean("weighted", True, "Weight heat-map points by their path counts.")
+flags.DEFINE_list("classes", None, "Only these classes (ids or names).")
+flags.DEFINE_list("class_names", None, "Class names by id, or 'voc' or 'shapes'.")
+flags.DEFINE_string("masks", None, "Directory of ground-truth label PNGs matched by stem.")
+flags.DEFINE_boolean("seed_from_masks", False, "Seed from the --masks instead of predictions.")
+flags.DEFINE_integer("max_side", None, "Downsize larger images to this side first.")
+flags.DEFINE_boolean("flow", False, "Also write <stem>_flow.gif.")
+flags.DEFINE_boolean("keep_going", False, "Report bad images and go on; exit 1 at the end.")
+flags.mark_flags_as_required(["model", "images", "output_dir"])
+flags.register_validator("k", lambda v: v >= 1, "--k must be >= 1")
+flags.register_validator("mass", lambda v: v is None or 0 < v <= 1, "--mass must be in (0, 1]")
+flags.register_validator("sigma", lambda v: v >= 0, "--sigma must be >= 0")
+flags.register_validator(
+    "outlier_radius", lambda v: 0 <= v < 1, "--outlier_radius must be in [0, 1)"
+)
+flags.register_validator("max_side", lambda v: v is None or v >= 8, "--max_side must be >= 8")
+flags.register_multi_flags_validator(
+    ["seed_from_masks", "masks"],
+    lambda f: not f["seed_from_masks"] or f["masks"],
+    "--seed_from_masks needs --masks",
+)
+FLAGS = flags.FLAGS
+
+
+def resolve_class_names(spec):
+    if not spec:
+        return None
+    if spec == ["voc"]:
+        from tf_segunravel.data.labels import VOC_CLASSES
+
+        return list(VOC_CLASSES)
+    if spec == ["shapes"]:
+        from tf_segunravel.data.shapes import CLASS_NAMES
+
+        return list(CLASS_NAMES)
+    return spec
+
+
+def resolve_classes(spec, names, num_classes):
+    if not spec:
+        return None
+    classes = []
+    for item in spec:
+        if item.isdigit():
+            value = int(item)
+        elif names and item in names:
+            value = names.index(item)
+        else:
+            raise InputError(f"--classes: {item!r} is neither a class id nor a known name")
+        if value >= num_classes:
+            raise InputError(f"--classes: {value} is not below the model's {num_classes}")
+        classes.append(value)
+    return classes
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise InputError(f"unexpected arguments: {' '.join(argv[1:])}")
+    from tf_segunravel.training import load_network
+    from tf_segunravel.unravel.files import FixationWriter, expand_images
+
+    paths = expand_images(FLAGS.images)
+    if FLAGS.masks and not os.path.isdir(FLAGS.masks):
+        raise InputError(f"--masks={FLAGS.masks}: no such directory")
+    network = load_network(FLAGS.model)
+    names = resolve_class_names(FLAGS.class_names)
+    classes = resolve_classes(FLAGS.classes, names, network.outputs[0].shape[-1])
+    writer = FixationWriter(
+        network,
+        FLAGS.output_dir,
+        k=FLAGS.k,
+        mass=FLAGS.mass,
+        shift=FLAGS.shift,
+        sigma=FLAGS.sigma,
+        outlier_radius=FLAGS.outlier_radius,
+        weighted=FLAGS.weighted,
+        classes=classes,
+        class_names=names,
+        max_side=FLAGS.max_side,
+        flow=FLAGS.flow,
+        seed_from_masks=FLAGS.seed_from_masks,
+    )
+    import keras
+
+    progress = keras.utils.Progbar(len(paths), unit_name="image")
+    failures = []
+    for number, path in enumerate(paths, start=1):
+        mask = None
+        if FLAGS.masks:
+            stem = os.path.splitext(os.path.basename(path))[0]
+            mask = os.path.join(FLAGS.masks, stem + ".png")
+            if not os.path.isfile(mask):
+                mask = None
+        try:
+            writer.process(path, mask)
+        except InputError as e:
+            if not FLAGS.keep_going:
+                raise
+            failures.append(str(e))
+        progress.update(number)
+    if failures:
+        print(f"fixations: {len(failures)} of {len(paths)} images failed:", file=sys.stderr)
+        for failure in failures:
+            print(f"  {failure}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    cli.run(main)
