@@ -4,9 +4,10 @@
         --output_dir=runs/fixations [--k=1 --shift=partial --sigma=20 --flow]
 
 --model is a .keras file of any Keras model mapping RGB 0..255 images to per-pixel class
-scores, or a training model dir. For each image <stem> it writes <stem>.npz, <stem>.png and
-<stem>.json (and <stem>_flow.gif with --flow) into --output_dir; see
-tf_segunravel/unravel/files.py for their contents.
+scores, a training model dir, or a SavedModel from tools/export.py (its `fixations`
+signature, whose K and shift were fixed at export). For each image <stem> it writes
+<stem>.npz, <stem>.png and <stem>.json (and <stem>_flow.gif with --flow) into --output_dir;
+see tf_segunravel/unravel/files.py for their contents.
 """
 
 import os
@@ -17,7 +18,9 @@ from absl import flags
 from tf_segunravel import cli
 from tf_segunravel.errors import InputError
 
-flags.DEFINE_string("model", None, "A .keras file or a training model dir.")
+flags.DEFINE_string(
+    "model", None, "A .keras file, a training model dir, or an exported SavedModel dir."
+)
 flags.DEFINE_list("images", None, "Image files, globs or directories (comma-separated).")
 flags.DEFINE_string("output_dir", None, "Directory for the per-image outputs.")
 flags.DEFINE_integer("k", 1, "Channels kept per unit (branching when > 1).")
@@ -96,9 +99,15 @@ def main(argv):
     paths = expand_images(FLAGS.images)
     if FLAGS.masks and not os.path.isdir(FLAGS.masks):
         raise InputError(f"--masks={FLAGS.masks}: no such directory")
-    network = load_network(FLAGS.model)
+    from tf_segunravel.export import is_saved_model, saved_model_classes
+
     names = resolve_class_names(FLAGS.class_names)
-    classes = resolve_classes(FLAGS.classes, names, network.outputs[0].shape[-1])
+    if os.path.isdir(FLAGS.model) and is_saved_model(FLAGS.model):
+        network, num_classes = FLAGS.model, saved_model_classes(FLAGS.model)
+    else:
+        network = load_network(FLAGS.model)
+        num_classes = network.outputs[0].shape[-1]
+    classes = resolve_classes(FLAGS.classes, names, num_classes)
     writer = FixationWriter(
         network,
         FLAGS.output_dir,

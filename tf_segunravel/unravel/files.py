@@ -79,8 +79,50 @@ def class_statistics(classes, seeds, points, counts, labels, truth=None):
     return stats
 
 
+class KerasFixations:
+    """Fixations of a Keras model through the engine."""
+
+    def __init__(self, model, k=1, mass=None, shift="partial", flow=False):
+        self.engine = SegUnravel(model, k=k, mass=mass, shift=shift, keep_flow=flow)
+
+    def __call__(self, image, seed_mask=None, classes=None):
+        """(points [n, 3], counts [n], seeds [C], labels [H, W], flow) for one image."""
+        masks = None if seed_mask is None else seed_mask[None]
+        result = self.engine(image[None], masks=masks, classes=classes)
+        points, counts = result.for_image(0)
+        labels = labels_at_image_size(result.scores[0], image.shape[0], image.shape[1])
+        return points, counts, result.seeds[0], labels, result.flow
+
+
+class SavedModelFixations:
+    """Fixations from an exported SavedModel's `fixations` signature (settings fixed there)."""
+
+    def __init__(self, path):
+        try:
+            self._loaded = tf.saved_model.load(path)  # keeps the variables alive
+            self.signature = self._loaded.signatures["fixations"]
+        except (OSError, ValueError, KeyError) as e:
+            raise InputError(f"{path}: not a SavedModel with a 'fixations' signature") from e
+
+    def __call__(self, image, seed_mask=None, classes=None):
+        if seed_mask is not None:
+            raise InputError("seeding from masks needs a Keras model, not a SavedModel")
+        out = self.signature(images=tf.constant(image[None], tf.uint8))
+        points, counts = out["points"].numpy(), out["counts"].numpy()
+        seeds = out["seeds"].numpy()[0]
+        if classes is not None:  # each class's points come from its own seeds only
+            keep = np.isin(points[:, 1], classes)
+            points, counts = points[keep], counts[keep]
+            seeds = np.where(np.isin(np.arange(seeds.size), classes), seeds, 0)
+        return points[:, 1:], counts, seeds, out["labels"].numpy()[0], None
+
+
 class FixationWriter:
-    """Unravels image files one by one and writes their fixation files."""
+    """Unravels image files one by one and writes their fixation files.
+
+    `model` is a Keras model, or the path of a SavedModel with a `fixations` signature
+    (whose K and shift were fixed at export).
+    """
 
     def __init__(
         self,
@@ -98,7 +140,12 @@ class FixationWriter:
         flow=False,
         seed_from_masks=False,
     ):
-        self.engine = SegUnravel(model, k=k, mass=mass, shift=shift, keep_flow=flow)
+        if isinstance(model, str):
+            if flow:
+                raise InputError("--flow needs a Keras model, not a SavedModel")
+            self.fixations = SavedModelFixations(model)
+        else:
+            self.fixations = KerasFixations(model, k, mass, shift, flow)
         self.output_dir = output_dir
         self.sigma, self.outlier_radius, self.weighted = sigma, outlier_radius, weighted
         self.classes = classes
@@ -129,13 +176,12 @@ class FixationWriter:
                 )
         height, width = image.shape[:2]
         small = self._prepare(image)
-        seed_masks = None
+        seed_mask = None
         if self.seed_from_masks and truth is not None:
-            seed_masks = np.asarray(
+            seed_mask = np.asarray(
                 Image.fromarray(truth).resize(small.shape[1::-1], Image.Resampling.NEAREST)
-            )[None]
-        result = self.engine(small[None], masks=seed_masks, classes=self.classes)
-        points, counts = result.for_image(0)
+            )
+        points, counts, seeds, labels, flow = self.fixations(small, seed_mask, self.classes)
         scale_y, scale_x = height / small.shape[0], width / small.shape[1]
         if (scale_y, scale_x) != (1.0, 1.0):  # map coordinates back to the original image
             points = points.copy()
@@ -144,12 +190,10 @@ class FixationWriter:
             keys, inverse = np.unique(points, axis=0, return_inverse=True)
             counts = np.bincount(inverse.ravel(), weights=counts).astype(np.int64)
             points = keys
-        labels = labels_at_image_size(result.scores[0], small.shape[0], small.shape[1])
         if labels.shape != (height, width):
             labels = np.asarray(
                 Image.fromarray(labels).resize((width, height), Image.Resampling.NEAREST)
             )
-        seeds = result.seeds[0]
         classes = np.flatnonzero(seeds).astype(np.int32)
         batch_points = np.concatenate([np.zeros((len(points), 1), np.int32), points], axis=1)
         all_maps = heat.heatmaps(
@@ -182,7 +226,7 @@ class FixationWriter:
             image, labels, classes, class_maps, points, counts, self.class_names, base + ".png"
         )
         if self.flow:
-            flow_gif(small, result.flow, base + "_flow.gif")
+            flow_gif(small, flow, base + "_flow.gif")
         summary = {"image": image_path, "height": height, "width": width, "classes": stats}
         if self.class_names:
             for key, entry in stats.items():

@@ -1,0 +1,162 @@
+"""SavedModel export with segmentation and fixation signatures.
+
+Signatures (all take uint8 RGB images of any size; preprocessing lives inside the graph):
+  serving_default  images [N, H, W, 3] -> labels int32 [N, H, W], probabilities float32
+                   [N, H, W, C] (DeepLab's x8 aligned-corner bilinear upsampling, softmax),
+                   scores float32 [N, h, w, C] (stride-8, pre-softmax)
+  fixations        images [N, H, W, 3] -> points int32 [P, 4] (image, class, y, x), counts
+                   int64 [P], seeds int32 [N, C], maps float32 [N, C, H, W], labels
+  serving_bytes    encoded JPEG/PNG strings [N] (same size) -> as serving_default
+  metadata         () -> the unravel settings fixed at export time, num_classes
+
+The settings are also written to `assets.extra/tf_segunravel.json`. The SavedModel needs
+only TensorFlow to load and run.
+"""
+
+import json
+import os
+import shutil
+import tempfile
+
+import keras
+import tensorflow as tf
+
+from tf_segunravel.errors import InputError
+from tf_segunravel.evaluation import upsample_scores
+from tf_segunravel.unravel import maps as heat
+from tf_segunravel.unravel.rules import first_argmax
+from tf_segunravel.unravel.tracer import SegUnravel
+
+METADATA_FILE = "tf_segunravel.json"
+
+
+def _at_input_size(scores, height, width):
+    full = upsample_scores(scores)
+    pad_h = tf.maximum(height - tf.shape(full)[1], 0)
+    pad_w = tf.maximum(width - tf.shape(full)[2], 0)
+    full = tf.pad(full, [[0, 0], [0, pad_h], [0, pad_w], [0, 0]], mode="SYMMETRIC")
+    return full[:, :height, :width]
+
+
+def _checked(images):
+    """A runtime shape check at the signature's door. Signatures do not verify shapes, and a
+    rank-3 or 4-channel tensor would otherwise abort the process inside a kernel; this fails
+    with "Shape of tensor images [..] is not compatible with expected shape [?,?,?,3]"."""
+    return tf.ensure_shape(images, [None, None, None, 3])
+
+
+def build_archive(
+    network, k=1, mass=None, shift="partial", sigma=20.0, outlier_radius=0.02, weighted=True
+):
+    """A `keras.export.ExportArchive` holding every signature for `network`."""
+    engine = SegUnravel(network, k=k, mass=mass, shift=shift)
+    num_classes = network.outputs[0].shape[-1]
+    images_spec = tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")
+
+    def segment(images):
+        images = _checked(images)
+        height, width = tf.shape(images)[1], tf.shape(images)[2]
+        scores = tf.cast(network(tf.cast(images, tf.float32), training=False), tf.float32)
+        full = _at_input_size(scores, height, width)
+        return {
+            "labels": tf.cast(first_argmax(full, axis=-1), tf.int32),
+            "probabilities": tf.nn.softmax(full, axis=-1),
+            "scores": scores,
+        }
+
+    def fixations(images):
+        images = _checked(images)
+        height, width = tf.shape(images)[1], tf.shape(images)[2]
+        out = engine.trace(images)
+        full = _at_input_size(tf.cast(out["scores"], tf.float32), height, width)
+        maps = heat.heatmaps(
+            out["points"],
+            out["counts"],
+            tf.shape(images)[0],
+            num_classes,
+            height,
+            width,
+            sigma,
+            outlier_radius,
+            weighted,
+        )
+        return {
+            "points": out["points"],
+            "counts": out["counts"],
+            "seeds": out["seeds"],
+            "maps": maps,
+            "labels": tf.cast(first_argmax(full, axis=-1), tf.int32),
+        }
+
+    def decode(encoded):
+        return tf.map_fn(
+            lambda data: tf.io.decode_image(data, channels=3, expand_animations=False),
+            encoded,
+            fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8),
+        )
+
+    settings = {
+        "k": k,
+        "mass": mass,
+        "shift": shift,
+        "sigma": sigma,
+        "outlier_radius": outlier_radius,
+        "weighted": weighted,
+        "num_classes": int(num_classes),
+    }
+
+    def metadata():
+        return {key: tf.constant(str(value)) for key, value in settings.items()}
+
+    archive = keras.export.ExportArchive()
+    archive.track(network)
+    archive.add_endpoint("serving_default", segment, [images_spec])
+    archive.add_endpoint("fixations", fixations, [images_spec])
+    archive.add_endpoint(
+        "serving_bytes",
+        lambda encoded: segment(decode(encoded)),
+        [tf.TensorSpec([None], tf.string, name="encoded")],
+    )
+    archive.add_endpoint("metadata", metadata, [])
+    return archive, settings
+
+
+def export_saved_model(network, export_dir, overwrite=False, **unravel_settings):
+    """Writes the SavedModel to `export_dir` atomically (a temporary dir moved into place)."""
+    export_dir = os.path.abspath(export_dir)
+    if os.path.exists(export_dir) and not overwrite:
+        raise InputError(f"{export_dir}: already exists; pass --overwrite to replace it")
+    parent = os.path.dirname(export_dir)
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".export-", dir=parent)
+    try:
+        archive, settings = build_archive(network, **unravel_settings)
+        archive.write_out(staging, verbose=False)
+        extra = os.path.join(staging, "assets.extra")
+        os.makedirs(extra, exist_ok=True)
+        with open(os.path.join(extra, METADATA_FILE), "w") as f:
+            json.dump(settings, f, indent=2)
+        if os.path.exists(export_dir):
+            old = tempfile.mkdtemp(prefix=".replaced-", dir=parent)
+            os.replace(export_dir, os.path.join(old, "model"))
+            os.replace(staging, export_dir)
+            shutil.rmtree(old)
+        else:
+            os.replace(staging, export_dir)
+    finally:
+        if os.path.exists(staging):
+            shutil.rmtree(staging)
+    return settings
+
+
+def is_saved_model(path):
+    return os.path.isfile(os.path.join(path, "saved_model.pb"))
+
+
+def saved_model_classes(path):
+    """The class count recorded in an exported SavedModel."""
+    try:
+        with open(os.path.join(path, "assets.extra", METADATA_FILE)) as f:
+            return int(json.load(f)["num_classes"])
+    except (OSError, ValueError, KeyError) as e:
+        raise InputError(f"{path}: SavedModel lacks assets.extra/{METADATA_FILE}") from e
