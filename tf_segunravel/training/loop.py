@@ -22,6 +22,7 @@ from tf_segunravel.training.optim import freeze_all_but_last, learning_rate_sche
 from tf_segunravel.training.trainer import SegmentationTrainer
 
 INITS = ("scratch", "vgg16", "caffe", "model")
+HISTORY_FILE = "history.csv"
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 
 
@@ -269,6 +270,8 @@ def train(config):
     callbacks = [
         guard,
         keras.callbacks.TensorBoard(log_dir, write_graph=False),
+        # One row per checkpoint interval; appends on resume.
+        keras.callbacks.CSVLogger(os.path.join(config.model_dir, HISTORY_FILE), append=True),
         _ImageSummaries(log_dir, sample_images[:4], sample_labels[:4], config.checkpoint_every),
     ]
     history = {}

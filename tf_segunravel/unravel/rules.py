@@ -46,6 +46,9 @@ class UnravelConfig(typing.NamedTuple):
     max_k: int = 16
     shift: str = "partial"
     dense_rule: str = "topk"
+    # Called as hook(layer, channel_scores [N, C_in]) by the conv and dense rules; for
+    # analyses such as the K experiment (eager mode only).
+    hook: object = None
 
 
 class UntraceableLayerError(ValueError):
@@ -166,7 +169,10 @@ def conv_rule(layer, x, output, points, config):
         window = tf.gather(window, in_channels, axis=2, batch_dims=1)
     weights = tf.gather(tf.reshape(kernel, [kh * kw, group_in, filters]), points.ch, axis=2)
     contributions = window * tf.transpose(weights, [2, 0, 1])  # [N, T, C_in]
-    parents, channels = select_channels(tf.reduce_sum(contributions, axis=1), config)
+    channel_scores = tf.reduce_sum(contributions, axis=1)
+    if config.hook is not None:
+        config.hook(layer, channel_scores)
+    parents, channels = select_channels(channel_scores, config)
 
     full = config.shift == "full" or (config.shift == "partial" and max(layer.dilation_rate) == 1)
     if full:
@@ -196,6 +202,8 @@ def dense_rule(layer, x, output, points, config):
     else:
         window = tf.gather(x, points.b)
     contributions = window * tf.transpose(tf.gather(kernel, points.ch, axis=1))
+    if config.hook is not None:
+        config.hook(layer, contributions)
     parents, channels = select_channels(contributions, config, config.dense_rule)
     return [points.take(parents).replace(ch=channels)]
 

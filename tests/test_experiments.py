@@ -1,0 +1,109 @@
+"""The dissertation's analyses on a tiny model and the shapes dataset."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+from helpers import run_tool
+from PIL import Image
+
+from tf_segunravel import experiments
+from tf_segunravel.data import load_split
+from tf_segunravel.data.shapes import CLASS_KINDS, CLASS_NAMES
+from tf_segunravel.models import deeplab_largefov
+
+
+@pytest.fixture(scope="module")
+def tiny(shapes_data_dir):
+    keras.utils.set_random_seed(7)
+    model = deeplab_largefov(num_classes=6, width=1 / 16)
+    fc8 = model.get_layer("fc8")
+    rng = np.random.default_rng(0)
+    fc8.set_weights([rng.normal(0, 1, w.shape).astype(np.float32) for w in fc8.get_weights()])
+    return model, load_split("segunravel_shapes", "val", shapes_data_dir)
+
+
+def test_channels_needed():
+    scores = np.array([[5.0, 3.0, 2.0, -1.0], [0.0, 0.0, 0.0, 0.0], [-1.0, -2.0, -3.0, -4.0]])
+    np.testing.assert_array_equal(experiments.channels_needed(scores, 0.5), [1, 1, 4])
+    np.testing.assert_array_equal(experiments.channels_needed(scores, 0.8), [2, 1, 4])
+    np.testing.assert_array_equal(experiments.channels_needed(scores, 1.0), [3, 1, 4])
+
+
+def test_fixation_location_rows(tiny):
+    model, val = tiny
+    rows = experiments.fixation_location(
+        model, val, 6, list(CLASS_NAMES), list(CLASS_KINDS), max_images=6, pad_size=129
+    )
+    assert [r["name"] for r in rows] == list(CLASS_NAMES)
+    unravelled = [r for r in rows if r["images"]]
+    assert unravelled
+    for row in unravelled:
+        assert 0.0 <= row["inside_truth"] <= 1.0 and 0.0 <= row["inside_truth_weighted"] <= 1.0
+    assert set(experiments.by_kind(rows)) <= {"background", "intrinsic", "contextual"}
+
+
+def test_fixation_location_is_exact_on_a_hand_made_case():
+    """A 1x1-conv model: every fixation stays under its seed, so shares are known."""
+    inp = keras.Input((None, None, 3))
+    scores = keras.layers.Conv2D(2, 1, use_bias=False)(inp)
+    model = keras.Model(inp, scores)
+    model.layers[1].set_weights([np.array([[[[1.0, -1.0], [0, 0], [0, 0]]]], np.float32)])
+    image = np.zeros((1, 6, 6, 3), np.uint8)
+    image[0, :, :3, 0] = 200  # red left half -> class 0; right half (0) -> tie -> class 0
+    truth = np.zeros((1, 6, 6, 1), np.uint8)
+    truth[0, :2] = 1  # truth says the top two rows are class 1
+    import tensorflow as tf
+
+    val = tf.data.Dataset.from_tensor_slices({"image": image, "segmentation": truth})
+    rows = experiments.fixation_location(model, val, 2, max_images=1, pad_size=8)
+    assert rows[0]["images"] == 1
+    assert rows[0]["inside_truth"] == pytest.approx(24 / 36)
+
+
+def test_shift_variants_rows(tiny):
+    model, val = tiny
+    rows = experiments.shift_variants(model, val, 6, list(CLASS_NAMES), max_images=3, pad_size=129)
+    assert [r["shift"] for r in rows] == ["none"] * 6 + ["partial"] * 6 + ["full"] * 6
+
+
+def test_k_analysis_rows(tiny):
+    model, val = tiny
+    rows = experiments.k_analysis(model, val, max_images=2)
+    layers = [r["layer"] for r in rows]
+    assert layers[0] == "fc8" and layers[-1] == "conv1_1"
+    for row in rows:
+        assert 1 <= row["k_10"] <= row["k_25"] <= row["k_50"] <= row["input_channels"]
+
+
+def test_salient_parts_rows(tiny):
+    model, val = tiny
+    rows = experiments.salient_parts(model, val, 6, list(CLASS_NAMES), max_images=3)
+    measured = [r for r in rows if r["images"]]
+    assert measured
+    for row in measured:
+        assert -1.0 <= row["drop_inside"] <= 1.0
+
+
+def test_tool_writes_tables_and_figures(tmp_path, tiny, shapes_data_dir):
+    model, _ = tiny
+    model_path = tmp_path / "tiny.keras"
+    model.save(model_path)
+    out = tmp_path / "out"
+    proc = run_tool(
+        "experiments",
+        "--experiment=all",
+        f"--model={model_path}",
+        f"--data_dir={shapes_data_dir}",
+        f"--output_dir={out}",
+        "--max_images=3",
+        "--pad_size=129",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name in experiments.EXPERIMENTS:
+        payload = json.loads((out / f"{name}.json").read_text())
+        assert payload["experiment"] == name and payload["rows"]
+        assert (out / f"{name}.csv").read_text().count("\n") == len(payload["rows"]) + 1
+        with Image.open(out / f"{name}.png") as figure:
+            figure.verify()

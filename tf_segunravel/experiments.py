@@ -1,0 +1,266 @@
+"""The dissertation's four unravel analyses, on any dataset split.
+
+- `fixation_location`: per class, the share of fixations inside the class's ground-truth
+  segment, averaged over the images where the class was unravelled, beside the class IoU.
+- `shift_variants`: the same under no, partial and full shift.
+- `k_analysis`: per layer, how many input channels a unit on the fixation path needs to
+  capture 10, 25 and 50% of its positive contribution, averaged over the fixation points.
+- `salient_parts`: mask each class's most fixated region (heat map >= 0.5), segment again,
+  and measure how much the class's probability drops inside and outside the masked region.
+
+Each returns rows (dicts) that `write_results` saves as CSV and JSON next to a figure.
+"""
+
+import csv
+import json
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from tf_segunravel.data.pipeline import MEAN_RGB
+from tf_segunravel.evaluation import evaluate, upsample_scores
+from tf_segunravel.unravel import maps as heat
+from tf_segunravel.unravel.tracer import SegUnravel
+from tf_segunravel.viz import save_atomically
+
+EXPERIMENTS = ("fixation_location", "shift_variants", "k_analysis", "salient_parts")
+K_FRACTIONS = (0.10, 0.25, 0.50)
+
+
+def _examples(examples, max_images):
+    for example in examples.take(max_images).as_numpy_iterator():
+        yield example["image"], example["segmentation"][..., 0]
+
+
+def _name(class_names, cls):
+    return class_names[cls] if class_names and cls < len(class_names) else str(cls)
+
+
+def fixation_location(
+    network,
+    examples,
+    num_classes,
+    class_names=None,
+    class_kinds=None,
+    k=1,
+    shift="partial",
+    max_images=100,
+    pad_size=513,
+):
+    """Rows per class: images, mean inside-truth share (plain, weighted), IoU, kind."""
+    engine = SegUnravel(network, k=k, shift=shift)
+    shares = {c: [] for c in range(num_classes)}
+    weighted = {c: [] for c in range(num_classes)}
+    for image, truth in _examples(examples, max_images):
+        points, counts = engine(image[None].astype(np.float32)).for_image(0)
+        for cls in np.unique(points[:, 0]):
+            mine = points[:, 0] == cls
+            inside = truth[points[mine, 1], points[mine, 2]] == cls
+            shares[cls].append(inside.mean())
+            weighted[cls].append(np.average(inside, weights=counts[mine]))
+    iou = evaluate(network, examples.take(max_images), num_classes, pad_size)["per_class_iou"]
+    rows = []
+    for cls in range(num_classes):
+        name = _name(class_names, cls)
+        rows.append(
+            {
+                "class": cls,
+                "name": name,
+                "kind": class_kinds[cls] if class_kinds else "",
+                "images": len(shares[cls]),
+                "inside_truth": float(np.mean(shares[cls])) if shares[cls] else None,
+                "inside_truth_weighted": float(np.mean(weighted[cls])) if weighted[cls] else None,
+                "iou": iou[list(iou)[cls]],
+            }
+        )
+    return rows
+
+
+def by_kind(rows, key="inside_truth"):
+    """Mean of `key` over the classes of each kind (intrinsic, contextual, ...)."""
+    groups = {}
+    for row in rows:
+        if row["kind"] and row[key] is not None:
+            groups.setdefault(row["kind"], []).append(row[key])
+    return {kind: float(np.mean(values)) for kind, values in groups.items()}
+
+
+def shift_variants(
+    network, examples, num_classes, class_names=None, class_kinds=None, max_images=100, pad_size=513
+):
+    """fixation_location under each shift; one row per class and variant."""
+    rows = []
+    for shift in ("none", "partial", "full"):
+        for row in fixation_location(
+            network,
+            examples,
+            num_classes,
+            class_names,
+            class_kinds,
+            shift=shift,
+            max_images=max_images,
+            pad_size=pad_size,
+        ):
+            rows.append({"shift": shift, **row})
+    return rows
+
+
+def channels_needed(channel_scores, fraction):
+    """Per row of [N, C] contributions: the fewest channels reaching `fraction` of the
+    positive total (sorted largest first)."""
+    ordered = -np.sort(-channel_scores, axis=1)
+    total = np.maximum(channel_scores, 0).sum(axis=1, keepdims=True)
+    reached = np.cumsum(ordered, axis=1) >= fraction * total
+    first = reached.argmax(axis=1) + 1
+    return np.where(reached.any(axis=1), first, channel_scores.shape[1])
+
+
+def k_analysis(network, examples, max_images=20, fractions=K_FRACTIONS):
+    """Rows per weight layer: input channels and the mean K for each fraction."""
+    needed = {}
+    channels = {}
+
+    def hook(layer, channel_scores):
+        scores = np.asarray(channel_scores)
+        channels[layer.name] = scores.shape[1]
+        for fraction in fractions:
+            needed.setdefault((layer.name, fraction), []).extend(
+                channels_needed(scores, fraction).tolist()
+            )
+
+    engine = SegUnravel(network)
+    engine.config = engine.config._replace(hook=hook)
+    for image, _ in _examples(examples, max_images):
+        engine.trace(tf.constant(image[None], tf.float32))  # eager, so the hook sees values
+    rows = []
+    for step in reversed(engine.steps):
+        name = step.layer.name
+        if name not in channels:
+            continue
+        row = {"layer": name, "input_channels": channels[name]}
+        for fraction in fractions:
+            values = needed[(name, fraction)]
+            row[f"k_{round(fraction * 100)}"] = float(np.mean(values))
+            row[f"k_{round(fraction * 100)}_share"] = float(np.mean(values)) / channels[name]
+        rows.append(row)
+    return rows
+
+
+def salient_parts(
+    network,
+    examples,
+    num_classes,
+    class_names=None,
+    max_images=50,
+    sigma=6.0,
+    outlier_radius=0.02,
+    threshold=0.5,
+):
+    """Rows per class: mean probability drop inside and outside its masked salient region."""
+    engine = SegUnravel(network)
+    drops_in = {c: [] for c in range(num_classes)}
+    drops_out = {c: [] for c in range(num_classes)}
+    mean = np.array(MEAN_RGB, np.float32)
+
+    def probabilities(image):
+        scores = network(image[None].astype(np.float32), training=False)[0].numpy()
+        up = upsample_scores(tf.constant(scores[None]))[0, : image.shape[0], : image.shape[1]]
+        return tf.nn.softmax(up).numpy()
+
+    for image, _ in _examples(examples, max_images):
+        height, width = image.shape[:2]
+        result = engine(image[None].astype(np.float32))
+        before = probabilities(image)
+        predicted = before.argmax(-1)
+        maps = heat.heatmaps(
+            result.points, result.counts, 1, num_classes, height, width, sigma, outlier_radius
+        ).numpy()[0]
+        for cls in np.flatnonzero(result.seeds[0]):
+            region = maps[cls] >= threshold
+            if not region.any():
+                continue
+            masked = np.where(region[..., None], mean, image.astype(np.float32))
+            after = probabilities(masked)
+            outside = (predicted == cls) & ~region
+            drops_in[cls].append(float((before[..., cls] - after[..., cls])[region].mean()))
+            if outside.any():
+                drop = (before[..., cls] - after[..., cls])[outside].mean()
+                drops_out[cls].append(float(drop))
+    return [
+        {
+            "class": cls,
+            "name": _name(class_names, cls),
+            "images": len(drops_in[cls]),
+            "drop_inside": float(np.mean(drops_in[cls])) if drops_in[cls] else None,
+            "drop_outside": float(np.mean(drops_out[cls])) if drops_out[cls] else None,
+        }
+        for cls in range(num_classes)
+    ]
+
+
+def write_results(rows, output_dir, name, summary=None):
+    """`<name>.csv`, `<name>.json` (rows and summary) and `<name>.png` (a bar chart)."""
+    import matplotlib.pyplot as plt
+
+    os.makedirs(output_dir, exist_ok=True)
+    base = os.path.join(output_dir, name)
+    fields = list(rows[0]) if rows else []
+
+    def write_csv(path):
+        with open(path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    def write_json(path):
+        with open(path, "w") as f:
+            json.dump({"experiment": name, "rows": rows, "summary": summary or {}}, f, indent=2)
+
+    save_atomically(base + ".csv", write_csv)
+    save_atomically(base + ".json", write_json)
+    figure, axis = plt.subplots(figsize=(max(6, 0.6 * len(rows)), 3.5))
+    _plot(axis, rows, name)
+    figure.tight_layout()
+    save_atomically(base + ".png", lambda p: figure.savefig(p, dpi=90, format="png"))
+    plt.close(figure)
+
+
+def _bars(axis, labels, series):
+    width = 0.8 / max(len(series), 1)
+    for i, (label, values) in enumerate(series.items()):
+        xs = np.arange(len(labels)) + i * width
+        axis.bar(xs, [np.nan if v is None else v for v in values], width, label=label)
+    axis.set_xticks(np.arange(len(labels)) + 0.4 - width / 2, labels, rotation=45, ha="right")
+    axis.legend(fontsize=8)
+
+
+def _plot(axis, rows, name):
+    if name == "k_analysis":
+        labels = [r["layer"] for r in rows]
+        keys = [k for k in rows[0] if k.startswith("k_") and k.endswith("_share")]
+        _bars(axis, labels, {k: [r[k] for r in rows] for k in keys})
+        axis.set_ylabel("share of input channels")
+    elif name == "salient_parts":
+        labels = [r["name"] for r in rows]
+        _bars(axis, labels, {k: [r[k] for r in rows] for k in ("drop_inside", "drop_outside")})
+        axis.set_ylabel("probability drop")
+    elif name == "shift_variants":
+        names = list(dict.fromkeys(r["name"] for r in rows))
+        series = {
+            s: [r["inside_truth"] for r in rows if r["shift"] == s]
+            for s in ("none", "partial", "full")
+        }
+        _bars(axis, names, series)
+        axis.set_ylabel("fixations inside truth")
+    else:
+        labels = [r["name"] for r in rows]
+        _bars(
+            axis,
+            labels,
+            {
+                "fixations inside truth": [r["inside_truth"] for r in rows],
+                "IoU": [r["iou"] for r in rows],
+            },
+        )
+    axis.set_title(name)

@@ -1,0 +1,100 @@
+"""The dissertation's unravel analyses on a dataset split (shapes by default, VOC if present).
+
+    python3 tools/experiments.py --experiment=fixation_location --model=runs/shapes_base \
+        --dataset=segunravel_shapes --split=val --pad_size=129 --output_dir=runs/experiments
+
+--experiment is fixation_location, shift_variants, k_analysis, salient_parts or all. Each
+writes <name>.csv, <name>.json and <name>.png into --output_dir.
+"""
+
+from absl import flags
+
+from tf_segunravel import cli
+from tf_segunravel.errors import InputError
+
+flags.DEFINE_enum(
+    "experiment",
+    "fixation_location",
+    ["fixation_location", "shift_variants", "k_analysis", "salient_parts", "all"],
+    "Which analysis to run.",
+)
+flags.DEFINE_string("model", None, "A training model dir, checkpoint prefix or .keras file.")
+flags.DEFINE_string("dataset", "segunravel_shapes", "TFDS dataset name, or folder:<dir>.")
+flags.DEFINE_string("split", "val", "Split to analyse.")
+flags.DEFINE_string("data_dir", None, "TFDS data dir (default: TFDS's own).")
+flags.DEFINE_string("output_dir", None, "Directory for the tables and figures.")
+flags.DEFINE_integer("max_images", 100, "Images analysed (k_analysis: a fifth of them).")
+flags.DEFINE_integer("pad_size", 513, "Evaluation pad size for the IoU column.")
+flags.DEFINE_float("sigma", 6.0, "salient_parts: heat-map blur in pixels.")
+flags.mark_flags_as_required(["model", "output_dir"])
+flags.register_validator("max_images", lambda v: v >= 1, "--max_images must be >= 1")
+FLAGS = flags.FLAGS
+
+
+def dataset_classes(dataset, data_dir, num_classes):
+    """(class names, class kinds) from TFDS metadata when it has them."""
+    if dataset.startswith("folder:"):
+        return None, None
+    import tensorflow_datasets as tfds
+
+    metadata = tfds.builder(dataset, data_dir=data_dir).info.metadata or {}
+    names, kinds = metadata.get("class_names"), metadata.get("class_kinds")
+    if names and len(names) != num_classes:
+        raise InputError(
+            f"--dataset={dataset} has {len(names)} classes, the model scores {num_classes}"
+        )
+    return names, kinds
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise InputError(f"unexpected arguments: {' '.join(argv[1:])}")
+    from tf_segunravel import experiments as ex
+    from tf_segunravel.data import load_split
+    from tf_segunravel.training import load_network
+
+    network = load_network(FLAGS.model)
+    num_classes = network.outputs[0].shape[-1]
+    examples = load_split(FLAGS.dataset, FLAGS.split, FLAGS.data_dir, num_classes)
+    names, kinds = dataset_classes(FLAGS.dataset, FLAGS.data_dir, num_classes)
+    chosen = ex.EXPERIMENTS if FLAGS.experiment == "all" else [FLAGS.experiment]
+    for name in chosen:
+        summary = {}
+        if name == "fixation_location":
+            rows = ex.fixation_location(
+                network,
+                examples,
+                num_classes,
+                names,
+                kinds,
+                max_images=FLAGS.max_images,
+                pad_size=FLAGS.pad_size,
+            )
+            summary = ex.by_kind(rows)
+        elif name == "shift_variants":
+            rows = ex.shift_variants(
+                network,
+                examples,
+                num_classes,
+                names,
+                kinds,
+                max_images=FLAGS.max_images,
+                pad_size=FLAGS.pad_size,
+            )
+        elif name == "k_analysis":
+            rows = ex.k_analysis(network, examples, max_images=max(1, FLAGS.max_images // 5))
+        else:
+            rows = ex.salient_parts(
+                network,
+                examples,
+                num_classes,
+                names,
+                max_images=FLAGS.max_images,
+                sigma=FLAGS.sigma,
+            )
+        ex.write_results(rows, FLAGS.output_dir, name, summary)
+        print(f"{name}: wrote {FLAGS.output_dir}/{name}.csv .json .png {summary or ''}")
+
+
+if __name__ == "__main__":
+    cli.run(main)
