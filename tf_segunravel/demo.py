@@ -11,7 +11,6 @@ Stages, each skipped when its output already exists (so a re-run reuses finished
 """
 
 import csv
-import dataclasses
 import json
 import os
 import time
@@ -305,7 +304,3 @@ def _plot_iou(results, seeds, names, path):
     figure.tight_layout()
     save_atomically(path, lambda p: figure.savefig(p, dpi=90, format="png"))
     plt.close(figure)
-
-
-def train_config_fields():
-    return {f.name for f in dataclasses.fields(TrainConfig)}

@@ -226,3 +226,34 @@ def test_mixed_precision_and_xla_train(tmp_path, shapes_data_dir):
     assert network.get_layer("fc7").compute_dtype == "float16"
     assert network.output.dtype == "float32"
     assert all(np.isfinite(w).all() for w in network.get_weights())
+
+
+def test_initialisation_from_another_model_and_converted_weights(tmp_path, shapes_data_dir):
+    from tf_segunravel.models import deeplab_largefov
+    from tf_segunravel.training import TrainConfig, train
+
+    keras_seeded = deeplab_largefov(num_classes=6, width=0.0625, dropout=0.5)
+    source = tmp_path / "source.keras"
+    keras_seeded.save(source)
+    weights = tmp_path / "source.weights.h5"
+    keras_seeded.save_weights(weights)
+    for init, path in (("model", source), ("caffe", weights)):
+        config = TrainConfig(
+            model_dir=str(tmp_path / init),
+            data_dir=shapes_data_dir,
+            num_classes=6,
+            width=0.0625,
+            crop_size=33,
+            batch_size=2,
+            steps=1,
+            checkpoint_every=1,
+            base_lr=1e-12,
+            weight_decay=0.0,
+            init=init,
+            init_path=str(path),
+            verbose=0,
+        )
+        train(config)
+        trained = load_network(tmp_path / init)
+        for a, b in zip(trained.get_weights(), keras_seeded.get_weights(), strict=True):
+            np.testing.assert_allclose(a, b, atol=1e-6)

@@ -283,6 +283,7 @@ def train(config):
             steps_per_epoch=config.checkpoint_every,
             callbacks=callbacks,
             verbose=config.verbose,
+            shuffle=False,  # the pipeline shuffles, with its own seed
         ).history
     if guard.diverged_at is not None:
         raise TrainingDiverged(
