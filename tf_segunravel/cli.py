@@ -13,10 +13,15 @@ from tf_segunravel.errors import InputError
 
 
 def run(main):
-    """`absl.app.run(main)`, turning an `InputError` into `<tool>: error: <message>`, exit 1."""
+    """`absl.app.run(main)`, turning an `InputError` into `<tool>: error: <message>`, exit 1.
+
+    Tools take flags only: positional arguments are an error too.
+    """
 
     def guarded(argv):
         try:
+            if len(argv) > 1:
+                raise InputError(f"unexpected arguments: {' '.join(argv[1:])}")
             return main(argv)
         except InputError as e:
             tool = os.path.splitext(os.path.basename(sys.argv[0]))[0]

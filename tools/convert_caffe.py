@@ -13,7 +13,6 @@ import os
 from absl import flags
 
 from tf_segunravel import cli
-from tf_segunravel.errors import InputError
 
 flags.DEFINE_string("caffemodel", None, "Path of the DeepLab-LargeFOV .caffemodel to read.")
 flags.DEFINE_string("output", None, "Path of the Keras weights file to write (*.weights.h5).")
@@ -31,8 +30,7 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise InputError(f"unexpected arguments: {' '.join(argv[1:])}")
+    del argv  # cli.run rejects positional arguments
     from tf_segunravel.models import convert_caffemodel
 
     model = convert_caffemodel(FLAGS.caffemodel, num_classes=FLAGS.num_classes)

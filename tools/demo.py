@@ -30,8 +30,7 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise InputError(f"unexpected arguments: {' '.join(argv[1:])}")
+    del argv  # cli.run rejects positional arguments
     from tf_segunravel import demo
 
     if FLAGS.steps and FLAGS.checkpoint_every and FLAGS.steps % FLAGS.checkpoint_every:

@@ -13,7 +13,6 @@ import os
 from absl import flags
 
 from tf_segunravel import cli
-from tf_segunravel.errors import InputError
 
 flags.DEFINE_string("model", None, "Model dir, checkpoint prefix or .keras file.")
 flags.DEFINE_string("dataset", "segunravel_shapes", "TFDS dataset name, or folder:<dir>.")
@@ -37,8 +36,7 @@ def class_names_of(dataset, data_dir, num_classes):
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise InputError(f"unexpected arguments: {' '.join(argv[1:])}")
+    del argv  # cli.run rejects positional arguments
     from tf_segunravel.data import load_split
     from tf_segunravel.evaluation import evaluate, format_table
     from tf_segunravel.training import load_network

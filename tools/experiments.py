@@ -47,8 +47,7 @@ def dataset_classes(dataset, data_dir, num_classes):
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise InputError(f"unexpected arguments: {' '.join(argv[1:])}")
+    del argv  # cli.run rejects positional arguments
     from tf_segunravel import experiments as ex
     from tf_segunravel.data import load_split
     from tf_segunravel.training import load_network

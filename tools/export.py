@@ -33,8 +33,7 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise InputError(f"unexpected arguments: {' '.join(argv[1:])}")
+    del argv  # cli.run rejects positional arguments
     import os
 
     from tf_segunravel.export import export_saved_model

@@ -91,8 +91,7 @@ def resolve_classes(spec, names, num_classes):
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise InputError(f"unexpected arguments: {' '.join(argv[1:])}")
+    del argv  # cli.run rejects positional arguments
     from tf_segunravel.training import load_network
     from tf_segunravel.unravel.files import FixationWriter, expand_images
 

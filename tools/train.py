@@ -113,8 +113,7 @@ def dataset_num_classes(dataset, data_dir):
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise InputError(f"unexpected arguments: {' '.join(argv[1:])}")
+    del argv  # cli.run rejects positional arguments
     from tf_segunravel.training.loop import train
 
     num_classes = FLAGS.num_classes

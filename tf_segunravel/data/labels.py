@@ -34,6 +34,19 @@ VOC_CLASSES = (
 )
 
 
+def segmentation_features():
+    """The TFDS features every segmentation dataset here shares (VOC's layout)."""
+    import tensorflow_datasets as tfds
+
+    return tfds.features.FeaturesDict(
+        {
+            "image": tfds.features.Image(shape=(None, None, 3)),
+            "segmentation": tfds.features.Image(shape=(None, None, 1)),
+            "filename": tfds.features.Text(),
+        }
+    )
+
+
 def voc_colormap(size=256):
     """The PASCAL VOC palette: [size, 3] uint8, class id -> RGB (bit-interleaved, as VOCdevkit)."""
     colormap = np.zeros((size, 3), np.uint8)

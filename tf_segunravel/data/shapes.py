@@ -16,7 +16,7 @@ Generation is deterministic: example `i` of a split depends only on (seed, split
 import numpy as np
 import tensorflow_datasets as tfds
 
-from tf_segunravel.data.labels import IGNORE_LABEL
+from tf_segunravel.data.labels import IGNORE_LABEL, segmentation_features
 
 CLASS_NAMES = ("background", "boat", "car", "ball", "kite", "crate")
 CLASS_KINDS = ("background", "contextual", "contextual", "intrinsic", "intrinsic", "intrinsic")
@@ -174,13 +174,7 @@ class SegunravelShapes(tfds.core.GeneratorBasedBuilder):
     def _info(self):
         return self.dataset_info_from_configs(
             description=__doc__,
-            features=tfds.features.FeaturesDict(
-                {
-                    "image": tfds.features.Image(shape=(None, None, 3)),
-                    "segmentation": tfds.features.Image(shape=(None, None, 1)),
-                    "filename": tfds.features.Text(),
-                }
-            ),
+            features=segmentation_features(),
             supervised_keys=("image", "segmentation"),
             metadata=tfds.core.MetadataDict(
                 class_names=list(CLASS_NAMES),

@@ -15,7 +15,13 @@ import os
 import numpy as np
 import tensorflow_datasets as tfds
 
-from tf_segunravel.data.labels import VOC_CLASSES, check_example, read_image, read_label_png
+from tf_segunravel.data.labels import (
+    VOC_CLASSES,
+    check_example,
+    read_image,
+    read_label_png,
+    segmentation_features,
+)
 from tf_segunravel.errors import InputError
 
 VOC_TAR = "VOCtrainval_11-May-2012.tar"
@@ -69,13 +75,7 @@ class Voc2012Segmentation(tfds.core.GeneratorBasedBuilder):
     def _info(self):
         return self.dataset_info_from_configs(
             description=__doc__,
-            features=tfds.features.FeaturesDict(
-                {
-                    "image": tfds.features.Image(shape=(None, None, 3)),
-                    "segmentation": tfds.features.Image(shape=(None, None, 1)),
-                    "filename": tfds.features.Text(),
-                }
-            ),
+            features=segmentation_features(),
             supervised_keys=("image", "segmentation"),
             homepage="http://host.robots.ox.ac.uk/pascal/VOC/voc2012/",
             metadata=tfds.core.MetadataDict(class_names=list(VOC_CLASSES)),
