@@ -7,7 +7,7 @@ import sys
 # one-line errors and progress output users read.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app
+from absl import app, flags, logging
 
 from tf_segunravel.errors import InputError
 
@@ -22,6 +22,9 @@ def run(main):
         try:
             if len(argv) > 1:
                 raise InputError(f"unexpected arguments: {' '.join(argv[1:])}")
+            if not flags.FLAGS["verbosity"].present:
+                # TFDS and SavedModel writing log every file at INFO; --verbosity=0 shows it.
+                logging.set_verbosity(logging.WARNING)
             return main(argv)
         except InputError as e:
             tool = os.path.splitext(os.path.basename(sys.argv[0]))[0]
