@@ -22,15 +22,20 @@ def upsample_scores(scores, stride=OUTPUT_STRIDE):
     )
 
 
-def full_resolution_scores(network, images):
-    """Scores at the input resolution: [B, H, W, C] for images [B, H, W, 3]."""
-    scores = upsample_scores(network(images, training=False))
-    height, width = tf.shape(images)[1], tf.shape(images)[2]
-    # (h-1)*8+1 >= H always holds for Caffe's pooling sizes; pad the rare shortfall anyway.
+def scores_at_size(scores, height, width):
+    """Stride-8 scores [B, h, w, C] -> [B, height, width, C]: upsampled, cropped back."""
+    scores = upsample_scores(tf.cast(scores, tf.float32))
+    # (h-1)*8+1 >= H holds for Caffe's pooling sizes; pad a shortfall (other models) anyway.
     pad_h = tf.maximum(height - tf.shape(scores)[1], 0)
     pad_w = tf.maximum(width - tf.shape(scores)[2], 0)
     scores = tf.pad(scores, [[0, 0], [0, pad_h], [0, pad_w], [0, 0]], mode="SYMMETRIC")
     return scores[:, :height, :width]
+
+
+def full_resolution_scores(network, images):
+    """Scores at the input resolution: [B, H, W, C] for images [B, H, W, 3]."""
+    height, width = tf.shape(images)[1], tf.shape(images)[2]
+    return scores_at_size(network(images, training=False), height, width)
 
 
 def evaluate(network, examples, num_classes, pad_size=513, class_names=None):

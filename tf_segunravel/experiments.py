@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_segunravel.data.pipeline import MEAN_RGB
-from tf_segunravel.evaluation import evaluate, upsample_scores
+from tf_segunravel.evaluation import evaluate, full_resolution_scores
 from tf_segunravel.unravel import maps as heat
 from tf_segunravel.unravel.tracer import SegUnravel
 from tf_segunravel.viz import save_atomically
@@ -164,9 +164,8 @@ def salient_parts(
     mean = np.array(MEAN_RGB, np.float32)
 
     def probabilities(image):
-        scores = network(image[None].astype(np.float32), training=False)[0].numpy()
-        up = upsample_scores(tf.constant(scores[None]))[0, : image.shape[0], : image.shape[1]]
-        return tf.nn.softmax(up).numpy()
+        images = tf.constant(image[None], tf.float32)
+        return tf.nn.softmax(full_resolution_scores(network, images)[0]).numpy()
 
     for image, _ in _examples(examples, max_images):
         height, width = image.shape[:2]

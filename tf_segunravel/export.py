@@ -22,20 +22,12 @@ import keras
 import tensorflow as tf
 
 from tf_segunravel.errors import InputError
-from tf_segunravel.evaluation import upsample_scores
+from tf_segunravel.evaluation import scores_at_size
 from tf_segunravel.unravel import maps as heat
 from tf_segunravel.unravel.rules import first_argmax
 from tf_segunravel.unravel.tracer import SegUnravel
 
 METADATA_FILE = "tf_segunravel.json"
-
-
-def _at_input_size(scores, height, width):
-    full = upsample_scores(scores)
-    pad_h = tf.maximum(height - tf.shape(full)[1], 0)
-    pad_w = tf.maximum(width - tf.shape(full)[2], 0)
-    full = tf.pad(full, [[0, 0], [0, pad_h], [0, pad_w], [0, 0]], mode="SYMMETRIC")
-    return full[:, :height, :width]
 
 
 def _checked(images):
@@ -57,7 +49,7 @@ def build_archive(
         images = _checked(images)
         height, width = tf.shape(images)[1], tf.shape(images)[2]
         scores = tf.cast(network(tf.cast(images, tf.float32), training=False), tf.float32)
-        full = _at_input_size(scores, height, width)
+        full = scores_at_size(scores, height, width)
         return {
             "labels": tf.cast(first_argmax(full, axis=-1), tf.int32),
             "probabilities": tf.nn.softmax(full, axis=-1),
@@ -68,7 +60,7 @@ def build_archive(
         images = _checked(images)
         height, width = tf.shape(images)[1], tf.shape(images)[2]
         out = engine.trace(images)
-        full = _at_input_size(tf.cast(out["scores"], tf.float32), height, width)
+        full = scores_at_size(out["scores"], height, width)
         maps = heat.heatmaps(
             out["points"],
             out["counts"],

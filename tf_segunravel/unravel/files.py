@@ -19,7 +19,7 @@ from PIL import Image
 
 from tf_segunravel.data.labels import read_image, read_label_png
 from tf_segunravel.errors import InputError
-from tf_segunravel.evaluation import upsample_scores
+from tf_segunravel.evaluation import scores_at_size
 from tf_segunravel.unravel import maps as heat
 from tf_segunravel.unravel.rules import first_argmax
 from tf_segunravel.unravel.tracer import SegUnravel
@@ -50,9 +50,7 @@ def expand_images(specs):
 
 def labels_at_image_size(scores, height, width):
     """Predicted labels [H, W] by DeepLab's protocol: x8 aligned-corner upsampling, crop."""
-    full = upsample_scores(tf.convert_to_tensor(scores[None]))[0, :height, :width]
-    if full.shape[0] < height or full.shape[1] < width:
-        full = tf.image.resize(full, (height, width), method="nearest")
+    full = scores_at_size(tf.convert_to_tensor(scores[None]), height, width)[0]
     return first_argmax(full, axis=-1).numpy().astype(np.int32)
 
 
