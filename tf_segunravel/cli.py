@@ -41,3 +41,36 @@ def atomic_output_path(path):
     """
     directory, name = os.path.split(os.path.abspath(path))
     return os.path.join(directory, f".tmp-{os.getpid()}-{name}")
+
+
+UNRAVEL_FLAGS = ("k", "mass", "shift", "sigma", "outlier_radius", "weighted")
+
+
+def define_unravel_flags():
+    """The unravel and heat-map flags shared by tools/fixations.py and tools/export.py."""
+    flags.DEFINE_integer("k", 1, "Unravel: channels kept per unit (branching when > 1).")
+    flags.DEFINE_float(
+        "mass",
+        None,
+        "Unravel: instead of --k, keep the fewest channels reaching this fraction of a "
+        "unit's positive contribution.",
+    )
+    flags.DEFINE_enum("shift", "partial", ["none", "partial", "full"], "Unravel: spatial shift.")
+    flags.DEFINE_float("sigma", 20.0, "Heat maps: Gaussian blur in pixels.")
+    flags.DEFINE_float(
+        "outlier_radius",
+        0.02,
+        "Heat maps: outlier radius, fraction of the image diagonal (0: keep every point).",
+    )
+    flags.DEFINE_boolean("weighted", True, "Heat maps: weight points by their path counts.")
+    flags.register_validator("k", lambda v: v >= 1, "--k must be >= 1")
+    flags.register_validator("mass", lambda v: v is None or 0 < v <= 1, "--mass must be in (0, 1]")
+    flags.register_validator("sigma", lambda v: v >= 0, "--sigma must be >= 0")
+    flags.register_validator(
+        "outlier_radius", lambda v: 0 <= v < 1, "--outlier_radius must be in [0, 1)"
+    )
+
+
+def unravel_settings():
+    """{name: value} of the flags `define_unravel_flags` defined."""
+    return {name: flags.FLAGS[name].value for name in UNRAVEL_FLAGS}

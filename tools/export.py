@@ -16,19 +16,9 @@ from tf_segunravel.errors import InputError
 flags.DEFINE_string("model", None, "A training model dir, checkpoint prefix or .keras file.")
 flags.DEFINE_string("export_dir", None, "SavedModel directory to write.")
 flags.DEFINE_boolean("overwrite", False, "Replace an existing --export_dir.")
-flags.DEFINE_integer("k", 1, "Unravel: channels kept per unit.")
-flags.DEFINE_float("mass", None, "Unravel: mass fraction instead of --k.")
-flags.DEFINE_enum("shift", "partial", ["none", "partial", "full"], "Unravel: spatial shift.")
-flags.DEFINE_float("sigma", 20.0, "Heat maps: Gaussian blur in pixels.")
-flags.DEFINE_float("outlier_radius", 0.02, "Heat maps: outlier radius (fraction of diagonal).")
-flags.DEFINE_boolean("weighted", True, "Heat maps: weight points by their counts.")
+cli.define_unravel_flags()
+flags.adopt_module_key_flags(cli)  # so --help lists them with the tool's own
 flags.mark_flags_as_required(["model", "export_dir"])
-flags.register_validator("k", lambda v: v >= 1, "--k must be >= 1")
-flags.register_validator("mass", lambda v: v is None or 0 < v <= 1, "--mass must be in (0, 1]")
-flags.register_validator("sigma", lambda v: v >= 0, "--sigma must be >= 0")
-flags.register_validator(
-    "outlier_radius", lambda v: 0 <= v < 1, "--outlier_radius must be in [0, 1)"
-)
 FLAGS = flags.FLAGS
 
 
@@ -46,12 +36,7 @@ def main(argv):
         network,
         FLAGS.export_dir,
         overwrite=FLAGS.overwrite,
-        k=FLAGS.k,
-        mass=FLAGS.mass,
-        shift=FLAGS.shift,
-        sigma=FLAGS.sigma,
-        outlier_radius=FLAGS.outlier_radius,
-        weighted=FLAGS.weighted,
+        **cli.unravel_settings(),
     )
     print(f"wrote {FLAGS.export_dir}: {settings}")
 

@@ -23,19 +23,8 @@ flags.DEFINE_string(
 )
 flags.DEFINE_list("images", None, "Image files, globs or directories (comma-separated).")
 flags.DEFINE_string("output_dir", None, "Directory for the per-image outputs.")
-flags.DEFINE_integer("k", 1, "Channels kept per unit (branching when > 1).")
-flags.DEFINE_float(
-    "mass",
-    None,
-    "Instead of --k: keep the fewest channels reaching this "
-    "fraction of a unit's positive contribution.",
-)
-flags.DEFINE_enum("shift", "partial", ["none", "partial", "full"], "Spatial shift rule.")
-flags.DEFINE_float("sigma", 20.0, "Gaussian blur of the heat maps, in pixels.")
-flags.DEFINE_float(
-    "outlier_radius", 0.02, "Outlier radius, fraction of the image diagonal (0: keep every point)."
-)
-flags.DEFINE_boolean("weighted", True, "Weight heat-map points by their path counts.")
+cli.define_unravel_flags()
+flags.adopt_module_key_flags(cli)  # so --help lists them with the tool's own
 flags.DEFINE_list("classes", None, "Only these classes (ids or names).")
 flags.DEFINE_list("class_names", None, "Class names by id, or 'voc' or 'shapes'.")
 flags.DEFINE_string("masks", None, "Directory of ground-truth label PNGs matched by stem.")
@@ -44,12 +33,6 @@ flags.DEFINE_integer("max_side", None, "Downsize larger images to this side firs
 flags.DEFINE_boolean("flow", False, "Also write <stem>_flow.gif.")
 flags.DEFINE_boolean("keep_going", False, "Report bad images and go on; exit 1 at the end.")
 flags.mark_flags_as_required(["model", "images", "output_dir"])
-flags.register_validator("k", lambda v: v >= 1, "--k must be >= 1")
-flags.register_validator("mass", lambda v: v is None or 0 < v <= 1, "--mass must be in (0, 1]")
-flags.register_validator("sigma", lambda v: v >= 0, "--sigma must be >= 0")
-flags.register_validator(
-    "outlier_radius", lambda v: 0 <= v < 1, "--outlier_radius must be in [0, 1)"
-)
 flags.register_validator("max_side", lambda v: v is None or v >= 8, "--max_side must be >= 8")
 flags.register_multi_flags_validator(
     ["seed_from_masks", "masks"],
@@ -110,12 +93,7 @@ def main(argv):
     writer = FixationWriter(
         network,
         FLAGS.output_dir,
-        k=FLAGS.k,
-        mass=FLAGS.mass,
-        shift=FLAGS.shift,
-        sigma=FLAGS.sigma,
-        outlier_radius=FLAGS.outlier_radius,
-        weighted=FLAGS.weighted,
+        **cli.unravel_settings(),
         classes=classes,
         class_names=names,
         max_side=FLAGS.max_side,
