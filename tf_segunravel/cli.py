@@ -34,15 +34,6 @@ def run(main):
     app.run(guarded)
 
 
-def atomic_output_path(path):
-    """A temporary sibling of `path` with the same suffixes; `os.replace` it into place.
-
-    Writers save to this path, then move it, so a crash never leaves a half-written `path`.
-    """
-    directory, name = os.path.split(os.path.abspath(path))
-    return os.path.join(directory, f".tmp-{os.getpid()}-{name}")
-
-
 UNRAVEL_FLAGS = ("k", "mass", "shift", "sigma", "outlier_radius", "weighted")
 
 

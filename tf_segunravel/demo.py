@@ -18,6 +18,7 @@ import time
 import numpy as np
 from PIL import Image
 
+from tf_segunravel.atomic import save_atomically, write_json
 from tf_segunravel.training.loop import HISTORY_FILE, TrainConfig
 
 # The settings of flags/shapes_baseline.cfg and flags/shapes_template_cosine.cfg (a test
@@ -60,13 +61,6 @@ def _banner(stage, message):
 def _read_json(path):
     with open(path) as f:
         return json.load(f)
-
-
-def _write_json(path, payload):
-    temporary = path + ".tmp"
-    with open(temporary, "w") as f:
-        json.dump(payload, f, indent=2)
-    os.replace(temporary, path)
 
 
 def run(
@@ -128,7 +122,7 @@ def run(
         if not os.path.exists(path):
             _banner("evaluate", f"{arm}, seed {seed}")
             scores = evaluate(load_network(model_dir), val, 6, PAD_SIZE, names)
-            _write_json(path, scores)
+            write_json(path, scores)
             print("\n".join(format_table(scores)))
         results[(arm, seed)] = _read_json(path)
 
@@ -157,7 +151,7 @@ def run(
             mask_path = os.path.join(mask_dir, stem + ".png")
             Image.fromarray(example["segmentation"][..., 0], mode="L").save(mask_path)
             writer.process(os.path.join(image_dir, stem + ".png"), mask_path)
-        _write_json(done_marker, {"images": fixation_images})
+        write_json(done_marker, {"images": fixation_images})
 
     # ---------------------------------------------------------------------- experiments
     experiment_dir = os.path.join(output_dir, "experiments")
@@ -185,7 +179,7 @@ def run(
     summary = _summarise(results, location, seeds, names)
     _plot_curves(runs, os.path.join(output_dir, "training_curves.png"))
     _plot_iou(results, seeds, names, os.path.join(output_dir, "per_class_iou.png"))
-    _write_json(os.path.join(output_dir, "summary.json"), summary)
+    write_json(os.path.join(output_dir, "summary.json"), summary)
     with open(os.path.join(output_dir, "summary.md"), "w") as f:
         f.write(_markdown(summary, names))
     print(_markdown(summary, names))
@@ -265,8 +259,6 @@ def _markdown(summary, names):
 def _plot_curves(runs, path):
     import matplotlib.pyplot as plt
 
-    from tf_segunravel.viz import save_atomically
-
     figure, (loss_axis, iou_axis) = plt.subplots(1, 2, figsize=(10, 3.5))
     for (arm, seed), model_dir in runs.items():
         history = os.path.join(model_dir, HISTORY_FILE)
@@ -287,8 +279,6 @@ def _plot_curves(runs, path):
 
 def _plot_iou(results, seeds, names, path):
     import matplotlib.pyplot as plt
-
-    from tf_segunravel.viz import save_atomically
 
     figure, axis = plt.subplots(figsize=(7, 3.5))
     width = 0.8 / len(ARMS)

@@ -12,17 +12,16 @@ Each returns rows (dicts) that `write_results` saves as CSV and JSON next to a f
 """
 
 import csv
-import json
 import os
 
 import numpy as np
 import tensorflow as tf
 
+from tf_segunravel.atomic import save_atomically, write_json
 from tf_segunravel.data.pipeline import MEAN_RGB
 from tf_segunravel.evaluation import evaluate, full_resolution_scores
 from tf_segunravel.unravel import maps as heat
 from tf_segunravel.unravel.tracer import SegUnravel
-from tf_segunravel.viz import save_atomically
 
 EXPERIMENTS = ("fixation_location", "shift_variants", "k_analysis", "salient_parts")
 K_FRACTIONS = (0.10, 0.25, 0.50)
@@ -212,12 +211,8 @@ def write_results(rows, output_dir, name, summary=None):
             writer.writeheader()
             writer.writerows(rows)
 
-    def write_json(path):
-        with open(path, "w") as f:
-            json.dump({"experiment": name, "rows": rows, "summary": summary or {}}, f, indent=2)
-
     save_atomically(base + ".csv", write_csv)
-    save_atomically(base + ".json", write_json)
+    write_json(base + ".json", {"experiment": name, "rows": rows, "summary": summary or {}})
     figure, axis = plt.subplots(figsize=(max(6, 0.6 * len(rows)), 3.5))
     _plot(axis, rows, name)
     figure.tight_layout()

@@ -1,7 +1,6 @@
 """Figures: segmentation colours, fixation overlays and fixation-flow GIFs (matplotlib)."""
 
 import io
-import os
 
 import matplotlib
 
@@ -11,6 +10,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from PIL import Image
 
+from tf_segunravel.atomic import save_atomically
 from tf_segunravel.data.labels import IGNORE_LABEL, voc_colormap
 
 
@@ -19,18 +19,6 @@ def colorize(labels):
     colormap = voc_colormap()
     colormap[IGNORE_LABEL] = (224, 224, 192)
     return colormap[np.asarray(labels, np.int64) % 256]
-
-
-def save_atomically(path, write):
-    """Calls write(temporary path), then moves the file into place."""
-    directory, name = os.path.split(os.path.abspath(path))
-    temporary = os.path.join(directory, f".tmp-{os.getpid()}-{name}")
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
 
 
 def _figure_to_array(figure):

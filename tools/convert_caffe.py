@@ -8,8 +8,6 @@ The output loads with `deeplab_largefov(num_classes, width).load_weights(output)
 current `layer` formats are read.
 """
 
-import os
-
 from absl import flags
 
 from tf_segunravel import cli
@@ -31,16 +29,11 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     del argv  # cli.run rejects positional arguments
+    from tf_segunravel.atomic import save_atomically
     from tf_segunravel.models import convert_caffemodel
 
     model = convert_caffemodel(FLAGS.caffemodel, num_classes=FLAGS.num_classes)
-    temporary = cli.atomic_output_path(FLAGS.output)
-    try:
-        model.save_weights(temporary)
-        os.replace(temporary, FLAGS.output)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+    save_atomically(FLAGS.output, model.save_weights)
     width = model.get_layer("conv1_1").filters / 64
     classes = model.get_layer("fc8").filters
     print(f"wrote {FLAGS.output}: deeplab_largefov(num_classes={classes}, width={width:g})")

@@ -7,7 +7,6 @@
 IoU table, mean IoU and pixel accuracy.
 """
 
-import json
 import os
 
 from absl import flags
@@ -26,17 +25,15 @@ FLAGS = flags.FLAGS
 
 
 def class_names_of(dataset, data_dir, num_classes):
-    if dataset.startswith("folder:"):
-        return None
-    import tensorflow_datasets as tfds
+    from tf_segunravel.data.pipeline import dataset_metadata
 
-    metadata = tfds.builder(dataset, data_dir=data_dir).info.metadata or {}
-    names = metadata.get("class_names")
+    names = dataset_metadata(dataset, data_dir).get("class_names")
     return list(names) if names and len(names) == num_classes else None
 
 
 def main(argv):
     del argv  # cli.run rejects positional arguments
+    from tf_segunravel.atomic import write_json
     from tf_segunravel.data import load_split
     from tf_segunravel.evaluation import evaluate, format_table
     from tf_segunravel.training import load_network
@@ -50,10 +47,7 @@ def main(argv):
         print(line)
     if FLAGS.output_json:
         os.makedirs(os.path.dirname(os.path.abspath(FLAGS.output_json)), exist_ok=True)
-        temporary = FLAGS.output_json + ".tmp"
-        with open(temporary, "w") as f:
-            json.dump({"model": FLAGS.model, "split": FLAGS.split, **results}, f, indent=2)
-        os.replace(temporary, FLAGS.output_json)
+        write_json(FLAGS.output_json, {"model": FLAGS.model, "split": FLAGS.split, **results})
 
 
 if __name__ == "__main__":

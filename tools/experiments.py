@@ -33,11 +33,9 @@ FLAGS = flags.FLAGS
 
 def dataset_classes(dataset, data_dir, num_classes):
     """(class names, class kinds) from TFDS metadata when it has them."""
-    if dataset.startswith("folder:"):
-        return None, None
-    import tensorflow_datasets as tfds
+    from tf_segunravel.data.pipeline import dataset_metadata
 
-    metadata = tfds.builder(dataset, data_dir=data_dir).info.metadata or {}
+    metadata = dataset_metadata(dataset, data_dir)
     names, kinds = metadata.get("class_names"), metadata.get("class_kinds")
     if names and len(names) != num_classes:
         raise InputError(

@@ -29,6 +29,7 @@ def main(argv):
     from tf_segunravel.export import export_saved_model
     from tf_segunravel.training import load_network
 
+    # Checked again by export_saved_model; here it fails before the model is loaded.
     if os.path.exists(FLAGS.export_dir) and not FLAGS.overwrite:
         raise InputError(f"--export_dir={FLAGS.export_dir}: already exists; pass --overwrite")
     network = load_network(FLAGS.model)

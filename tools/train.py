@@ -99,17 +99,12 @@ FLAGS = F.FLAGS
 
 def dataset_num_classes(dataset, data_dir):
     """The class count from a TFDS dataset's metadata (class_names)."""
-    import tensorflow_datasets as tfds
+    from tf_segunravel.data.pipeline import dataset_metadata
 
-    import tf_segunravel.data  # noqa: F401  (registers the builders)
-
-    try:
-        metadata = tfds.builder(dataset, data_dir=data_dir).info.metadata or {}
-    except Exception as e:  # TFDS raises many types for unknown names
-        raise InputError(f"--dataset={dataset}: not a known TFDS dataset ({e})") from e
-    if "class_names" not in metadata:
+    names = dataset_metadata(dataset, data_dir).get("class_names")
+    if not names:
         raise InputError(f"--dataset={dataset}: no class_names in its metadata; set --num_classes")
-    return len(metadata["class_names"])
+    return len(names)
 
 
 def main(argv):

@@ -136,6 +136,7 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path, shapes_da
         ("--init=caffe", "--init_path is required"),
         ("--similarity=dot", "similarity"),
         ("--template_weight=-1", "--template_weight must be >= 0"),
+        ("--dataset=shapez", "--dataset=shapez: not a registered TFDS dataset"),
     ],
 )
 def test_bad_flags_are_usage_errors(tmp_path, flag, message):

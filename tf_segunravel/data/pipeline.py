@@ -12,10 +12,31 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from tf_segunravel.data.labels import IGNORE_LABEL
+from tf_segunravel.errors import InputError
 from tf_segunravel.models.layers import CAFFE_MEAN_BGR
 
 MEAN_RGB = tuple(reversed(CAFFE_MEAN_BGR))
 FOLDER_PREFIX = "folder:"
+
+
+def _unknown_dataset(dataset, error):
+    return InputError(
+        f"--dataset={dataset}: not a registered TFDS dataset nor folder:<dir> "
+        f"({str(error).splitlines()[0]})"
+    )
+
+
+def dataset_metadata(dataset, data_dir=None):
+    """The TFDS metadata of `dataset` (class_names, class_kinds, ...); {} for folders."""
+    import tf_segunravel.data  # noqa: F401  (registers the package's TFDS builders)
+
+    if dataset.startswith(FOLDER_PREFIX):
+        return {}
+    try:
+        builder = tfds.builder(dataset, data_dir=data_dir)
+    except tfds.core.registered.DatasetNotFoundError as e:
+        raise _unknown_dataset(dataset, e) from e
+    return dict(builder.info.metadata or {})
 
 
 def load_split(dataset, split, data_dir=None, num_classes=None):
@@ -33,7 +54,10 @@ def load_split(dataset, split, data_dir=None, num_classes=None):
         root = dataset[len(FOLDER_PREFIX) :]
         split_root = tf.io.gfile.join(root, split)
         return folder_dataset(split_root if tf.io.gfile.isdir(split_root) else root, num_classes)
-    return tfds.load(dataset, split=split, data_dir=data_dir, shuffle_files=False)
+    try:
+        return tfds.load(dataset, split=split, data_dir=data_dir, shuffle_files=False)
+    except tfds.core.registered.DatasetNotFoundError as e:
+        raise _unknown_dataset(dataset, e) from e
 
 
 def _pad_to(image, label, height, width):

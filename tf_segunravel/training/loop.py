@@ -7,13 +7,13 @@ the same command continues it to the same final step.
 """
 
 import dataclasses
-import json
 import math
 import os
 
 import keras
 import tensorflow as tf
 
+from tf_segunravel.atomic import save_atomically, write_json
 from tf_segunravel.data import labels as data_labels
 from tf_segunravel.data import load_split, train_pipeline
 from tf_segunravel.errors import InputError
@@ -166,13 +166,6 @@ class _ImageSummaries(keras.callbacks.Callback):
             tf.summary.image("image_truth_prediction", panels, (epoch + 1) * self.interval, 4)
 
 
-def _write_json(path, payload):
-    temporary = path + ".tmp"
-    with open(temporary, "w") as f:
-        json.dump(payload, f, indent=2)
-    os.replace(temporary, path)
-
-
 def check_config(config):
     """Raises ValueError naming the field for values that cannot run."""
     problems = []
@@ -199,7 +192,7 @@ def train(config):
                     f"{config_path}: the model dir trains {key}={previous.get(key)}, "
                     f"not {getattr(config, key)}; use another --model_dir"
                 )
-    _write_json(config_path, dataclasses.asdict(config))
+    write_json(config_path, dataclasses.asdict(config))
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
@@ -294,9 +287,7 @@ def train(config):
 
     # ------------------------------------------------------------------------ final model
     final = os.path.join(config.model_dir, checkpoints.FINAL_MODEL)
-    temporary = os.path.join(config.model_dir, ".tmp-" + checkpoints.FINAL_MODEL)
-    network.save(temporary)
-    os.replace(temporary, final)
+    save_atomically(final, network.save)
     logs = {key: float(values[-1]) for key, values in history.items()}
     logs["step"] = int(step.numpy())
     return logs

@@ -10,20 +10,20 @@ For an image `<stem>` the output dir receives, each written atomically:
 """
 
 import glob
-import json
 import os
 
 import numpy as np
 import tensorflow as tf
 from PIL import Image
 
+from tf_segunravel.atomic import save_atomically, write_json
 from tf_segunravel.data.labels import read_image, read_label_png
 from tf_segunravel.errors import InputError
 from tf_segunravel.evaluation import scores_at_size
 from tf_segunravel.unravel import maps as heat
 from tf_segunravel.unravel.rules import first_argmax
 from tf_segunravel.unravel.tracer import SegUnravel
-from tf_segunravel.viz import flow_gif, overlay_figure, save_atomically
+from tf_segunravel.viz import flow_gif, overlay_figure
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 
@@ -229,14 +229,9 @@ class FixationWriter:
         if self.class_names:
             for key, entry in stats.items():
                 entry["name"] = self._name(int(key))
-        save_atomically(base + ".json", lambda p: _write_text(p, json.dumps(summary, indent=2)))
+        write_json(base + ".json", summary)
         return summary
 
     def _name(self, cls):
         names = self.class_names
         return names[cls] if cls < len(names) else str(cls)
-
-
-def _write_text(path, text):
-    with open(path, "w") as f:
-        f.write(text)

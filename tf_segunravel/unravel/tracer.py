@@ -190,8 +190,8 @@ class SegUnravel:
                 pending.setdefault(key, []).append(part)
                 if self.keep_flow:
                     flow[f"flow/{index}/{j}"] = (part, _spatial_size(values[key]))
-        final = merge(_concat(pending[self.input_id]), _sizes(images, self.num_classes))
-        # The image's colour channel is not a location: merge over it.
+        # The image's colour channel is not a location: one merge over it gives the result.
+        final = _concat(pending[self.input_id])
         at_image = merge(
             final.replace(ch=tf.zeros_like(final.ch)), (*_sizes(images, self.num_classes)[:4], 1)
         )

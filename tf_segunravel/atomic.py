@@ -1,0 +1,30 @@
+"""Atomic file writes: every file the package writes appears whole or not at all."""
+
+import json
+import os
+
+
+def save_atomically(path, write):
+    """Calls write(temporary path) for a hidden sibling of `path`, then moves it into place.
+
+    The temporary name keeps `path`'s suffixes (`.weights.h5`, `.keras`, `.npz` writers
+    insist on them); a crash or an exception in `write` leaves `path` untouched.
+    """
+    directory, name = os.path.split(os.path.abspath(path))
+    temporary = os.path.join(directory, f".tmp-{os.getpid()}-{name}")
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
+def write_json(path, payload):
+    """`payload` as indented JSON at `path`, atomically."""
+
+    def write(temporary):
+        with open(temporary, "w") as f:
+            json.dump(payload, f, indent=2)
+
+    save_atomically(path, write)
