@@ -31,6 +31,8 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=7", "ruff>=0.4"],
+        # DeepLab's dense CRF (tf_segunravel/crf.py); built from source, needs a C++ compiler.
+        "crf": ["pydensecrf2>=1.1"],
     },
     classifiers=[
         "Programming Language :: Python :: 3",

@@ -1,6 +1,6 @@
 """Training-pipeline throughput against bare decoding of the same files.
 
-    python3 bench/pipeline.py [--dataset=segunravel_shapes --split=train --crop_size=97]
+    python3 -m bench.pipeline [--dataset=segunravel_shapes --split=train --crop_size=97]
 
 Prints `name: value` lines: medians over --repeats runs of --images images each, then the
 ratio (pipeline / decoding) measured in the same run, last.

@@ -1,6 +1,6 @@
 """Full-size train-step time with and without the template-similarity loss.
 
-    python3 bench/train_step.py [--batch_size=2 --crop_size=321 --width=1.0 --repeats=5]
+    python3 -m bench.train_step [--batch_size=2 --crop_size=321 --width=1.0 --repeats=5]
 
 Both variants train the same network on the same random batch in one process; each figure is
 the median of --repeats timed steps after a warm-up step. The ratio (template / plain) is

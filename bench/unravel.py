@@ -1,6 +1,6 @@
 """Unravel speed on the full-size network: forward pass, unravel, naive per-point loop.
 
-    python3 bench/unravel.py [--sizes=321,513 --repeats=3 --naive_seeds=12]
+    python3 -m bench.unravel [--sizes=321,513 --repeats=3 --naive_seeds=12]
 
 Full-size DeepLab-LargeFOV (width 1, 21 classes, random weights; --weights loads converted
 Caffe weights), one image per size, every detected class unravelled. `forward_s` is a
@@ -13,17 +13,15 @@ seeds. Peak resident memory of the process is printed before the ratios, which c
 import os
 import resource
 import statistics
-import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 
 import numpy as np
 import tensorflow as tf
 from absl import app, flags
-from unravel_reference import naive_unravel
 
+from tests.unravel_reference import naive_unravel
 from tf_segunravel.models import deeplab_largefov
 from tf_segunravel.unravel import SegUnravel
 
@@ -62,12 +60,10 @@ def main(_):
         )
         forward_s = median_seconds(lambda image=image: forward(image).numpy(), FLAGS.repeats)
         values = record(image)
-        unravel_s = median_seconds(
-            lambda values=values: walk(values)["counts"].numpy(), FLAGS.repeats
-        )
+        unravel_s = median_seconds(lambda values=values: walk(values).counts.numpy(), FLAGS.repeats)
         out = trace(image)
-        seeds = int(tf.reduce_sum(out["seeds"]))
-        classes = int(tf.math.count_nonzero(tf.reduce_sum(out["seeds"], axis=0)))
+        seeds = int(tf.reduce_sum(out.seeds))
+        classes = int(tf.math.count_nonzero(tf.reduce_sum(out.seeds, axis=0)))
         print(f"size_{size}_seeds: {seeds}")
         print(f"size_{size}_classes: {classes}")
         print(f"size_{size}_forward_s: {forward_s:.3f}")

@@ -1,17 +1,15 @@
-"""Shared test setup: quiet TensorFlow, a fixed seed, and the repository root on the path."""
+"""Shared test setup: quiet TensorFlow and a fixed seed.
+
+`tests` is a package: modules import their shared pieces as `tests.helpers`, `tests.layer_testing`
+and the references `tests.unravel_reference` and `tests.caffe_reference`.
+"""
 
 import os
-import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
-if TESTS_DIR not in sys.path:
-    sys.path.insert(0, TESTS_DIR)
-
-import keras  # noqa: E402
-import pytest  # noqa: E402
+import keras
+import pytest
 
 
 @pytest.fixture(autouse=True)

@@ -4,7 +4,7 @@ import os
 import subprocess
 import sys
 
-from conftest import REPO_ROOT
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run_tool(tool, *args, timeout=600, env=None):

@@ -1,51 +1,56 @@
 """The main job in a reduced mode: every artefact exists and is valid; re-runs reuse work."""
 
+import dataclasses
 import json
 import os
 import re
+import shutil
 
 import pytest
 import tensorflow as tf
-from conftest import REPO_ROOT
-from helpers import run_tool
 from PIL import Image
 
+from tests.helpers import REPO_ROOT, run_tool
 from tf_segunravel import demo
+from tf_segunravel.errors import InputError
 
 
-def flagfile_values(name):
-    values = {}
-    with open(os.path.join(REPO_ROOT, "flags", name)) as f:
-        for line in f:
-            line = line.strip()
-            if not line.startswith("--") or line.startswith("--flagfile"):
-                continue
-            if "=" in line:
-                key, value = line[2:].split("=", 1)
-                values[key] = value
-            else:
-                values[line[2:].removeprefix("no")] = not line.startswith("--no")
-    return values
+def test_demo_trains_what_the_flagfiles_say(tmp_path):
+    baseline = demo.arm_config("baseline", model_dir="m")
+    template = demo.arm_config("template_cosine", model_dir="m")
+    assert (baseline.width, baseline.steps, baseline.lr_policy) == (0.125, 1500, "poly")
+    assert baseline.template_weight == 0 and template.template_weight == 0.1
+    # The template arm is the baseline's flagfile plus its own lines, nothing else.
+    differing = {
+        name
+        for name, value in dataclasses.asdict(template).items()
+        if dataclasses.asdict(baseline)[name] != value
+    }
+    assert differing == {"template_weight"}
+    # The files are the source: an edited copy changes what the demo trains.
+    flags_dir = tmp_path / "flags"
+    shutil.copytree(os.path.join(REPO_ROOT, "flags"), flags_dir)
+    path = flags_dir / "shapes_baseline.cfg"
+    path.write_text(path.read_text().replace("--steps=1500", "--steps=750"))
+    edited = demo.arm_config("template_cosine", flags_dir=str(flags_dir), model_dir="m")
+    assert edited.steps == 750 and edited.template_weight == 0.1
 
 
-@pytest.mark.parametrize(
-    "flagfile, arm",
-    [
-        ("shapes_baseline.cfg", demo.SHAPES_BASELINE),
-        ("shapes_template_cosine.cfg", demo.SHAPES_TEMPLATE),
-    ],
-)
-def test_demo_trains_what_the_flagfiles_say(flagfile, arm):
-    values = flagfile_values("shapes_baseline.cfg")
-    values.update(flagfile_values(flagfile))
-    for key, value in values.items():
-        expected = arm[key]
-        assert (
-            type(expected)(value) == expected
-            if not isinstance(expected, bool)
-            else (value == expected)
-        ), key
-    assert {k for k in arm if k != "num_classes"} <= set(values)
+def test_demo_overrides_are_checked_like_flags():
+    with pytest.raises(InputError, match="steps must be a multiple of checkpoint_every"):
+        demo.arm_config("baseline", model_dir="m", steps=7)
+
+
+def test_absent_classes_are_left_out_of_the_per_class_means():
+    iou = {"a": 0.5, "b": None}
+    results = {
+        ("baseline", 0): {"per_class_iou": iou},
+        ("baseline", 1): {"per_class_iou": {"a": 0.7, "b": 0.4}},
+    }
+    assert demo._mean_iou_over_seeds(results, "baseline", "a", [0, 1]) == pytest.approx(60.0)
+    # b is neither present nor predicted for seed 0: the mean is seed 1's alone, not (0+40)/2.
+    assert demo._mean_iou_over_seeds(results, "baseline", "b", [0, 1]) == pytest.approx(40.0)
+    assert demo._mean_iou_over_seeds(results, "baseline", "b", [0]) is None
 
 
 @pytest.mark.slow

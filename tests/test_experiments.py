@@ -5,13 +5,15 @@ import json
 import keras
 import numpy as np
 import pytest
-from helpers import run_tool
+import tensorflow as tf
 from PIL import Image
 
+from tests.helpers import run_tool
 from tf_segunravel import experiments
 from tf_segunravel.data import load_split
 from tf_segunravel.data.shapes import CLASS_KINDS, CLASS_NAMES
 from tf_segunravel.models import deeplab_largefov
+from tf_segunravel.unravel.rules import channels_to_reach
 
 
 @pytest.fixture(scope="module")
@@ -24,11 +26,15 @@ def tiny(shapes_data_dir):
     return model, load_split("segunravel_shapes", "val", shapes_data_dir)
 
 
-def test_channels_needed():
+def test_channels_to_reach():
     scores = np.array([[5.0, 3.0, 2.0, -1.0], [0.0, 0.0, 0.0, 0.0], [-1.0, -2.0, -3.0, -4.0]])
-    np.testing.assert_array_equal(experiments.channels_needed(scores, 0.5), [1, 1, 4])
-    np.testing.assert_array_equal(experiments.channels_needed(scores, 0.8), [2, 1, 4])
-    np.testing.assert_array_equal(experiments.channels_needed(scores, 1.0), [3, 1, 4])
+    for fraction, needed in ((0.5, [1, 1, 4]), (0.8, [2, 1, 4]), (1.0, [3, 1, 4])):
+        count, top = channels_to_reach(tf.constant(scores, tf.float32), fraction)
+        np.testing.assert_array_equal(count.numpy(), needed)
+        np.testing.assert_array_equal(top.numpy()[0], [0, 1, 2, 3])
+    count, top = channels_to_reach(tf.constant(scores, tf.float32), 1.0, cap=2)
+    np.testing.assert_array_equal(count.numpy(), [2, 1, 2])
+    assert top.shape == (3, 2)
 
 
 def test_fixation_location_rows(tiny):

@@ -9,14 +9,13 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import last_line, run_tool
 from PIL import Image
 
+from tests.helpers import last_line, run_tool
 from tf_segunravel.evaluation import full_resolution_scores
 from tf_segunravel.export import export_saved_model
 from tf_segunravel.models import deeplab_largefov
-from tf_segunravel.unravel import SegUnravel
-from tf_segunravel.unravel.maps import heatmaps
+from tf_segunravel.unravel import FixationSettings, SegUnravel, fixation_maps
 
 # Runs where the package cannot be imported: the SavedModel must stand alone.
 STANDALONE = textwrap.dedent(
@@ -49,7 +48,8 @@ def exported(tmp_path_factory):
     rng = np.random.default_rng(0)
     fc8.set_weights([rng.normal(0, 1, w.shape).astype(np.float32) for w in fc8.get_weights()])
     export_dir = root / "saved_model"
-    export_saved_model(model, str(export_dir), k=2, shift="full", sigma=3.0, outlier_radius=0.05)
+    settings = FixationSettings(k=2, shift="full", sigma=3.0, outlier_radius=0.05)
+    export_saved_model(model, str(export_dir), settings)
     return model, export_dir, root
 
 
@@ -84,11 +84,12 @@ def test_standalone_signatures_match_keras_and_engine(exported):
     np.testing.assert_allclose(out["segment_scores"], model(floats).numpy(), atol=1e-4)
     np.testing.assert_array_equal(out["bytes_labels"], out["segment_labels"])
 
-    engine = SegUnravel(model, k=2, shift="full")(floats)
+    settings = FixationSettings(k=2, shift="full", sigma=3.0, outlier_radius=0.05)
+    engine = SegUnravel(model, settings)(floats)
     np.testing.assert_array_equal(out["fixations_points"], engine.points)
     np.testing.assert_array_equal(out["fixations_counts"], engine.counts)
     np.testing.assert_array_equal(out["fixations_seeds"], engine.seeds)
-    maps = heatmaps(engine.points, engine.counts, 2, 3, 41, 52, 3.0, 0.05).numpy()
+    maps = fixation_maps(engine, 41, 52, settings).numpy()
     np.testing.assert_allclose(out["fixations_maps"], maps, atol=1e-5)
     assert out["meta_k"] == b"2" and out["meta_shift"] == b"full"
     settings = json.loads((export_dir / "assets.extra" / "tf_segunravel.json").read_text())

@@ -1,4 +1,4 @@
-"""A naive, per-point segmentation unravel written straight from METHOD.md section 2.
+"""A naive, per-point segmentation unravel written straight from docs/method.md section 2.
 
 Python loops over points, taps and channels, numpy values, and no code shared with the
 package: the engine's vectorised rules are tested against this, and bench/unravel.py times

@@ -28,3 +28,13 @@ def write_json(path, payload):
             json.dump(payload, f, indent=2)
 
     save_atomically(path, write)
+
+
+def write_text(path, text):
+    """`text` at `path`, atomically."""
+
+    def write(temporary):
+        with open(temporary, "w") as f:
+            f.write(text)
+
+    save_atomically(path, write)

@@ -9,6 +9,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags, logging
 
+from tf_segunravel import settings
 from tf_segunravel.errors import InputError
 
 
@@ -34,34 +35,30 @@ def run(main):
     app.run(guarded)
 
 
-UNRAVEL_FLAGS = ("k", "mass", "shift", "sigma", "outlier_radius", "weighted")
+def check_writable(path, flag):
+    """Raises InputError unless a file can be written at `path` (given as --`flag`); makes
+    its directory. Called before long work, so an impossible output fails at once."""
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"--{flag}={path}: cannot create {directory} ({e.strerror})") from e
+    if os.path.isdir(path):
+        raise InputError(f"--{flag}={path}: is a directory")
+    if not os.access(directory, os.W_OK):
+        raise InputError(f"--{flag}={path}: {directory} is not writable")
 
 
-def define_unravel_flags():
-    """The unravel and heat-map flags shared by tools/fixations.py and tools/export.py."""
-    flags.DEFINE_integer("k", 1, "Unravel: channels kept per unit (branching when > 1).")
-    flags.DEFINE_float(
-        "mass",
-        None,
-        "Unravel: instead of --k, keep the fewest channels reaching this fraction of a "
-        "unit's positive contribution.",
-    )
-    flags.DEFINE_enum("shift", "partial", ["none", "partial", "full"], "Unravel: spatial shift.")
-    flags.DEFINE_float("sigma", 20.0, "Heat maps: Gaussian blur in pixels.")
-    flags.DEFINE_float(
-        "outlier_radius",
-        0.02,
-        "Heat maps: outlier radius, fraction of the image diagonal (0: keep every point).",
-    )
-    flags.DEFINE_boolean("weighted", True, "Heat maps: weight points by their path counts.")
-    flags.register_validator("k", lambda v: v >= 1, "--k must be >= 1")
-    flags.register_validator("mass", lambda v: v is None or 0 < v <= 1, "--mass must be in (0, 1]")
-    flags.register_validator("sigma", lambda v: v >= 0, "--sigma must be >= 0")
-    flags.register_validator(
-        "outlier_radius", lambda v: 0 <= v < 1, "--outlier_radius must be in [0, 1)"
-    )
+def define_fixation_flags(defaults=None):
+    """The flags of every `FixationSettings` field (unravel and heat maps), shared by
+    tools/fixations.py, tools/export.py and tools/experiments.py."""
+    from tf_segunravel.unravel.settings import FixationSettings
+
+    settings.define_flags(FixationSettings, defaults=defaults)
 
 
-def unravel_settings():
-    """{name: value} of the flags `define_unravel_flags` defined."""
-    return {name: flags.FLAGS[name].value for name in UNRAVEL_FLAGS}
+def fixation_settings():
+    """The `FixationSettings` the parsed flags describe."""
+    from tf_segunravel.unravel.settings import FixationSettings
+
+    return settings.from_flags(FixationSettings)

@@ -16,46 +16,40 @@ import os
 import time
 
 import numpy as np
+from absl import flags
 from PIL import Image
 
+from tf_segunravel import settings
 from tf_segunravel.atomic import save_atomically, write_json
-from tf_segunravel.training.loop import HISTORY_FILE, TrainConfig
+from tf_segunravel.errors import InputError
+from tf_segunravel.training.config import TrainConfig
+from tf_segunravel.training.loop import HISTORY_FILE
+from tf_segunravel.unravel.settings import FixationSettings
 
-# The settings of flags/shapes_baseline.cfg and flags/shapes_template_cosine.cfg (a test
-# keeps them equal).
-SHAPES_BASELINE = {
-    "dataset": "segunravel_shapes",
-    "split": "train",
-    "num_classes": 6,
-    "width": 0.125,
-    "dropout": 0.0,
-    "crop_size": 129,
-    "batch_size": 10,
-    "scale_min": 0.75,
-    "scale_max": 1.5,
-    "steps": 1500,
-    "checkpoint_every": 250,
-    "base_lr": 0.01,
-    "lr_policy": "poly",
-    "power": 0.9,
-    "momentum": 0.9,
-    "weight_decay": 0.0005,
-    "lr_multipliers": True,
-    "init": "scratch",
-}
-SHAPES_TEMPLATE = {
-    **SHAPES_BASELINE,
-    "template_weight": 0.1,
-    "similarity": "cosine",
-    "template_reduction": "mean",
-}
-ARMS = {"baseline": SHAPES_BASELINE, "template_cosine": SHAPES_TEMPLATE}
+# Each arm trains what its flagfile says: the flagfiles are read through absl, so the demo
+# and `tools/train.py --flagfile=...` train the same thing.
+ARMS = {"baseline": "shapes_baseline.cfg", "template_cosine": "shapes_template_cosine.cfg"}
+FLAGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "flags")
 PAD_SIZE = 129
-SIGMA = 6.0
+# Heat maps for 129-pixel images: a 6-pixel blur instead of the default 20.
+FIXATIONS = FixationSettings(sigma=6.0)
 
 
 def _banner(stage, message):
     print(f"\n=== [{time.strftime('%H:%M:%S')}] {stage}: {message}", flush=True)
+
+
+def arm_config(arm, flags_dir=FLAGS_DIR, **overrides):
+    """The `TrainConfig` of one arm: its flagfile in `flags_dir`, then `overrides`."""
+    path = os.path.join(flags_dir, ARMS[arm])
+    if not os.path.isfile(path):
+        raise InputError(f"{path}: flagfile not found (the demo runs from a source checkout)")
+    try:
+        return settings.from_flagfile(
+            TrainConfig, path, root=os.path.dirname(flags_dir), **overrides
+        )
+    except (ValueError, flags.Error) as e:  # absl's flag errors and TrainConfig's checks
+        raise InputError(f"{path}: {e}") from e
 
 
 def _read_json(path):
@@ -95,7 +89,7 @@ def run(
     # ---------------------------------------------------------------------------- train
     runs = {}
     for seed in seeds:
-        for arm, settings in ARMS.items():
+        for arm in ARMS:
             model_dir = os.path.join(output_dir, "models", f"{arm}_seed{seed}")
             runs[(arm, seed)] = model_dir
             overrides = {
@@ -108,7 +102,7 @@ def run(
                 overrides["steps"] = steps
             if checkpoint_every:
                 overrides["checkpoint_every"] = checkpoint_every
-            config = TrainConfig(**{**settings, **overrides})
+            config = arm_config(arm, **overrides)
             if os.path.exists(os.path.join(model_dir, "model.keras")):
                 _banner("train", f"{arm}, seed {seed}: done before, reused")
                 continue
@@ -131,7 +125,7 @@ def run(
     export_dir = os.path.join(output_dir, "saved_model")
     if not os.path.exists(export_dir):
         _banner("export", export_dir)
-        export_saved_model(load_network(baseline_dir), export_dir, sigma=SIGMA)
+        export_saved_model(load_network(baseline_dir), export_dir, FIXATIONS)
 
     # ------------------------------------------------------------------------ fixations
     fixation_dir = os.path.join(output_dir, "fixations")
@@ -143,7 +137,7 @@ def run(
         os.makedirs(image_dir, exist_ok=True)
         os.makedirs(mask_dir, exist_ok=True)
         writer = FixationWriter(
-            load_network(baseline_dir), fixation_dir, sigma=SIGMA, class_names=names, flow=True
+            load_network(baseline_dir), fixation_dir, FIXATIONS, class_names=names, flow=True
         )
         for example in val.take(fixation_images).as_numpy_iterator():
             stem = example["filename"].decode()
@@ -186,16 +180,23 @@ def run(
     return summary
 
 
+def _mean_iou_over_seeds(results, arm, name, seeds):
+    """A class's IoU (%) averaged over the seeds where it is defined; None where it never is.
+
+    A class neither present nor predicted has no IoU (`evaluate` gives None) and is left
+    out, as `evaluate` leaves it out of the mean IoU; counting it as 0 would punish a class
+    for being absent.
+    """
+    values = [results[(arm, s)]["per_class_iou"][name] for s in seeds]
+    values = [100 * v for v in values if v is not None]
+    return float(np.mean(values)) if values else None
+
+
 def _summarise(results, location, seeds, names):
     arms = {}
     for arm in ARMS:
         values = [100 * results[(arm, s)]["mean_iou"] for s in seeds]
-        per_class = {
-            name: float(
-                np.mean([100 * (results[(arm, s)]["per_class_iou"][name] or 0) for s in seeds])
-            )
-            for name in names
-        }
+        per_class = {name: _mean_iou_over_seeds(results, arm, name, seeds) for name in names}
         arms[arm] = {
             "mean_iou": values,
             "mean": float(np.mean(values)),
@@ -238,7 +239,10 @@ def _markdown(summary, names):
         "| --- |" + " --- |" * len(summary["arms"]),
     ]
     for name in names:
-        values = " | ".join(f"{e['per_class_iou'][name]:.2f}" for e in summary["arms"].values())
+        values = " | ".join(
+            "-" if e["per_class_iou"][name] is None else f"{e['per_class_iou'][name]:.2f}"
+            for e in summary["arms"].values()
+        )
         lines.append(f"| {name} | {values} |")
     lines += [
         "",
@@ -283,10 +287,8 @@ def _plot_iou(results, seeds, names, path):
     figure, axis = plt.subplots(figsize=(7, 3.5))
     width = 0.8 / len(ARMS)
     for i, arm in enumerate(ARMS):
-        values = [
-            np.mean([100 * (results[(arm, s)]["per_class_iou"][n] or 0) for s in seeds])
-            for n in names
-        ]
+        values = [_mean_iou_over_seeds(results, arm, n, seeds) for n in names]
+        values = [np.nan if v is None else v for v in values]
         axis.bar(np.arange(len(names)) + i * width, values, width, label=arm)
     axis.set_xticks(np.arange(len(names)) + width / 2, names)
     axis.set(ylabel="val IoU (%)", title="per-class IoU")

@@ -5,31 +5,15 @@ upsample the stride-8 scores x8 bilinearly with aligned corners (Caffe's Interp:
 over pixel 8i), crop back to the image, take the argmax.
 """
 
+import dataclasses
+
 import keras
 import numpy as np
 import tensorflow as tf
 
 from tf_segunravel.data.labels import IGNORE_LABEL
 from tf_segunravel.data.pipeline import eval_pipeline
-from tf_segunravel.models.deeplab_largefov import OUTPUT_STRIDE
-
-
-def upsample_scores(scores, stride=OUTPUT_STRIDE):
-    """[B, h, w, C] -> [B, (h-1)*stride+1, (w-1)*stride+1, C], corners aligned."""
-    size = (tf.shape(scores)[1:3] - 1) * stride + 1
-    return tf.compat.v1.image.resize(
-        scores, size, method=tf.image.ResizeMethod.BILINEAR, align_corners=True
-    )
-
-
-def scores_at_size(scores, height, width):
-    """Stride-8 scores [B, h, w, C] -> [B, height, width, C]: upsampled, cropped back."""
-    scores = upsample_scores(tf.cast(scores, tf.float32))
-    # (h-1)*8+1 >= H holds for Caffe's pooling sizes; pad a shortfall (other models) anyway.
-    pad_h = tf.maximum(height - tf.shape(scores)[1], 0)
-    pad_w = tf.maximum(width - tf.shape(scores)[2], 0)
-    scores = tf.pad(scores, [[0, 0], [0, pad_h], [0, pad_w], [0, 0]], mode="SYMMETRIC")
-    return scores[:, :height, :width]
+from tf_segunravel.grids import first_argmax, scores_at_size
 
 
 def full_resolution_scores(network, images):
@@ -38,22 +22,25 @@ def full_resolution_scores(network, images):
     return scores_at_size(network(images, training=False), height, width)
 
 
-def evaluate(network, examples, num_classes, pad_size=513, class_names=None):
-    """Runs the test protocol over `examples`; returns a JSON-ready dict of scores.
-
-    Keys: `per_class_iou` {name: IoU or None when the class never occurs nor is predicted},
-    `mean_iou` (over classes that occur), `pixel_accuracy`, `images`, `confusion` (rows:
-    truth, columns: prediction).
-    """
-    mean_iou = keras.metrics.MeanIoU(num_classes, ignore_class=IGNORE_LABEL)
+def predictions(network, examples, pad_size=513):
+    """Per example, by DeepLab's protocol: (image uint8 [H, W, 3], scores at image size
+    float32 [H, W, C], truth int32 [H, W]), all cropped back to the image."""
     predict = tf.function(lambda images: full_resolution_scores(network, images))
-    images_seen = 0
     for features, labels in eval_pipeline(examples, pad_size=pad_size, batch_size=1):
-        predicted = tf.argmax(predict(features["image"]), axis=-1, output_type=tf.int32)
         height, width = int(features["height"][0]), int(features["width"][0])
-        mean_iou.update_state(labels[:, :height, :width], predicted[:, :height, :width])
-        images_seen += 1
-    confusion = mean_iou.total_cm.numpy().astype(np.int64)
+        scores = predict(features["image"])[0, :height, :width]
+        image = tf.cast(features["image"][0, :height, :width], tf.uint8)
+        yield image, scores, labels[0, :height, :width]
+
+
+def iou_scores(confusion, class_names=None):
+    """Per-class IoU, mean IoU and pixel accuracy from a confusion matrix (rows: truth).
+
+    `per_class_iou` is None for a class neither present nor predicted; `mean_iou` averages
+    the classes present in the truth.
+    """
+    confusion = np.asarray(confusion, np.int64)
+    num_classes = confusion.shape[0]
     truth, predicted = confusion.sum(1), confusion.sum(0)
     intersection = np.diag(confusion)
     union = truth + predicted - intersection
@@ -69,17 +56,74 @@ def evaluate(network, examples, num_classes, pad_size=513, class_names=None):
         if occurring
         else 0.0,
         "pixel_accuracy": float(intersection.sum() / max(confusion.sum(), 1)),
-        "images": images_seen,
         "confusion": confusion.tolist(),
     }
 
 
+def evaluate(network, examples, num_classes, pad_size=513, class_names=None, crf_settings=None):
+    """Runs the test protocol over `examples`; returns a JSON-ready dict of scores.
+
+    Keys: `per_class_iou` {name: IoU or None when the class never occurs nor is predicted},
+    `mean_iou` (over classes that occur), `pixel_accuracy`, `images`, `confusion` (rows:
+    truth, columns: prediction). With `crf_settings` (a `crf.CRFSettings`), the same pass also
+    scores DeepLab's dense CRF on the softmax, under `crf` (with the settings used).
+    """
+    plain = keras.metrics.MeanIoU(num_classes, ignore_class=IGNORE_LABEL)
+    refined = keras.metrics.MeanIoU(num_classes, ignore_class=IGNORE_LABEL)
+    images_seen = 0
+    for image, scores, truth in predictions(network, examples, pad_size):
+        plain.update_state(truth, first_argmax(scores, axis=-1))
+        if crf_settings is not None:
+            from tf_segunravel.crf import dense_crf
+
+            probabilities = tf.nn.softmax(scores, axis=-1).numpy()
+            refined.update_state(truth, dense_crf(image.numpy(), probabilities, crf_settings))
+        images_seen += 1
+    results = {**iou_scores(plain.total_cm.numpy(), class_names), "images": images_seen}
+    if crf_settings is not None:
+        results["crf"] = {
+            **iou_scores(refined.total_cm.numpy(), class_names),
+            "settings": dataclasses.asdict(crf_settings),
+        }
+    return results
+
+
+def crf_search(network, examples, num_classes, grid, pad_size=513):
+    """DeepLab's cross-validation of the CRF: mean IoU of every `CRFSettings` in `grid` on
+    `examples` (a held-out subset), from one network pass. Rows sorted best first."""
+    from tf_segunravel.crf import dense_crf
+
+    kept = []  # the network runs once; the CRF reruns per setting on the kept softmax
+    for image, scores, truth in predictions(network, examples, pad_size):
+        probabilities = tf.nn.softmax(scores, axis=-1).numpy().astype(np.float16)
+        kept.append((image.numpy(), probabilities, truth.numpy()))
+    rows = []
+    for crf_settings in grid:
+        metric = keras.metrics.MeanIoU(num_classes, ignore_class=IGNORE_LABEL)
+        for image, probabilities, truth in kept:
+            metric.update_state(truth, dense_crf(image, probabilities, crf_settings))
+        scores = iou_scores(metric.total_cm.numpy())
+        rows.append({**dataclasses.asdict(crf_settings), "mean_iou": scores["mean_iou"]})
+    return sorted(rows, key=lambda row: -row["mean_iou"])
+
+
 def format_table(results):
-    """The per-class IoU table as aligned text lines, then mean IoU and pixel accuracy."""
-    width = max(len(name) for name in results["per_class_iou"])
-    lines = [f"{'class':<{width}}  IoU"]
-    for name, iou in results["per_class_iou"].items():
-        lines.append(f"{name:<{width}}  {'-' if iou is None else f'{100 * iou:5.2f}'}")
-    lines.append(f"{'mean IoU':<{width}}  {100 * results['mean_iou']:5.2f}")
-    lines.append(f"{'pixel acc.':<{width}}  {100 * results['pixel_accuracy']:5.2f}")
+    """The per-class IoU table as aligned text lines, then mean IoU and pixel accuracy; with
+    a `crf` entry, a second column for the network + CRF."""
+    columns = [("IoU", results)]
+    if "crf" in results:
+        columns.append(("IoU + CRF", results["crf"]))
+    width = max(len(name) for name in [*results["per_class_iou"], "pixel acc."])
+
+    def cell(value):
+        return f"{'-' if value is None else f'{100 * value:5.2f}':>{len(columns[-1][0])}}"
+
+    def row(label, values):
+        return f"{label:<{width}}  " + "  ".join(cell(v) for v in values)
+
+    lines = [f"{'class':<{width}}  " + "  ".join(f"{t:>{len(columns[-1][0])}}" for t, _ in columns)]
+    for name in results["per_class_iou"]:
+        lines.append(row(name, [c["per_class_iou"][name] for _, c in columns]))
+    lines.append(row("mean IoU", [c["mean_iou"] for _, c in columns]))
+    lines.append(row("pixel acc.", [c["pixel_accuracy"] for _, c in columns]))
     return lines

@@ -12,15 +12,19 @@ Each returns rows (dicts) that `write_results` saves as CSV and JSON next to a f
 """
 
 import csv
+import dataclasses
 import os
 
 import numpy as np
 import tensorflow as tf
 
 from tf_segunravel.atomic import save_atomically, write_json
+from tf_segunravel.data.labels import class_name
 from tf_segunravel.data.pipeline import MEAN_RGB
 from tf_segunravel.evaluation import evaluate, full_resolution_scores
-from tf_segunravel.unravel import maps as heat
+from tf_segunravel.unravel.maps import fixation_maps
+from tf_segunravel.unravel.rules import channels_to_reach
+from tf_segunravel.unravel.settings import FixationSettings
 from tf_segunravel.unravel.tracer import SegUnravel
 
 EXPERIMENTS = ("fixation_location", "shift_variants", "k_analysis", "salient_parts")
@@ -32,23 +36,18 @@ def _examples(examples, max_images):
         yield example["image"], example["segmentation"][..., 0]
 
 
-def _name(class_names, cls):
-    return class_names[cls] if class_names and cls < len(class_names) else str(cls)
-
-
 def fixation_location(
     network,
     examples,
     num_classes,
     class_names=None,
     class_kinds=None,
-    k=1,
-    shift="partial",
+    settings=None,
     max_images=100,
     pad_size=513,
 ):
     """Rows per class: images, mean inside-truth share (plain, weighted), IoU, kind."""
-    engine = SegUnravel(network, k=k, shift=shift)
+    engine = SegUnravel(network, settings)
     shares = {c: [] for c in range(num_classes)}
     weighted = {c: [] for c in range(num_classes)}
     for image, truth in _examples(examples, max_images):
@@ -61,7 +60,7 @@ def fixation_location(
     iou = evaluate(network, examples.take(max_images), num_classes, pad_size)["per_class_iou"]
     rows = []
     for cls in range(num_classes):
-        name = _name(class_names, cls)
+        name = class_name(class_names, cls)
         rows.append(
             {
                 "class": cls,
@@ -86,9 +85,17 @@ def by_kind(rows, key="inside_truth"):
 
 
 def shift_variants(
-    network, examples, num_classes, class_names=None, class_kinds=None, max_images=100, pad_size=513
+    network,
+    examples,
+    num_classes,
+    class_names=None,
+    class_kinds=None,
+    settings=None,
+    max_images=100,
+    pad_size=513,
 ):
     """fixation_location under each shift; one row per class and variant."""
+    settings = settings or FixationSettings()
     rows = []
     for shift in ("none", "partial", "full"):
         for row in fixation_location(
@@ -97,7 +104,7 @@ def shift_variants(
             num_classes,
             class_names,
             class_kinds,
-            shift=shift,
+            settings=dataclasses.replace(settings, shift=shift),
             max_images=max_images,
             pad_size=pad_size,
         ):
@@ -105,43 +112,29 @@ def shift_variants(
     return rows
 
 
-def channels_needed(channel_scores, fraction):
-    """Per row of [N, C] contributions: the fewest channels reaching `fraction` of the
-    positive total (sorted largest first)."""
-    ordered = -np.sort(-channel_scores, axis=1)
-    total = np.maximum(channel_scores, 0).sum(axis=1, keepdims=True)
-    reached = np.cumsum(ordered, axis=1) >= fraction * total
-    first = reached.argmax(axis=1) + 1
-    return np.where(reached.any(axis=1), first, channel_scores.shape[1])
-
-
 def k_analysis(network, examples, max_images=20, fractions=K_FRACTIONS):
-    """Rows per weight layer: input channels and the mean K for each fraction."""
-    needed = {}
-    channels = {}
+    """Rows per channel-choosing layer: input channels and the mean K for each fraction.
 
-    def hook(layer, channel_scores):
-        scores = np.asarray(channel_scores)
-        channels[layer.name] = scores.shape[1]
-        for fraction in fractions:
-            needed.setdefault((layer.name, fraction), []).extend(
-                channels_needed(scores, fraction).tolist()
-            )
-
-    engine = SegUnravel(network)
-    engine.config = engine.config._replace(hook=hook)
+    The engine returns every layer's channel scores beside the points (graph mode), and
+    `channels_to_reach`, the mass rule's own count, says how many channels each needs.
+    """
+    engine = SegUnravel(network, keep_channel_scores=True)
+    needed, channels, order = {}, {}, []
     for image, _ in _examples(examples, max_images):
-        engine.trace(tf.constant(image[None], tf.float32))  # eager, so the hook sees values
+        for layer, scores in engine(image[None].astype(np.float32)).channel_scores:
+            if layer not in channels:
+                order.append(layer)
+            channels[layer] = scores.shape[1]
+            for fraction in fractions:
+                count, _ = channels_to_reach(tf.constant(scores), fraction)
+                needed.setdefault((layer, fraction), []).extend(count.numpy().tolist())
     rows = []
-    for step in reversed(engine.steps):
-        name = step.layer.name
-        if name not in channels:
-            continue
-        row = {"layer": name, "input_channels": channels[name]}
+    for layer in order:
+        row = {"layer": layer, "input_channels": channels[layer]}
         for fraction in fractions:
-            values = needed[(name, fraction)]
+            values = needed[(layer, fraction)]
             row[f"k_{round(fraction * 100)}"] = float(np.mean(values))
-            row[f"k_{round(fraction * 100)}_share"] = float(np.mean(values)) / channels[name]
+            row[f"k_{round(fraction * 100)}_share"] = float(np.mean(values)) / channels[layer]
         rows.append(row)
     return rows
 
@@ -151,13 +144,17 @@ def salient_parts(
     examples,
     num_classes,
     class_names=None,
+    settings=None,
     max_images=50,
-    sigma=6.0,
-    outlier_radius=0.02,
     threshold=0.5,
 ):
-    """Rows per class: mean probability drop inside and outside its masked salient region."""
-    engine = SegUnravel(network)
+    """Rows per class: mean probability drop inside and outside its masked salient region.
+
+    `settings` draw the heat maps (default: `FixationSettings(sigma=6)`, a blur that suits
+    small images).
+    """
+    settings = settings or FixationSettings(sigma=6.0)
+    engine = SegUnravel(network, settings)
     drops_in = {c: [] for c in range(num_classes)}
     drops_out = {c: [] for c in range(num_classes)}
     mean = np.array(MEAN_RGB, np.float32)
@@ -171,9 +168,7 @@ def salient_parts(
         result = engine(image[None].astype(np.float32))
         before = probabilities(image)
         predicted = before.argmax(-1)
-        maps = heat.heatmaps(
-            result.points, result.counts, 1, num_classes, height, width, sigma, outlier_radius
-        ).numpy()[0]
+        maps = fixation_maps(result, height, width, settings).numpy()[0]
         for cls in np.flatnonzero(result.seeds[0]):
             region = maps[cls] >= threshold
             if not region.any():
@@ -188,7 +183,7 @@ def salient_parts(
     return [
         {
             "class": cls,
-            "name": _name(class_names, cls),
+            "name": class_name(class_names, cls),
             "images": len(drops_in[cls]),
             "drop_inside": float(np.mean(drops_in[cls])) if drops_in[cls] else None,
             "drop_outside": float(np.mean(drops_out[cls])) if drops_out[cls] else None,

@@ -22,9 +22,9 @@ import keras
 import tensorflow as tf
 
 from tf_segunravel.errors import InputError
-from tf_segunravel.evaluation import scores_at_size
-from tf_segunravel.unravel import maps as heat
-from tf_segunravel.unravel.rules import first_argmax
+from tf_segunravel.grids import first_argmax, labels_at_size, scores_at_size
+from tf_segunravel.unravel.maps import fixation_maps
+from tf_segunravel.unravel.settings import FixationSettings
 from tf_segunravel.unravel.tracer import SegUnravel
 
 METADATA_FILE = "tf_segunravel.json"
@@ -37,11 +37,11 @@ def _checked(images):
     return tf.ensure_shape(images, [None, None, None, 3])
 
 
-def build_archive(
-    network, k=1, mass=None, shift="partial", sigma=20.0, outlier_radius=0.02, weighted=True
-):
-    """A `keras.export.ExportArchive` holding every signature for `network`."""
-    engine = SegUnravel(network, k=k, mass=mass, shift=shift)
+def build_archive(network, settings=None):
+    """(A `keras.export.ExportArchive` holding every signature for `network`, the metadata
+    dict); `settings` (a `FixationSettings`) are fixed into the `fixations` signature."""
+    settings = settings or FixationSettings()
+    engine = SegUnravel(network, settings)
     num_classes = network.outputs[0].shape[-1]
     images_spec = tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")
 
@@ -59,25 +59,13 @@ def build_archive(
     def fixations(images):
         images = _checked(images)
         height, width = tf.shape(images)[1], tf.shape(images)[2]
-        out = engine.trace(images)
-        full = scores_at_size(out["scores"], height, width)
-        maps = heat.heatmaps(
-            out["points"],
-            out["counts"],
-            tf.shape(images)[0],
-            num_classes,
-            height,
-            width,
-            sigma,
-            outlier_radius,
-            weighted,
-        )
+        result = engine.trace(images)
         return {
-            "points": out["points"],
-            "counts": out["counts"],
-            "seeds": out["seeds"],
-            "maps": maps,
-            "labels": tf.cast(first_argmax(full, axis=-1), tf.int32),
+            "points": result.points,
+            "counts": result.counts,
+            "seeds": result.seeds,
+            "maps": fixation_maps(result, height, width, settings),
+            "labels": labels_at_size(result.scores, height, width),
         }
 
     def decode(encoded):
@@ -87,18 +75,10 @@ def build_archive(
             fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8),
         )
 
-    settings = {
-        "k": k,
-        "mass": mass,
-        "shift": shift,
-        "sigma": sigma,
-        "outlier_radius": outlier_radius,
-        "weighted": weighted,
-        "num_classes": int(num_classes),
-    }
+    recorded = {**settings.as_dict(), "num_classes": int(num_classes)}
 
     def metadata():
-        return {key: tf.constant(str(value)) for key, value in settings.items()}
+        return {key: tf.constant(str(value)) for key, value in recorded.items()}
 
     archive = keras.export.ExportArchive()
     archive.track(network)
@@ -110,10 +90,10 @@ def build_archive(
         [tf.TensorSpec([None], tf.string, name="encoded")],
     )
     archive.add_endpoint("metadata", metadata, [])
-    return archive, settings
+    return archive, recorded
 
 
-def export_saved_model(network, export_dir, overwrite=False, **unravel_settings):
+def export_saved_model(network, export_dir, settings=None, overwrite=False):
     """Writes the SavedModel to `export_dir` atomically (a temporary dir moved into place)."""
     export_dir = os.path.abspath(export_dir)
     if os.path.exists(export_dir) and not overwrite:
@@ -122,12 +102,12 @@ def export_saved_model(network, export_dir, overwrite=False, **unravel_settings)
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".export-", dir=parent)
     try:
-        archive, settings = build_archive(network, **unravel_settings)
+        archive, recorded = build_archive(network, settings)
         archive.write_out(staging, verbose=False)
         extra = os.path.join(staging, "assets.extra")
         os.makedirs(extra, exist_ok=True)
         with open(os.path.join(extra, METADATA_FILE), "w") as f:
-            json.dump(settings, f, indent=2)
+            json.dump(recorded, f, indent=2)
         if os.path.exists(export_dir):
             old = tempfile.mkdtemp(prefix=".replaced-", dir=parent)
             os.replace(export_dir, os.path.join(old, "model"))
@@ -138,7 +118,7 @@ def export_saved_model(network, export_dir, overwrite=False, **unravel_settings)
     finally:
         if os.path.exists(staging):
             shutil.rmtree(staging)
-    return settings
+    return recorded
 
 
 def is_saved_model(path):

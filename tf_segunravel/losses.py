@@ -8,7 +8,8 @@ batch; a per-replica mean would weight replicas with fewer valid pixels more hea
 
 import tensorflow as tf
 
-IGNORE_LABEL = 255
+from tf_segunravel.data.labels import IGNORE_LABEL
+
 SIMILARITIES = ("cosine", "correlation")
 REDUCTIONS = ("mean", "sum")
 _EPSILON = 1e-12
@@ -28,23 +29,6 @@ def _all_gather(value):
     if context is None or context.num_replicas_in_sync == 1:
         return value
     return context.all_gather(value, axis=0)
-
-
-def shrink_labels(labels, size):
-    """Labels [B, H, W] sampled at the score grid `size` = (h, w), as Caffe's Interp shrink.
-
-    Score position i sits over input pixel round(i * (H - 1) / (h - 1)) (exactly 8i for the
-    321 -> 41 and 513 -> 65 grids), so labels are gathered there, never interpolated.
-    """
-
-    def positions(full, small):
-        full, small = tf.cast(full, tf.float32), tf.cast(small, tf.float32)
-        step = (full - 1.0) / tf.maximum(small - 1.0, 1.0)
-        return tf.cast(tf.round(tf.range(small) * step), tf.int32)
-
-    shape = tf.shape(labels)
-    labels = tf.gather(labels, positions(shape[1], size[0]), axis=1)
-    return tf.gather(labels, positions(shape[2], size[1]), axis=2)
 
 
 def cross_entropy(scores, labels, ignore_label=IGNORE_LABEL):
@@ -88,7 +72,7 @@ def template_similarity_loss(
     ignore_label=IGNORE_LABEL,
     reduction="mean",
 ):
-    """The per-pixel template-similarity loss of Seg-Unravel (METHOD.md section 3).
+    """The per-pixel template-similarity loss of Seg-Unravel (docs/method.md section 3).
 
     For each label c present in the batch's ground truth, the template t_c is the feature
     vector at the pixel labelled c with the highest score for c (ties: the first pixel in

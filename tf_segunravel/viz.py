@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 
 from tf_segunravel.atomic import save_atomically
-from tf_segunravel.data.labels import IGNORE_LABEL, voc_colormap
+from tf_segunravel.data.labels import IGNORE_LABEL, class_name, voc_colormap
 
 
 def colorize(labels):
@@ -50,9 +50,6 @@ def overlay_figure(image, labels, classes, maps, points, counts, class_names, pa
     axes.flat[1].imshow(colorize(labels))
     axes.flat[1].set_title("prediction")
 
-    def name(c):
-        return class_names[c] if class_names and c < len(class_names) else str(c)
-
     for panel, (cls, heat) in enumerate(zip(classes, maps, strict=True), start=2):
         axis = axes.flat[panel]
         axis.imshow(image)
@@ -69,7 +66,7 @@ def overlay_figure(image, labels, classes, maps, points, counts, class_names, pa
                 edgecolors="black",
                 linewidths=0.4,
             )
-        axis.set_title(name(cls))
+        axis.set_title(class_name(class_names, cls))
     figure.tight_layout()
     save_atomically(path, lambda p: figure.savefig(p, dpi=90, format="png"))
     plt.close(figure)
@@ -78,8 +75,8 @@ def overlay_figure(image, labels, classes, maps, points, counts, class_names, pa
 def flow_gif(image, flow, path, frame_ms=600):
     """One frame per layer: the fixation points on the image at that layer's resolution.
 
-    flow: [(layer name, (height, width), points [M, 4] (b, class, y, x), counts)] for one
-    image (b is ignored), from the scores down to the image.
+    flow: the `FlowStep`s (layer name, (height, width), points [M, 4] (b, class, y, x),
+    counts) of one image (b is ignored), from the scores down to the image.
     """
     colours = voc_colormap()[1:] / 255.0
     frames = []

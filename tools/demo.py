@@ -12,7 +12,6 @@ spread.
 from absl import flags
 
 from tf_segunravel import cli
-from tf_segunravel.errors import InputError
 
 flags.DEFINE_string("output_dir", "runs/demo", "Directory that receives every artefact.")
 flags.DEFINE_list("seeds", ["0"], "Training seeds; each trains both arms.")
@@ -33,8 +32,6 @@ def main(argv):
     del argv  # cli.run rejects positional arguments
     from tf_segunravel import demo
 
-    if FLAGS.steps and FLAGS.checkpoint_every and FLAGS.steps % FLAGS.checkpoint_every:
-        raise InputError("--steps must be a multiple of --checkpoint_every")
     demo.run(
         FLAGS.output_dir,
         seeds=tuple(int(s) for s in FLAGS.seeds),

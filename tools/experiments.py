@@ -10,7 +10,6 @@ writes <name>.csv, <name>.json and <name>.png into --output_dir.
 from absl import flags
 
 from tf_segunravel import cli
-from tf_segunravel.errors import InputError
 
 flags.DEFINE_enum(
     "experiment",
@@ -25,35 +24,25 @@ flags.DEFINE_string("data_dir", None, "TFDS data dir (default: TFDS's own).")
 flags.DEFINE_string("output_dir", None, "Directory for the tables and figures.")
 flags.DEFINE_integer("max_images", 100, "Images analysed (k_analysis: a fifth of them).")
 flags.DEFINE_integer("pad_size", 513, "Evaluation pad size for the IoU column.")
-flags.DEFINE_float("sigma", 6.0, "salient_parts: heat-map blur in pixels.")
+cli.define_fixation_flags(defaults={"sigma": 6.0})
+flags.adopt_module_key_flags(cli)  # so --help lists them with the tool's own
 flags.mark_flags_as_required(["model", "output_dir"])
 flags.register_validator("max_images", lambda v: v >= 1, "--max_images must be >= 1")
 FLAGS = flags.FLAGS
-
-
-def dataset_classes(dataset, data_dir, num_classes):
-    """(class names, class kinds) from TFDS metadata when it has them."""
-    from tf_segunravel.data.pipeline import dataset_metadata
-
-    metadata = dataset_metadata(dataset, data_dir)
-    names, kinds = metadata.get("class_names"), metadata.get("class_kinds")
-    if names and len(names) != num_classes:
-        raise InputError(
-            f"--dataset={dataset} has {len(names)} classes, the model scores {num_classes}"
-        )
-    return names, kinds
 
 
 def main(argv):
     del argv  # cli.run rejects positional arguments
     from tf_segunravel import experiments as ex
     from tf_segunravel.data import load_split
+    from tf_segunravel.data.pipeline import dataset_classes
     from tf_segunravel.training import load_network
 
     network = load_network(FLAGS.model)
     num_classes = network.outputs[0].shape[-1]
     examples = load_split(FLAGS.dataset, FLAGS.split, FLAGS.data_dir, num_classes)
     names, kinds = dataset_classes(FLAGS.dataset, FLAGS.data_dir, num_classes)
+    settings = cli.fixation_settings()
     chosen = ex.EXPERIMENTS if FLAGS.experiment == "all" else [FLAGS.experiment]
     for name in chosen:
         summary = {}
@@ -64,6 +53,7 @@ def main(argv):
                 num_classes,
                 names,
                 kinds,
+                settings=settings,
                 max_images=FLAGS.max_images,
                 pad_size=FLAGS.pad_size,
             )
@@ -75,6 +65,7 @@ def main(argv):
                 num_classes,
                 names,
                 kinds,
+                settings=settings,
                 max_images=FLAGS.max_images,
                 pad_size=FLAGS.pad_size,
             )
@@ -86,8 +77,8 @@ def main(argv):
                 examples,
                 num_classes,
                 names,
+                settings=settings,
                 max_images=FLAGS.max_images,
-                sigma=FLAGS.sigma,
             )
         ex.write_results(rows, FLAGS.output_dir, name, summary)
         print(f"{name}: wrote {FLAGS.output_dir}/{name}.csv .json .png {summary or ''}")

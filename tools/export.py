@@ -16,7 +16,7 @@ from tf_segunravel.errors import InputError
 flags.DEFINE_string("model", None, "A training model dir, checkpoint prefix or .keras file.")
 flags.DEFINE_string("export_dir", None, "SavedModel directory to write.")
 flags.DEFINE_boolean("overwrite", False, "Replace an existing --export_dir.")
-cli.define_unravel_flags()
+cli.define_fixation_flags()
 flags.adopt_module_key_flags(cli)  # so --help lists them with the tool's own
 flags.mark_flags_as_required(["model", "export_dir"])
 FLAGS = flags.FLAGS
@@ -34,10 +34,7 @@ def main(argv):
         raise InputError(f"--export_dir={FLAGS.export_dir}: already exists; pass --overwrite")
     network = load_network(FLAGS.model)
     settings = export_saved_model(
-        network,
-        FLAGS.export_dir,
-        overwrite=FLAGS.overwrite,
-        **cli.unravel_settings(),
+        network, FLAGS.export_dir, cli.fixation_settings(), overwrite=FLAGS.overwrite
     )
     print(f"wrote {FLAGS.export_dir}: {settings}")
 

@@ -5,9 +5,9 @@
 
 --model is a .keras file of any Keras model mapping RGB 0..255 images to per-pixel class
 scores, a training model dir, or a SavedModel from tools/export.py (its `fixations`
-signature, whose K and shift were fixed at export). For each image <stem> it writes
-<stem>.npz, <stem>.png and <stem>.json (and <stem>_flow.gif with --flow) into --output_dir;
-see tf_segunravel/unravel/files.py for their contents.
+signature, whose unravel settings were fixed at export; the heat-map flags still apply).
+For each image <stem> it writes <stem>.npz, <stem>.png and <stem>.json (and
+<stem>_flow.gif with --flow) into --output_dir; see tf_segunravel/unravel/files.py.
 """
 
 import os
@@ -15,7 +15,8 @@ import sys
 
 from absl import flags
 
-from tf_segunravel import cli
+from tf_segunravel import cli, settings
+from tf_segunravel.crf import CRFSettings
 from tf_segunravel.errors import InputError
 
 flags.DEFINE_string(
@@ -23,7 +24,7 @@ flags.DEFINE_string(
 )
 flags.DEFINE_list("images", None, "Image files, globs or directories (comma-separated).")
 flags.DEFINE_string("output_dir", None, "Directory for the per-image outputs.")
-cli.define_unravel_flags()
+cli.define_fixation_flags()
 flags.adopt_module_key_flags(cli)  # so --help lists them with the tool's own
 flags.DEFINE_list("classes", None, "Only these classes (ids or names).")
 flags.DEFINE_list("class_names", None, "Class names by id, or 'voc' or 'shapes'.")
@@ -32,6 +33,14 @@ flags.DEFINE_boolean("seed_from_masks", False, "Seed from the --masks instead of
 flags.DEFINE_integer("max_side", None, "Downsize larger images to this side first.")
 flags.DEFINE_boolean("flow", False, "Also write <stem>_flow.gif.")
 flags.DEFINE_boolean("keep_going", False, "Report bad images and go on; exit 1 at the end.")
+flags.DEFINE_boolean(
+    "crf",
+    False,
+    "Refine the predicted labels with DeepLab's dense CRF (the crf extra): the prediction "
+    "panel and the inside_predicted statistics use the CRF labels, while the unravel seeds "
+    "still come from the network's own scores.",
+)
+settings.define_flags(CRFSettings, prefix="crf_")
 flags.mark_flags_as_required(["model", "images", "output_dir"])
 flags.register_validator("max_side", lambda v: v is None or v >= 8, "--max_side must be >= 8")
 flags.register_multi_flags_validator(
@@ -78,6 +87,13 @@ def main(argv):
     from tf_segunravel.training import load_network
     from tf_segunravel.unravel.files import FixationWriter, expand_images
 
+    crf_settings = None
+    if FLAGS.crf:
+        from tf_segunravel import crf
+
+        if not crf.available():
+            raise InputError(f"--crf {crf.INSTALL_HINT}")
+        crf_settings = settings.from_flags(CRFSettings, prefix="crf_")
     paths = expand_images(FLAGS.images)
     if FLAGS.masks and not os.path.isdir(FLAGS.masks):
         raise InputError(f"--masks={FLAGS.masks}: no such directory")
@@ -93,12 +109,13 @@ def main(argv):
     writer = FixationWriter(
         network,
         FLAGS.output_dir,
-        **cli.unravel_settings(),
+        cli.fixation_settings(),
         classes=classes,
         class_names=names,
         max_side=FLAGS.max_side,
         flow=FLAGS.flow,
         seed_from_masks=FLAGS.seed_from_masks,
+        crf_settings=crf_settings,
     )
     import keras
 

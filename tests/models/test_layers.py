@@ -4,8 +4,9 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from caffe_reference import pool as caffe_pool
 
+from tests.caffe_reference import pool as caffe_pool
+from tests.layer_testing import run_layer_test
 from tf_segunravel.models.layers import CaffePooling2D, CaffePreprocess, caffe_pool_output_size
 
 
@@ -21,6 +22,23 @@ def test_preprocess_accepts_uint8_and_round_trips_config():
     image = np.full((1, 2, 2, 3), 7, np.uint8)
     np.testing.assert_allclose(clone(image).numpy(), layer(image).numpy())
     np.testing.assert_allclose(clone(image).numpy()[0, 0, 0], [6.0, 5.0, 4.0])
+
+
+@pytest.mark.parametrize("mean_bgr", [(104.008, 116.669, 122.675), (1.0, 2.0, 3.0)])
+def test_preprocess_is_a_well_behaved_keras_layer(mean_bgr):
+    run_layer_test(CaffePreprocess, {"mean_bgr": mean_bgr})
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"mode": "max", "pool_size": 3, "strides": 2, "padding": 1},
+        {"mode": "avg", "pool_size": 3, "strides": 1, "padding": 1},
+        {"mode": "max", "pool_size": 2, "strides": 2, "padding": 0},
+    ],
+)
+def test_pooling_is_a_well_behaved_keras_layer(kwargs):
+    run_layer_test(CaffePooling2D, kwargs, input_channels=4, low=-1.0, high=1.0)
 
 
 @pytest.mark.parametrize(

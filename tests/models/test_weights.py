@@ -3,9 +3,9 @@
 import keras
 import numpy as np
 import pytest
-from caffe_reference import caffemodel_bytes, largefov_forward
-from helpers import last_line, run_tool
 
+from tests.caffe_reference import caffemodel_bytes, largefov_forward
+from tests.helpers import last_line, run_tool
 from tf_segunravel.errors import InputError
 from tf_segunravel.models import (
     convert_caffemodel,

@@ -1,6 +1,8 @@
 """End-to-end training: learning, kill and resume, divergence, distribution, flags."""
 
+import csv
 import json
+import math
 import os
 import signal
 import subprocess
@@ -11,9 +13,8 @@ import time
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import REPO_ROOT
-from helpers import last_line, run_tool
 
+from tests.helpers import REPO_ROOT, last_line, run_tool
 from tf_segunravel.training import load_network
 
 TINY = [
@@ -115,7 +116,14 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path, shapes_da
     model_dir = tmp_path / "run"
     common = [*TINY, f"--data_dir={shapes_data_dir}", f"--model_dir={model_dir}", "--verbose=0"]
     assert run_tool("train", *common, "--steps=4", "--checkpoint_every=2").returncode == 0
-    proc = run_tool("train", *common, "--steps=40", "--checkpoint_every=2", "--base_lr=1e30")
+    proc = run_tool(
+        "train",
+        *common,
+        "--steps=40",
+        "--checkpoint_every=2",
+        "--base_lr=1e30",
+        "--allow_config_change",
+    )
     assert proc.returncode == 1
     message = last_line(proc.stderr)
     assert message.startswith("train: error: ") and "NaN/Inf" in message
@@ -126,6 +134,40 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path, shapes_da
     # Nothing from the diverged interval was saved; the last good checkpoint still loads.
     weights = load_network(latest).get_weights()
     assert all(np.isfinite(w).all() for w in weights)
+    # Nor logged: one history row per saved interval, all finite, none past the checkpoint.
+    with open(model_dir / "history.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == saved_at // 2
+    assert all(math.isfinite(float(row["loss"])) for row in rows)
+    image_steps, scalars = set(), []
+    for event_file in (model_dir / "logs").rglob("events.out.tfevents.*"):
+        for event in tf.compat.v1.train.summary_iterator(str(event_file)):
+            for value in event.summary.value:
+                array = tf.make_ndarray(value.tensor)
+                if array.ndim == 0:
+                    scalars.append(float(array))
+                else:
+                    image_steps.add(event.step)
+    assert scalars and all(math.isfinite(v) for v in scalars)
+    assert image_steps and max(image_steps) <= saved_at
+
+
+@pytest.mark.slow
+def test_resuming_with_other_settings_needs_allow_config_change(tmp_path, shapes_data_dir):
+    common = [*TINY, f"--data_dir={shapes_data_dir}", f"--model_dir={tmp_path}", "--verbose=0"]
+    assert run_tool("train", *common, "--steps=2", "--checkpoint_every=2").returncode == 0
+    config = (tmp_path / "config.json").read_text()
+    proc = run_tool("train", *common, "--steps=4", "--checkpoint_every=2")
+    assert proc.returncode == 1
+    assert last_line(proc.stderr).startswith("train: error: ")
+    assert "--steps=2 (now 4)" in proc.stderr and "Traceback" not in proc.stderr
+    assert (tmp_path / "config.json").read_text() == config
+    proc = run_tool("train", *common, "--steps=4", "--checkpoint_every=2", "--allow_config_change")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "step: 4" in proc.stdout
+    changes = [json.loads(line) for line in open(tmp_path / "config_changes.jsonl")]
+    assert [c["changes"] for c in changes] == [{"steps": {"before": 2, "now": 4}}]
+    assert json.loads((tmp_path / "config.json").read_text())["steps"] == 4
 
 
 @pytest.mark.parametrize(

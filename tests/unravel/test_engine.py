@@ -4,11 +4,11 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from unravel_reference import naive_unravel
 
+from tests.unravel_reference import naive_unravel
 from tf_segunravel.models import deeplab_largefov
 from tf_segunravel.models.layers import CaffePooling2D
-from tf_segunravel.unravel import SegUnravel, UntraceableLayerError
+from tf_segunravel.unravel import FixationSettings, SegUnravel, UntraceableLayerError
 
 L = keras.layers
 
@@ -180,7 +180,7 @@ def test_seeds_from_masks_and_classes():
     batch = images(shape=(1, 8, 8, 3))
     mask = np.full((1, 8, 8), 255, np.int32)
     mask[0, 2:5, 3:6] = 1
-    result = SegUnravel(model)(batch, masks=mask)
+    result = SegUnravel(model)(batch, seed_labels=mask)
     assert set(result.points[:, 1]) == {1} and result.counts.sum() == 9
     only = SegUnravel(model)(batch, classes=[2])
     assert set(only.points[:, 1]) <= {2}
@@ -195,20 +195,80 @@ def test_works_inside_tf_function_with_dynamic_sizes():
         batch = images(shape=shape)
         out = traced(batch)
         want = engine(batch)
-        np.testing.assert_array_equal(out["points"].numpy(), want.points)
-        np.testing.assert_array_equal(out["counts"].numpy(), want.counts)
+        np.testing.assert_array_equal(out.points.numpy(), want.points)
+        np.testing.assert_array_equal(out.counts.numpy(), want.counts)
 
 
 def test_flow_keeps_points_per_layer():
     model = deeplab_largefov(num_classes=3, width=1 / 16)
     result = SegUnravel(model, keep_flow=True)(images(shape=(1, 33, 33, 3)))
-    names = [name for name, _, _, _ in result.flow]
+    names = [step.layer for step in result.flow]
     assert names[0] == "fc8" and names[-1] == "preprocess"
-    assert all(counts.sum() == result.counts.sum() for _, _, _, counts in result.flow)
-    sizes = dict((name, size) for name, size, _, _ in result.flow)
+    assert all(step.counts.sum() == result.counts.sum() for step in result.flow)
+    sizes = {step.layer: tuple(step.size) for step in result.flow}
     assert sizes["fc8"] == (5, 5) and sizes["conv1_1"] == (33, 33)
-    for _, (height, width), points, _ in result.flow:
-        assert (points[:, 2] < height).all() and (points[:, 3] < width).all()
+    for step in result.flow:
+        height, width = step.size
+        assert (step.points[:, 2] < height).all() and (step.points[:, 3] < width).all()
+
+
+def test_structured_outputs_in_graph_mode():
+    model = integer_weights(conv_model(3, 2, 1, "same"))
+    engine = SegUnravel(model, keep_flow=True, keep_channel_scores=True)
+    traced = tf.function(engine.trace, input_signature=[tf.TensorSpec([None, None, None, 3])])
+    batch = images(shape=(2, 9, 11, 3))
+    graph = traced(batch).numpy()
+    eager = engine(batch)
+    assert [step.layer for step in graph.flow] == [step.layer for step in eager.flow]
+    assert [c.layer for c in graph.channel_scores] == [
+        layer.name for layer in reversed(model.layers) if isinstance(layer, L.Conv2D)
+    ]
+    # The score layer scores each seed's inputs: one row per seed, one column per channel.
+    first = graph.channel_scores[0]
+    assert first.scores.shape == (eager.seeds.sum(), 5)
+    for a, b in zip(graph.channel_scores, eager.channel_scores, strict=True):
+        np.testing.assert_array_equal(a.scores, b.scores)
+
+
+def test_channel_scores_are_the_contributions_the_rule_ranks():
+    inp = keras.Input((None, None, 3))
+    model = keras.Model(inp, L.Conv2D(2, 1, use_bias=False, name="score")(inp))
+    model.get_layer("score").set_weights([np.array([[[[1, 0], [2, 0], [-1, 1]]]], np.float32)])
+    batch = np.array([[[[3.0, 1.0, 4.0]]]], np.float32)  # scores: 1, 4 -> class 1 wins
+    result = SegUnravel(model, keep_channel_scores=True)(batch)
+    (only,) = result.channel_scores
+    np.testing.assert_array_equal(only.scores, [[0.0, 0.0, 4.0]])  # x * W[:, class 1]
+
+
+def test_settings_object_and_keywords_agree():
+    model = integer_weights(conv_model(3, 1, 2, "same"))
+    batch = images()
+    by_object = SegUnravel(model, FixationSettings(k=2, shift="full"))(batch)
+    by_keywords = SegUnravel(model, k=2, shift="full")(batch)
+    np.testing.assert_array_equal(by_object.points, by_keywords.points)
+    np.testing.assert_array_equal(by_object.counts, by_keywords.counts)
+    assert SegUnravel(model, FixationSettings(k=2), shift="none").settings == FixationSettings(
+        k=2, shift="none"
+    )
+
+
+@pytest.mark.parametrize(
+    "layer, reason",
+    [
+        (L.Conv2D(4, 3, data_format="channels_first", name="odd"), "channels_first"),
+        (L.MaxPooling2D(data_format="channels_first", name="odd"), "channels_first"),
+        (L.UpSampling2D(data_format="channels_first", name="odd"), "channels_first"),
+        (L.Resizing(8, 8, crop_to_aspect_ratio=True, name="odd"), "crop_to_aspect_ratio"),
+        (L.Resizing(8, 8, pad_to_aspect_ratio=True, name="odd"), "pad_to_aspect_ratio"),
+    ],
+)
+def test_layouts_the_rules_do_not_follow_are_refused(layer, reason):
+    inp = keras.Input((16, 16, 3))
+    x = layer(inp)
+    with pytest.raises(
+        UntraceableLayerError, match=f"'odd' \\({type(layer).__name__}\\).*{reason}"
+    ):
+        SegUnravel(keras.Model(inp, L.Conv2D(3, 1)(x)))
 
 
 def test_untraceable_layer_is_named():

@@ -5,9 +5,9 @@ import json
 import keras
 import numpy as np
 import pytest
-from helpers import last_line, run_tool
 from PIL import Image
 
+from tests.helpers import last_line, run_tool
 from tf_segunravel.models import deeplab_largefov
 from tf_segunravel.unravel import SegUnravel
 

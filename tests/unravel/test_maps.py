@@ -19,14 +19,13 @@ def test_isolated_points_are_outliers():
 def test_heatmap_peaks_at_the_points_and_is_normalised():
     points = np.array([[0, 1, 10, 20], [0, 1, 30, 5], [1, 0, 7, 7]], np.int32)
     counts = np.array([3, 1, 2])
-    maps = heatmaps(points, counts, 2, 3, 40, 32, sigma=2.0, outlier_radius=0).numpy()
+    size = {"batch": 2, "num_classes": 3, "height": 40, "width": 32}
+    maps = heatmaps(points, counts, **size, sigma=2.0, outlier_radius=0).numpy()
     assert maps.shape == (2, 3, 40, 32)
     assert maps.max() <= 1.0 and maps.min() >= 0.0
     assert np.unravel_index(maps[0, 1].argmax(), (40, 32)) == (10, 20)
     assert maps[0, 1, 30, 5] == pytest.approx(1 / 3, rel=0.05)  # count-weighted
-    plain = heatmaps(
-        points, counts, 2, 3, 40, 32, sigma=2.0, outlier_radius=0, weighted=False
-    ).numpy()
+    plain = heatmaps(points, counts, **size, sigma=2.0, outlier_radius=0, weighted=False).numpy()
     assert plain[0, 1, 30, 5] == pytest.approx(1.0, rel=0.05)
     assert not maps[0, 0].any() and not maps[1, 2].any()
 
@@ -39,3 +38,59 @@ def test_gaussian_blur_preserves_mass_inside_and_is_symmetric():
     np.testing.assert_allclose(blurred, blurred.T, atol=1e-7)
     np.testing.assert_allclose(blurred, blurred[::-1], atol=1e-7)
     assert np.asarray(gaussian_blur(spike, 0))[0, 20, 20] == 1
+
+
+def inlier_reference(points, height, width, radius, min_share=0.05, rows=None):
+    """Straight from the rule: per point (of `rows`), the share of its (image, class) group
+    inside the square window of half-side floor(radius * diagonal)."""
+    reach = int(np.floor(np.float32(radius) * np.sqrt(np.float32(height**2 + width**2))))
+    keep = []
+    for b, c, y, x in points if rows is None else points[rows]:
+        group = points[(points[:, 0] == b) & (points[:, 1] == c)]
+        near = (np.abs(group[:, 2] - y) <= reach) & (np.abs(group[:, 3] - x) <= reach)
+        keep.append(near.sum() > min_share * len(group))
+    return np.array(keep)
+
+
+def test_inlier_mask_matches_the_rule_point_for_point():
+    rng = np.random.default_rng(3)
+    clusters = rng.integers(0, 60, (5, 2))
+    rows = []
+    for i in range(600):
+        b, c = rng.integers(0, 2), rng.integers(0, 3)
+        if i % 7:  # mostly around one of a few centres, some anywhere
+            y, x = clusters[(b + c) % 5] + rng.integers(-3, 4, 2)
+        else:
+            y, x = rng.integers(0, 64, 2)
+        rows.append((b, c, np.clip(y, 0, 63), np.clip(x, 0, 63)))
+    points = np.array(rows, np.int32)
+    got = inlier_mask(points, 64, 64, 0.03).numpy()
+    np.testing.assert_array_equal(got, inlier_reference(points, 64, 64, 0.03))
+    assert 0 < (~got).sum() < len(got)  # the case has both inliers and outliers
+
+
+def test_outlier_removal_scales_to_a_large_batch():
+    """80,000 points, as a K = 3 unravel of a batch gives: a pairwise N x N comparison would
+    need tens of gigabytes; counting per (image, class) grid needs a few megabytes."""
+    rng = np.random.default_rng(0)
+    n = 80_000
+    groups = rng.integers(0, 32, n)
+    centres = rng.integers(40, 473, (32, 2))
+    spread = np.where(rng.random((n, 1)) < 0.9, 6, 200)  # tight clusters, some strays
+    yx = np.clip(centres[groups] + rng.normal(0, 1, (n, 2)) * spread, 0, 512)
+    points = np.concatenate([np.stack([groups // 4, groups % 4], 1), yx], 1).astype(np.int32)
+    keep = inlier_mask(points, 513, 513, 0.02).numpy()
+    assert keep.shape == (n,) and 0.8 < keep.mean() < 0.95  # strays go, clusters stay
+    sample = rng.choice(n, 300, replace=False)
+    reference = inlier_reference(points, 513, 513, 0.02, rows=sample)
+    np.testing.assert_array_equal(keep[sample], reference)
+    maps = heatmaps(
+        points,
+        np.ones(n, np.int64),
+        batch=8,
+        num_classes=4,
+        height=513,
+        width=513,
+        sigma=4.0,
+    ).numpy()
+    assert maps.shape == (8, 4, 513, 513) and maps.max() == pytest.approx(1.0)

@@ -34,6 +34,12 @@ VOC_CLASSES = (
 )
 
 
+def class_name(class_names, cls):
+    """The name of class id `cls`, or the id as text when there are no names for it."""
+    cls = int(cls)
+    return class_names[cls] if class_names and 0 <= cls < len(class_names) else str(cls)
+
+
 def segmentation_features():
     """The TFDS features every segmentation dataset here shares (VOC's layout)."""
     import tensorflow_datasets as tfds

@@ -39,6 +39,20 @@ def dataset_metadata(dataset, data_dir=None):
     return dict(builder.info.metadata or {})
 
 
+def dataset_classes(dataset, data_dir=None, num_classes=None):
+    """(class names, class kinds) from the dataset's TFDS metadata, each None when absent.
+
+    With `num_classes`, a dataset that names another number of classes is an InputError.
+    """
+    metadata = dataset_metadata(dataset, data_dir)
+    names, kinds = metadata.get("class_names"), metadata.get("class_kinds")
+    if names and num_classes is not None and len(names) != num_classes:
+        raise InputError(
+            f"--dataset={dataset} has {len(names)} classes, the model scores {num_classes}"
+        )
+    return (list(names) if names else None), (list(kinds) if kinds else None)
+
+
 def load_split(dataset, split, data_dir=None, num_classes=None):
     """A dataset split as TFDS-style examples.
 

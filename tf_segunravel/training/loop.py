@@ -7,65 +7,26 @@ the same command continues it to the same final step.
 """
 
 import dataclasses
+import json
 import math
 import os
+import time
 
 import keras
 import tensorflow as tf
 
-from tf_segunravel.atomic import save_atomically, write_json
+from tf_segunravel.atomic import save_atomically, write_json, write_text
 from tf_segunravel.data import labels as data_labels
 from tf_segunravel.data import load_split, train_pipeline
 from tf_segunravel.errors import InputError
 from tf_segunravel.training import checkpoints
+from tf_segunravel.training.config import INITS, STRATEGIES, TrainConfig, run_fields
 from tf_segunravel.training.optim import freeze_all_but_last, learning_rate_schedule
 from tf_segunravel.training.trainer import SegmentationTrainer
 
-INITS = ("scratch", "vgg16", "caffe", "model")
 HISTORY_FILE = "history.csv"
-STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
-
-
-@dataclasses.dataclass
-class TrainConfig:
-    """Everything a run depends on; written to `<model_dir>/config.json`."""
-
-    model_dir: str
-    dataset: str = "segunravel_shapes"
-    split: str = "train"
-    data_dir: str | None = None
-    num_classes: int = 21
-    width: float = 1.0
-    dropout: float = 0.5
-    crop_size: int = 321
-    batch_size: int = 10
-    scale_min: float = 0.5
-    scale_max: float = 1.5
-    mirror: bool = True
-    shuffle_buffer: int = 1000
-    steps: int = 6000
-    checkpoint_every: int = 500
-    base_lr: float = 1e-3
-    lr_policy: str = "step"
-    step_size: int = 2000
-    gamma: float = 0.1
-    power: float = 0.9
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    lr_multipliers: bool = True
-    train_layers: int = 0
-    template_weight: float = 0.0
-    similarity: str = "cosine"
-    selective: bool = False
-    template_reduction: str = "mean"
-    init: str = "scratch"
-    init_path: str | None = None
-    seed: int = 0
-    deterministic: bool = False
-    mixed_precision: bool = False
-    xla: bool = False
-    strategy: str = "default"
-    verbose: int = 1
+FLAGS_FILE = "flags.txt"
+CONFIG_CHANGES_FILE = "config_changes.jsonl"
 
 
 class TrainingDiverged(InputError):
@@ -141,6 +102,46 @@ class _CheckpointAndGuard(keras.callbacks.Callback):
             self.manager.save(checkpoint_number=(epoch + 1) * self.interval)
 
 
+class _UnlessDiverged(keras.callbacks.Callback):
+    """Forwards to `callback` only while `guard` has seen no divergence.
+
+    Keras still calls `on_epoch_end` after the guard stops training, so without this the
+    history CSV, TensorBoard and the image panels would record the NaN interval that no
+    checkpoint holds, and the resumed run would write that interval's row a second time.
+    """
+
+    def __init__(self, callback, guard):
+        super().__init__()
+        self.callback, self.guard = callback, guard
+
+    def set_model(self, model):
+        super().set_model(model)
+        self.callback.set_model(model)
+
+    def set_params(self, params):
+        super().set_params(params)
+        self.callback.set_params(params)
+
+    def _forward(name):
+        def hook(self, *args, **kwargs):
+            if self.guard.diverged_at is None:
+                getattr(self.callback, name)(*args, **kwargs)
+
+        return hook
+
+    on_epoch_begin = _forward("on_epoch_begin")
+    on_epoch_end = _forward("on_epoch_end")
+    on_train_batch_begin = _forward("on_train_batch_begin")
+    on_train_batch_end = _forward("on_train_batch_end")
+    del _forward
+
+    def on_train_begin(self, logs=None):
+        self.callback.on_train_begin(logs)
+
+    def on_train_end(self, logs=None):
+        self.callback.on_train_end(logs)  # closes files and writers, diverged or not
+
+
 class _ImageSummaries(keras.callbacks.Callback):
     """Writes image / ground truth / prediction panels to TensorBoard each interval."""
 
@@ -166,33 +167,76 @@ class _ImageSummaries(keras.callbacks.Callback):
             tf.summary.image("image_truth_prediction", panels, (epoch + 1) * self.interval, 4)
 
 
-def check_config(config):
-    """Raises ValueError naming the field for values that cannot run."""
-    problems = []
-    if config.steps % config.checkpoint_every:
-        problems.append("steps must be a multiple of checkpoint_every")
-    if config.init != "scratch" and config.init != "vgg16" and not config.init_path:
-        problems.append(f"init_path is required for init={config.init}")
-    if config.crop_size < 8:
-        problems.append("crop_size must be at least 8")
-    if problems:
-        raise ValueError("; ".join(problems))
+def resolve_num_classes(config):
+    """`config` with `num_classes` filled in from the dataset's metadata when it is None."""
+    if config.num_classes is not None:
+        return config
+    from tf_segunravel.data.pipeline import dataset_classes
+
+    if config.dataset.startswith("folder:"):
+        raise InputError("--num_classes is required with a folder: dataset")
+    names, _ = dataset_classes(config.dataset, config.data_dir)
+    if not names:
+        raise InputError(
+            f"--dataset={config.dataset}: no class_names in its metadata; set --num_classes"
+        )
+    return dataclasses.replace(config, num_classes=len(names))
 
 
-def train(config):
-    """Runs (or resumes) a training run; returns the final logs dict."""
-    check_config(config)
-    os.makedirs(config.model_dir, exist_ok=True)
+def config_changes(previous, config):
+    """{field: (before, now)} for the run-defining fields that differ from `previous`."""
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    changes = {}
+    for name in run_fields():
+        before = previous.get(name, defaults[name])
+        if name != "model_dir" and before != getattr(config, name):
+            changes[name] = (before, getattr(config, name))
+    return changes
+
+
+def _check_resume(config):
+    """Refuses to continue a model dir trained with other settings, unless allowed.
+
+    Architecture fields can never change (the checkpoint would not fit); any other change
+    needs `allow_config_change` and is appended to `config_changes.jsonl`.
+    """
     config_path = os.path.join(config.model_dir, checkpoints.CONFIG_FILE)
-    if os.path.exists(config_path):
-        previous = checkpoints.read_config(config.model_dir)
-        for key in ("num_classes", "width", "dropout"):
-            if previous.get(key) != getattr(config, key):
-                raise InputError(
-                    f"{config_path}: the model dir trains {key}={previous.get(key)}, "
-                    f"not {getattr(config, key)}; use another --model_dir"
-                )
-    write_json(config_path, dataclasses.asdict(config))
+    if not os.path.exists(config_path):
+        return
+    changes = config_changes(checkpoints.read_config(config.model_dir), config)
+    architecture = {f.name for f in dataclasses.fields(TrainConfig) if f.metadata.get("network")}
+    described = ", ".join(f"--{k}={a} (now {b})" for k, (a, b) in sorted(changes.items()))
+    if changes.keys() & architecture or (changes and not config.allow_config_change):
+        remedy = "use another --model_dir"
+        if not changes.keys() & architecture:
+            remedy += ", or pass --allow_config_change to continue it with the new settings"
+        raise InputError(
+            f"{config_path}: this model dir was trained with other settings: {described}; {remedy}"
+        )
+    if changes:
+        record = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "checkpoint": tf.train.latest_checkpoint(
+                os.path.join(config.model_dir, checkpoints.CHECKPOINT_DIR)
+            ),
+            "changes": {k: {"before": a, "now": b} for k, (a, b) in changes.items()},
+        }
+        with open(os.path.join(config.model_dir, CONFIG_CHANGES_FILE), "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def train(config, flags_text=None):
+    """Runs (or resumes) a training run; returns the final logs dict.
+
+    `flags_text`, the binary's resolved flags, is saved as `flags.txt` beside `config.json`
+    once the settings have been checked against the model dir.
+    """
+    config = resolve_num_classes(config)
+    _check_resume(config)
+    os.makedirs(config.model_dir, exist_ok=True)
+    write_json(os.path.join(config.model_dir, checkpoints.CONFIG_FILE), dataclasses.asdict(config))
+    if flags_text is not None:
+        write_text(os.path.join(config.model_dir, FLAGS_FILE), flags_text)
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
@@ -260,13 +304,14 @@ def train(config):
     guard = _CheckpointAndGuard(manager, step, config.checkpoint_every)
     log_dir = os.path.join(config.model_dir, "logs")
     sample_images, sample_labels = next(iter(batches.take(1)))
-    callbacks = [
-        guard,
+    loggers = [
         keras.callbacks.TensorBoard(log_dir, write_graph=False),
         # One row per checkpoint interval; appends on resume.
         keras.callbacks.CSVLogger(os.path.join(config.model_dir, HISTORY_FILE), append=True),
         _ImageSummaries(log_dir, sample_images[:4], sample_labels[:4], config.checkpoint_every),
     ]
+    # The guard runs first: it checkpoints a good interval before anything logs it.
+    callbacks = [guard, *(_UnlessDiverged(logger, guard) for logger in loggers)]
     history = {}
     if first_interval < intervals:
         history = trainer.fit(

@@ -8,12 +8,9 @@ so `fit`, `evaluate`, callbacks, `tf.distribute` and mixed precision all work as
 import keras
 import tensorflow as tf
 
-from tf_segunravel.losses import (
-    IGNORE_LABEL,
-    cross_entropy,
-    shrink_labels,
-    template_similarity_loss,
-)
+from tf_segunravel.data.labels import IGNORE_LABEL
+from tf_segunravel.grids import shrink_labels
+from tf_segunravel.losses import cross_entropy, template_similarity_loss
 from tf_segunravel.models.deeplab_largefov import FEATURE_LAYER, with_features
 from tf_segunravel.training.optim import caffe_gradients
 

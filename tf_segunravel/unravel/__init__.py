@@ -1,6 +1,22 @@
 """Segmentation unravel: GradientTape-free tracing of segmentation fixations."""
 
+from tf_segunravel.unravel.maps import fixation_maps, heatmaps
 from tf_segunravel.unravel.rules import UntraceableLayerError
-from tf_segunravel.unravel.tracer import SegUnravel, UnravelResult
+from tf_segunravel.unravel.settings import FixationSettings
+from tf_segunravel.unravel.tracer import (
+    ChannelScores,
+    FlowStep,
+    SegUnravel,
+    UnravelResult,
+)
 
-__all__ = ["SegUnravel", "UnravelResult", "UntraceableLayerError"]
+__all__ = [
+    "ChannelScores",
+    "FixationSettings",
+    "FlowStep",
+    "SegUnravel",
+    "UnravelResult",
+    "UntraceableLayerError",
+    "fixation_maps",
+    "heatmaps",
+]

@@ -17,12 +17,12 @@ import tensorflow as tf
 from PIL import Image
 
 from tf_segunravel.atomic import save_atomically, write_json
-from tf_segunravel.data.labels import read_image, read_label_png
+from tf_segunravel.data.labels import class_name, read_image, read_label_png
 from tf_segunravel.errors import InputError
-from tf_segunravel.evaluation import scores_at_size
-from tf_segunravel.unravel import maps as heat
-from tf_segunravel.unravel.rules import first_argmax
-from tf_segunravel.unravel.tracer import SegUnravel
+from tf_segunravel.grids import labels_at_size, scores_at_size
+from tf_segunravel.unravel.maps import fixation_maps
+from tf_segunravel.unravel.settings import FixationSettings
+from tf_segunravel.unravel.tracer import SegUnravel, UnravelResult
 from tf_segunravel.viz import flow_gif, overlay_figure
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
@@ -46,12 +46,6 @@ def expand_images(specs):
             raise InputError(f"--images={spec}: matches no image")
         paths += found
     return list(dict.fromkeys(paths))
-
-
-def labels_at_image_size(scores, height, width):
-    """Predicted labels [H, W] by DeepLab's protocol: x8 aligned-corner upsampling, crop."""
-    full = scores_at_size(tf.convert_to_tensor(scores[None]), height, width)[0]
-    return first_argmax(full, axis=-1).numpy().astype(np.int32)
 
 
 def _share(inside, weights):
@@ -80,16 +74,20 @@ def class_statistics(classes, seeds, points, counts, labels, truth=None):
 class KerasFixations:
     """Fixations of a Keras model through the engine."""
 
-    def __init__(self, model, k=1, mass=None, shift="partial", flow=False):
-        self.engine = SegUnravel(model, k=k, mass=mass, shift=shift, keep_flow=flow)
+    def __init__(self, model, settings, flow=False):
+        self.engine = SegUnravel(model, settings, keep_flow=flow)
 
-    def __call__(self, image, seed_mask=None, classes=None):
-        """(points [n, 3], counts [n], seeds [C], labels [H, W], flow) for one image."""
-        masks = None if seed_mask is None else seed_mask[None]
-        result = self.engine(image[None], masks=masks, classes=classes)
-        points, counts = result.for_image(0)
-        labels = labels_at_image_size(result.scores[0], image.shape[0], image.shape[1])
-        return points, counts, result.seeds[0], labels, result.flow
+    def __call__(self, image, seed_labels=None, classes=None):
+        """(`UnravelResult` of a batch of one, predicted labels [H, W]) for one image."""
+        labels = None if seed_labels is None else seed_labels[None]
+        result = self.engine(image[None], seed_labels=labels, classes=classes)
+        full = labels_at_size(result.scores, image.shape[0], image.shape[1])[0]
+        return result, full.numpy()
+
+    def probabilities(self, image, result):
+        """The softmax at image size [H, W, C] by DeepLab's protocol, for the CRF."""
+        full = scores_at_size(result.scores, image.shape[0], image.shape[1])[0]
+        return tf.nn.softmax(full, axis=-1).numpy()
 
 
 class SavedModelFixations:
@@ -102,50 +100,67 @@ class SavedModelFixations:
         except (OSError, ValueError, KeyError) as e:
             raise InputError(f"{path}: not a SavedModel with a 'fixations' signature") from e
 
-    def __call__(self, image, seed_mask=None, classes=None):
-        if seed_mask is not None:
+    def __call__(self, image, seed_labels=None, classes=None):
+        if seed_labels is not None:
             raise InputError("seeding from masks needs a Keras model, not a SavedModel")
-        out = self.signature(images=tf.constant(image[None], tf.uint8))
-        points, counts = out["points"].numpy(), out["counts"].numpy()
-        seeds = out["seeds"].numpy()[0]
+        out = {k: v.numpy() for k, v in self.signature(images=tf.constant(image[None])).items()}
+        points, counts, seeds = out["points"], out["counts"], out["seeds"]
         if classes is not None:  # each class's points come from its own seeds only
             keep = np.isin(points[:, 1], classes)
             points, counts = points[keep], counts[keep]
-            seeds = np.where(np.isin(np.arange(seeds.size), classes), seeds, 0)
-        return points[:, 1:], counts, seeds, out["labels"].numpy()[0], None
+            seeds = np.where(np.isin(np.arange(seeds.shape[1]), classes), seeds, 0)
+        result = UnravelResult(points, counts, labels=None, seeds=seeds, scores=None)
+        return result, out["labels"][0]
+
+    def probabilities(self, image, result):
+        """The softmax at image size [H, W, C], from the `serving_default` signature."""
+        outputs = self._loaded.signatures["serving_default"](images=tf.constant(image[None]))
+        return outputs["probabilities"].numpy()[0]
+
+
+def rescale_points(result, from_size, to_size):
+    """`result` with its points moved from an image of `from_size` to one of `to_size`
+    (pixel centres scaled), identical points merged and their counts added."""
+    (from_h, from_w), (to_h, to_w) = from_size, to_size
+    if (from_h, from_w) == (to_h, to_w):
+        return result
+    points = result.points.copy()
+    points[:, 2] = np.minimum(np.floor((points[:, 2] + 0.5) * to_h / from_h), to_h - 1)
+    points[:, 3] = np.minimum(np.floor((points[:, 3] + 0.5) * to_w / from_w), to_w - 1)
+    keys, inverse = np.unique(points, axis=0, return_inverse=True)
+    counts = np.bincount(inverse.ravel(), weights=result.counts, minlength=len(keys))
+    return result._replace(points=keys.astype(np.int32), counts=counts.astype(np.int64))
 
 
 class FixationWriter:
     """Unravels image files one by one and writes their fixation files.
 
     `model` is a Keras model, or the path of a SavedModel with a `fixations` signature
-    (whose K and shift were fixed at export).
+    (whose settings were fixed at export; then only `settings`' heat-map fields apply).
     """
 
     def __init__(
         self,
         model,
         output_dir,
-        k=1,
-        mass=None,
-        shift="partial",
-        sigma=20.0,
-        outlier_radius=0.02,
-        weighted=True,
+        settings=None,
+        *,
         classes=None,
         class_names=None,
         max_side=None,
         flow=False,
         seed_from_masks=False,
+        crf_settings=None,
     ):
+        self.settings = settings or FixationSettings()
+        self.crf_settings = crf_settings
         if isinstance(model, str):
             if flow:
                 raise InputError("--flow needs a Keras model, not a SavedModel")
             self.fixations = SavedModelFixations(model)
         else:
-            self.fixations = KerasFixations(model, k, mass, shift, flow)
+            self.fixations = KerasFixations(model, self.settings, flow)
         self.output_dir = output_dir
-        self.sigma, self.outlier_radius, self.weighted = sigma, outlier_radius, weighted
         self.classes = classes
         self.class_names = class_names
         self.max_side = max_side
@@ -174,38 +189,26 @@ class FixationWriter:
                 )
         height, width = image.shape[:2]
         small = self._prepare(image)
-        seed_mask = None
+        seed_labels = None
         if self.seed_from_masks and truth is not None:
-            seed_mask = np.asarray(
+            seed_labels = np.asarray(
                 Image.fromarray(truth).resize(small.shape[1::-1], Image.Resampling.NEAREST)
             )
-        points, counts, seeds, labels, flow = self.fixations(small, seed_mask, self.classes)
-        scale_y, scale_x = height / small.shape[0], width / small.shape[1]
-        if (scale_y, scale_x) != (1.0, 1.0):  # map coordinates back to the original image
-            points = points.copy()
-            points[:, 1] = np.minimum(np.floor((points[:, 1] + 0.5) * scale_y), height - 1)
-            points[:, 2] = np.minimum(np.floor((points[:, 2] + 0.5) * scale_x), width - 1)
-            keys, inverse = np.unique(points, axis=0, return_inverse=True)
-            counts = np.bincount(inverse.ravel(), weights=counts).astype(np.int64)
-            points = keys
+        result, labels = self.fixations(small, seed_labels, self.classes)
+        if self.crf_settings is not None:  # the labels drawn and scored; seeds stay the net's
+            from tf_segunravel.crf import dense_crf
+
+            probabilities = self.fixations.probabilities(small, result)
+            labels = dense_crf(small, probabilities, self.crf_settings)
+        result = rescale_points(result, small.shape[:2], (height, width))
         if labels.shape != (height, width):
             labels = np.asarray(
                 Image.fromarray(labels).resize((width, height), Image.Resampling.NEAREST)
             )
+        seeds = result.seeds[0]
+        points, counts = result.for_image(0)
         classes = np.flatnonzero(seeds).astype(np.int32)
-        batch_points = np.concatenate([np.zeros((len(points), 1), np.int32), points], axis=1)
-        all_maps = heat.heatmaps(
-            batch_points,
-            counts,
-            1,
-            seeds.shape[0],
-            height,
-            width,
-            self.sigma,
-            self.outlier_radius,
-            self.weighted,
-        ).numpy()[0]
-        class_maps = all_maps[classes]
+        class_maps = fixation_maps(result, height, width, self.settings).numpy()[0][classes]
 
         stem = os.path.splitext(os.path.basename(image_path))[0]
         base = os.path.join(self.output_dir, stem)
@@ -224,14 +227,10 @@ class FixationWriter:
             image, labels, classes, class_maps, points, counts, self.class_names, base + ".png"
         )
         if self.flow:
-            flow_gif(small, flow, base + "_flow.gif")
+            flow_gif(small, result.flow, base + "_flow.gif")
         summary = {"image": image_path, "height": height, "width": width, "classes": stats}
         if self.class_names:
             for key, entry in stats.items():
-                entry["name"] = self._name(int(key))
+                entry["name"] = class_name(self.class_names, int(key))
         write_json(base + ".json", summary)
         return summary
-
-    def _name(self, cls):
-        names = self.class_names
-        return names[cls] if cls < len(names) else str(cls)

@@ -1,7 +1,7 @@
 """Heat maps from fixation points (CNN-Fixations): outlier removal, point masks, blur.
 
 TensorFlow ops throughout, so the same code serves the Python API and the SavedModel's
-`fixations` signature.
+`fixations` signature. docs/method.md ("Heat maps") states the rule and our choices.
 """
 
 import math
@@ -16,19 +16,32 @@ def inlier_mask(points, height, width, radius, min_share=MIN_NEIGHBOUR_SHARE):
     """bool [N]: points (b, class, y, x) with more than `min_share` of their (image, class)
     group within `radius * image diagonal` (the point itself included).
 
-    Pairwise over all N points with a same-group mask: N is at most the number of seeds for
-    K = 1 (41 x 41 at 321 px), so the N x N comparison stays small.
+    "Within" is the square window of that half-side (Chebyshev distance; our choice). Each
+    group's points are counted into a count image, and a summed-area table answers every
+    point's window in four lookups: memory grows with groups x H x W, never with N x N (a
+    K > 1 or mass unravel of a batch has tens of thousands of points).
     """
+    points = tf.cast(points, tf.int32)
     diagonal = tf.sqrt(tf.cast(height * height + width * width, tf.float32))
-    reach = tf.square(radius * diagonal)
-    group = points[:, 0] * 100003 + points[:, 1]
-    same = tf.equal(group[:, None], group[None, :])
-    yx = tf.cast(points[:, 2:4], tf.float32)
-    squared = tf.reduce_sum(tf.square(yx[:, None, :] - yx[None, :, :]), axis=-1)
-    near = tf.logical_and(same, squared <= reach)
-    neighbours = tf.reduce_sum(tf.cast(near, tf.float32), axis=1)
-    group_size = tf.reduce_sum(tf.cast(same, tf.float32), axis=1)
-    return neighbours > min_share * group_size
+    reach = tf.cast(tf.floor(radius * diagonal), tf.int32)
+    group_ids, group = tf.unique(points[:, 0] * (tf.reduce_max(points[:, 1]) + 1) + points[:, 1])
+    groups = tf.size(group_ids)
+    ones = tf.ones_like(group, tf.int32)
+    counts = tf.scatter_nd(
+        tf.stack([group, points[:, 2], points[:, 3]], axis=1), ones, [groups, height, width]
+    )
+    table = tf.pad(tf.cumsum(tf.cumsum(counts, axis=1), axis=2), [[0, 0], [1, 0], [1, 0]])
+    top = tf.maximum(points[:, 2] - reach, 0)
+    bottom = tf.minimum(points[:, 2] + reach, height - 1) + 1
+    left = tf.maximum(points[:, 3] - reach, 0)
+    right = tf.minimum(points[:, 3] + reach, width - 1) + 1
+
+    def at(ys, xs):
+        return tf.gather_nd(table, tf.stack([group, ys, xs], axis=1))
+
+    neighbours = at(bottom, right) - at(top, right) - at(bottom, left) + at(top, left)
+    group_size = tf.gather(tf.math.unsorted_segment_sum(ones, group, groups), group)
+    return tf.cast(neighbours, tf.float32) > min_share * tf.cast(group_size, tf.float32)
 
 
 def gaussian_blur(maps, sigma):
@@ -48,6 +61,7 @@ def gaussian_blur(maps, sigma):
 def heatmaps(
     points,
     counts,
+    *,
     batch,
     num_classes,
     height,
@@ -75,3 +89,20 @@ def heatmaps(
     blurred = tf.reshape(gaussian_blur(flat, sigma), tf.shape(dense))
     peak = tf.reduce_max(blurred, axis=[2, 3], keepdims=True)
     return tf.math.divide_no_nan(blurred, peak)
+
+
+def fixation_maps(result, height, width, settings):
+    """The heat maps of an `UnravelResult` (tensors or arrays) at image size: float32
+    [B, classes, height, width], drawn as `settings` (a `FixationSettings`) says."""
+    seeds = tf.shape(result.seeds)
+    return heatmaps(
+        result.points,
+        result.counts,
+        batch=seeds[0],
+        num_classes=seeds[1],
+        height=height,
+        width=width,
+        sigma=settings.sigma,
+        outlier_radius=settings.outlier_radius,
+        weighted=settings.weighted,
+    )

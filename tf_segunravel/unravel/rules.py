@@ -1,4 +1,10 @@
-"""The unravel transitions (METHOD.md section 2), one function per kind of layer.
+"""The unravel transitions (docs/method.md section 2), one function per kind of layer.
+
+A rule is called as `rule(layer, inputs, output, points, settings)`: `inputs` is the layer's
+recorded input tensor (a list of them for multi-input layers), `output` its recorded output,
+`points` the `Points` arriving at the output, `settings` the `FixationSettings`. It returns
+one `Points` per input, or a `Moved` that also carries the per-point channel scores of a
+layer that chooses channels (for the K analysis).
 
 Each rule moves a batch of points from a layer's output to its input(s) in a handful of
 vectorised TensorFlow ops: gather every point's input window at once, score, pick. A point is
@@ -11,10 +17,8 @@ import typing
 import keras
 import tensorflow as tf
 
+from tf_segunravel.grids import first_argmax
 from tf_segunravel.models.layers import CaffePooling2D, CaffePreprocess
-
-SHIFTS = ("none", "partial", "full")
-DENSE_RULES = ("topk", "positive")
 
 
 class Points(typing.NamedTuple):
@@ -37,18 +41,12 @@ class Points(typing.NamedTuple):
         return self._replace(**fields)
 
 
-class UnravelConfig(typing.NamedTuple):
-    """K (an int), or `mass` (a fraction, capped at `max_k` channels), the spatial shift and
-    the Dense rule ("topk", or CNN-Fixations' "positive": every positive contribution)."""
+class Moved(typing.NamedTuple):
+    """What a channel-choosing rule returns: one `Points` per input, and the channel scores
+    [N, C_in] it chose from (row i for arriving point i)."""
 
-    k: int = 1
-    mass: float | None = None
-    max_k: int = 16
-    shift: str = "partial"
-    dense_rule: str = "topk"
-    # Called as hook(layer, channel_scores [N, C_in]) by the conv and dense rules; for
-    # analyses such as the K experiment (eager mode only).
-    hook: object = None
+    points: list
+    channel_scores: tf.Tensor | None = None
 
 
 class UntraceableLayerError(ValueError):
@@ -79,17 +77,6 @@ PASS_THROUGH = (
 )
 
 
-def first_argmax(values, axis=-1):
-    """argmax that returns the lowest index among ties (tf.argmax leaves it unspecified)."""
-    best = tf.reduce_max(values, axis=axis, keepdims=True)
-    positions = tf.range(tf.shape(values)[axis])
-    shape = [1] * len(values.shape)
-    shape[axis] = -1
-    positions = tf.reshape(positions, shape)
-    large = tf.shape(values)[axis]
-    return tf.reduce_min(tf.where(tf.equal(values, best), positions, large), axis=axis)
-
-
 def _pad_before(in_size, out_size, kernel, stride, dilation, padding):
     """Leading padding of one axis: Keras/TF 'same' puts the smaller half first."""
     if padding == "valid":
@@ -118,7 +105,24 @@ def _gather_pixels(tensor, b, ys, xs):
     return tf.gather_nd(tensor, tf.stack([bs, ys, xs], axis=-1))
 
 
-def select_channels(scores, config, rule="topk"):
+def channels_to_reach(scores, fraction, cap=None):
+    """Per row of channel contributions [N, C], the fewest channels that, taken largest
+    first, reach `fraction` of the row's positive total ("mass" K, docs/method.md).
+
+    Returns (needed int32 [N], the channels largest first int32 [N, cap]). A row that never
+    reaches it (later negative contributions can pull the running sum back under) needs all
+    `cap` (default: every channel). Both the mass rule and the K analysis count with this.
+    """
+    channels = tf.shape(scores)[1]
+    cap = channels if cap is None else tf.minimum(cap, channels)
+    values, top = tf.math.top_k(scores, cap)  # stable: equal values keep channel order
+    total = tf.reduce_sum(tf.maximum(scores, 0.0), axis=1, keepdims=True)
+    reached = tf.cumsum(values, axis=1) >= fraction * total
+    first = tf.cast(first_argmax(tf.cast(reached, tf.int32)), tf.int32) + 1
+    return tf.where(tf.reduce_any(reached, axis=1), first, cap), top
+
+
+def select_channels(scores, settings, rule="topk"):
     """Channels to keep per point from channel scores [N, C]: (parent index, channel) [M]."""
     channels = tf.shape(scores)[1]
     if rule == "positive":  # CNN-Fixations' FC rule; the best channel when none is positive
@@ -127,25 +131,18 @@ def select_channels(scores, config, rule="topk"):
         )
         where = tf.cast(tf.where(keep), tf.int32)
         return where[:, 0], where[:, 1]
-    if config.mass is None:
-        k = tf.minimum(config.k, channels)
+    if settings.mass is None:
+        k = tf.minimum(settings.k, channels)
         _, top = tf.math.top_k(scores, k)  # stable: equal values keep channel order
         parents = tf.repeat(tf.range(tf.shape(scores)[0]), k)
         return parents, tf.reshape(top, [-1])
-    cap = tf.minimum(config.max_k, channels)
-    values, top = tf.math.top_k(scores, cap)
-    total = tf.reduce_sum(tf.maximum(scores, 0.0), axis=1, keepdims=True)
-    reached = tf.cumsum(values, axis=1) >= config.mass * total
-    # The fewest channels whose running sum first reaches the fraction (all `cap` if never;
-    # later negative contributions can pull the running sum back under it).
-    first = tf.cast(first_argmax(tf.cast(reached, tf.int32)), tf.int32) + 1
-    needed = tf.where(tf.reduce_any(reached, axis=1), first, cap)
-    keep = tf.range(cap)[None, :] < needed[:, None]
+    needed, top = channels_to_reach(scores, settings.mass, settings.max_k)
+    keep = tf.range(tf.shape(top)[1])[None, :] < needed[:, None]
     where = tf.cast(tf.where(keep), tf.int32)
     return where[:, 0], tf.gather_nd(top, where)
 
 
-def conv_rule(layer, x, output, points, config):
+def conv_rule(layer, x, output, points, settings):
     """Conv2D (any kernel, stride, dilation, padding, groups) and 1x1 convolutions."""
     kernel = tf.cast(layer.kernel, x.dtype)
     kh, kw, group_in, filters = kernel.shape
@@ -170,11 +167,11 @@ def conv_rule(layer, x, output, points, config):
     weights = tf.gather(tf.reshape(kernel, [kh * kw, group_in, filters]), points.ch, axis=2)
     contributions = window * tf.transpose(weights, [2, 0, 1])  # [N, T, C_in]
     channel_scores = tf.reduce_sum(contributions, axis=1)
-    if config.hook is not None:
-        config.hook(layer, channel_scores)
-    parents, channels = select_channels(channel_scores, config)
+    parents, channels = select_channels(channel_scores, settings)
 
-    full = config.shift == "full" or (config.shift == "partial" and max(layer.dilation_rate) == 1)
+    full = settings.shift == "full" or (
+        settings.shift == "partial" and max(layer.dilation_rate) == 1
+    )
     if full:
         per_tap = tf.gather(
             tf.gather(contributions, parents), channels[:, None], axis=2, batch_dims=1
@@ -187,14 +184,13 @@ def conv_rule(layer, x, output, points, config):
     in_channel = tf.gather_nd(
         tf.broadcast_to(in_channels, [tf.shape(ys)[0], group_in]), tf.stack([parents, channels], -1)
     )
-    return [
-        points.take(parents).replace(
-            y=tf.gather_nd(ys, taps), x=tf.gather_nd(xs, taps), ch=in_channel
-        )
-    ]
+    moved = points.take(parents).replace(
+        y=tf.gather_nd(ys, taps), x=tf.gather_nd(xs, taps), ch=in_channel
+    )
+    return Moved([moved], channel_scores)
 
 
-def dense_rule(layer, x, output, points, config):
+def dense_rule(layer, x, output, points, settings):
     """Dense on a vector (top-K or positive contributions); per position like a 1x1 conv."""
     kernel = tf.cast(layer.kernel, x.dtype)
     if len(x.shape) == 4:
@@ -202,13 +198,11 @@ def dense_rule(layer, x, output, points, config):
     else:
         window = tf.gather(x, points.b)
     contributions = window * tf.transpose(tf.gather(kernel, points.ch, axis=1))
-    if config.hook is not None:
-        config.hook(layer, contributions)
-    parents, channels = select_channels(contributions, config, config.dense_rule)
-    return [points.take(parents).replace(ch=channels)]
+    parents, channels = select_channels(contributions, settings, settings.dense_rule)
+    return Moved([points.take(parents).replace(ch=channels)], contributions)
 
 
-def pooling_rule(layer, x, output, points, config):
+def pooling_rule(layer, x, output, points, settings):
     """Max or average pooling: the largest input of the same channel in the window."""
     kernel, stride = layer.pool_size, layer.strides
     if isinstance(layer, CaffePooling2D):
@@ -229,7 +223,7 @@ def pooling_rule(layer, x, output, points, config):
     return [points.replace(y=tf.gather_nd(ys, taps), x=tf.gather_nd(xs, taps))]
 
 
-def global_pooling_rule(layer, x, output, points, config):
+def global_pooling_rule(layer, x, output, points, settings):
     """Global max/average pooling: the largest value of the channel over the whole map."""
     width = tf.shape(x)[2]
     per_image = tf.gather(tf.transpose(x, [0, 3, 1, 2]), points.b)  # [N, C, H, W]
@@ -238,7 +232,7 @@ def global_pooling_rule(layer, x, output, points, config):
     return [points.replace(y=flat // width, x=flat % width)]
 
 
-def flatten_rule(layer, x, output, points, config):
+def flatten_rule(layer, x, output, points, settings):
     """Flatten of [B, H, W, C]: the output index unravels to (y, x, channel)."""
     _, _, width, channels = x.shape
     return [
@@ -250,7 +244,7 @@ def flatten_rule(layer, x, output, points, config):
     ]
 
 
-def add_rule(layer, inputs, output, points, config):
+def add_rule(layer, inputs, output, points, settings):
     """Element-wise sum: each point goes to the summand with the larger value there."""
     index = tf.stack([points.b, points.y, points.x, points.ch], axis=-1)
     if len(inputs[0].shape) == 2:
@@ -260,7 +254,7 @@ def add_rule(layer, inputs, output, points, config):
     return [points.where(tf.equal(winner, i)) for i in range(len(inputs))]
 
 
-def concatenate_rule(layer, inputs, output, points, config):
+def concatenate_rule(layer, inputs, output, points, settings):
     """Channel concatenation: each point goes to the input that owns its channel."""
     axis = layer.axis if layer.axis >= 0 else len(inputs[0].shape) + layer.axis
     if axis != len(inputs[0].shape) - 1:
@@ -274,7 +268,7 @@ def concatenate_rule(layer, inputs, output, points, config):
     return routed
 
 
-def resize_rule(layer, x, output, points, config):
+def resize_rule(layer, x, output, points, settings):
     """Resizing / UpSampling2D: coordinates scaled to the input's grid."""
 
     def scale(position, axis):
@@ -286,10 +280,36 @@ def resize_rule(layer, x, output, points, config):
     return [points.replace(y=scale(points.y, 1), x=scale(points.x, 2))]
 
 
+def pass_through(layer, x, output, points, settings):
+    """Per-element and per-channel layers: the point stays where it is."""
+    return [points]
+
+
+def _unsupported_layout(layer):
+    """Why the rules cannot follow this layer's layout, or None.
+
+    Every spatial rule reads tensors as [B, H, W, C] and maps positions by plain resizing; a
+    channels-first layer or an aspect-ratio crop or pad would be traced, wrongly, as if it
+    were one of those, so it is refused instead.
+    """
+    if getattr(layer, "data_format", None) == "channels_first":
+        return "data_format='channels_first' (the rules read [B, H, W, C])"
+    if isinstance(layer, keras.layers.Resizing):
+        for option in ("crop_to_aspect_ratio", "pad_to_aspect_ratio"):
+            if getattr(layer, option, False):
+                return f"{option}=True (the resize rule maps plain resizing only)"
+    return None
+
+
 def rule_for(layer):
     """(rule, takes a list of inputs) for a layer, or UntraceableLayerError naming it."""
     if isinstance(layer, PASS_THROUGH):
-        return (lambda layer, x, output, points, config: [points]), False
+        return pass_through, False
+    unsupported = _unsupported_layout(layer)
+    if unsupported:
+        raise UntraceableLayerError(
+            f"unravel cannot trace layer {layer.name!r} ({type(layer).__name__}): {unsupported}"
+        )
     if isinstance(layer, keras.layers.Conv2D) and not isinstance(
         layer, (keras.layers.Conv2DTranspose, keras.layers.DepthwiseConv2D)
     ):

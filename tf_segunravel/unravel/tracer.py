@@ -10,22 +10,15 @@ identical points merged and their counts added after each layer.
 """
 
 import dataclasses
+import typing
 
-import numpy as np
 import tensorflow as tf
 
-from tf_segunravel.losses import shrink_labels
+from tf_segunravel.data.labels import IGNORE_LABEL
+from tf_segunravel.grids import first_argmax, shrink_labels
 from tf_segunravel.unravel import graph
-from tf_segunravel.unravel.rules import (
-    DENSE_RULES,
-    SHIFTS,
-    Points,
-    UnravelConfig,
-    first_argmax,
-    rule_for,
-)
-
-IGNORE_LABEL = 255
+from tf_segunravel.unravel.rules import Moved, Points, rule_for
+from tf_segunravel.unravel.settings import FixationSettings
 
 
 def merge(points, sizes):
@@ -72,61 +65,89 @@ def _sizes(tensor, num_classes):
     return (shape[0], num_classes, 1, 1, shape[1])
 
 
-@dataclasses.dataclass
-class UnravelResult:
-    """Plain arrays for a batch.
+class FlowStep(typing.NamedTuple):
+    """The points arriving at one layer's input, unmerged (for flow figures).
+
+    layer: the layer's name (a string tensor inside `tf.function`).
+    size: int32 [2], the input's (height, width); (1, 1) for vectors.
+    points: int32 [M, 4] rows (image, class, y, x); counts: int64 [M].
+    """
+
+    layer: typing.Any
+    size: typing.Any
+    points: typing.Any
+    counts: typing.Any
+
+
+class ChannelScores(typing.NamedTuple):
+    """A channel-choosing layer's scores: float32 [N, C_in], one row per point it received."""
+
+    layer: typing.Any
+    scores: typing.Any
+
+
+class UnravelResult(typing.NamedTuple):
+    """An unravelled batch: tensors from `SegUnravel.trace`, numpy arrays from `__call__`.
 
     points: int32 [N, 4] rows (image index, class, y, x) in input pixel coordinates, sorted.
     counts: int64 [N], the number of seed paths through each point.
     labels: int32 [B, h, w], the predicted labels on the score grid.
     seeds: int32 [B, classes], how many seeds each class had in each image.
     scores: float32 [B, h, w, classes], the model's scores from the same forward pass.
-    flow: when kept, [(layer name, (height, width), points [M, 4], counts [M])] from the
-      scores down to the image: the points arriving at each layer's input, unmerged.
+    flow: with `keep_flow`, a tuple of `FlowStep` from the scores down to the image.
+    channel_scores: with `keep_channel_scores`, a tuple of `ChannelScores`, one per
+      channel-choosing layer (convolutions, Dense) in the order the walk met them.
     """
 
-    points: np.ndarray
-    counts: np.ndarray
-    labels: np.ndarray
-    seeds: np.ndarray
-    scores: np.ndarray
-    flow: list | None = None
+    points: typing.Any
+    counts: typing.Any
+    labels: typing.Any
+    seeds: typing.Any
+    scores: typing.Any
+    flow: tuple | None = None
+    channel_scores: tuple | None = None
 
     def for_image(self, index):
         """(points [n, 3] rows (class, y, x), counts [n]) of one image."""
         mine = self.points[:, 0] == index
         return self.points[mine, 1:], self.counts[mine]
 
+    def numpy(self):
+        """The same result with every tensor as a numpy array (layer names as str)."""
+
+        def convert(value):
+            if not isinstance(value, tf.Tensor):
+                return value
+            array = value.numpy()
+            return array.decode() if isinstance(array, bytes) else array
+
+        return tf.nest.map_structure(convert, self)
+
 
 class SegUnravel:
     """Segmentation fixations for any Keras functional CNN that maps images to scores.
 
+        engine = SegUnravel(model, FixationSettings(k=3))   # or SegUnravel(model, k=3)
+        result = engine(images)
+
     Args:
       model: a functional or Sequential Keras model, images [B, H, W, 3] -> per-pixel class
         scores [B, h, w, C] (nested models are flattened).
-      k: channels kept per unit (branching when > 1; each child keeps its parent's count).
-      mass: instead of a fixed K, the fewest channels whose contributions reach this
-        fraction of the unit's positive total (at most `max_k`).
-      shift: "partial" (default; full shift where dilation is 1, none where it is larger),
-        "full" or "none".
-      dense_rule: "topk" or "positive" (CNN-Fixations' rule for Dense layers).
-      keep_flow: also return the points at every layer (for flow figures).
+      settings: a `FixationSettings` (default: its defaults); keyword arguments named after
+        its fields replace single fields.
+      keep_flow: also return the points arriving at every layer (for flow figures).
+      keep_channel_scores: also return every channel-choosing layer's channel scores (for
+        the K analysis); works in graph mode too.
     """
 
     def __init__(
-        self, model, k=1, mass=None, max_k=16, shift="partial", dense_rule="topk", keep_flow=False
+        self, model, settings=None, *, keep_flow=False, keep_channel_scores=False, **fields
     ):
-        if shift not in SHIFTS:
-            raise ValueError(f"shift must be one of {SHIFTS}, got {shift!r}")
-        if dense_rule not in DENSE_RULES:
-            raise ValueError(f"dense_rule must be one of {DENSE_RULES}, got {dense_rule!r}")
-        if mass is None and (not isinstance(k, (int, np.integer)) or k < 1):
-            raise ValueError(f"k must be a positive integer, got {k!r}")
-        if mass is not None and not 0 < mass <= 1:
-            raise ValueError(f"mass must be in (0, 1], got {mass!r}")
+        settings = settings or FixationSettings()
+        self.settings = dataclasses.replace(settings, **fields) if fields else settings
         self.model = model
-        self.config = UnravelConfig(int(k), mass, int(max_k), shift, dense_rule)
         self.keep_flow = keep_flow
+        self.keep_channel_scores = keep_channel_scores
         self.steps, self.input_id, outputs = graph.flatten_graph(model)
         if len(outputs) != 1:
             raise ValueError(f"unravel needs a model with one score output, got {len(outputs)}")
@@ -136,17 +157,14 @@ class SegUnravel:
         self._traced = tf.function(self.trace, reduce_retracing=True)
 
     def trace(self, images, seed_labels=None, classes=None):
-        """The graph-mode core: tensors in, tensors out (works inside `tf.function`).
+        """The graph-mode core: tensors in, an `UnravelResult` of tensors out (works inside
+        `tf.function`).
 
         Args:
           images: [B, H, W, 3] float or uint8 RGB pixels.
-          seed_labels: optional [B, H, W] int ground-truth labels to seed from (255 skipped);
-            by default the model's own prediction seeds.
+          seed_labels: optional [B, H, W] int labels to seed from (255 skipped), for example
+            the ground truth; by default the model's own prediction seeds.
           classes: optional int [n], only these classes are unravelled.
-
-        Returns:
-          dict: points int32 [N, 4] (b, class, y, x), counts int64 [N], labels int32
-          [B, h, w], seeds int32 [B, classes], and per layer `flow/<i>` entries when kept.
         """
         images = tf.cast(images, tf.float32)
         return self.walk(self.record(images), seed_labels, classes)
@@ -175,7 +193,7 @@ class SegUnravel:
         seeds = tf.reshape(seeds, [-1, self.num_classes])
 
         pending = {self.output_id: [points]}
-        flow = {}
+        flow, channel_scores = [], []
         for index in range(len(self.steps) - 1, -1, -1):
             step = self.steps[index]
             arrived = pending.pop(step.outputs[0], None)
@@ -185,60 +203,52 @@ class SegUnravel:
             points = merge(_concat(arrived), _sizes(output, self.num_classes))
             rule, multi = self.rules[id(step)]
             inputs = [values[i] for i in step.inputs]
-            moved = rule(step.layer, inputs if multi else inputs[0], output, points, self.config)
-            for j, (key, part) in enumerate(zip(step.inputs, moved, strict=True)):
+            moved = rule(step.layer, inputs if multi else inputs[0], output, points, self.settings)
+            if isinstance(moved, Moved):
+                if self.keep_channel_scores and moved.channel_scores is not None:
+                    channel_scores.append(
+                        ChannelScores(tf.constant(step.layer.name), moved.channel_scores)
+                    )
+                moved = moved.points
+            for key, part in zip(step.inputs, moved, strict=True):
                 pending.setdefault(key, []).append(part)
                 if self.keep_flow:
-                    flow[f"flow/{index}/{j}"] = (part, _spatial_size(values[key]))
+                    flow.append(
+                        FlowStep(
+                            tf.constant(step.layer.name),
+                            _spatial_size(values[key]),
+                            _rows(part),
+                            part.count,
+                        )
+                    )
         # The image's colour channel is not a location: one merge over it gives the result.
         final = _concat(pending[self.input_id])
         at_image = merge(
             final.replace(ch=tf.zeros_like(final.ch)), (*_sizes(images, self.num_classes)[:4], 1)
         )
-        result = {
-            "points": tf.stack([at_image.b, at_image.cls, at_image.y, at_image.x], axis=1),
-            "counts": at_image.count,
-            "labels": labels,
-            "seeds": seeds,
-            "scores": scores,
-        }
-        for key, (part, size) in flow.items():
-            result[key + "/points"] = tf.stack([part.b, part.cls, part.y, part.x], axis=1)
-            result[key + "/counts"] = part.count
-            result[key + "/size"] = size
-        return result
+        return UnravelResult(
+            points=_rows(at_image),
+            counts=at_image.count,
+            labels=labels,
+            seeds=seeds,
+            scores=scores,
+            flow=tuple(flow) if self.keep_flow else None,
+            channel_scores=tuple(channel_scores) if self.keep_channel_scores else None,
+        )
 
-    def __call__(self, images, masks=None, classes=None):
-        """Unravels a batch; returns an `UnravelResult` of numpy arrays."""
+    def __call__(self, images, seed_labels=None, classes=None):
+        """Unravels a batch (see `trace`); returns an `UnravelResult` of numpy arrays."""
         images = tf.convert_to_tensor(images)
         if len(images.shape) != 4 or images.shape[-1] != 3:
             raise ValueError(f"images must be [B, H, W, 3], got shape {images.shape}")
-        args = [images, None if masks is None else tf.convert_to_tensor(masks)]
-        args.append(None if classes is None else tf.constant(list(classes), tf.int32))
-        out = {key: value.numpy() for key, value in self._traced(*args).items()}
-        flow = None
-        if self.keep_flow:
-            flow = []
-            for index in range(len(self.steps) - 1, -1, -1):
-                for j in range(len(self.steps[index].inputs)):
-                    key = f"flow/{index}/{j}"
-                    if key + "/points" in out:
-                        flow.append(
-                            (
-                                self.steps[index].layer.name,
-                                tuple(out[key + "/size"].tolist()),
-                                out[key + "/points"],
-                                out[key + "/counts"],
-                            )
-                        )
-        return UnravelResult(
-            out["points"].astype(np.int32),
-            out["counts"],
-            out["labels"],
-            out["seeds"],
-            out["scores"],
-            flow,
-        )
+        seed_labels = None if seed_labels is None else tf.convert_to_tensor(seed_labels)
+        classes = None if classes is None else tf.constant(list(classes), tf.int32)
+        return self._traced(images, seed_labels, classes).numpy()
+
+
+def _rows(points):
+    """Points -> int32 [N, 4] rows (image, class, y, x)."""
+    return tf.stack([points.b, points.cls, points.y, points.x], axis=1)
 
 
 def _spatial_size(tensor):

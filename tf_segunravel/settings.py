@@ -1,0 +1,186 @@
+"""Settings dataclasses that define their own flags and checks.
+
+A settings class is a dataclass whose fields are declared with `setting(...)`: the default,
+the help text, the allowed choices and a check live on the field. From that one definition
+
+- the class validates itself on construction (`ValueError` naming every bad field),
+- `define_flags(cls)` declares one absl flag per field, with the same checks as validators,
+- `from_flags(cls)` builds an instance from parsed flags, and
+- `from_flagfile(cls, path)` parses a flagfile through absl into an instance,
+
+so adding a setting is one `setting(...)` line: the Python API, the binaries' flags, their
+validation and the flagfiles all follow. Cross-field rules go in the class's `RULES`, a tuple
+of `Rule(fields, test, message)`; `test` receives the settings as attributes.
+
+absl has no dataclass integration and `ml_collections`' config_flags is not a dependency;
+these few functions are the glue.
+"""
+
+import contextlib
+import dataclasses
+import os
+import types
+import typing
+
+from absl import flags
+
+_MISSING = dataclasses.MISSING
+
+
+class Rule(typing.NamedTuple):
+    """A check over several fields; `message` reads as a sentence with the names in it."""
+
+    fields: tuple
+    test: typing.Callable
+    message: str
+
+
+def setting(default=_MISSING, help="", *, choices=None, check=None, requirement="", **extra):
+    """A dataclass field that carries its flag help, choices and check.
+
+    Args:
+      default: the default value (omit it for a required setting).
+      help: the flag's help text.
+      choices: the allowed values of a string setting (the flag becomes an enum).
+      check: value -> bool, for values other than None.
+      requirement: how a failed check reads, "must be > 0".
+      **extra: more metadata for the settings class's own use.
+    """
+    metadata = {
+        "help": help,
+        "choices": tuple(choices) if choices else None,
+        "check": check,
+        "requirement": requirement,
+        **extra,
+    }
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def problems(settings):
+    """The broken checks of a settings instance, as "<field> <requirement>" strings."""
+    found = []
+    for field in dataclasses.fields(settings):
+        value = getattr(settings, field.name)
+        meta = field.metadata
+        if value is None:
+            continue
+        if meta.get("choices") and value not in meta["choices"]:
+            found.append(f"{field.name} must be one of {list(meta['choices'])}, got {value!r}")
+        elif meta.get("check") and not meta["check"](value):
+            found.append(f"{field.name} {meta['requirement']}, got {value!r}")
+    for rule in getattr(type(settings), "RULES", ()):
+        if not rule.test(settings):
+            found.append(rule.message)
+    return found
+
+
+def validate(settings):
+    """Raises ValueError listing every broken check (called by `__post_init__`)."""
+    found = problems(settings)
+    if found:
+        raise ValueError("; ".join(found))
+
+
+def _base_type(annotation):
+    """`int | None` -> int; plain types unchanged."""
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return args[0]
+    return annotation
+
+
+def define_flags(cls, flag_values=flags.FLAGS, exclude=(), defaults=None, prefix=""):
+    """Declares one flag per field of `cls` (bar `exclude`), with the fields' checks.
+
+    `defaults` {field: value} gives a binary its own defaults for some fields; `prefix` is
+    put before every flag name (`crf_` makes `bilateral_weight` `--crf_bilateral_weight`).
+    """
+    defaults = defaults or {}
+    for field in dataclasses.fields(cls):
+        if field.name in exclude:
+            continue
+        meta = field.metadata
+        name = prefix + field.name
+        default = None if field.default is _MISSING else field.default
+        default = defaults.get(field.name, default)
+        kind = _base_type(field.type)
+        args = (name, default, meta.get("help", ""))
+        if kind is bool:
+            flags.DEFINE_boolean(*args, flag_values=flag_values)
+        elif kind is int:
+            flags.DEFINE_integer(*args, flag_values=flag_values)
+        elif kind is float:
+            flags.DEFINE_float(*args, flag_values=flag_values)
+        elif kind is str and meta.get("choices"):
+            flags.DEFINE_enum(
+                name,
+                default,
+                list(meta["choices"]),
+                meta.get("help", ""),
+                flag_values=flag_values,
+            )
+        elif kind is str:
+            flags.DEFINE_string(*args, flag_values=flag_values)
+        else:
+            raise TypeError(f"{cls.__name__}.{field.name}: no flag type for {field.type}")
+        if meta.get("check"):
+            check = meta["check"]
+            flags.register_validator(
+                name,
+                lambda value, check=check: value is None or check(value),
+                f"--{name} {meta['requirement']}",
+                flag_values=flag_values,
+            )
+    for rule in getattr(cls, "RULES", ()):
+        if any(name in exclude for name in rule.fields):
+            continue
+        flags.register_multi_flags_validator(
+            [prefix + name for name in rule.fields],
+            lambda values, rule=rule: rule.test(
+                types.SimpleNamespace(**{k[len(prefix) :]: v for k, v in values.items()})
+            ),
+            " ".join(
+                f"--{prefix}{word}" if word in rule.fields else word
+                for word in rule.message.split()
+            ),
+            flag_values=flag_values,
+        )
+
+
+def from_flags(cls, flag_values=flags.FLAGS, prefix="", **overrides):
+    """An instance of `cls` from parsed flags (named with `prefix`); `overrides` win."""
+    values = {
+        field.name: flag_values[prefix + field.name].value
+        for field in dataclasses.fields(cls)
+        if prefix + field.name in flag_values
+    }
+    return cls(**{**values, **overrides})
+
+
+@contextlib.contextmanager
+def _working_dir(path):
+    # absl opens nested --flagfile= paths relative to the working directory, and our flagfiles
+    # name each other relative to the repository root.
+    previous = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
+
+
+def from_flagfile(cls, path, root=None, **overrides):
+    """Parses the flagfile at `path` through absl into an instance of `cls`.
+
+    `root` is the directory nested `--flagfile=` lines are relative to (default: the parent
+    of the flagfile's directory, the repository root for `flags/*.cfg`).
+    """
+    path = os.path.abspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such flagfile")
+    flag_values = flags.FlagValues()
+    define_flags(cls, flag_values)
+    root = root or os.path.dirname(os.path.dirname(path))
+    with _working_dir(root):
+        flag_values(["settings", f"--flagfile={path}"])
+    return from_flags(cls, flag_values, **overrides)
