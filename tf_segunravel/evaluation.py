@@ -17,9 +17,14 @@ from tf_segunravel.grids import first_argmax, scores_at_size
 
 
 def full_resolution_scores(network, images):
-    """Scores at the input resolution: [B, H, W, C] for images [B, H, W, 3]."""
+    """Scores at the input resolution: [B, H, W, C] for images [B, H, W, 3], each pixel
+    interpolated from the score positions around it where the network's own geometry puts
+    them (DeepLab's x8 aligned-corner rule for LargeFOV)."""
+    from tf_segunravel.unravel.geometry import ScoreMap
+
     height, width = tf.shape(images)[1], tf.shape(images)[2]
-    return scores_at_size(network(images, training=False), height, width)
+    scores, geometry = ScoreMap(network)(images)
+    return scores_at_size(scores, height, width, geometry)
 
 
 def predictions(network, examples, pad_size=513):

@@ -23,6 +23,7 @@ import tensorflow as tf
 
 from tf_segunravel.errors import InputError
 from tf_segunravel.grids import first_argmax, labels_at_size, scores_at_size
+from tf_segunravel.unravel.geometry import ScoreMap
 from tf_segunravel.unravel.maps import fixation_maps
 from tf_segunravel.unravel.settings import FixationSettings
 from tf_segunravel.unravel.tracer import SegUnravel
@@ -42,14 +43,15 @@ def build_archive(network, settings=None):
     dict); `settings` (a `FixationSettings`) are fixed into the `fixations` signature."""
     settings = settings or FixationSettings()
     engine = SegUnravel(network, settings)
+    score_map = ScoreMap(network)
     num_classes = network.outputs[0].shape[-1]
     images_spec = tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")
 
     def segment(images):
         images = _checked(images)
         height, width = tf.shape(images)[1], tf.shape(images)[2]
-        scores = tf.cast(network(tf.cast(images, tf.float32), training=False), tf.float32)
-        full = scores_at_size(scores, height, width)
+        scores, geometry = score_map(images)
+        full = scores_at_size(scores, height, width, geometry)
         return {
             "labels": tf.cast(first_argmax(full, axis=-1), tf.int32),
             "probabilities": tf.nn.softmax(full, axis=-1),
@@ -65,7 +67,7 @@ def build_archive(network, settings=None):
             "counts": result.counts,
             "seeds": result.seeds,
             "maps": fixation_maps(result, height, width, settings),
-            "labels": labels_at_size(result.scores, height, width),
+            "labels": labels_at_size(result.scores, height, width, result.geometry),
         }
 
     def decode(encoded):

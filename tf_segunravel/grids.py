@@ -25,41 +25,68 @@ def first_argmax(values, axis=-1):
     return tf.reduce_min(tf.where(tf.equal(values, best), positions, large), axis=axis)
 
 
-def shrink_labels(labels, size):
-    """Labels [B, H, W] sampled at the score grid `size` = (h, w), as Caffe's Interp shrink.
+# DeepLab-LargeFOV's score grid: score i over pixel 8i on both axes (rows: height, width;
+# columns: scale, offset), the map `unravel.geometry.score_geometry` derives for it.
+DEEPLAB_GEOMETRY = ((float(OUTPUT_STRIDE), 0.0), (float(OUTPUT_STRIDE), 0.0))
 
-    Score position i sits over input pixel round(i * (H - 1) / (h - 1)) (exactly 8i for the
-    321 -> 41 and 513 -> 65 grids), so labels are gathered there, never interpolated.
+
+def shrink_labels(labels, size, geometry=None):
+    """Labels [B, H, W] sampled at the score grid `size` = (h, w), never interpolated.
+
+    Without `geometry`, as Caffe's Interp shrink: score position i sits over input pixel
+    round(i * (H - 1) / (h - 1)), exactly 8i for the 321 -> 41 and 513 -> 65 grids (training
+    uses this). With `geometry` ([2, 2] rows (height, width) of (scale, offset)), over pixel
+    round(scale * i + offset), clamped to the image.
     """
 
-    def positions(full, small):
+    def positions(full, small, axis):
         full, small = tf.cast(full, tf.float32), tf.cast(small, tf.float32)
-        step = (full - 1.0) / tf.maximum(small - 1.0, 1.0)
-        return tf.cast(tf.round(tf.range(small) * step), tf.int32)
+        if geometry is None:
+            step = (full - 1.0) / tf.maximum(small - 1.0, 1.0)
+            where = tf.round(tf.range(small) * step)
+        else:
+            scale, offset = geometry[axis][0], geometry[axis][1]
+            where = tf.round(tf.range(small) * scale + offset)
+        return tf.cast(tf.clip_by_value(where, 0.0, full - 1.0), tf.int32)
 
     shape = tf.shape(labels)
-    labels = tf.gather(labels, positions(shape[1], size[0]), axis=1)
-    return tf.gather(labels, positions(shape[2], size[1]), axis=2)
+    labels = tf.gather(labels, positions(shape[1], size[0], 0), axis=1)
+    return tf.gather(labels, positions(shape[2], size[1], 1), axis=2)
 
 
-def upsample_scores(scores, stride=OUTPUT_STRIDE):
-    """[B, h, w, C] -> [B, (h-1)*stride+1, (w-1)*stride+1, C], corners aligned."""
-    size = (tf.shape(scores)[1:3] - 1) * stride + 1
-    return tf.compat.v1.image.resize(
-        scores, size, method=tf.image.ResizeMethod.BILINEAR, align_corners=True
-    )
+def _sample_axis(scores, size, scale, offset, axis):
+    """Linear interpolation of `scores` along `axis` at the grid coordinates of `size`
+    pixels, (pixel - offset) / scale, clamped to the grid's first and last position."""
+    cells = tf.shape(scores)[axis]
+    where = (tf.range(tf.cast(size, tf.float32)) - offset) / scale
+    where = tf.clip_by_value(where, 0.0, tf.cast(cells - 1, tf.float32))
+    low = tf.cast(tf.floor(where), tf.int32)
+    high = tf.minimum(low + 1, cells - 1)
+    weight = where - tf.cast(low, tf.float32)
+    shape = [1, 1, 1, 1]
+    shape[axis] = -1
+    weight = tf.reshape(weight, shape)
+    return tf.gather(scores, low, axis=axis) * (1.0 - weight) + tf.gather(
+        scores, high, axis=axis
+    ) * weight
 
 
-def scores_at_size(scores, height, width):
-    """Stride-8 scores [B, h, w, C] -> [B, height, width, C]: upsampled, cropped back."""
-    scores = upsample_scores(tf.cast(scores, tf.float32))
-    # (h-1)*8+1 >= H holds for Caffe's pooling sizes; pad a shortfall (other models) anyway.
-    pad_h = tf.maximum(height - tf.shape(scores)[1], 0)
-    pad_w = tf.maximum(width - tf.shape(scores)[2], 0)
-    scores = tf.pad(scores, [[0, 0], [0, pad_h], [0, pad_w], [0, 0]], mode="SYMMETRIC")
-    return scores[:, :height, :width]
+def scores_at_size(scores, height, width, geometry=DEEPLAB_GEOMETRY):
+    """Score-grid scores [B, h, w, C] -> [B, height, width, C] on the image's pixels.
+
+    Each pixel interpolates bilinearly between the score positions around it, placed by
+    `geometry` ([2, 2] rows (height, width) of (scale, offset): score i over pixel
+    scale * i + offset, from `unravel.geometry.score_geometry`); pixels beyond the outermost
+    positions take the nearest. With DeepLab's geometry (the default) this is its protocol
+    exactly: x8 bilinear upsampling with aligned corners, cropped back to the image.
+    """
+    scores = tf.cast(scores, tf.float32)
+    geometry = tf.cast(tf.convert_to_tensor(geometry), tf.float32)
+    scores = _sample_axis(scores, height, geometry[0, 0], geometry[0, 1], axis=1)
+    return _sample_axis(scores, width, geometry[1, 0], geometry[1, 1], axis=2)
 
 
-def labels_at_size(scores, height, width):
+def labels_at_size(scores, height, width, geometry=DEEPLAB_GEOMETRY):
     """Predicted labels int32 [B, height, width] from score-grid scores [B, h, w, C]."""
-    return tf.cast(first_argmax(scores_at_size(scores, height, width), axis=-1), tf.int32)
+    full = scores_at_size(scores, height, width, geometry)
+    return tf.cast(first_argmax(full, axis=-1), tf.int32)

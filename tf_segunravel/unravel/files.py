@@ -81,13 +81,13 @@ class KerasFixations:
         """(`UnravelResult` of a batch of one, predicted labels [H, W]) for one image."""
         labels = None if seed_labels is None else seed_labels[None]
         result = self.engine(image[None], seed_labels=labels, classes=classes)
-        full = labels_at_size(result.scores, image.shape[0], image.shape[1])[0]
-        return result, full.numpy()
+        full = labels_at_size(result.scores, image.shape[0], image.shape[1], result.geometry)
+        return result, full[0].numpy()
 
     def probabilities(self, image, result):
         """The softmax at image size [H, W, C] by DeepLab's protocol, for the CRF."""
-        full = scores_at_size(result.scores, image.shape[0], image.shape[1])[0]
-        return tf.nn.softmax(full, axis=-1).numpy()
+        full = scores_at_size(result.scores, image.shape[0], image.shape[1], result.geometry)
+        return tf.nn.softmax(full[0], axis=-1).numpy()
 
 
 class SavedModelFixations:

@@ -17,6 +17,7 @@ import tensorflow as tf
 from tf_segunravel.data.labels import IGNORE_LABEL
 from tf_segunravel.grids import first_argmax, shrink_labels
 from tf_segunravel.unravel import graph
+from tf_segunravel.unravel.geometry import score_geometry
 from tf_segunravel.unravel.rules import Moved, Points, rule_for
 from tf_segunravel.unravel.settings import FixationSettings
 
@@ -94,6 +95,8 @@ class UnravelResult(typing.NamedTuple):
     labels: int32 [B, h, w], the predicted labels on the score grid.
     seeds: int32 [B, classes], how many seeds each class had in each image.
     scores: float32 [B, h, w, classes], the model's scores from the same forward pass.
+    geometry: float32 [2, 2], rows (height, width) of (scale, offset): score position i sits
+      over image pixel scale * i + offset (`unravel.geometry`).
     flow: with `keep_flow`, a tuple of `FlowStep` from the scores down to the image.
     channel_scores: with `keep_channel_scores`, a tuple of `ChannelScores`, one per
       channel-choosing layer (convolutions, Dense) in the order the walk met them.
@@ -104,6 +107,7 @@ class UnravelResult(typing.NamedTuple):
     labels: typing.Any
     seeds: typing.Any
     scores: typing.Any
+    geometry: typing.Any = None
     flow: tuple | None = None
     channel_scores: tuple | None = None
 
@@ -180,8 +184,11 @@ class SegUnravel:
         if len(scores.shape) == 2:  # a classifier: one "pixel" per image
             scores = scores[:, None, None, :]
         labels = tf.cast(first_argmax(scores, axis=-1), tf.int32)
-        if seed_labels is not None:
-            seed_grid = shrink_labels(tf.cast(seed_labels, tf.int32), tf.shape(scores)[1:3])
+        geometry = score_geometry(self.steps, values, self.input_id, self.output_id)
+        if seed_labels is not None:  # each score position takes the label under its centre
+            seed_grid = shrink_labels(
+                tf.cast(seed_labels, tf.int32), tf.shape(scores)[1:3], geometry
+            )
         else:
             seed_grid = labels
         points = seeds_from_labels(seed_grid, classes)
@@ -232,6 +239,7 @@ class SegUnravel:
             labels=labels,
             seeds=seeds,
             scores=scores,
+            geometry=geometry,
             flow=tuple(flow) if self.keep_flow else None,
             channel_scores=tuple(channel_scores) if self.keep_channel_scores else None,
         )
