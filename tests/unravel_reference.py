@@ -95,6 +95,128 @@ def dense_point(layer, x, point, k, mass, max_k, positive):
     return [(0, (b, y, xx, c)) for c in keep_channels(scores, k, mass, max_k, positive)]
 
 
+def depthwise_taps(x, out, point, kernel, strides, dilation, padding):
+    """[(tap index, y, x, inside, contribution)] of a depthwise point, row-major taps."""
+    b, y, xx, ch = point
+    kh, kw, _, multiplier = kernel.shape
+    (sh, sw), (dh, dw) = strides, dilation
+    h, w = x.shape[1:3]
+    top = same_before(h, out.shape[1], kh, sh, dh) if padding == "same" else 0
+    left = same_before(w, out.shape[2], kw, sw, dw) if padding == "same" else 0
+    channel = ch // multiplier
+    taps = []
+    for i in range(kh):
+        for j in range(kw):
+            yy, xj = y * sh - top + i * dh, xx * sw - left + j * dw
+            inside = 0 <= yy < h and 0 <= xj < w
+            value = float(x[b, yy, xj, channel]) if inside else 0.0
+            taps.append(
+                (i * kw + j, yy, xj, inside, value * float(kernel[i, j, channel, ch % multiplier]))
+            )
+    return taps, channel
+
+
+def depthwise_point(x, out, point, kernel, strides, dilation, padding, k, mass, max_k, shift):
+    """One input channel per output channel: K picks taps (full shift) or the centre."""
+    b = point[0]
+    taps, channel = depthwise_taps(x, out, point, kernel, strides, dilation, padding)
+    kh, kw = kernel.shape[:2]
+    full = shift == "full" or (shift == "partial" and max(dilation) == 1)
+    if not full:
+        _, yy, xj, _, _ = taps[((kh - 1) // 2) * kw + (kw - 1) // 2]
+        return [(0, (b, yy, xj, channel))]
+    inside = [t for t in taps if t[3]]
+    scores = [t[4] for t in inside]
+    return [
+        (0, (b, inside[c][1], inside[c][2], channel)) for c in keep_channels(scores, k, mass, max_k)
+    ]
+
+
+def separable_point(layer, x, out, point, k, mass, max_k, shift):
+    """Pointwise 1x1 step on the depthwise output (computed at this position only), then
+    the depthwise step; the depthwise output has the layer output's spatial size."""
+    b, y, xx, ch = point
+    depthwise = layer.depthwise_kernel.numpy()
+    pointwise = layer.pointwise_kernel.numpy()
+    args = (tuple(layer.strides), tuple(layer.dilation_rate), layer.padding)
+    middle = [
+        sum(t[4] for t in depthwise_taps(x, out, (b, y, xx, c), depthwise, *args)[0])
+        for c in range(pointwise.shape[2])
+    ]
+    scores = [middle[c] * float(pointwise[0, 0, c, ch]) for c in range(len(middle))]
+    moved = []
+    for c in keep_channels(scores, k, mass, max_k):
+        moved += depthwise_point(x, out, (b, y, xx, c), depthwise, *args, k, mass, max_k, shift)
+    return moved
+
+
+def transpose_point(layer, x, out, point, k, mass, max_k, shift):
+    """Input i feeds output i * s - pad + t * d: the candidates of an output position."""
+    b, y, xx, ch = point
+    kernel = layer.kernel.numpy()  # [kh, kw, filters, C_in]
+    kh, kw, _, channels = kernel.shape
+    (sh, sw), (dh, dw) = layer.strides, layer.dilation_rate
+    h, w = x.shape[1:3]
+    top = same_before(out.shape[1], h, kh, sh, dh) if layer.padding == "same" else 0
+    left = same_before(out.shape[2], w, kw, sw, dw) if layer.padding == "same" else 0
+    candidates = []
+    for i in range(kh):
+        for j in range(kw):
+            ny, nx = y + top - i * dh, xx + left - j * dw
+            if ny % sh or nx % sw or not (0 <= ny // sh < h and 0 <= nx // sw < w):
+                continue
+            candidates.append((i, j, ny // sh, nx // sw))
+    if not candidates:
+        return []
+    scores = [
+        sum(float(x[b, iy, ix, c]) * float(kernel[i, j, ch, c]) for i, j, iy, ix in candidates)
+        for c in range(channels)
+    ]
+    full = shift == "full" or (shift == "partial" and max(dh, dw) == 1)
+    moved = []
+    for c in keep_channels(scores, k, mass, max_k):
+        if full:
+            best = max(
+                candidates,
+                key=lambda t: float(x[b, t[2], t[3], c]) * float(kernel[t[0], t[1], ch, c]),
+            )
+        else:
+            best = min(
+                candidates, key=lambda t: (t[0] - (kh - 1) // 2) ** 2 + (t[1] - (kw - 1) // 2) ** 2
+            )
+        moved.append((0, (b, best[2], best[3], c)))
+    return moved
+
+
+def broadcast_value(tensor, point):
+    b, y, xx, ch = point
+    if tensor.ndim == 2:
+        return float(tensor[b, min(ch, tensor.shape[1] - 1)])
+    return float(
+        tensor[
+            b,
+            min(y, tensor.shape[1] - 1),
+            min(xx, tensor.shape[2] - 1),
+            min(ch, tensor.shape[3] - 1),
+        ]
+    )
+
+
+def merge_point(layer, inputs, out, point):
+    """The input a merge routes the point to: larger value (sum, average, maximum, product
+    among full-size factors), smaller (minimum), larger contribution (a - b)."""
+    values = [broadcast_value(t, point) for t in inputs]
+    if isinstance(layer, keras.layers.Minimum):
+        values = [-v for v in values]
+    if isinstance(layer, keras.layers.Subtract):
+        values = [values[0], -values[1]]
+    full = [t.shape[1:] == out.shape[1:] for t in inputs]
+    if not any(full):
+        full = [True] * len(inputs)
+    best = max((v, -i) for i, v in enumerate(values) if full[i])
+    return [(-best[1], point)]
+
+
 def pool_point(layer, x, out, point):
     b, y, xx, ch = point
     if isinstance(layer, CaffePooling2D):
@@ -120,6 +242,42 @@ def move(layer, inputs, out, point, k, mass, max_k, shift, dense_rule):
     x = inputs[0]
     if isinstance(layer, PASS):
         return [(0, point)]
+    if isinstance(layer, keras.layers.Conv2DTranspose):
+        return transpose_point(layer, x, out, point, k, mass, max_k, shift)
+    if isinstance(layer, keras.layers.DepthwiseConv2D):
+        args = (tuple(layer.strides), tuple(layer.dilation_rate), layer.padding)
+        return depthwise_point(x, out, point, layer.kernel.numpy(), *args, k, mass, max_k, shift)
+    if isinstance(layer, keras.layers.SeparableConv2D):
+        return separable_point(layer, x, out, point, k, mass, max_k, shift)
+    if isinstance(layer, keras.layers.ZeroPadding2D):
+        (top, _), (left, _) = layer.padding
+        yy = min(max(y - top, 0), x.shape[1] - 1)
+        xj = min(max(xx - left, 0), x.shape[2] - 1)
+        return [(0, (b, yy, xj, ch))]
+    if isinstance(layer, keras.layers.Cropping2D):
+        (top, _), (left, _) = layer.cropping
+        return [(0, (b, y + top, xx + left, ch))]
+    if isinstance(layer, keras.layers.Permute):
+        where = [0, 0, 0]
+        for axis, value in enumerate((y, xx, ch)):
+            where[layer.dims[axis] - 1] = value
+        return [(0, (b, *where))]
+    if isinstance(layer, keras.layers.Reshape):
+        flat = ch if out.ndim == 2 else int(np.ravel_multi_index((y, xx, ch), out.shape[1:]))
+        if x.ndim == 2:
+            return [(0, (b, 0, 0, flat))]
+        return [(0, (b, *(int(v) for v in np.unravel_index(flat, x.shape[1:]))))]
+    if isinstance(
+        layer,
+        (
+            keras.layers.Multiply,
+            keras.layers.Subtract,
+            keras.layers.Average,
+            keras.layers.Maximum,
+            keras.layers.Minimum,
+        ),
+    ):
+        return merge_point(layer, inputs, out, point)
     if isinstance(layer, keras.layers.Conv2D):
         return conv_point(layer, x, out, point, k, mass, max_k, shift)
     if isinstance(layer, keras.layers.Dense):

@@ -66,9 +66,10 @@ def _sample_axis(scores, size, scale, offset, axis):
     shape = [1, 1, 1, 1]
     shape[axis] = -1
     weight = tf.reshape(weight, shape)
-    return tf.gather(scores, low, axis=axis) * (1.0 - weight) + tf.gather(
-        scores, high, axis=axis
-    ) * weight
+    return (
+        tf.gather(scores, low, axis=axis) * (1.0 - weight)
+        + tf.gather(scores, high, axis=axis) * weight
+    )
 
 
 def scores_at_size(scores, height, width, geometry=DEEPLAB_GEOMETRY):

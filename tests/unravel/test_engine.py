@@ -8,7 +8,12 @@ import tensorflow as tf
 from tests.unravel_reference import naive_unravel
 from tf_segunravel.models import deeplab_largefov
 from tf_segunravel.models.layers import CaffePooling2D
-from tf_segunravel.unravel import FixationSettings, SegUnravel, UntraceableLayerError
+from tf_segunravel.unravel import (
+    FixationSettings,
+    SegUnravel,
+    UntraceableLayerError,
+    register_rule,
+)
 
 L = keras.layers
 
@@ -164,6 +169,107 @@ def test_largefov(shift):
     assert sum(got.values()) == 5 * 6  # every seed reaches the image: 35x30 -> 5x6 scores
 
 
+def chain(*layers, shape=(None, None, 3), classes=3):
+    """A model of `layers` in sequence ending in a 1x1 score convolution."""
+    inp = keras.Input(shape)
+    x = inp
+    for layer in layers:
+        x = layer(x)
+    return keras.Model(inp, L.Conv2D(classes, 1, name="score")(x))
+
+
+def relu_conv(filters=4, kernel=3, **kwargs):
+    return L.Conv2D(filters, kernel, padding="same", activation="relu", **kwargs)
+
+
+NEW_KINDS = {
+    "depthwise x2": lambda: chain(
+        relu_conv(), L.DepthwiseConv2D(3, depth_multiplier=2, padding="same"), L.ReLU()
+    ),
+    "depthwise stride 2": lambda: chain(relu_conv(), L.DepthwiseConv2D(3, strides=2)),
+    "depthwise dilated": lambda: chain(
+        relu_conv(), L.DepthwiseConv2D(3, dilation_rate=2, padding="same")
+    ),
+    "separable": lambda: chain(
+        relu_conv(), L.SeparableConv2D(5, 3, padding="same", depth_multiplier=2)
+    ),
+    "separable stride 2": lambda: chain(relu_conv(), L.SeparableConv2D(5, 3, strides=2)),
+    "transpose stride 2": lambda: chain(
+        relu_conv(), L.Conv2DTranspose(4, 3, strides=2, padding="same")
+    ),
+    "transpose 4x4 valid": lambda: chain(relu_conv(), L.Conv2DTranspose(4, 4, strides=2)),
+    # (A dilated Conv2DTranspose does not run on TensorFlow's CPU kernels; its rule is the
+    # same code path with d > 1 in the tap offsets.)
+    "transpose with holes": lambda: chain(relu_conv(), L.Conv2DTranspose(4, 2, strides=3)),
+    "zero padding": lambda: chain(L.ZeroPadding2D(((1, 2), (3, 0))), L.Conv2D(4, 3)),
+    "cropping": lambda: chain(relu_conv(), L.Cropping2D(((1, 0), (2, 1)))),
+    "permute spatial": lambda: chain(relu_conv(), L.Permute((2, 1, 3))),
+    "permute all": lambda: chain(relu_conv(), L.Permute((3, 2, 1)), shape=(9, 7, 3)),
+    "global pool keepdims": lambda: chain(relu_conv(), L.GlobalAveragePooling2D(keepdims=True)),
+    "activation": lambda: chain(relu_conv(), L.Activation("relu6"), relu_conv()),
+}
+
+
+@pytest.mark.parametrize("kind", NEW_KINDS)
+# mass 0.5 is exact in binary: the engine (float32) and the reference (float64) agree on
+# which running sum reaches it.
+@pytest.mark.parametrize("options", [{}, {"shift": "full", "k": 2}, {"shift": "none", "mass": 0.5}])
+def test_new_layer_kinds(kind, options):
+    model = NEW_KINDS[kind]()
+    shape = (2, 9, 7, 3) if kind == "permute all" else (2, 11, 13, 3)
+    check(model, images(shape=shape), **options)
+
+
+def merge_model(kind):
+    inp = keras.Input((None, None, 3))
+    a = relu_conv(name="a")(inp)
+    b = L.Conv2D(4, 3, padding="same", name="b")(inp)
+    if kind == "squeeze-excite":
+        gate = L.GlobalAveragePooling2D()(a)
+        gate = L.Dense(4, activation="sigmoid")(gate)
+        gate = L.Reshape((1, 1, 4))(gate)
+        x = L.Multiply()([a, gate])
+    elif kind == "gate with keepdims":
+        gate = L.GlobalMaxPooling2D(keepdims=True)(a)
+        x = L.Multiply()([gate, b])
+    else:
+        layer = {
+            "multiply": L.Multiply,
+            "subtract": L.Subtract,
+            "average": L.Average,
+            "maximum": L.Maximum,
+            "minimum": L.Minimum,
+        }[kind]
+        x = layer()([a, b])
+    return keras.Model(inp, L.Conv2D(3, 1)(x))
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "multiply",
+        "subtract",
+        "average",
+        "maximum",
+        "minimum",
+        "squeeze-excite",
+        "gate with keepdims",
+    ],
+)
+def test_merges(kind):
+    got = check(merge_model(kind), images())
+    assert sum(got.values()) == 2 * 19 * 23  # every seed reaches the image
+
+
+def test_broadcast_gates_keep_points_on_the_map():
+    model = integer_weights(merge_model("squeeze-excite"))
+    result = SegUnravel(model, keep_flow=True)(images())
+    arrivals = {step.layer: step for step in result.flow}
+    assert result.counts.sum() == result.seeds.sum()  # nothing went into the gate
+    assert all(step.layer not in ("global_average_pooling2d",) for step in result.flow)
+    assert arrivals["a"].counts.sum() == result.seeds.sum()
+
+
 def test_counts_sum_to_seeds_and_points_are_sorted():
     model = integer_weights(conv_model(3, 2, 1, "same"))
     result = SegUnravel(model)(images())
@@ -271,11 +377,51 @@ def test_layouts_the_rules_do_not_follow_are_refused(layer, reason):
         SegUnravel(keras.Model(inp, L.Conv2D(3, 1)(x)))
 
 
-def test_untraceable_layer_is_named():
+class Doubler(L.Layer):
+    """A custom layer no built-in rule knows."""
+
+    def call(self, x):
+        return 2.0 * x
+
+
+def doubler_model():
     inp = keras.Input((None, None, 3))
-    x = L.Conv2DTranspose(4, 3, padding="same", name="deconv")(inp)
-    with pytest.raises(UntraceableLayerError, match="'deconv' \\(Conv2DTranspose\\)"):
-        SegUnravel(keras.Model(inp, L.Conv2D(3, 1)(x)))
+    x = L.Conv2D(4, 3, padding="same", name="conv")(inp)
+    x = Doubler(name="double")(x)
+    return keras.Model(inp, L.Conv2D(3, 1, name="score")(x))
+
+
+def test_untraceable_layer_is_named_and_points_to_register_rule():
+    with pytest.raises(UntraceableLayerError, match=r"'double' \(Doubler\).*register_rule"):
+        SegUnravel(doubler_model())
+
+
+def test_register_rule_traces_a_custom_layer():
+    from tf_segunravel.unravel import rules
+
+    calls = []
+
+    def per_element(layer, x, output, points, settings):
+        calls.append(layer.name)
+        return [points]
+
+    model = integer_weights(doubler_model())
+    before = list(rules._registered)
+    try:
+        register_rule(Doubler, per_element)
+        result = SegUnravel(model)(images())
+    finally:
+        rules._registered[:] = before
+    assert calls == ["double"]
+    # Doubling changes no choice, so the trace equals the model without the layer.
+    inp = keras.Input((None, None, 3))
+    plain = keras.Model(inp, L.Conv2D(3, 1)(L.Conv2D(4, 3, padding="same")(inp)))
+    plain.set_weights(model.get_weights())
+    want = SegUnravel(plain)(images())
+    np.testing.assert_array_equal(result.points, want.points)
+    np.testing.assert_array_equal(result.counts, want.counts)
+    with pytest.raises(TypeError, match="callable"):
+        register_rule(Doubler, "not a rule")
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,7 @@
 """Segmentation unravel: GradientTape-free tracing of segmentation fixations."""
 
 from tf_segunravel.unravel.maps import fixation_maps, heatmaps
-from tf_segunravel.unravel.rules import UntraceableLayerError
+from tf_segunravel.unravel.rules import UntraceableLayerError, register_rule
 from tf_segunravel.unravel.settings import FixationSettings
 from tf_segunravel.unravel.tracer import (
     ChannelScores,
@@ -19,4 +19,5 @@ __all__ = [
     "UntraceableLayerError",
     "fixation_maps",
     "heatmaps",
+    "register_rule",
 ]

@@ -14,11 +14,18 @@ import keras
 
 @dataclasses.dataclass(frozen=True)
 class Step:
-    """One layer application: `layer(inputs) -> outputs`, tensors named by integer ids."""
+    """One layer or op application: `layer(inputs) -> outputs`, tensors named by integer ids.
 
-    layer: keras.layers.Layer
+    `layer` is a Keras layer or a Keras op (`x + 3.0` in a functional model is an op node);
+    `inputs` are the tensor arguments only, in call order. `arguments` and `keras_ids` replay
+    the call exactly, constants and keyword arguments included.
+    """
+
+    layer: object
     inputs: tuple
     outputs: tuple
+    arguments: object = None
+    keras_ids: tuple = ()
 
 
 def _functional(model):
@@ -64,15 +71,23 @@ def _flatten_into(model, alias, steps):
                     alias[id(outer)] = resolve(inner_output)
                 continue
             outputs = tuple(id(t) for t in node.outputs)
-            steps.append(Step(node.operation, inputs, outputs))
+            keras_ids = tuple(id(t) for t in node.input_tensors)
+            steps.append(Step(node.operation, inputs, outputs, node.arguments, keras_ids))
 
 
 def record(steps, input_id, images):
-    """Runs the steps on `images` (inference mode); returns {tensor id: value}."""
+    """Runs the steps on `images` (inference mode); returns {tensor id: value}.
+
+    Each node is called as Keras' own functional model calls it (`node.arguments` filled in
+    with the recorded values, `training=False` where the layer takes it).
+    """
     values = {input_id: images}
     for step in steps:
-        args = [values[i] for i in step.inputs]
-        result = step.layer(args[0] if len(args) == 1 else args, training=False)
+        filled = {k: values[i] for k, i in zip(step.keras_ids, step.inputs, strict=True)}
+        args, kwargs = step.arguments.fill_in(filled)
+        if "training" in getattr(step.layer, "_call_context_args", ()):
+            kwargs["training"] = False
+        result = step.layer(*args, **kwargs)
         results = result if isinstance(result, (list, tuple)) else [result]
         for key, value in zip(step.outputs, results, strict=True):
             values[key] = value

@@ -156,7 +156,7 @@ class SegUnravel:
         if len(outputs) != 1:
             raise ValueError(f"unravel needs a model with one score output, got {len(outputs)}")
         self.output_id = outputs[0]
-        self.rules = {id(step): rule_for(step.layer) for step in self.steps}
+        self.rules = {id(step): rule_for(step.layer, len(step.inputs)) for step in self.steps}
         self.num_classes = model.outputs[0].shape[-1]
         self._traced = tf.function(self.trace, reduce_retracing=True)
 

@@ -1,0 +1,116 @@
+"""What every unravel rule shares: points, channel choice, windows, the refusal error.
+
+A rule is called as `rule(layer, inputs, output, points, settings)`: `inputs` is the layer's
+recorded input tensor (a list of them for multi-input layers), `output` its recorded output,
+`points` the `Points` arriving at the output, `settings` the `FixationSettings`. It returns
+one `Points` per input, or a `Moved` that also carries the per-point channel scores of a
+layer that chooses channels (for the K analysis). docs/method.md section 2 states each rule.
+
+Every rule moves a batch of points in a handful of vectorised TensorFlow ops: gather every
+point's input window at once, score, pick. A point is (image b, seed class, y, x, channel,
+count); rank-2 tensors (Dense inputs) use y = x = 0. Ties go to the lowest index (row-major
+taps, then channel order), as numpy.argmax does.
+"""
+
+import typing
+
+import tensorflow as tf
+
+from tf_segunravel.grids import first_argmax
+
+
+class Points(typing.NamedTuple):
+    """Parallel int tensors [N]; `count` is int64 (paths multiply when K > 1)."""
+
+    b: tf.Tensor
+    cls: tf.Tensor
+    y: tf.Tensor
+    x: tf.Tensor
+    ch: tf.Tensor
+    count: tf.Tensor
+
+    def take(self, indices):
+        return Points(*(tf.gather(field, indices) for field in self))
+
+    def where(self, mask):
+        return Points(*(tf.boolean_mask(field, mask) for field in self))
+
+    def replace(self, **fields):
+        return self._replace(**fields)
+
+
+class Moved(typing.NamedTuple):
+    """What a channel-choosing rule returns: one `Points` per input, and the channel scores
+    [N, C_in] it chose from (row i for arriving point i)."""
+
+    points: list
+    channel_scores: tf.Tensor | None = None
+
+
+class UntraceableLayerError(ValueError):
+    """A layer type the unravel rules do not cover."""
+
+
+def pad_before(in_size, out_size, kernel, stride, dilation, padding):
+    """Leading padding of one axis: Keras/TF 'same' puts the smaller half first."""
+    if padding == "valid":
+        return tf.constant(0, tf.int32)
+    effective = (kernel - 1) * dilation + 1
+    total = tf.maximum((out_size - 1) * stride + effective - in_size, 0)
+    return total // 2
+
+
+def window_taps(points, in_h, in_w, kernel, stride, dilation, before):
+    """Tap coordinates [N, T] (row-major over the kernel) and which taps are inside."""
+    (kh, kw), (sh, sw), (dh, dw) = kernel, stride, dilation
+    ti = tf.repeat(tf.range(kh) * dh, kw)
+    tj = tf.tile(tf.range(kw) * dw, [kh])
+    ys = points.y[:, None] * sh - before[0] + ti[None, :]
+    xs = points.x[:, None] * sw - before[1] + tj[None, :]
+    inside = (ys >= 0) & (ys < in_h) & (xs >= 0) & (xs < in_w)
+    return ys, xs, inside
+
+
+def gather_pixels(tensor, b, ys, xs):
+    """tensor[b, ys, xs, :] for ys, xs [N, T] (clamped; callers mask what is outside)."""
+    ys = tf.clip_by_value(ys, 0, tf.shape(tensor)[1] - 1)
+    xs = tf.clip_by_value(xs, 0, tf.shape(tensor)[2] - 1)
+    bs = tf.broadcast_to(b[:, None], tf.shape(ys))
+    return tf.gather_nd(tensor, tf.stack([bs, ys, xs], axis=-1))
+
+
+def channels_to_reach(scores, fraction, cap=None):
+    """Per row of channel contributions [N, C], the fewest channels that, taken largest
+    first, reach `fraction` of the row's positive total ("mass" K, docs/method.md).
+
+    Returns (needed int32 [N], the channels largest first int32 [N, cap]). A row that never
+    reaches it (later negative contributions can pull the running sum back under) needs all
+    `cap` (default: every channel). Both the mass rule and the K analysis count with this.
+    """
+    channels = tf.shape(scores)[1]
+    cap = channels if cap is None else tf.minimum(cap, channels)
+    values, top = tf.math.top_k(scores, cap)  # stable: equal values keep channel order
+    total = tf.reduce_sum(tf.maximum(scores, 0.0), axis=1, keepdims=True)
+    reached = tf.cumsum(values, axis=1) >= fraction * total
+    first = tf.cast(first_argmax(tf.cast(reached, tf.int32)), tf.int32) + 1
+    return tf.where(tf.reduce_any(reached, axis=1), first, cap), top
+
+
+def select_channels(scores, settings, rule="topk"):
+    """Channels to keep per point from channel scores [N, C]: (parent index, channel) [M]."""
+    channels = tf.shape(scores)[1]
+    if rule == "positive":  # CNN-Fixations' FC rule; the best channel when none is positive
+        keep = (scores > 0) | (
+            tf.one_hot(first_argmax(scores), channels, on_value=True, off_value=False)
+        )
+        where = tf.cast(tf.where(keep), tf.int32)
+        return where[:, 0], where[:, 1]
+    if settings.mass is None:
+        k = tf.minimum(settings.k, channels)
+        _, top = tf.math.top_k(scores, k)  # stable: equal values keep channel order
+        parents = tf.repeat(tf.range(tf.shape(scores)[0]), k)
+        return parents, tf.reshape(top, [-1])
+    needed, top = channels_to_reach(scores, settings.mass, settings.max_k)
+    keep = tf.range(tf.shape(top)[1])[None, :] < needed[:, None]
+    where = tf.cast(tf.where(keep), tf.int32)
+    return where[:, 0], tf.gather_nd(top, where)

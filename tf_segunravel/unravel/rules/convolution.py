@@ -1,0 +1,209 @@
+"""Rules for layers that weigh input channels: convolutions of every kind, and Dense."""
+
+import tensorflow as tf
+
+from tf_segunravel.grids import first_argmax
+from tf_segunravel.unravel.rules.base import (
+    Moved,
+    gather_pixels,
+    pad_before,
+    select_channels,
+    window_taps,
+)
+
+
+def _before(x, output, kernel, strides, dilation, padding):
+    """Leading padding (top, left) of a window layer from its recorded sizes."""
+    return [
+        pad_before(
+            tf.shape(x)[a],
+            tf.shape(output)[a],
+            kernel[a - 1],
+            strides[a - 1],
+            dilation[a - 1],
+            padding,
+        )
+        for a in (1, 2)
+    ]
+
+
+def _full_shift(settings, dilation):
+    """Full shift where the rule's shift setting asks for it (partial: undilated only)."""
+    return settings.shift == "full" or (settings.shift == "partial" and max(dilation) == 1)
+
+
+def convolve(x, output, points, settings, kernel, strides, dilation, padding, groups=1):
+    """The convolution rule on a kernel [kh, kw, C_in / groups, filters]: top-K input
+    channels by summed contribution, then the position by the shift setting."""
+    kernel = tf.cast(kernel, x.dtype)
+    kh, kw, group_in, filters = kernel.shape
+    before = _before(x, output, (kh, kw), strides, dilation, padding)
+    ys, xs, inside = window_taps(
+        points, tf.shape(x)[1], tf.shape(x)[2], (kh, kw), strides, dilation, before
+    )
+    window = gather_pixels(x, points.b, ys, xs) * tf.cast(inside, x.dtype)[..., None]
+    in_channels = tf.range(group_in)[None, :]
+    if groups > 1:
+        in_channels += (points.ch // (filters // groups))[:, None] * group_in
+        window = tf.gather(window, in_channels, axis=2, batch_dims=1)
+    weights = tf.gather(tf.reshape(kernel, [kh * kw, group_in, filters]), points.ch, axis=2)
+    contributions = window * tf.transpose(weights, [2, 0, 1])  # [N, T, C_in]
+    channel_scores = tf.reduce_sum(contributions, axis=1)
+    parents, channels = select_channels(channel_scores, settings)
+
+    if _full_shift(settings, dilation):
+        per_tap = tf.gather(
+            tf.gather(contributions, parents), channels[:, None], axis=2, batch_dims=1
+        )[..., 0]  # [M, T]
+        per_tap = tf.where(tf.gather(inside, parents), per_tap, float("-inf"))
+        tap = first_argmax(per_tap)
+    else:  # the kernel centre
+        tap = tf.fill(tf.shape(parents), ((kh - 1) // 2) * kw + (kw - 1) // 2)
+    taps = tf.stack([parents, tap], axis=-1)
+    in_channel = tf.gather_nd(
+        tf.broadcast_to(in_channels, [tf.shape(ys)[0], group_in]), tf.stack([parents, channels], -1)
+    )
+    moved = points.take(parents).replace(
+        y=tf.gather_nd(ys, taps), x=tf.gather_nd(xs, taps), ch=in_channel
+    )
+    return Moved([moved], channel_scores)
+
+
+def conv_rule(layer, x, output, points, settings):
+    """Conv2D (any kernel, stride, dilation, padding, groups) and 1x1 convolutions."""
+    return convolve(
+        x,
+        output,
+        points,
+        settings,
+        layer.kernel,
+        layer.strides,
+        layer.dilation_rate,
+        layer.padding,
+        getattr(layer, "groups", 1),
+    )
+
+
+def depthwise(x, output, points, settings, kernel, strides, dilation, padding):
+    """The depthwise rule on a kernel [kh, kw, C_in, multiplier]: output channel o reads
+    input channel o // multiplier only, so there is no channel to choose; K applies to the
+    taps (full shift: the top-K taps by contribution, each child keeping its parent's
+    count; no shift: the centre)."""
+    kernel = tf.cast(kernel, x.dtype)
+    kh, kw, channels, multiplier = kernel.shape
+    before = _before(x, output, (kh, kw), strides, dilation, padding)
+    ys, xs, inside = window_taps(
+        points, tf.shape(x)[1], tf.shape(x)[2], (kh, kw), strides, dilation, before
+    )
+    in_channel = points.ch // multiplier
+    window = gather_pixels(x, points.b, ys, xs)  # [N, T, C]
+    values = tf.gather(window, in_channel[:, None], axis=2, batch_dims=1)[..., 0]  # [N, T]
+    weights = tf.gather(tf.reshape(kernel, [kh * kw, channels * multiplier]), points.ch, axis=1)
+    contributions = values * tf.transpose(weights)  # [N, T]
+    if _full_shift(settings, dilation):
+        # Taps outside the input score below every inside tap, so they are picked last.
+        lowest = tf.reduce_min(contributions) - 1.0
+        scores = tf.where(inside, contributions, lowest)
+        parents, tap = select_channels(scores, settings)
+        keep = tf.gather_nd(inside, tf.stack([parents, tap], axis=-1))
+        parents, tap = tf.boolean_mask(parents, keep), tf.boolean_mask(tap, keep)
+    else:
+        parents = tf.range(tf.shape(points.b)[0])
+        tap = tf.fill(tf.shape(parents), ((kh - 1) // 2) * kw + (kw - 1) // 2)
+    taps = tf.stack([parents, tap], axis=-1)
+    moved = points.take(parents).replace(
+        y=tf.gather_nd(ys, taps), x=tf.gather_nd(xs, taps), ch=tf.gather(in_channel, parents)
+    )
+    return Moved([moved])
+
+
+def depthwise_rule(layer, x, output, points, settings):
+    """DepthwiseConv2D, with any depth multiplier."""
+    return depthwise(
+        x,
+        output,
+        points,
+        settings,
+        layer.kernel,
+        layer.strides,
+        layer.dilation_rate,
+        layer.padding,
+    )
+
+
+def separable_rule(layer, x, output, points, settings):
+    """SeparableConv2D, traced as its two steps: the pointwise 1x1 convolution (top-K
+    channels of the depthwise output), then the depthwise step to the input. The depthwise
+    output is not a tensor of the graph, so it is computed here from the recorded input."""
+    strides, dilation = tuple(layer.strides), tuple(layer.dilation_rate)
+    middle = tf.nn.depthwise_conv2d(
+        x,
+        tf.cast(layer.depthwise_kernel, x.dtype),
+        strides=(1, *strides, 1),
+        padding=layer.padding.upper(),
+        dilations=dilation,
+    )
+    pointwise = convolve(
+        middle, output, points, settings, layer.pointwise_kernel, (1, 1), (1, 1), "valid"
+    )
+    (between,) = pointwise.points
+    moved = depthwise(
+        x, middle, between, settings, layer.depthwise_kernel, strides, dilation, layer.padding
+    )
+    return Moved(moved.points, pointwise.channel_scores)
+
+
+def transpose_rule(layer, x, output, points, settings):
+    """Conv2DTranspose: input position i feeds output i s - p + t d for each tap t, so an
+    output point's candidates are the taps t with (o + p - t d) / s a whole position inside
+    the input. Top-K input channels by summed contribution; position by the shift setting
+    (no shift: the candidate tap nearest the kernel centre)."""
+    kernel = tf.cast(layer.kernel, x.dtype)  # [kh, kw, filters, C_in]
+    kh, kw, _, in_channels = kernel.shape
+    (sh, sw), (dh, dw) = layer.strides, layer.dilation_rate
+    in_h, in_w = tf.shape(x)[1], tf.shape(x)[2]
+    # The forward convolution from the output's grid to the input's has this padding.
+    top = pad_before(tf.shape(output)[1], in_h, kh, sh, dh, layer.padding)
+    left = pad_before(tf.shape(output)[2], in_w, kw, sw, dw, layer.padding)
+    ty = tf.repeat(tf.range(kh), kw)
+    tx = tf.tile(tf.range(kw), [kh])
+    num_y = points.y[:, None] + top - ty[None, :] * dh
+    num_x = points.x[:, None] + left - tx[None, :] * dw
+    ys, xs = num_y // sh, num_x // sw
+    inside = (
+        (num_y % sh == 0) & (num_x % sw == 0) & (ys >= 0) & (ys < in_h) & (xs >= 0) & (xs < in_w)
+    )
+    window = gather_pixels(x, points.b, ys, xs) * tf.cast(inside, x.dtype)[..., None]
+    weights = tf.gather(tf.reshape(kernel, [kh * kw, -1, in_channels]), points.ch, axis=1)
+    contributions = window * tf.transpose(weights, [1, 0, 2])  # [N, T, C_in]
+    channel_scores = tf.reduce_sum(contributions, axis=1)
+    has_input = tf.reduce_any(inside, axis=1)  # a stride beyond the kernel leaves holes
+    parents, channels = select_channels(channel_scores, settings)
+    keep = tf.gather(has_input, parents)
+    parents, channels = tf.boolean_mask(parents, keep), tf.boolean_mask(channels, keep)
+    if _full_shift(settings, layer.dilation_rate):
+        per_tap = tf.gather(
+            tf.gather(contributions, parents), channels[:, None], axis=2, batch_dims=1
+        )[..., 0]
+        per_tap = tf.where(tf.gather(inside, parents), per_tap, float("-inf"))
+    else:  # the candidate nearest the kernel centre
+        centre = tf.cast((ty - (kh - 1) // 2) ** 2 + (tx - (kw - 1) // 2) ** 2, tf.float32)
+        per_tap = tf.where(tf.gather(inside, parents), -centre[None, :], float("-inf"))
+    tap = first_argmax(per_tap)
+    taps = tf.stack([parents, tap], axis=-1)
+    moved = points.take(parents).replace(
+        y=tf.gather_nd(ys, taps), x=tf.gather_nd(xs, taps), ch=channels
+    )
+    return Moved([moved], channel_scores)
+
+
+def dense_rule(layer, x, output, points, settings):
+    """Dense on a vector (top-K or positive contributions); per position like a 1x1 conv."""
+    kernel = tf.cast(layer.kernel, x.dtype)
+    if len(x.shape) == 4:
+        window = gather_pixels(x, points.b, points.y[:, None], points.x[:, None])[:, 0]
+    else:
+        window = tf.gather(x, points.b)
+    contributions = window * tf.transpose(tf.gather(kernel, points.ch, axis=1))
+    parents, channels = select_channels(contributions, settings, settings.dense_rule)
+    return Moved([points.take(parents).replace(ch=channels)], contributions)

@@ -1,0 +1,85 @@
+"""Rules for layers that combine several inputs element by element, or by channel."""
+
+import tensorflow as tf
+
+from tf_segunravel.grids import first_argmax
+from tf_segunravel.unravel.rules.base import UntraceableLayerError
+
+
+def value_at(tensor, points):
+    """tensor's value at each point, broadcasting as the merge did: a size-1 axis (a
+    [B, 1, 1, C] gate, a single channel) is read at 0; a [B, C] vector at (b, channel)."""
+    if len(tensor.shape) == 2:
+        index = [points.b, tf.minimum(points.ch, tf.shape(tensor)[1] - 1)]
+    else:
+        shape = tf.shape(tensor)
+        index = [
+            points.b,
+            tf.minimum(points.y, shape[1] - 1),
+            tf.minimum(points.x, shape[2] - 1),
+            tf.minimum(points.ch, shape[3] - 1),
+        ]
+    return tf.gather_nd(tensor, tf.stack(index, axis=-1))
+
+
+def _route(points, inputs, scores, eligible=None):
+    """Each point to the input with the highest score there (lowest index on ties), among
+    the `eligible` inputs (default: all)."""
+    scores = tf.stack(scores, axis=-1)
+    if eligible is not None:
+        scores = tf.where(tf.constant(eligible)[None, :], scores, float("-inf"))
+    winner = first_argmax(scores)
+    return [points.where(tf.equal(winner, i)) for i in range(len(inputs))]
+
+
+def add_rule(layer, inputs, output, points, settings):
+    """Element-wise sum, average or maximum: each point goes to the input with the larger
+    value there."""
+    return _route(points, inputs, [value_at(t, points) for t in inputs], _full(inputs, output))
+
+
+def minimum_rule(layer, inputs, output, points, settings):
+    """Element-wise minimum: each point goes to the input that gave the minimum."""
+    return _route(points, inputs, [-value_at(t, points) for t in inputs], _full(inputs, output))
+
+
+def subtract_rule(layer, inputs, output, points, settings):
+    """a - b: each point goes to the operand with the larger contribution, a or -b."""
+    first, second = inputs
+    scores = [value_at(first, points), -value_at(second, points)]
+    return _route(points, inputs, scores, _full(inputs, output))
+
+
+def multiply_rule(layer, inputs, output, points, settings):
+    """Element-wise product. A broadcast factor (a squeeze-and-excite gate [B, 1, 1, C], a
+    vector) scales the map but holds no position, so the point stays on the full-size
+    input(s); among those, it goes to the larger factor there."""
+    return _route(points, inputs, [value_at(t, points) for t in inputs], _full(inputs, output))
+
+
+def _full(inputs, output):
+    """Which inputs have the output's shape (the others are broadcast); all when none has."""
+    full = [t.shape[1:] == output.shape[1:] and len(t.shape) == len(output.shape) for t in inputs]
+    return full if any(full) else [True] * len(inputs)
+
+
+def scaled_sum_rule(layer, inputs, output, points, settings):
+    """inputs[0] + scale * inputs[1] (InceptionResNetV2's CustomScaleLayer): each point goes
+    to the larger of the two contributions there."""
+    scale = float(layer.scale)
+    scores = [value_at(inputs[0], points), scale * value_at(inputs[1], points)]
+    return _route(points, inputs, scores)
+
+
+def concatenate_rule(layer, inputs, output, points, settings):
+    """Channel concatenation: each point goes to the input that owns its channel."""
+    axis = layer.axis if layer.axis >= 0 else len(inputs[0].shape) + layer.axis
+    if axis != len(inputs[0].shape) - 1:
+        raise UntraceableLayerError(f"layer {layer.name!r}: Concatenate on axis {layer.axis}")
+    routed, offset = [], 0
+    for tensor in inputs:
+        size = tensor.shape[-1]
+        mask = (points.ch >= offset) & (points.ch < offset + size)
+        routed.append(points.where(mask).replace(ch=tf.boolean_mask(points.ch, mask) - offset))
+        offset += size
+    return routed

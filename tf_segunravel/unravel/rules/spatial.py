@@ -1,0 +1,130 @@
+"""Rules for layers that move positions: pooling, resizing, padding, cropping, reshaping."""
+
+import tensorflow as tf
+
+from tf_segunravel.grids import first_argmax
+from tf_segunravel.models.layers import CaffePooling2D
+from tf_segunravel.unravel.rules.base import (
+    UntraceableLayerError,
+    gather_pixels,
+    pad_before,
+    window_taps,
+)
+
+
+def pooling_rule(layer, x, output, points, settings):
+    """Max or average pooling: the largest input of the same channel in the window."""
+    kernel, stride = layer.pool_size, layer.strides
+    if isinstance(layer, CaffePooling2D):
+        kernel, stride = (kernel, kernel), (stride, stride)
+        before = [tf.constant(layer.padding), tf.constant(layer.padding)]
+    else:
+        before = [
+            pad_before(
+                tf.shape(x)[a], tf.shape(output)[a], kernel[a - 1], stride[a - 1], 1, layer.padding
+            )
+            for a in (1, 2)
+        ]
+    ys, xs, inside = window_taps(
+        points, tf.shape(x)[1], tf.shape(x)[2], kernel, stride, (1, 1), before
+    )
+    pixels = gather_pixels(x, points.b, ys, xs)  # [N, T, C]
+    values = tf.gather(pixels, points.ch[:, None], axis=2, batch_dims=1)[..., 0]
+    tap = first_argmax(tf.where(inside, values, float("-inf")))
+    taps = tf.stack([tf.range(tf.shape(tap)[0]), tap], axis=-1)
+    return [points.replace(y=tf.gather_nd(ys, taps), x=tf.gather_nd(xs, taps))]
+
+
+def global_pooling_rule(layer, x, output, points, settings):
+    """Global max/average pooling (keepdims or not): the largest value of the channel over
+    the whole map."""
+    width = tf.shape(x)[2]
+    planes = tf.reshape(tf.transpose(x, [0, 3, 1, 2]), [tf.shape(x)[0], tf.shape(x)[3], -1])
+    plane = tf.gather_nd(planes, tf.stack([points.b, points.ch], axis=-1))  # [N, H * W]
+    flat = first_argmax(plane)
+    return [points.replace(y=flat // width, x=flat % width)]
+
+
+def flatten_rule(layer, x, output, points, settings):
+    """Flatten of [B, H, W, C]: the output index unravels to (y, x, channel)."""
+    _, _, width, channels = x.shape
+    return [
+        points.replace(
+            y=points.ch // (width * channels),
+            x=(points.ch // channels) % width,
+            ch=points.ch % channels,
+        )
+    ]
+
+
+def _element_index(points, tensor):
+    """Row-major index of each point's element in one example of `tensor` (rank 2 or 4)."""
+    if len(tensor.shape) == 2:
+        return points.ch
+    shape = tf.shape(tensor)
+    return (points.y * shape[2] + points.x) * shape[3] + points.ch
+
+
+def reshape_rule(layer, x, output, points, settings):
+    """Reshape between [B, C] and [B, H, W, C] shapes: the element keeps its row-major
+    index, unravelled in the input's shape."""
+    for tensor in (x, output):
+        if len(tensor.shape) not in (2, 4):
+            raise UntraceableLayerError(
+                f"unravel cannot trace layer {layer.name!r} (Reshape): a rank-"
+                f"{len(tensor.shape)} tensor has no (y, x, channel) layout"
+            )
+    index = _element_index(points, output)
+    if len(x.shape) == 2:
+        return [points.replace(y=tf.zeros_like(index), x=tf.zeros_like(index), ch=index)]
+    shape = tf.shape(x)
+    return [
+        points.replace(
+            y=index // (shape[2] * shape[3]), x=(index // shape[3]) % shape[2], ch=index % shape[3]
+        )
+    ]
+
+
+def permute_rule(layer, x, output, points, settings):
+    """Permute of a [B, H, W, C] tensor: output axis k is input axis dims[k], so a point's
+    coordinates are put back in the input's order."""
+    if len(x.shape) != 4:
+        raise UntraceableLayerError(
+            f"unravel cannot trace layer {layer.name!r} (Permute): rank-{len(x.shape)} input"
+        )
+    coordinates = [None, None, None]
+    for output_axis, field in enumerate((points.y, points.x, points.ch)):
+        coordinates[layer.dims[output_axis] - 1] = field
+    y, x_, ch = coordinates
+    return [points.replace(y=y, x=x_, ch=ch)]
+
+
+def resize_rule(layer, x, output, points, settings):
+    """Resizing / UpSampling2D: coordinates scaled to the input's grid."""
+
+    def scale(position, axis):
+        size_in, size_out = tf.shape(x)[axis], tf.shape(output)[axis]
+        ratio = tf.cast(size_in, tf.float32) / tf.cast(size_out, tf.float32)
+        mapped = tf.cast(tf.floor((tf.cast(position, tf.float32) + 0.5) * ratio), tf.int32)
+        return tf.minimum(mapped, size_in - 1)
+
+    return [points.replace(y=scale(points.y, 1), x=scale(points.x, 2))]
+
+
+def zero_padding_rule(layer, x, output, points, settings):
+    """ZeroPadding2D: positions shift back by the leading padding. A point on the padding has
+    no input of its own; it moves to the nearest input position (our choice: the layer after
+    the padding never learns from the zeros, and a dropped point would lose its paths)."""
+    (top, _), (left, _) = layer.padding
+    return [
+        points.replace(
+            y=tf.clip_by_value(points.y - top, 0, tf.shape(x)[1] - 1),
+            x=tf.clip_by_value(points.x - left, 0, tf.shape(x)[2] - 1),
+        )
+    ]
+
+
+def cropping_rule(layer, x, output, points, settings):
+    """Cropping2D: positions shift forward by the leading crop."""
+    (top, _), (left, _) = layer.cropping
+    return [points.replace(y=points.y + top, x=points.x + left)]
