@@ -129,7 +129,9 @@ class UnravelResult(typing.NamedTuple):
 
 
 class SegUnravel:
-    """Segmentation fixations for any Keras functional CNN that maps images to scores.
+    """Segmentation fixations for a Keras functional or Sequential CNN that maps images to
+    scores, built from the layers in `unravel/rules/` (the README's coverage table lists the
+    keras.applications families traced) and any registered with `register_rule`.
 
         engine = SegUnravel(model, FixationSettings(k=3))   # or SegUnravel(model, k=3)
         result = engine(images)
