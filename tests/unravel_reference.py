@@ -21,6 +21,7 @@ PASS = (
     keras.layers.BatchNormalization,
     keras.layers.Rescaling,
     keras.layers.LayerNormalization,
+    keras.layers.Normalization,
     CaffePreprocess,
 )
 
