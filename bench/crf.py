@@ -9,8 +9,6 @@ on that softmax. Medians of --repeats; the ratio comes last. Needs the crf extra
 """
 
 import os
-import statistics
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -18,6 +16,7 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
+from bench.timing import median_seconds
 from tf_segunravel import crf
 from tf_segunravel.evaluation import full_resolution_scores
 from tf_segunravel.models import deeplab_largefov
@@ -27,16 +26,6 @@ flags.DEFINE_integer("classes", 21, "Classes.")
 flags.DEFINE_float("width", 1.0, "Network width.")
 flags.DEFINE_integer("repeats", 5, "Timed calls.")
 FLAGS = flags.FLAGS
-
-
-def median_seconds(fn, repeats):
-    fn()  # trace / warm up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main(_):

@@ -12,7 +12,6 @@ seeds. Peak resident memory of the process is printed before the ratios, which c
 
 import os
 import resource
-import statistics
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -21,6 +20,7 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
+from bench.timing import median_seconds
 from tests.unravel_reference import naive_unravel
 from tf_segunravel.models import deeplab_largefov
 from tf_segunravel.unravel import SegUnravel
@@ -30,16 +30,6 @@ flags.DEFINE_integer("repeats", 3, "Timed runs per figure (median).")
 flags.DEFINE_integer("naive_seeds", 12, "Seeds the naive loop is timed on (0: skip it).")
 flags.DEFINE_string("weights", None, "Optional converted LargeFOV .weights.h5.")
 FLAGS = flags.FLAGS
-
-
-def median_seconds(fn, repeats):
-    fn()  # trace / warm up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main(_):

@@ -13,8 +13,6 @@ last.
 """
 
 import os
-import statistics
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -23,6 +21,7 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
+from bench.timing import median_seconds
 from tf_segunravel.unravel import SegUnravel
 
 flags.DEFINE_integer("size", 224, "Square image side.")
@@ -104,16 +103,6 @@ def build(name, size):
     if name == "DeepLabV3+ (ResNet50)":
         return deeplabv3_plus(size)
     return APPLICATIONS[name](weights=None, input_shape=(size, size, 3))
-
-
-def median_seconds(fn, repeats):
-    fn()  # trace / warm up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def measure(name, size, repeats):

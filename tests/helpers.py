@@ -24,3 +24,20 @@ def run_tool(tool, *args, timeout=600, env=None):
 def last_line(text):
     lines = [line for line in text.strip().splitlines() if line.strip()]
     return lines[-1] if lines else ""
+
+
+def save_tiny_largefov(path, num_classes, seed=3):
+    """A width-1/16 LargeFOV with a random N(0, 1) score layer (so that several classes are
+    predicted), saved as `.keras` at `path`; returns the model."""
+    import keras
+    import numpy as np
+
+    from tf_segunravel.models import deeplab_largefov
+
+    keras.utils.set_random_seed(seed)
+    model = deeplab_largefov(num_classes=num_classes, width=1 / 16)
+    rng = np.random.default_rng(0)
+    fc8 = model.get_layer("fc8")
+    fc8.set_weights([rng.normal(0, 1, w.shape).astype(np.float32) for w in fc8.get_weights()])
+    model.save(path)
+    return model

@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.helpers import last_line, run_tool
+from tests.helpers import last_line, run_tool, save_tiny_largefov
 from tf_segunravel import crf
-from tf_segunravel.models import deeplab_largefov
 
 needs_crf = pytest.mark.skipif(not crf.available(), reason='the crf extra: pip install ".[crf]"')
 
@@ -98,13 +97,8 @@ def test_missing_extra_is_one_line(tmp_path, tool):
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    keras.utils.set_random_seed(3)
-    model = deeplab_largefov(num_classes=6, width=1 / 16)
-    rng = np.random.default_rng(0)
-    fc8 = model.get_layer("fc8")
-    fc8.set_weights([rng.normal(0, 1, w.shape).astype(np.float32) for w in fc8.get_weights()])
     path = tmp_path_factory.mktemp("model") / "tiny.keras"
-    model.save(path)
+    save_tiny_largefov(path, num_classes=6)
     return path
 
 

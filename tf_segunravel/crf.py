@@ -17,15 +17,11 @@ import numpy as np
 
 from tf_segunravel import settings
 from tf_segunravel.errors import InputError
-from tf_segunravel.settings import setting
+from tf_segunravel.settings import at_least_one, positive, setting
 
 # The smallest probability the unary sees: -log stays finite where the softmax underflows.
 PROBABILITY_FLOOR = 1e-8
 INSTALL_HINT = 'needs the crf extra: pip install -e ".[crf]"'
-
-
-def _positive(value):
-    return value > 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,26 +34,26 @@ class CRFSettings:
     bilateral_weight: float = setting(
         4.0,
         "CRF: bilateral (appearance) kernel weight.",
-        check=_positive,
+        check=positive,
         requirement="must be > 0",
     )
     bilateral_xy_std: float = setting(
         121.0,
         "CRF: bilateral kernel's spatial std (px).",
-        check=_positive,
+        check=positive,
         requirement="must be > 0",
     )
     bilateral_rgb_std: float = setting(
-        5.0, "CRF: bilateral kernel's colour std.", check=_positive, requirement="must be > 0"
+        5.0, "CRF: bilateral kernel's colour std.", check=positive, requirement="must be > 0"
     )
     gaussian_weight: float = setting(
-        3.0, "CRF: Gaussian (smoothness) kernel weight.", check=_positive, requirement="must be > 0"
+        3.0, "CRF: Gaussian (smoothness) kernel weight.", check=positive, requirement="must be > 0"
     )
     gaussian_xy_std: float = setting(
-        3.0, "CRF: Gaussian kernel's spatial std (px).", check=_positive, requirement="must be > 0"
+        3.0, "CRF: Gaussian kernel's spatial std (px).", check=positive, requirement="must be > 0"
     )
     iterations: int = setting(
-        10, "CRF: mean-field iterations.", check=lambda v: v >= 1, requirement="must be >= 1"
+        10, "CRF: mean-field iterations.", check=at_least_one, requirement="must be >= 1"
     )
 
     def __post_init__(self):

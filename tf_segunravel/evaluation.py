@@ -13,7 +13,7 @@ import tensorflow as tf
 
 from tf_segunravel.data.labels import IGNORE_LABEL
 from tf_segunravel.data.pipeline import eval_pipeline
-from tf_segunravel.grids import first_argmax, scores_at_size
+from tf_segunravel.grids import first_argmax
 
 
 def full_resolution_scores(network, images):
@@ -22,9 +22,7 @@ def full_resolution_scores(network, images):
     them (DeepLab's x8 aligned-corner rule for LargeFOV)."""
     from tf_segunravel.unravel.geometry import ScoreMap
 
-    height, width = tf.shape(images)[1], tf.shape(images)[2]
-    scores, geometry = ScoreMap(network)(images)
-    return scores_at_size(scores, height, width, geometry)
+    return ScoreMap(network).at_image_size(images)
 
 
 def predictions(network, examples, pad_size=513):

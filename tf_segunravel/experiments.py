@@ -21,7 +21,8 @@ import tensorflow as tf
 from tf_segunravel.atomic import save_atomically, write_json
 from tf_segunravel.data.labels import class_name
 from tf_segunravel.data.pipeline import MEAN_RGB
-from tf_segunravel.evaluation import evaluate, full_resolution_scores
+from tf_segunravel.evaluation import evaluate
+from tf_segunravel.unravel.geometry import ScoreMap
 from tf_segunravel.unravel.maps import fixation_maps
 from tf_segunravel.unravel.rules import channels_to_reach
 from tf_segunravel.unravel.settings import FixationSettings
@@ -159,9 +160,11 @@ def salient_parts(
     drops_out = {c: [] for c in range(num_classes)}
     mean = np.array(MEAN_RGB, np.float32)
 
+    # One graph for every masked image of a size (not a fresh graph walk per call).
+    softmax = tf.function(lambda x: tf.nn.softmax(ScoreMap(network).at_image_size(x)))
+
     def probabilities(image):
-        images = tf.constant(image[None], tf.float32)
-        return tf.nn.softmax(full_resolution_scores(network, images)[0]).numpy()
+        return softmax(tf.constant(image[None], tf.float32))[0].numpy()
 
     for image, _ in _examples(examples, max_images):
         height, width = image.shape[:2]

@@ -18,6 +18,7 @@ these few functions are the glue.
 
 import contextlib
 import dataclasses
+import numbers
 import os
 import types
 import typing
@@ -33,6 +34,28 @@ class Rule(typing.NamedTuple):
     fields: tuple
     test: typing.Callable
     message: str
+
+
+# Checks the settings classes share (value -> bool, never called with None).
+def positive(value):
+    return value > 0
+
+
+def non_negative(value):
+    return value >= 0
+
+
+def at_least_one(value):
+    return value >= 1
+
+
+def fraction(value):
+    """In [0, 1)."""
+    return 0 <= value < 1
+
+
+def positive_integer(value):
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1
 
 
 def setting(default=_MISSING, help="", *, choices=None, check=None, requirement="", **extra):

@@ -47,6 +47,9 @@ for _name in ("crf_search_weights", "crf_search_xy_stds", "crf_search_rgb_stds")
     flags.register_validator(
         _name, _positive_numbers, f"--{_name} must be a list of positive numbers"
     )
+# Flags generated from settings classes are declared by tf_segunravel.settings; list them
+# with the tool's own in --help.
+flags.adopt_module_key_flags(settings)
 FLAGS = flags.FLAGS
 
 

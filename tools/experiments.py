@@ -9,7 +9,7 @@ writes <name>.csv, <name>.json and <name>.png into --output_dir.
 
 from absl import flags
 
-from tf_segunravel import cli
+from tf_segunravel import cli, settings
 
 flags.DEFINE_enum(
     "experiment",
@@ -28,6 +28,9 @@ cli.define_fixation_flags(defaults={"sigma": 6.0})
 flags.adopt_module_key_flags(cli)  # so --help lists them with the tool's own
 flags.mark_flags_as_required(["model", "output_dir"])
 flags.register_validator("max_images", lambda v: v >= 1, "--max_images must be >= 1")
+# Flags generated from settings classes are declared by tf_segunravel.settings; list them
+# with the tool's own in --help.
+flags.adopt_module_key_flags(settings)
 FLAGS = flags.FLAGS
 
 

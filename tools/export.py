@@ -10,7 +10,7 @@ tf_segunravel/export.py. Inspect with `saved_model_cli show --dir DIR --all`.
 
 from absl import flags
 
-from tf_segunravel import cli
+from tf_segunravel import cli, settings
 from tf_segunravel.errors import InputError
 
 flags.DEFINE_string("model", None, "A training model dir, checkpoint prefix or .keras file.")
@@ -19,6 +19,9 @@ flags.DEFINE_boolean("overwrite", False, "Replace an existing --export_dir.")
 cli.define_fixation_flags()
 flags.adopt_module_key_flags(cli)  # so --help lists them with the tool's own
 flags.mark_flags_as_required(["model", "export_dir"])
+# Flags generated from settings classes are declared by tf_segunravel.settings; list them
+# with the tool's own in --help.
+flags.adopt_module_key_flags(settings)
 FLAGS = flags.FLAGS
 
 

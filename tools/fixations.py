@@ -48,6 +48,9 @@ flags.register_multi_flags_validator(
     lambda f: not f["seed_from_masks"] or f["masks"],
     "--seed_from_masks needs --masks",
 )
+# Flags generated from settings classes are declared by tf_segunravel.settings; list them
+# with the tool's own in --help.
+flags.adopt_module_key_flags(settings)
 FLAGS = flags.FLAGS
 
 

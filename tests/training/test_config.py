@@ -144,3 +144,16 @@ def test_network_changes_are_refused_even_when_allowed(tmp_path):
         loop._check_resume(
             TrainConfig(model_dir=str(tmp_path), num_classes=6, allow_config_change=True)
         )
+
+
+@pytest.mark.parametrize(
+    "tool, flag",
+    [("train", "--steps"), ("fixations", "--outlier_radius"), ("evaluate", "--crf_iterations")],
+)
+def test_generated_flags_are_listed_in_the_tools_short_help(tool, flag):
+    """Generated flags are declared by tf_segunravel.settings; each tool adopts them, so
+    `--helpshort` lists them beside its own."""
+    from tests.helpers import run_tool
+
+    proc = run_tool(tool, "--helpshort", timeout=120)
+    assert f"  {flag}:" in proc.stdout + proc.stderr

@@ -2,26 +2,18 @@
 
 import json
 
-import keras
 import numpy as np
 import pytest
 from PIL import Image
 
-from tests.helpers import last_line, run_tool
-from tf_segunravel.models import deeplab_largefov
+from tests.helpers import last_line, run_tool, save_tiny_largefov
 from tf_segunravel.unravel import SegUnravel
 
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    keras.utils.set_random_seed(3)
-    model = deeplab_largefov(num_classes=3, width=1 / 16)
-    rng = np.random.default_rng(0)
-    fc8 = model.get_layer("fc8")
-    fc8.set_weights([rng.normal(0, 1, w.shape).astype(np.float32) for w in fc8.get_weights()])
     path = tmp_path_factory.mktemp("model") / "tiny.keras"
-    model.save(path)
-    return path, model
+    return path, save_tiny_largefov(path, num_classes=3)
 
 
 def write_images(directory):

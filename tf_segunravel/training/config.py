@@ -9,26 +9,10 @@ its check. `tools/train.py` generates its flags from it, the flagfiles in `flags
 import dataclasses
 
 from tf_segunravel import settings
-from tf_segunravel.settings import Rule, setting
+from tf_segunravel.settings import Rule, at_least_one, fraction, non_negative, positive, setting
 
 INITS = ("scratch", "vgg16", "caffe", "model")
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
-
-
-def _positive(value):
-    return value > 0
-
-
-def _at_least_one(value):
-    return value >= 1
-
-
-def _non_negative(value):
-    return value >= 0
-
-
-def _fraction(value):
-    return 0 <= value < 1
 
 
 @dataclasses.dataclass
@@ -49,7 +33,7 @@ class TrainConfig:
     num_classes: int | None = setting(
         None,
         "Classes (default: from the dataset's metadata).",
-        check=_at_least_one,
+        check=at_least_one,
         requirement="must be >= 1",
         network=True,
     )
@@ -60,30 +44,30 @@ class TrainConfig:
         requirement="must be >= 8",
     )
     batch_size: int = setting(
-        10, "Global batch size.", check=_at_least_one, requirement="must be >= 1"
+        10, "Global batch size.", check=at_least_one, requirement="must be >= 1"
     )
     scale_min: float = setting(
-        0.5, "Smallest random rescaling.", check=_positive, requirement="must be > 0"
+        0.5, "Smallest random rescaling.", check=positive, requirement="must be > 0"
     )
     scale_max: float = setting(
-        1.5, "Largest random rescaling.", check=_positive, requirement="must be > 0"
+        1.5, "Largest random rescaling.", check=positive, requirement="must be > 0"
     )
     mirror: bool = setting(True, "Random left-right mirroring.")
     shuffle_buffer: int = setting(
-        1000, "Examples in the shuffle buffer.", check=_at_least_one, requirement="must be >= 1"
+        1000, "Examples in the shuffle buffer.", check=at_least_one, requirement="must be >= 1"
     )
     # ----------------------------------------------------------------------------- model
     width: float = setting(
         1.0,
         "Channel width multiplier of the network.",
-        check=_positive,
+        check=positive,
         requirement="must be > 0",
         network=True,
     )
     dropout: float = setting(
         0.5,
         "Dropout rate of drop6 and drop7.",
-        check=_fraction,
+        check=fraction,
         requirement="must be in [0, 1)",
         network=True,
     )
@@ -95,22 +79,20 @@ class TrainConfig:
     )
     # -------------------------------------------------------------------------- schedule
     steps: int = setting(
-        6000, "Training steps (Caffe's max_iter).", check=_at_least_one, requirement="must be >= 1"
+        6000, "Training steps (Caffe's max_iter).", check=at_least_one, requirement="must be >= 1"
     )
     checkpoint_every: int = setting(
         500,
         "Steps between checkpoints; divides --steps.",
-        check=_at_least_one,
+        check=at_least_one,
         requirement="must be >= 1",
     )
-    base_lr: float = setting(
-        1e-3, "Base learning rate.", check=_positive, requirement="must be > 0"
-    )
+    base_lr: float = setting(1e-3, "Base learning rate.", check=positive, requirement="must be > 0")
     lr_policy: str = setting("step", "Caffe learning-rate policy.", choices=("step", "poly"))
     step_size: int = setting(
         2000,
         "Steps between x gamma drops (step policy).",
-        check=_at_least_one,
+        check=at_least_one,
         requirement="must be >= 1",
     )
     gamma: float = setting(
@@ -120,29 +102,27 @@ class TrainConfig:
         requirement="must be in (0, 1]",
     )
     power: float = setting(
-        0.9, "Exponent (poly policy).", check=_positive, requirement="must be > 0"
+        0.9, "Exponent (poly policy).", check=positive, requirement="must be > 0"
     )
-    momentum: float = setting(
-        0.9, "SGD momentum.", check=_fraction, requirement="must be in [0, 1)"
-    )
+    momentum: float = setting(0.9, "SGD momentum.", check=fraction, requirement="must be in [0, 1)")
     weight_decay: float = setting(
         5e-4,
         "L2 decay on kernels, added to the gradient.",
-        check=_non_negative,
+        check=non_negative,
         requirement="must be >= 0",
     )
     lr_multipliers: bool = setting(True, "DeepLab's lr_mult: 1/2 weights/biases, 10/20 fc8.")
     train_layers: int = setting(
         0,
         "Train only the last N weight layers (0: all).",
-        check=_non_negative,
+        check=non_negative,
         requirement="must be >= 0",
     )
     # ------------------------------------------------------------------ template loss
     template_weight: float = setting(
         0.0,
         "Weight of the template-similarity loss (0: off).",
-        check=_non_negative,
+        check=non_negative,
         requirement="must be >= 0",
     )
     similarity: str = setting("cosine", "Template similarity.", choices=("cosine", "correlation"))

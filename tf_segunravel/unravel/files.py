@@ -19,7 +19,7 @@ from PIL import Image
 from tf_segunravel.atomic import save_atomically, write_json
 from tf_segunravel.data.labels import class_name, read_image, read_label_png
 from tf_segunravel.errors import InputError
-from tf_segunravel.grids import labels_at_size, scores_at_size
+from tf_segunravel.grids import first_argmax, scores_at_size
 from tf_segunravel.unravel.maps import fixation_maps
 from tf_segunravel.unravel.settings import FixationSettings
 from tf_segunravel.unravel.tracer import SegUnravel, UnravelResult
@@ -77,17 +77,14 @@ class KerasFixations:
     def __init__(self, model, settings, flow=False):
         self.engine = SegUnravel(model, settings, keep_flow=flow)
 
-    def __call__(self, image, seed_labels=None, classes=None):
-        """(`UnravelResult` of a batch of one, predicted labels [H, W]) for one image."""
+    def __call__(self, image, seed_labels=None, classes=None, probabilities=False):
+        """(`UnravelResult` of a batch of one, predicted labels [H, W], and with
+        `probabilities` the softmax at image size [H, W, C], else None) for one image."""
         labels = None if seed_labels is None else seed_labels[None]
         result = self.engine(image[None], seed_labels=labels, classes=classes)
-        full = labels_at_size(result.scores, image.shape[0], image.shape[1], result.geometry)
-        return result, full[0].numpy()
-
-    def probabilities(self, image, result):
-        """The softmax at image size [H, W, C] by DeepLab's protocol, for the CRF."""
-        full = scores_at_size(result.scores, image.shape[0], image.shape[1], result.geometry)
-        return tf.nn.softmax(full[0], axis=-1).numpy()
+        full = scores_at_size(result.scores, image.shape[0], image.shape[1], result.geometry)[0]
+        softmax = tf.nn.softmax(full, axis=-1).numpy() if probabilities else None
+        return result, first_argmax(full, axis=-1).numpy().astype(np.int32), softmax
 
 
 class SavedModelFixations:
@@ -100,7 +97,7 @@ class SavedModelFixations:
         except (OSError, ValueError, KeyError) as e:
             raise InputError(f"{path}: not a SavedModel with a 'fixations' signature") from e
 
-    def __call__(self, image, seed_labels=None, classes=None):
+    def __call__(self, image, seed_labels=None, classes=None, probabilities=False):
         if seed_labels is not None:
             raise InputError("seeding from masks needs a Keras model, not a SavedModel")
         out = {k: v.numpy() for k, v in self.signature(images=tf.constant(image[None])).items()}
@@ -110,12 +107,11 @@ class SavedModelFixations:
             points, counts = points[keep], counts[keep]
             seeds = np.where(np.isin(np.arange(seeds.shape[1]), classes), seeds, 0)
         result = UnravelResult(points, counts, labels=None, seeds=seeds, scores=None)
-        return result, out["labels"][0]
-
-    def probabilities(self, image, result):
-        """The softmax at image size [H, W, C], from the `serving_default` signature."""
-        outputs = self._loaded.signatures["serving_default"](images=tf.constant(image[None]))
-        return outputs["probabilities"].numpy()[0]
+        softmax = None
+        if probabilities:  # the fixations signature has labels only; one more forward pass
+            segment = self._loaded.signatures["serving_default"]
+            softmax = segment(images=tf.constant(image[None]))["probabilities"].numpy()[0]
+        return result, out["labels"][0], softmax
 
 
 def rescale_points(result, from_size, to_size):
@@ -194,11 +190,13 @@ class FixationWriter:
             seed_labels = np.asarray(
                 Image.fromarray(truth).resize(small.shape[1::-1], Image.Resampling.NEAREST)
             )
-        result, labels = self.fixations(small, seed_labels, self.classes)
-        if self.crf_settings is not None:  # the labels drawn and scored; seeds stay the net's
+        use_crf = self.crf_settings is not None
+        result, labels, probabilities = self.fixations(
+            small, seed_labels, self.classes, probabilities=use_crf
+        )
+        if use_crf:  # the labels drawn and scored; the seeds stay the network's
             from tf_segunravel.crf import dense_crf
 
-            probabilities = self.fixations.probabilities(small, result)
             labels = dense_crf(small, probabilities, self.crf_settings)
         result = rescale_points(result, small.shape[:2], (height, width))
         if labels.shape != (height, width):

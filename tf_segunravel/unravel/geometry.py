@@ -25,17 +25,9 @@ import tensorflow as tf
 
 from tf_segunravel.models.layers import CaffePooling2D
 from tf_segunravel.unravel import graph
+from tf_segunravel.unravel.rules.base import pad_before
 
 L = keras.layers
-
-
-def _pad_before(in_size, out_size, kernel, stride, dilation, padding):
-    """Leading padding of one axis: Keras/TF 'same' puts the smaller half first."""
-    if padding == "valid":
-        return tf.constant(0.0)
-    effective = (kernel - 1) * dilation + 1
-    total = tf.maximum((out_size - 1) * stride + effective - in_size, 0)
-    return tf.cast(total // 2, tf.float32)
 
 
 def _pair(value):
@@ -67,12 +59,12 @@ def step_map(layer, in_size, out_size, axis):
         if isinstance(padding, tuple):  # CaffePooling2D: symmetric explicit padding
             before = tf.constant(float(padding[1]))
         else:
-            before = _pad_before(in_size, out_size, k, s, d, padding)
+            before = tf.cast(pad_before(in_size, out_size, k, s, d, padding), tf.float32)
         centre = ((k - 1) * d) / 2.0
         return tf.constant(float(s)), centre - before
     if isinstance(layer, L.Conv2DTranspose):
         k, s, d = layer.kernel_size[axis], layer.strides[axis], layer.dilation_rate[axis]
-        before = _pad_before(out_size, in_size, k, s, d, layer.padding)
+        before = tf.cast(pad_before(out_size, in_size, k, s, d, layer.padding), tf.float32)
         centre = ((k - 1) * d) / 2.0
         return tf.constant(1.0 / s), (before - centre) / s
     if isinstance(layer, (L.UpSampling2D, L.Resizing)):
@@ -145,3 +137,10 @@ class ScoreMap:
         if len(scores.shape) == 2:  # a classifier: one position over the whole image
             scores = scores[:, None, None, :]
         return scores, score_geometry(self.steps, values, self.input_id, self.output_id)
+
+    def at_image_size(self, images):
+        """Scores [B, H, W, C] on the images' own pixels (`grids.scores_at_size`)."""
+        from tf_segunravel.grids import scores_at_size
+
+        scores, geometry = self(images)
+        return scores_at_size(scores, tf.shape(images)[1], tf.shape(images)[2], geometry)

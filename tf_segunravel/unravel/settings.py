@@ -9,17 +9,11 @@ docs/method.md ("Segmentation unravel", "Heat maps") says what each one does.
 
 import dataclasses
 
-import numpy as np
-
 from tf_segunravel import settings
-from tf_segunravel.settings import setting
+from tf_segunravel.settings import positive_integer, setting
 
 SHIFTS = ("none", "partial", "full")
 DENSE_RULES = ("topk", "positive")
-
-
-def _positive_integer(value):
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,7 +23,7 @@ class FixationSettings:
     k: int = setting(
         1,
         "Unravel: channels kept per unit (branching when > 1).",
-        check=_positive_integer,
+        check=positive_integer,
         requirement="must be a positive integer",
     )
     mass: float | None = setting(
@@ -42,7 +36,7 @@ class FixationSettings:
     max_k: int = setting(
         16,
         "Unravel: the most channels --mass keeps per unit.",
-        check=_positive_integer,
+        check=positive_integer,
         requirement="must be a positive integer",
     )
     shift: str = setting(
