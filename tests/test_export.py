@@ -174,3 +174,37 @@ def test_fixations_tool_accepts_the_saved_model(tmp_path, exported):
     data = np.load(tmp_path / "out" / "a.npz")
     engine = SegUnravel(model, k=2, shift="full")(image[None].astype(np.float32))
     np.testing.assert_array_equal(data["points"], engine.for_image(0)[0])
+
+
+def test_contrastive_export_matches_the_engine(tmp_path, exported):
+    model, export_dir, _ = exported
+    model_path = tmp_path / "m.keras"
+    model.save(model_path)
+    contrastive = tmp_path / "contrastive"
+    proc = run_tool(
+        "export", f"--model={model_path}", f"--export_dir={contrastive}", "--contrast=runner_up"
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    images = np.random.default_rng(5).integers(0, 256, (2, 41, 52, 3)).astype(np.uint8)
+    loaded = tf.saved_model.load(str(contrastive))
+    out = loaded.signatures["fixations"](images=tf.constant(images))
+    assert loaded.signatures["metadata"]()["contrast"].numpy() == b"runner_up"
+    engine = SegUnravel(model, contrast="runner_up")(images.astype(np.float32))
+    plain = SegUnravel(model)(images.astype(np.float32))
+    np.testing.assert_array_equal(out["points"].numpy(), engine.points)
+    np.testing.assert_array_equal(out["counts"].numpy(), engine.counts)
+    assert not np.array_equal(engine.points, plain.points) or not np.array_equal(
+        engine.counts, plain.counts
+    )
+    # The fixation tool refuses an unravel flag that the signature would ignore.
+    Image.fromarray(images[0]).save(tmp_path / "a.png")
+    proc = run_tool(
+        "fixations",
+        f"--model={export_dir}",
+        f"--images={tmp_path / 'a.png'}",
+        f"--output_dir={tmp_path / 'out'}",
+        "--contrast=runner_up",
+    )
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "was exported with contrast=None" in last_line(proc.stderr)
+    assert not (tmp_path / "out").exists()

@@ -48,9 +48,17 @@ def keep_channels(scores, k, mass, max_k, positive=False):
     return kept
 
 
-def conv_point(layer, x, out, point, k, mass, max_k, shift):
+def margin_kernel(layer, ch, against):
+    """The layer's kernel with filter `ch` replaced by w_ch - w_against (contrastive seeds)."""
+    kernel = layer.kernel.numpy().copy()
+    if against is not None:
+        kernel[..., ch] = kernel[..., ch] - kernel[..., against]
+    return kernel
+
+
+def conv_point(layer, x, out, point, k, mass, max_k, shift, against=None):
     b, y, xx, ch = point
-    kernel = layer.kernel.numpy()
+    kernel = margin_kernel(layer, ch, against)
     kh, kw, group_in, filters = kernel.shape
     (sh, sw), (dh, dw) = layer.strides, layer.dilation_rate
     h, w = x.shape[1:3]
@@ -88,9 +96,9 @@ def conv_point(layer, x, out, point, k, mass, max_k, shift):
     return moved
 
 
-def dense_point(layer, x, point, k, mass, max_k, positive):
+def dense_point(layer, x, point, k, mass, max_k, positive, against=None):
     b, y, xx, ch = point
-    kernel = layer.kernel.numpy()
+    kernel = margin_kernel(layer, ch, against)
     vector = x[b, y, xx] if x.ndim == 4 else x[b]
     scores = [float(vector[c]) * float(kernel[c, ch]) for c in range(len(vector))]
     return [(0, (b, y, xx, c)) for c in keep_channels(scores, k, mass, max_k, positive)]
@@ -237,10 +245,16 @@ def pool_point(layer, x, out, point):
     return [(0, (b, *where, ch))]
 
 
-def move(layer, inputs, out, point, k, mass, max_k, shift, dense_rule):
-    """[(input index, new point)] for one point at the layer's output."""
+def move(layer, inputs, out, point, k, mass, max_k, shift, dense_rule, against=None):
+    """[(input index, new point)] for one point at the layer's output; `against`, at the score
+    layer of a contrastive unravel, is the class whose score the seed's margin subtracts."""
     b, y, xx, ch = point
     x = inputs[0]
+    if against is not None:
+        assert isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)), layer
+        if isinstance(layer, keras.layers.Conv2D):
+            return conv_point(layer, x, out, point, k, mass, max_k, shift, against)
+        return dense_point(layer, x, point, k, mass, max_k, dense_rule == "positive", against)
     if isinstance(layer, PASS):
         return [(0, point)]
     if isinstance(layer, keras.layers.Conv2DTranspose):
@@ -311,11 +325,22 @@ def move(layer, inputs, out, point, k, mass, max_k, shift, dense_rule):
 
 
 def naive_unravel(
-    model, images, k=1, mass=None, max_k=16, shift="partial", dense_rule="topk", seed_limit=None
+    model,
+    images,
+    k=1,
+    mass=None,
+    max_k=16,
+    shift="partial",
+    dense_rule="topk",
+    seed_limit=None,
+    contrast=None,
 ):
     """{(b, class, y, x): count} at the image, for a functional model of single-use layers.
 
     `seed_limit` keeps only the first seeds (row-major), for timing on full-size networks.
+    `contrast` ("runner_up" or a class id) unravels each seed's margin over that class: the
+    seed carries the other class down to the score layer, whose kernel column becomes the
+    difference; seeds of the contrast class itself are skipped.
     """
     tensors = [layer.output for layer in model.layers]
     values = keras.Model(model.input, tensors)(images, training=False)
@@ -330,7 +355,16 @@ def naive_unravel(
         if seed_limit is not None and number >= seed_limit:
             break
         c = int(labels[b, y, xx])
-        points[id(model.output)][(c, (b, y, xx, c))] += 1
+        against = None
+        if contrast == "runner_up":
+            others = scores[b, y, xx].astype(np.float64).copy()
+            others[c] = -np.inf
+            against = int(np.argmax(others))
+        elif contrast is not None:
+            if c == contrast:
+                continue
+            against = int(contrast)
+        points[id(model.output)][(c, (b, y, xx, c), against)] += 1
     for layer in reversed(model.layers):
         if isinstance(layer, keras.layers.InputLayer):
             continue
@@ -340,10 +374,11 @@ def naive_unravel(
         inputs = layer.input if isinstance(layer.input, list) else [layer.input]
         in_values = [value_of[id(t)] for t in inputs]
         out = value_of[id(layer.output)]
-        for (cls, point), count in arrived.items():
+        for (cls, point, *against), count in arrived.items():
             if out.ndim == 2:
                 point = (point[0], 0, 0, point[3])
-            for index, new in move(layer, in_values, out, point, k, mass, max_k, shift, dense_rule):
+            args = (k, mass, max_k, shift, dense_rule, *against)
+            for index, new in move(layer, in_values, out, point, *args):
                 if in_values[index].ndim == 2:
                     new = (new[0], 0, 0, new[3])
                 points[id(inputs[index])][(cls, new)] += count

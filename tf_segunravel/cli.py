@@ -57,8 +57,18 @@ def define_fixation_flags(defaults=None):
     settings.define_flags(FixationSettings, defaults=defaults)
 
 
-def fixation_settings():
-    """The `FixationSettings` the parsed flags describe."""
+def fixation_settings(class_names=None, num_classes=None):
+    """The `FixationSettings` the parsed flags describe, with a --contrast class name turned
+    into its id (looked up in `class_names`) and checked against `num_classes`."""
+    import dataclasses
+
     from tf_segunravel.unravel.settings import FixationSettings
 
-    return settings.from_flags(FixationSettings)
+    parsed = settings.from_flags(FixationSettings)
+    try:
+        contrast = parsed.contrast_class(class_names, num_classes)
+    except ValueError as e:
+        raise InputError(f"--contrast={parsed.contrast}: {e}") from e
+    if isinstance(contrast, int):
+        parsed = dataclasses.replace(parsed, contrast=str(contrast))
+    return parsed

@@ -5,7 +5,8 @@ Signatures (all take uint8 RGB images of any size; preprocessing lives inside th
                    [N, H, W, C] (DeepLab's x8 aligned-corner bilinear upsampling, softmax),
                    scores float32 [N, h, w, C] (stride-8, pre-softmax)
   fixations        images [N, H, W, 3] -> points int32 [P, 4] (image, class, y, x), counts
-                   int64 [P], seeds int32 [N, C], maps float32 [N, C, H, W], labels
+                   int64 [P], seeds int32 [N, C], maps float32 [N, C, H, W], labels;
+                   contrastive when exported with a `contrast` setting
   serving_bytes    encoded JPEG/PNG strings [N] (same size) -> as serving_default
   metadata         () -> the unravel settings fixed at export time, num_classes
 
@@ -127,10 +128,17 @@ def is_saved_model(path):
     return os.path.isfile(os.path.join(path, "saved_model.pb"))
 
 
-def saved_model_classes(path):
-    """The class count recorded in an exported SavedModel."""
+def saved_model_metadata(path):
+    """The settings and class count recorded in an exported SavedModel."""
     try:
         with open(os.path.join(path, "assets.extra", METADATA_FILE)) as f:
-            return int(json.load(f)["num_classes"])
-    except (OSError, ValueError, KeyError) as e:
+            recorded = json.load(f)
+        int(recorded["num_classes"])
+        return recorded
+    except (OSError, ValueError, KeyError, TypeError) as e:
         raise InputError(f"{path}: SavedModel lacks assets.extra/{METADATA_FILE}") from e
+
+
+def saved_model_classes(path):
+    """The class count recorded in an exported SavedModel."""
+    return int(saved_model_metadata(path)["num_classes"])

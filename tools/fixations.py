@@ -85,6 +85,21 @@ def resolve_classes(spec, names, num_classes):
     return classes
 
 
+def check_export_settings(path, fixation_settings):
+    """A SavedModel's `fixations` signature traces with the unravel settings it was exported
+    with; an unravel flag given here that differs would be silently ignored, so refuse it."""
+    from tf_segunravel.export import saved_model_metadata
+
+    recorded = saved_model_metadata(path)
+    for name in fixation_settings.UNRAVEL_FIELDS:
+        value = getattr(fixation_settings, name)
+        if FLAGS[name].present and str(recorded.get(name)) != str(value):
+            raise InputError(
+                f"--{name}={value}: {path} was exported with {name}={recorded.get(name)}, "
+                f"fixed in its fixations signature; re-export with tools/export.py --{name}"
+            )
+
+
 def main(argv):
     del argv  # cli.run rejects positional arguments
     from tf_segunravel.training import load_network
@@ -109,10 +124,13 @@ def main(argv):
         network = load_network(FLAGS.model)
         num_classes = network.outputs[0].shape[-1]
     classes = resolve_classes(FLAGS.classes, names, num_classes)
+    fixation_settings = cli.fixation_settings(names, num_classes)
+    if isinstance(network, str):
+        check_export_settings(network, fixation_settings)
     writer = FixationWriter(
         network,
         FLAGS.output_dir,
-        cli.fixation_settings(),
+        fixation_settings,
         classes=classes,
         class_names=names,
         max_side=FLAGS.max_side,

@@ -430,3 +430,80 @@ def test_register_rule_traces_a_custom_layer():
 def test_rejects_bad_options(kwargs):
     with pytest.raises(ValueError):
         SegUnravel(conv_model(3, 1, 1, "same"), **kwargs)
+
+
+# ------------------------------------------------------------------------- contrastive
+
+
+def contrast_check(model, batch, contrast, **options):
+    """Engine and reference agree on a contrastive unravel; returns the engine's points."""
+    reference = int(contrast) if contrast.isdigit() else contrast
+    got = as_counter(SegUnravel(model, contrast=contrast, **options)(batch))
+    assert got == dict(naive_unravel(model, batch, contrast=reference, **options))
+    return got
+
+
+@pytest.mark.parametrize("contrast", ["runner_up", "0", "2"])
+@pytest.mark.parametrize(
+    "options", [{}, {"shift": "full", "k": 2}, {"shift": "none", "mass": 0.5}]
+)
+def test_contrast_matches_the_reference(contrast, options):
+    model = integer_weights(conv_model(3, 1, 2, "same"))
+    got = contrast_check(model, images(), contrast, **options)
+    if contrast != "runner_up":  # the contrast class's own seeds have no margin
+        assert int(contrast) not in {key[1] for key in got}
+
+
+@pytest.mark.parametrize("shift", ["none", "partial", "full"])
+def test_contrast_on_largefov(shift):
+    model = deeplab_largefov(num_classes=4, width=1 / 16)
+    batch = np.random.default_rng(2).uniform(0, 255, (2, 35, 30, 3)).astype(np.float32)
+    got = contrast_check(model, batch, "runner_up", shift=shift)
+    assert sum(got.values()) == 2 * 5 * 6
+
+
+@pytest.mark.parametrize("dense_rule", ["topk", "positive"])
+def test_contrast_on_a_dense_classifier(dense_rule):
+    inp = keras.Input((9, 8, 3))
+    x = L.Conv2D(4, 3, padding="same", activation="relu")(inp)
+    x = L.Dense(6, activation="relu")(L.Flatten()(x))
+    model = integer_weights(keras.Model(inp, L.Dense(4)(x)))
+    contrast_check(model, images(shape=(3, 9, 8, 3)), "runner_up", dense_rule=dense_rule)
+
+
+def test_contrast_changes_the_choice_at_the_score_layer_only():
+    """Two classes that share the evidence of input channel 0 and differ on channel 1: the
+    plain unravel of class 0 follows the shared channel, the margin over class 1 the other."""
+    inp = keras.Input((None, None, 3))
+    model = keras.Model(inp, L.Conv2D(2, 1, use_bias=False)(inp))
+    model.layers[-1].set_weights([np.array([[[[5.0, 4.0], [1.0, 0.0], [0, 0]]]], np.float32)])
+    batch = np.ones((1, 1, 1, 3), np.float32)
+    engine = SegUnravel(model, keep_channel_scores=True)
+    contrastive = SegUnravel(model, contrast="runner_up", keep_channel_scores=True)
+    plain_scores = engine(batch).channel_scores[0].scores
+    margin_scores = contrastive(batch).channel_scores[0].scores
+    np.testing.assert_allclose(plain_scores, [[5.0, 1.0, 0.0]])
+    np.testing.assert_allclose(margin_scores, [[1.0, 1.0, 0.0]])  # (5-4, 1-0): a tie
+    assert contrastive(batch).points.tolist() == [[0, 0, 0, 0]]
+    model.layers[-1].set_weights([np.array([[[[5.0, 4.5], [1.0, 0.0], [0, 0]]]], np.float32)])
+    result = contrastive(batch)
+    np.testing.assert_allclose(result.channel_scores[0].scores, [[0.5, 1.0, 0.0]])
+    assert SegUnravel(model)(batch).points.tolist() == [[0, 0, 0, 0]]
+
+
+def test_contrast_names_and_refusals():
+    model = integer_weights(conv_model(3, 1, 1, "same"))
+    by_name = SegUnravel(model, contrast="car", class_names=["bg", "boat", "car"])
+    by_id = SegUnravel(model, contrast="2")
+    batch = images()
+    assert as_counter(by_name(batch)) == as_counter(by_id(batch))
+    with pytest.raises(ValueError, match="neither 'runner_up', a class id, nor a known"):
+        SegUnravel(model, contrast="plane", class_names=["bg", "boat", "car"])
+    with pytest.raises(ValueError, match="not a class of this 3-class model"):
+        SegUnravel(model, contrast="7")
+    inp = keras.Input((None, None, 3))
+    upsampled = keras.Model(inp, L.UpSampling2D()(L.Conv2D(3, 1)(inp)))
+    with pytest.raises(ValueError, match="'up_sampling2d.*' is a UpSampling2D"):
+        SegUnravel(upsampled, contrast="runner_up")
+    with pytest.raises(ValueError, match="contrast"):
+        FixationSettings(contrast="not a class!")

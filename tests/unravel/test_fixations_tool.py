@@ -153,3 +153,31 @@ def test_mask_size_mismatch_is_named(tmp_path, tiny_model):
     )
     assert proc.returncode == 1
     assert "rgb.png: mask is 5x5 but the image is 45x37" in last_line(proc.stderr)
+
+
+def test_contrast_by_name_matches_the_engine(tmp_path, tiny_model):
+    model_path, model = tiny_model
+    rgb = np.random.default_rng(3).integers(0, 256, (37, 45, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "a.png")
+    common = [f"--model={model_path}", f"--images={tmp_path / 'a.png'}", "--sigma=3"]
+    proc = run_tool(
+        "fixations",
+        *common,
+        f"--output_dir={tmp_path / 'out'}",
+        "--class_names=sky,road,car",
+        "--contrast=road",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = np.load(tmp_path / "out" / "a.npz")
+    engine = SegUnravel(model, contrast="1")(rgb[None].astype(np.float32))
+    np.testing.assert_array_equal(data["points"], engine.for_image(0)[0])
+    assert 1 not in data["classes"]  # road's own seeds have no margin over road
+    for contrast, message in [
+        ("plane", "--contrast=plane: contrast='plane' is neither 'runner_up', a class id"),
+        ("5", "--contrast=5: contrast='5' is not a class of this 3-class model"),
+    ]:
+        proc = run_tool(
+            "fixations", *common, f"--output_dir={tmp_path / contrast}", f"--contrast={contrast}"
+        )
+        assert proc.returncode == 1 and message in last_line(proc.stderr), proc.stderr[-2000:]
+        assert "Traceback" not in proc.stderr and not (tmp_path / contrast).exists()

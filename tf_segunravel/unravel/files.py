@@ -75,7 +75,10 @@ class KerasFixations:
     """Fixations of a Keras model through the engine."""
 
     def __init__(self, model, settings, flow=False):
-        self.engine = SegUnravel(model, settings, keep_flow=flow)
+        try:
+            self.engine = SegUnravel(model, settings, keep_flow=flow)
+        except ValueError as e:  # a model or setting the engine cannot take
+            raise InputError(f"{model.name}: {e}") from e
 
     def __call__(self, image, seed_labels=None, classes=None, probabilities=False):
         """(`UnravelResult` of a batch of one, predicted labels [H, W], and with

@@ -8,12 +8,18 @@ docs/method.md ("Segmentation unravel", "Heat maps") says what each one does.
 """
 
 import dataclasses
+import re
 
 from tf_segunravel import settings
 from tf_segunravel.settings import positive_integer, setting
 
 SHIFTS = ("none", "partial", "full")
 DENSE_RULES = ("topk", "positive")
+RUNNER_UP = "runner_up"
+
+
+def _contrast_ok(value):
+    return value is None or bool(re.fullmatch(r"[A-Za-z0-9_.-]+", value))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +55,14 @@ class FixationSettings:
         "Unravel: Dense layers keep the top K inputs, or every positive one (CNN-Fixations).",
         choices=DENSE_RULES,
     )
+    contrast: str | None = setting(
+        None,
+        "Unravel: trace the margin of each seed's class over 'runner_up' (the best other "
+        "class at that position) or over one class (id, or name where the tool knows the "
+        "names) instead of the class score alone.",
+        check=_contrast_ok,
+        requirement="must be runner_up, a class id or a class name",
+    )
     sigma: float = setting(
         20.0,
         "Heat maps: Gaussian blur in pixels (0: the bare point mask).",
@@ -68,3 +82,23 @@ class FixationSettings:
 
     def as_dict(self):
         return dataclasses.asdict(self)
+
+    def contrast_class(self, class_names=None, num_classes=None):
+        """The contrast as the engine takes it: None, "runner_up", or a class id (names are
+        looked up in `class_names`; ids are checked against `num_classes` when given)."""
+        value = self.contrast
+        if value is None or value == RUNNER_UP:
+            return value
+        if value.isdigit():
+            index = int(value)
+        elif class_names and value in class_names:
+            index = list(class_names).index(value)
+        else:
+            raise ValueError(
+                f"contrast={value!r} is neither {RUNNER_UP!r}, a class id, nor a known class name"
+            )
+        if num_classes is not None and index >= num_classes:
+            raise ValueError(f"contrast={value!r} is not a class of this {num_classes}-class model")
+        return index
+
+    UNRAVEL_FIELDS = ("k", "mass", "max_k", "shift", "dense_rule", "contrast")

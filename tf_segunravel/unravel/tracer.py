@@ -12,6 +12,7 @@ identical points merged and their counts added after each layer.
 import dataclasses
 import typing
 
+import keras
 import tensorflow as tf
 
 from tf_segunravel.data.labels import IGNORE_LABEL
@@ -19,7 +20,7 @@ from tf_segunravel.grids import first_argmax, shrink_labels
 from tf_segunravel.unravel import graph
 from tf_segunravel.unravel.geometry import score_geometry
 from tf_segunravel.unravel.rules import Moved, Points, rule_for
-from tf_segunravel.unravel.settings import FixationSettings
+from tf_segunravel.unravel.settings import RUNNER_UP, FixationSettings
 
 
 def merge(points, sizes):
@@ -57,6 +58,38 @@ def seeds_from_labels(labels, classes=None):
     label = tf.gather_nd(labels, where)
     count = tf.ones_like(label, tf.int64)
     return Points(where[:, 0], label, where[:, 1], where[:, 2], label, count)
+
+
+def contrast_seeds(points, scores, contrast):
+    """The seeds of a contrastive unravel and the class each one is contrasted with.
+
+    `contrast` is "runner_up" (the highest-scoring class other than the seed's own at its
+    position, lowest index on ties) or a class id; seeds of that class itself have no margin
+    and are dropped. Returns (points, against [N] int32).
+    """
+    if contrast == RUNNER_UP:
+        at_seed = tf.gather_nd(scores, tf.stack([points.b, points.y, points.x], axis=-1))
+        own = tf.one_hot(points.cls, tf.shape(scores)[-1], on_value=True, off_value=False)
+        against = first_argmax(tf.where(own, float("-inf"), at_seed))
+        return points, tf.cast(against, tf.int32)
+    points = points.where(tf.not_equal(points.cls, contrast))
+    return points, tf.fill(tf.shape(points.cls), tf.constant(contrast, tf.int32))
+
+
+class _MarginLayer:
+    """The score layer as the contrastive unravel sees it: filter p is the margin between the
+    classes of pair p, kernel w_c - w_c'. Only the pairs the seeds use are built (a
+    1000-class head would need 10^6 filters for every pair); the biases cancel in a
+    difference of contributions. Every other attribute is the layer's own, so the layer's
+    usual rule runs unchanged on it (docs/method.md, "Contrastive unravel")."""
+
+    def __init__(self, layer, classes, against):
+        self._layer = layer
+        kernel = tf.convert_to_tensor(layer.kernel)
+        self.kernel = tf.gather(kernel, classes, axis=-1) - tf.gather(kernel, against, axis=-1)
+
+    def __getattr__(self, name):
+        return getattr(self._layer, name)
 
 
 def _sizes(tensor, num_classes):
@@ -144,13 +177,28 @@ class SegUnravel:
       keep_flow: also return the points arriving at every layer (for flow figures).
       keep_channel_scores: also return every channel-choosing layer's channel scores (for
         the K analysis); works in graph mode too.
+      class_names: names by class id, for a `contrast` given as a class name.
+
+    With `contrast` ("runner_up" or a class; a `FixationSettings` field), each seed unravels
+    the margin of its class's score over the other class's: at the score layer (the model's
+    output layer, which must then be a Conv2D or Dense) channels are chosen by their
+    contribution to s_c - s_c', and every layer below by its usual rule.
     """
 
     def __init__(
-        self, model, settings=None, *, keep_flow=False, keep_channel_scores=False, **fields
+        self,
+        model,
+        settings=None,
+        *,
+        keep_flow=False,
+        keep_channel_scores=False,
+        class_names=None,
+        **fields,
     ):
         settings = settings or FixationSettings()
         self.settings = dataclasses.replace(settings, **fields) if fields else settings
+        self.num_classes = model.outputs[0].shape[-1]
+        self.contrast = self.settings.contrast_class(class_names, self.num_classes)
         self.model = model
         self.keep_flow = keep_flow
         self.keep_channel_scores = keep_channel_scores
@@ -160,7 +208,22 @@ class SegUnravel:
         self.output_id = outputs[0]
         self.rules = {id(step): rule_for(step.layer, len(step.inputs)) for step in self.steps}
         self.num_classes = model.outputs[0].shape[-1]
+        if self.contrast is not None:
+            self._check_contrast()
         self._traced = tf.function(self.trace, reduce_retracing=True)
+
+    def _check_contrast(self):
+        (score_step,) = [step for step in self.steps if step.outputs[0] == self.output_id]
+        layer = score_step.layer
+        if not isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)) or (
+            getattr(layer, "groups", 1) != 1
+        ):
+            raise ValueError(
+                f"contrast needs the model's output layer to be the score layer, a Conv2D "
+                f"(groups=1) or Dense; {layer.name!r} is a {type(layer).__name__}"
+            )
+        if self.num_classes < 2:
+            raise ValueError("contrast needs a model with at least 2 classes")
 
     def trace(self, images, seed_labels=None, classes=None):
         """The graph-mode core: tensors in, an `UnravelResult` of tensors out (works inside
@@ -174,6 +237,9 @@ class SegUnravel:
         """
         images = tf.cast(images, tf.float32)
         return self.walk(self.record(images), seed_labels, classes)
+
+    def _score_layer(self):
+        return next(s.layer for s in self.steps if s.outputs[0] == self.output_id)
 
     def record(self, images):
         """The recorded forward pass: {tensor id: value} for every tensor of the graph."""
@@ -194,6 +260,15 @@ class SegUnravel:
         else:
             seed_grid = labels
         points = seeds_from_labels(seed_grid, classes)
+        score_layer = None
+        if self.contrast is not None:
+            points, against = contrast_seeds(points, scores, self.contrast)
+            # Each seed's channel becomes the index of its (class, against) pair.
+            pairs, pair_index = tf.unique(points.cls * self.num_classes + against)
+            score_layer = _MarginLayer(
+                self._score_layer(), pairs // self.num_classes, pairs % self.num_classes
+            )
+            points = points.replace(ch=pair_index)
         seeds = tf.math.bincount(
             points.b * self.num_classes + points.cls,
             minlength=tf.shape(images)[0] * self.num_classes,
@@ -209,10 +284,14 @@ class SegUnravel:
             if not arrived:
                 continue
             output = values[step.outputs[0]]
-            points = merge(_concat(arrived), _sizes(output, self.num_classes))
+            layer, sizes = step.layer, _sizes(output, self.num_classes)
+            if score_layer is not None and step.outputs[0] == self.output_id:
+                layer = score_layer
+                sizes = (*sizes[:4], tf.shape(layer.kernel)[-1])
+            points = merge(_concat(arrived), sizes)
             rule, multi = self.rules[id(step)]
             inputs = [values[i] for i in step.inputs]
-            moved = rule(step.layer, inputs if multi else inputs[0], output, points, self.settings)
+            moved = rule(layer, inputs if multi else inputs[0], output, points, self.settings)
             if isinstance(moved, Moved):
                 if self.keep_channel_scores and moved.channel_scores is not None:
                     channel_scores.append(

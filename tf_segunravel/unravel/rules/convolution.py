@@ -46,7 +46,7 @@ def convolve(x, output, points, settings, kernel, strides, dilation, padding, gr
     if groups > 1:
         in_channels += (points.ch // (filters // groups))[:, None] * group_in
         window = tf.gather(window, in_channels, axis=2, batch_dims=1)
-    weights = tf.gather(tf.reshape(kernel, [kh * kw, group_in, filters]), points.ch, axis=2)
+    weights = tf.gather(tf.reshape(kernel, [kh * kw, group_in, -1]), points.ch, axis=2)
     contributions = window * tf.transpose(weights, [2, 0, 1])  # [N, T, C_in]
     channel_scores = tf.reduce_sum(contributions, axis=1)
     parents, channels = select_channels(channel_scores, settings)
