@@ -444,9 +444,7 @@ def contrast_check(model, batch, contrast, **options):
 
 
 @pytest.mark.parametrize("contrast", ["runner_up", "0", "2"])
-@pytest.mark.parametrize(
-    "options", [{}, {"shift": "full", "k": 2}, {"shift": "none", "mass": 0.5}]
-)
+@pytest.mark.parametrize("options", [{}, {"shift": "full", "k": 2}, {"shift": "none", "mass": 0.5}])
 def test_contrast_matches_the_reference(contrast, options):
     model = integer_weights(conv_model(3, 1, 2, "same"))
     got = contrast_check(model, images(), contrast, **options)
@@ -503,7 +501,7 @@ def test_contrast_names_and_refusals():
         SegUnravel(model, contrast="7")
     inp = keras.Input((None, None, 3))
     upsampled = keras.Model(inp, L.UpSampling2D()(L.Conv2D(3, 1)(inp)))
-    with pytest.raises(ValueError, match="'up_sampling2d.*' is a UpSampling2D"):
+    with pytest.raises(ValueError, match=r"'up_sampling2d.*' is a UpSampling2D"):
         SegUnravel(upsampled, contrast="runner_up")
     with pytest.raises(ValueError, match="contrast"):
         FixationSettings(contrast="not a class!")
