@@ -5,7 +5,12 @@ import pytest
 import tensorflow as tf
 
 from tf_segunravel.grids import shrink_labels
-from tf_segunravel.losses import cross_entropy, template_similarity_loss
+from tf_segunravel.losses import (
+    class_templates,
+    cross_entropy,
+    template_similarities,
+    template_similarity_loss,
+)
 
 
 def similarity_ref(a, b, kind):
@@ -125,3 +130,21 @@ def test_shrink_labels_samples_every_eighth_pixel():
     small = shrink_labels(tf.constant(labels), (41, 41)).numpy()
     np.testing.assert_array_equal(small, labels[:, ::8, ::8])
     assert shrink_labels(tf.constant(labels[:, :320, :320]), (41, 41)).shape == (1, 41, 41)
+
+
+@pytest.mark.parametrize("kind", ["cosine", "correlation"])
+def test_template_similarities_average_the_present_pairs(kind):
+    features, scores, labels = random_batch(3, label_set=[0, 1, 3])  # class 2 absent
+    *_, templates, present = class_templates(features, scores, labels)
+    f, o, y = features.reshape(-1, 6), scores.reshape(-1, 4), labels.reshape(-1)
+    chosen = {}
+    for c in (0, 1, 3):
+        members = np.where(y == c)[0]
+        chosen[c] = f[members[np.argmax(o[members, c])]]
+    np.testing.assert_array_equal(present.numpy(), [True, True, False, True])
+    pairs = [(a, b) for a in chosen for b in chosen if a != b]
+    want = np.mean([similarity_ref(chosen[a], chosen[b], kind) for a, b in pairs])
+    got = template_similarities(templates, present, kind)
+    np.testing.assert_allclose(float(got), want, rtol=1e-5)
+    one = tf.constant([True, False, False, False])
+    assert float(template_similarities(templates, one, kind)) == 0.0

@@ -63,6 +63,59 @@ def _normalise(vectors, centre):
     return vectors / tf.sqrt(tf.maximum(squared, _EPSILON))
 
 
+def class_templates(features, scores, labels, ignore_label=IGNORE_LABEL):
+    """Each class's template: the feature vector at its best-scoring labelled pixel.
+
+    Args as `template_similarity_loss`. Returns (features [P, D], scores [P, C], labels [P],
+    valid [P], member [P, C], templates [C, D] without gradient, present [C]): the flattened
+    inputs, and per class its template and whether any replica's batch holds the class.
+    Under `tf.distribute` templates and presence are global (docs/method.md section 3).
+    """
+    num_classes = scores.shape[-1]
+    depth = features.shape[-1]
+    features = tf.reshape(tf.cast(features, tf.float32), [-1, depth])
+    scores = tf.reshape(tf.cast(scores, tf.float32), [-1, num_classes])
+    labels = tf.reshape(tf.cast(labels, tf.int32), [-1])
+    valid = tf.not_equal(labels, ignore_label)
+    # member[p, c]: pixel p is labelled c.
+    member = tf.logical_and(
+        tf.equal(labels[:, None], tf.range(num_classes)[None, :]), valid[:, None]
+    )
+
+    # Per class, the best-scoring member pixel of this replica, then over replicas.
+    masked = tf.where(member, scores, float("-inf"))
+    best = tf.reduce_max(masked, axis=0)  # [C]
+    pixels = tf.shape(scores)[0]
+    hits = tf.logical_and(member, tf.equal(masked, best[None, :]))
+    first = _first_true(hits, pixels)  # [C]; `pixels` where the class is absent
+    local_templates = tf.gather(features, tf.minimum(first, pixels - 1))
+    all_best = _all_gather(best[None, :])  # [R, C]
+    all_templates = _all_gather(local_templates[None])  # [R, C, D]
+    # The first replica holding the global maximum wins: replica order is batch order.
+    replicas = tf.shape(all_best)[0]
+    winner = tf.minimum(
+        _first_true(tf.equal(all_best, tf.reduce_max(all_best, axis=0, keepdims=True)), replicas),
+        replicas - 1,
+    )
+    templates = tf.gather(
+        tf.transpose(all_templates, [1, 0, 2]), winner[:, None], axis=1, batch_dims=1
+    )[:, 0]
+    templates = tf.stop_gradient(templates)
+    present = _global_sum(tf.reduce_sum(tf.cast(member, tf.float32), axis=0)) > 0  # [C]
+    return features, scores, labels, valid, member, templates, present
+
+
+def template_similarities(templates, present, similarity="cosine"):
+    """The mean similarity between the templates of every two present classes (0 with fewer
+    than two): a collapse of the features shows as templates that all look alike."""
+    centre = similarity == "correlation"
+    normalised = _normalise(templates, centre)
+    sim = tf.matmul(normalised, normalised, transpose_b=True)
+    pair = tf.cast(present[:, None] & present[None, :], tf.float32)
+    pair *= 1.0 - tf.eye(tf.shape(templates)[0])
+    return tf.math.divide_no_nan(tf.reduce_sum(sim * pair), tf.reduce_sum(pair))
+
+
 def template_similarity_loss(
     features,
     scores,
@@ -101,38 +154,9 @@ def template_similarity_loss(
         raise ValueError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}")
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-    num_classes = scores.shape[-1]
-    depth = features.shape[-1]
-    features = tf.reshape(tf.cast(features, tf.float32), [-1, depth])
-    scores = tf.reshape(tf.cast(scores, tf.float32), [-1, num_classes])
-    labels = tf.reshape(tf.cast(labels, tf.int32), [-1])
-    valid = tf.not_equal(labels, ignore_label)
-    # member[p, c]: pixel p is labelled c.
-    member = tf.logical_and(
-        tf.equal(labels[:, None], tf.range(num_classes)[None, :]), valid[:, None]
+    features, scores, labels, valid, member, templates, present = class_templates(
+        features, scores, labels, ignore_label
     )
-
-    # Per class, the best-scoring member pixel of this replica, then over replicas.
-    masked = tf.where(member, scores, float("-inf"))
-    best = tf.reduce_max(masked, axis=0)  # [C]
-    pixels = tf.shape(scores)[0]
-    hits = tf.logical_and(member, tf.equal(masked, best[None, :]))
-    first = _first_true(hits, pixels)  # [C]; `pixels` where the class is absent
-    local_templates = tf.gather(features, tf.minimum(first, pixels - 1))
-    all_best = _all_gather(best[None, :])  # [R, C]
-    all_templates = _all_gather(local_templates[None])  # [R, C, D]
-    # The first replica holding the global maximum wins: replica order is batch order.
-    replicas = tf.shape(all_best)[0]
-    winner = tf.minimum(
-        _first_true(tf.equal(all_best, tf.reduce_max(all_best, axis=0, keepdims=True)), replicas),
-        replicas - 1,
-    )
-    templates = tf.gather(
-        tf.transpose(all_templates, [1, 0, 2]), winner[:, None], axis=1, batch_dims=1
-    )[:, 0]
-    templates = tf.stop_gradient(templates)
-    present = _global_sum(tf.reduce_sum(tf.cast(member, tf.float32), axis=0)) > 0  # [C]
-
     centre = similarity == "correlation"
     sim = tf.matmul(_normalise(features, centre), _normalise(templates, centre), transpose_b=True)
     sign = tf.where(member, -1.0, 1.0)  # gain for the own label, cost for the others

@@ -300,3 +300,34 @@ def test_initialisation_from_another_model_and_converted_weights(tmp_path, shape
         trained = load_network(tmp_path / init)
         for a, b in zip(trained.get_weights(), keras_seeded.get_weights(), strict=True):
             np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_collapse_diagnostics_are_logged():
+    """`dead_features` counts all-zero fc7 vectors; `template_similarity` is 1 when every
+    class's template points the same way. A network whose fc7 is dead shows both."""
+    import keras
+
+    from tf_segunravel.models import deeplab_largefov
+    from tf_segunravel.training import SegmentationTrainer
+
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0, 255, (2, 33, 33, 3)).astype(np.float32)
+    labels = rng.integers(0, 3, (2, 33, 33)).astype(np.int32)
+    network = deeplab_largefov(num_classes=3, width=1 / 16, dropout=0.0)
+    trainer = SegmentationTrainer(network, 3)
+    trainer.compile(optimizer=keras.optimizers.SGD(0.0))
+    logs = trainer.test_step((images, labels))
+    assert 0.0 <= float(logs["dead_features"]) < 1.0
+    assert -1.0 <= float(logs["template_similarity"]) <= 1.0
+    fc7 = network.get_layer("fc7")
+    fc7.set_weights([np.zeros_like(w) for w in fc7.get_weights()])
+    trainer.reset_metrics()
+    logs = trainer.test_step((images, labels))
+    assert float(logs["dead_features"]) == 1.0
+    assert float(logs["template_similarity"]) == 0.0  # zero vectors: similarity 0
+    bias = fc7.get_weights()[1]
+    fc7.set_weights([np.zeros_like(fc7.get_weights()[0]), np.ones_like(bias)])
+    trainer.reset_metrics()
+    logs = trainer.test_step((images, labels))
+    assert float(logs["dead_features"]) == 0.0
+    np.testing.assert_allclose(float(logs["template_similarity"]), 1.0, rtol=1e-5)

@@ -10,7 +10,12 @@ import tensorflow as tf
 
 from tf_segunravel.data.labels import IGNORE_LABEL
 from tf_segunravel.grids import shrink_labels
-from tf_segunravel.losses import cross_entropy, template_similarity_loss
+from tf_segunravel.losses import (
+    class_templates,
+    cross_entropy,
+    template_similarities,
+    template_similarity_loss,
+)
 from tf_segunravel.models.deeplab_largefov import FEATURE_LAYER, with_features
 from tf_segunravel.training.optim import caffe_gradients
 
@@ -20,8 +25,11 @@ class SegmentationTrainer(keras.Model):
 
     Labels are shrunk to the score grid by nearest sampling. The loss is
     `cross_entropy + template_weight * template_similarity_loss`; the logged metrics are
-    `loss`, `cross_entropy`, `template_loss`, `pixel_accuracy`, `mean_iou` (on the score grid)
-    and `learning_rate`.
+    `loss`, `cross_entropy`, `template_loss`, `pixel_accuracy`, `mean_iou` (on the score grid),
+    `learning_rate`, and two signs of collapsing features, logged with or without the template
+    loss: `dead_features`, the share of fc8's input vectors that are all zero (dead ReLUs),
+    and `template_similarity`, the mean similarity between the class templates (1 when
+    every class's best pixel has the same feature direction).
     """
 
     def __init__(
@@ -52,6 +60,8 @@ class SegmentationTrainer(keras.Model):
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.cross_entropy_tracker = keras.metrics.Mean(name="cross_entropy")
         self.template_tracker = keras.metrics.Mean(name="template_loss")
+        self.dead_tracker = keras.metrics.Mean(name="dead_features")
+        self.template_similarity_tracker = keras.metrics.Mean(name="template_similarity")
         self.accuracy = keras.metrics.SparseCategoricalAccuracy(name="pixel_accuracy")
         self.mean_iou = keras.metrics.MeanIoU(
             num_classes, name="mean_iou", ignore_class=ignore_label
@@ -63,6 +73,8 @@ class SegmentationTrainer(keras.Model):
             self.loss_tracker,
             self.cross_entropy_tracker,
             self.template_tracker,
+            self.dead_tracker,
+            self.template_similarity_tracker,
             self.accuracy,
             self.mean_iou,
         ]
@@ -87,7 +99,19 @@ class SegmentationTrainer(keras.Model):
             )
         else:
             template = tf.zeros([], tf.float32)
+        self._update_diagnostics(outputs["features"], scores, labels)
         return ce + self.template_weight * template, ce, template, scores, labels
+
+    def _update_diagnostics(self, features, scores, labels):
+        features = tf.stop_gradient(tf.cast(features, tf.float32))
+        dead = tf.reduce_all(tf.equal(features, 0.0), axis=-1)
+        self.dead_tracker.update_state(tf.reduce_mean(tf.cast(dead, tf.float32)))
+        *_, templates, present = class_templates(
+            features, tf.stop_gradient(scores), labels, self.ignore_label
+        )
+        self.template_similarity_tracker.update_state(
+            template_similarities(templates, present, self.similarity)
+        )
 
     def _update_metrics(self, total, ce, template, scores, labels):
         # The losses are each replica's share of the global loss (see `losses`); summed over
