@@ -7,6 +7,8 @@
   capture 10, 25 and 50% of its positive contribution, averaged over the fixation points.
 - `salient_parts`: mask each class's most fixated region (heat map >= 0.5), segment again,
   and measure how much the class's probability drops inside and outside the masked region.
+- `location_over_seeds`: `fixation_location`, plain and contrastive, over models trained
+  with different seeds, with 95% intervals.
 
 Each returns rows (dicts) that `write_results` saves as CSV and JSON next to a figure.
 """
@@ -18,7 +20,8 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from tf_segunravel.atomic import save_atomically, write_json
+from tf_segunravel import stats
+from tf_segunravel.atomic import save_atomically, write_json, write_text
 from tf_segunravel.data.labels import class_name
 from tf_segunravel.data.pipeline import MEAN_RGB
 from tf_segunravel.evaluation import evaluate
@@ -46,8 +49,13 @@ def fixation_location(
     settings=None,
     max_images=100,
     pad_size=513,
+    with_iou=True,
 ):
-    """Rows per class: images, mean inside-truth share (plain, weighted), IoU, kind."""
+    """Rows per class: images, mean inside-truth share (plain, weighted), IoU, kind.
+
+    With a contrastive `settings` the shares are those of the margin's fixations; without
+    `with_iou` the IoU column (a second pass over the images) is None.
+    """
     engine = SegUnravel(network, settings)
     shares = {c: [] for c in range(num_classes)}
     weighted = {c: [] for c in range(num_classes)}
@@ -58,7 +66,10 @@ def fixation_location(
             inside = truth[points[mine, 1], points[mine, 2]] == cls
             shares[cls].append(inside.mean())
             weighted[cls].append(np.average(inside, weights=counts[mine]))
-    iou = evaluate(network, examples.take(max_images), num_classes, pad_size)["per_class_iou"]
+    iou = None
+    if with_iou:
+        iou = evaluate(network, examples.take(max_images), num_classes, pad_size)
+        iou = list(iou["per_class_iou"].values())
     rows = []
     for cls in range(num_classes):
         name = class_name(class_names, cls)
@@ -70,7 +81,7 @@ def fixation_location(
                 "images": len(shares[cls]),
                 "inside_truth": float(np.mean(shares[cls])) if shares[cls] else None,
                 "inside_truth_weighted": float(np.mean(weighted[cls])) if weighted[cls] else None,
-                "iou": iou[list(iou)[cls]],
+                "iou": None if iou is None else iou[cls],
             }
         )
     return rows
@@ -83,6 +94,98 @@ def by_kind(rows, key="inside_truth"):
         if row["kind"] and row[key] is not None:
             groups.setdefault(row["kind"], []).append(row[key])
     return {kind: float(np.mean(values)) for kind, values in groups.items()}
+
+
+def location_over_seeds(
+    networks,
+    model_names,
+    examples,
+    num_classes,
+    class_names,
+    class_kinds,
+    settings=None,
+    max_images=500,
+    pad_size=513,
+    output_dir=None,
+):
+    """`fixation_location`, plain and contrastive, on models trained with different seeds.
+
+    The contrastive pass uses `settings.contrast`, or "runner_up" when it is unset. Returns
+    per model and pass the rows and the by-kind shares, each kind's mean over the models with
+    a 95% t interval, and per pass the paired difference intrinsic minus contextual share
+    (above 0: the contextual classes' fixations leave their object more). Writes
+    location_over_seeds.json and .md into `output_dir` when given.
+    """
+    settings = settings or FixationSettings()
+    passes = {
+        "plain": dataclasses.replace(settings, contrast=None),
+        "contrastive": dataclasses.replace(settings, contrast=settings.contrast or "runner_up"),
+    }
+    per_model = []
+    for network, name in zip(networks, model_names, strict=True):
+        entry = {"model": name}
+        for label, chosen in passes.items():
+            rows = fixation_location(
+                network,
+                examples,
+                num_classes,
+                class_names,
+                class_kinds,
+                settings=chosen,
+                max_images=max_images,
+                pad_size=pad_size,
+                with_iou=label == "plain",
+            )
+            entry[label] = {"rows": rows, "by_kind": by_kind(rows)}
+        per_model.append(entry)
+    summary = {"models": list(model_names), "images": max_images, "passes": {}}
+    for label in passes:
+        kinds = sorted({k for e in per_model for k in e[label]["by_kind"]})
+        by = {
+            k: stats.mean_interval([e[label]["by_kind"].get(k) for e in per_model]) for k in kinds
+        }
+        difference = stats.mean_interval(
+            [
+                e[label]["by_kind"]["intrinsic"] - e[label]["by_kind"]["contextual"]
+                if {"intrinsic", "contextual"} <= e[label]["by_kind"].keys()
+                else None
+                for e in per_model
+            ]
+        )
+        summary["passes"][label] = {
+            "contrast": passes[label].contrast,
+            "by_kind": by,
+            "intrinsic_minus_contextual": difference,
+            "verdict": stats.verdict(difference),
+        }
+    summary["per_model"] = per_model
+    if output_dir:
+        os.makedirs(output_dir, exist_ok=True)
+        write_json(os.path.join(output_dir, "location_over_seeds.json"), summary)
+        write_text(os.path.join(output_dir, "location_over_seeds.md"), location_markdown(summary))
+    return summary
+
+
+def location_markdown(summary):
+    """The kinds-by-pass table of `location_over_seeds`."""
+    passes = summary["passes"]
+    kinds = sorted({k for p in passes.values() for k in p["by_kind"]})
+    lines = [
+        f"Share of each class's fixations inside its own ground-truth object; mean over "
+        f"{len(summary['models'])} models [95% interval], {summary['images']} images.",
+        "",
+        "| class kind | " + " | ".join(passes) + " |",
+        "| --- |" + " --- |" * len(passes),
+    ]
+    for kind in kinds:
+        cells = [stats.describe(p["by_kind"][kind], 3) for p in passes.values()]
+        lines.append(f"| {kind} | " + " | ".join(cells) + " |")
+    cells = [
+        f"{stats.describe(p['intrinsic_minus_contextual'], 3, signed=True)} ({p['verdict']})"
+        for p in passes.values()
+    ]
+    lines.append("| intrinsic minus contextual | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def shift_variants(

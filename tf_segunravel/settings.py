@@ -112,11 +112,12 @@ def _base_type(annotation):
     return annotation
 
 
-def define_flags(cls, flag_values=flags.FLAGS, exclude=(), defaults=None, prefix=""):
+def define_flags(cls, flag_values=flags.FLAGS, exclude=(), defaults=None, prefix="", rules=True):
     """Declares one flag per field of `cls` (bar `exclude`), with the fields' checks.
 
     `defaults` {field: value} gives a binary its own defaults for some fields; `prefix` is
     put before every flag name (`crf_` makes `bilateral_weight` `--crf_bilateral_weight`).
+    `rules=False` leaves the cross-field `RULES` to the instance (checked on construction).
     """
     defaults = defaults or {}
     for field in dataclasses.fields(cls):
@@ -154,7 +155,7 @@ def define_flags(cls, flag_values=flags.FLAGS, exclude=(), defaults=None, prefix
                 f"--{name} {meta['requirement']}",
                 flag_values=flag_values,
             )
-    for rule in getattr(cls, "RULES", ()):
+    for rule in getattr(cls, "RULES", ()) if rules else ():
         if any(name in exclude for name in rule.fields):
             continue
         flags.register_multi_flags_validator(
@@ -196,13 +197,15 @@ def from_flagfile(cls, path, root=None, **overrides):
     """Parses the flagfile at `path` through absl into an instance of `cls`.
 
     `root` is the directory nested `--flagfile=` lines are relative to (default: the parent
-    of the flagfile's directory, the repository root for `flags/*.cfg`).
+    of the flagfile's directory, the repository root for `flags/*.cfg`). `overrides` win
+    over the flagfile; the cross-field rules are checked after they apply (a flagfile may
+    leave `init_path` to its caller).
     """
     path = os.path.abspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such flagfile")
     flag_values = flags.FlagValues()
-    define_flags(cls, flag_values)
+    define_flags(cls, flag_values, rules=False)
     root = root or os.path.dirname(os.path.dirname(path))
     with _working_dir(root):
         flag_values(["settings", f"--flagfile={path}"])

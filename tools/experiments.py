@@ -1,23 +1,45 @@
-"""The dissertation's unravel analyses on a dataset split (shapes by default, VOC if present).
+"""The dissertation's experiments: unravel analyses of trained models, and the template sweep.
 
     python3 tools/experiments.py --experiment=fixation_location --model=runs/shapes_base \
         --dataset=segunravel_shapes --split=val --pad_size=129 --output_dir=runs/experiments
+    python3 tools/experiments.py --experiment=template_sweep --output_dir=runs/sweep \
+        --seeds=0,1,2,3,4 [--weights=0.01,0.05,0.1,0.5,1,5 --variants=cosine,... --scratch]
+    python3 tools/experiments.py --experiment=location_over_seeds --output_dir=runs/location \
+        --models=runs/sweep/seed0/base,runs/sweep/seed1/base,... --pad_size=129
 
---experiment is fixation_location, shift_variants, k_analysis, salient_parts or all. Each
-writes <name>.csv, <name>.json and <name>.png into --output_dir.
+fixation_location, shift_variants, k_analysis and salient_parts analyse --model (all: the
+four) and write <name>.csv, <name>.json and <name>.png into --output_dir. template_sweep
+trains and fine-tunes on segunravel_shapes (tf_segunravel/template_sweep.py) and writes
+template_sweep.json and .md; it resumes when run again. location_over_seeds runs
+fixation_location, plain and contrastive (--contrast=runner_up), on each of --models and
+reports each class kind's share with a 95% interval over the models.
 """
 
 from absl import flags
 
 from tf_segunravel import cli, settings
 
+UNRAVEL_EXPERIMENTS = ["fixation_location", "shift_variants", "k_analysis", "salient_parts"]
 flags.DEFINE_enum(
     "experiment",
     "fixation_location",
-    ["fixation_location", "shift_variants", "k_analysis", "salient_parts", "all"],
-    "Which analysis to run.",
+    [*UNRAVEL_EXPERIMENTS, "all", "template_sweep", "location_over_seeds"],
+    "Which experiment to run.",
 )
 flags.DEFINE_string("model", None, "A training model dir, checkpoint prefix or .keras file.")
+flags.DEFINE_list("models", None, "location_over_seeds: the models, one per training seed.")
+flags.DEFINE_list("seeds", ["0", "1", "2", "3", "4"], "template_sweep: training seeds.")
+flags.DEFINE_list(
+    "weights", ["0.01", "0.05", "0.1", "0.5", "1", "5"], "template_sweep: template weights."
+)
+flags.DEFINE_list(
+    "variants",
+    ["cosine", "correlation", "selective_cosine", "selective_correlation"],
+    "template_sweep: template-loss variants.",
+)
+flags.DEFINE_boolean(
+    "scratch", False, "template_sweep: also train the template loss from scratch per seed."
+)
 flags.DEFINE_string("dataset", "segunravel_shapes", "TFDS dataset name, or folder:<dir>.")
 flags.DEFINE_string("split", "val", "Split to analyse.")
 flags.DEFINE_string("data_dir", None, "TFDS data dir (default: TFDS's own).")
@@ -26,16 +48,78 @@ flags.DEFINE_integer("max_images", 100, "Images analysed (k_analysis: a fifth of
 flags.DEFINE_integer("pad_size", 513, "Evaluation pad size for the IoU column.")
 cli.define_fixation_flags(defaults={"sigma": 6.0})
 flags.adopt_module_key_flags(cli)  # so --help lists them with the tool's own
-flags.mark_flags_as_required(["model", "output_dir"])
+flags.mark_flags_as_required(["output_dir"])
 flags.register_validator("max_images", lambda v: v >= 1, "--max_images must be >= 1")
+flags.register_validator(
+    "seeds", lambda v: bool(v) and all(s.isdigit() for s in v), "--seeds must be integers"
+)
+flags.register_multi_flags_validator(
+    ["experiment", "model"],
+    lambda f: f["experiment"] not in [*UNRAVEL_EXPERIMENTS, "all"] or f["model"],
+    "--model is required by the unravel experiments",
+)
+flags.register_multi_flags_validator(
+    ["experiment", "models"],
+    lambda f: f["experiment"] != "location_over_seeds" or (f["models"] and len(f["models"]) >= 2),
+    "--models needs at least two models with --experiment=location_over_seeds",
+)
 # Flags generated from settings classes are declared by tf_segunravel.settings; list them
 # with the tool's own in --help.
 flags.adopt_module_key_flags(settings)
 FLAGS = flags.FLAGS
 
 
+def template_sweep():
+    from tf_segunravel import template_sweep as sweep
+    from tf_segunravel.errors import InputError
+
+    try:
+        weights = [float(w) for w in FLAGS.weights]
+    except ValueError as e:
+        raise InputError(f"--weights={','.join(FLAGS.weights)}: not numbers") from e
+    summary = sweep.run(
+        FLAGS.output_dir,
+        seeds=[int(s) for s in FLAGS.seeds],
+        weights=weights,
+        variants=FLAGS.variants,
+        scratch=FLAGS.scratch,
+        data_dir=FLAGS.data_dir,
+        log=lambda message: print(f"template_sweep: {message}", flush=True),
+    )
+    print(sweep.markdown(summary))
+
+
+def location_over_seeds():
+    from tf_segunravel import experiments as ex
+    from tf_segunravel.data import load_split
+    from tf_segunravel.data.pipeline import dataset_classes
+    from tf_segunravel.training import load_network
+
+    networks = [load_network(path) for path in FLAGS.models]  # every model checked first
+    num_classes = networks[0].outputs[0].shape[-1]
+    examples = load_split(FLAGS.dataset, FLAGS.split, FLAGS.data_dir, num_classes)
+    names, kinds = dataset_classes(FLAGS.dataset, FLAGS.data_dir, num_classes)
+    summary = ex.location_over_seeds(
+        networks,
+        FLAGS.models,
+        examples,
+        num_classes,
+        names,
+        kinds,
+        settings=cli.fixation_settings(names, num_classes),
+        max_images=FLAGS.max_images,
+        pad_size=FLAGS.pad_size,
+        output_dir=FLAGS.output_dir,
+    )
+    print(ex.location_markdown(summary))
+
+
 def main(argv):
     del argv  # cli.run rejects positional arguments
+    if FLAGS.experiment == "template_sweep":
+        return template_sweep()
+    if FLAGS.experiment == "location_over_seeds":
+        return location_over_seeds()
     from tf_segunravel import experiments as ex
     from tf_segunravel.data import load_split
     from tf_segunravel.data.pipeline import dataset_classes
@@ -45,7 +129,7 @@ def main(argv):
     num_classes = network.outputs[0].shape[-1]
     examples = load_split(FLAGS.dataset, FLAGS.split, FLAGS.data_dir, num_classes)
     names, kinds = dataset_classes(FLAGS.dataset, FLAGS.data_dir, num_classes)
-    settings = cli.fixation_settings()
+    settings = cli.fixation_settings(names, num_classes)
     chosen = ex.EXPERIMENTS if FLAGS.experiment == "all" else [FLAGS.experiment]
     for name in chosen:
         summary = {}

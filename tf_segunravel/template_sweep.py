@@ -1,0 +1,259 @@
+"""The dissertation's template-loss protocol as a resumable sweep (docs/method.md section 3).
+
+Per seed: train the cross-entropy baseline (`flags/shapes_baseline.cfg`) once; from it,
+fine-tune fc6..fc8 (`flags/shapes_finetune.cfg`) in paired arms that differ only in the loss:
+the control (cross-entropy only) and each template variant at each weight. Every arm of a
+seed starts from the same checkpoint and sees the same steps, schedule and input order
+(`--deterministic`), so the arm minus the control of the same seed is a paired difference;
+the sweep reports its mean over seeds with a 95% t interval (`tf_segunravel.stats`).
+
+With `scratch=True` it also trains the comparison the demo used to make, the template loss
+from scratch (`flags/shapes_template_cosine.cfg`) against the baseline of the same seed.
+
+Layout of `output_dir` (each stage is skipped when its `val.json` exists, and training
+resumes from its checkpoints, so an interrupted sweep continues where it stopped):
+  tfds/                      the prepared dataset (unless `data_dir` is given)
+  seed<S>/base/              the baseline; seed<S>/control/, seed<S>/<variant>_w<weight>/
+  seed<S>/scratch_cosine/    with scratch
+  template_sweep.json, template_sweep.md
+"""
+
+import dataclasses
+import json
+import os
+import time
+
+from tf_segunravel import settings, stats
+from tf_segunravel.atomic import write_json, write_text
+from tf_segunravel.errors import InputError
+from tf_segunravel.training.config import TrainConfig
+
+VARIANTS = {
+    "cosine": {"similarity": "cosine", "selective": False},
+    "correlation": {"similarity": "correlation", "selective": False},
+    "selective_cosine": {"similarity": "cosine", "selective": True},
+    "selective_correlation": {"similarity": "correlation", "selective": True},
+}
+WEIGHTS = (0.01, 0.05, 0.1, 0.5, 1.0, 5.0)
+FLAGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "flags")
+BASE_FLAGFILE = "shapes_baseline.cfg"
+FINETUNE_FLAGFILE = "shapes_finetune.cfg"
+SCRATCH_FLAGFILE = "shapes_template_cosine.cfg"
+PAD_SIZE = 129
+
+
+def arm_name(variant, weight):
+    return f"{variant}_w{weight:g}"
+
+
+def flagfile_config(name, flags_dir=FLAGS_DIR, **overrides):
+    """The `TrainConfig` of flagfile `name` in `flags_dir`, then `overrides`."""
+    from absl import flags
+
+    path = os.path.join(flags_dir, name)
+    if not os.path.isfile(path):
+        raise InputError(f"{path}: flagfile not found (run from a source checkout)")
+    try:
+        return settings.from_flagfile(
+            TrainConfig, path, root=os.path.dirname(flags_dir), **overrides
+        )
+    except (ValueError, flags.Error) as e:  # absl's flag errors and TrainConfig's checks
+        raise InputError(f"{path}: {e}") from e
+
+
+def _train_and_evaluate(config, evaluate_model, log):
+    """Trains `config` (resuming) and evaluates it; returns its val.json dict."""
+    from tf_segunravel.training import train
+    from tf_segunravel.training.loop import TrainingDiverged
+
+    path = os.path.join(config.model_dir, "val.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
+    log(f"{config.model_dir}: {config.steps} steps")
+    start = time.perf_counter()
+    try:
+        train(config)
+    except TrainingDiverged as e:  # a result too: the arm's loss blew up
+        record = {"mean_iou": None, "diverged": str(e), "train_seconds": None}
+        write_json(path, record)
+        return record
+    seconds = time.perf_counter() - start
+    record = {**evaluate_model(config.model_dir), "train_seconds": seconds}
+    write_json(path, record)
+    return record
+
+
+def run(
+    output_dir,
+    seeds=(0, 1, 2, 3, 4),
+    weights=WEIGHTS,
+    variants=tuple(VARIANTS),
+    scratch=False,
+    data_dir=None,
+    flags_dir=FLAGS_DIR,
+    base_overrides=None,
+    finetune_overrides=None,
+    val_images=None,
+    verbose=0,
+    log=print,
+):
+    """Runs (or resumes) the sweep; returns the summary also written to template_sweep.json.
+
+    `base_overrides` / `finetune_overrides` replace flagfile settings and `val_images` scores
+    only the first val images (tests use them for tiny runs); every run is `deterministic`.
+    """
+    import tensorflow_datasets as tfds
+
+    import tf_segunravel.data  # noqa: F401  (registers the builders)
+    from tf_segunravel.data import load_split
+    from tf_segunravel.data.shapes import CLASS_NAMES
+    from tf_segunravel.evaluation import evaluate
+    from tf_segunravel.training import load_network
+
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown:
+        raise InputError(f"--variants: unknown {unknown}; choose from {list(VARIANTS)}")
+    if not seeds:
+        raise InputError("--seeds: at least one seed is needed")
+    started = time.perf_counter()
+    os.makedirs(output_dir, exist_ok=True)
+    if data_dir is None:
+        data_dir = os.path.join(output_dir, "tfds")
+        tfds.builder("segunravel_shapes", data_dir=data_dir).download_and_prepare()
+    val = load_split("segunravel_shapes", "val", data_dir)
+    if val_images:
+        val = val.take(val_images)
+
+    def evaluate_model(model_dir):
+        scores = evaluate(load_network(model_dir), val, len(CLASS_NAMES), PAD_SIZE, CLASS_NAMES)
+        return {k: scores[k] for k in ("mean_iou", "per_class_iou", "pixel_accuracy", "images")}
+
+    common = {"data_dir": data_dir, "deterministic": True, "verbose": verbose}
+    arms = [arm_name(v, w) for v in variants for w in weights]
+    results = {}  # (seed, arm) -> val record
+    for seed in seeds:
+        seed_dir = os.path.join(output_dir, f"seed{seed}")
+        base_dir = os.path.join(seed_dir, "base")
+        base = flagfile_config(
+            BASE_FLAGFILE,
+            flags_dir,
+            **common,
+            seed=seed,
+            model_dir=base_dir,
+            **(base_overrides or {}),
+        )
+        results[(seed, "base")] = _train_and_evaluate(base, evaluate_model, log)
+        finetune = flagfile_config(
+            FINETUNE_FLAGFILE,
+            flags_dir,
+            **common,
+            seed=seed,
+            init_path=base_dir,
+            model_dir=os.path.join(seed_dir, "control"),
+            **(finetune_overrides or {}),
+        )
+        results[(seed, "control")] = _train_and_evaluate(finetune, evaluate_model, log)
+        for variant in variants:
+            for weight in weights:
+                name = arm_name(variant, weight)
+                config = dataclasses.replace(
+                    finetune,
+                    model_dir=os.path.join(seed_dir, name),
+                    template_weight=float(weight),
+                    **VARIANTS[variant],
+                )
+                results[(seed, name)] = _train_and_evaluate(config, evaluate_model, log)
+        if scratch:
+            config = flagfile_config(
+                SCRATCH_FLAGFILE,
+                flags_dir,
+                **common,
+                seed=seed,
+                model_dir=os.path.join(seed_dir, "scratch_cosine"),
+                **(base_overrides or {}),
+            )
+            results[(seed, "scratch_cosine")] = _train_and_evaluate(config, evaluate_model, log)
+
+    summary = summarise(results, seeds, arms, scratch)
+    summary["wall_seconds"] = time.perf_counter() - started
+    summary["finetune"] = {
+        k: v for k, v in dataclasses.asdict(finetune).items() if k not in ("model_dir", "seed")
+    }
+    write_json(os.path.join(output_dir, "template_sweep.json"), summary)
+    write_text(os.path.join(output_dir, "template_sweep.md"), markdown(summary))
+    return summary
+
+
+def _miou(record):
+    value = record.get("mean_iou")
+    return None if value is None else 100 * value
+
+
+def _paired(results, seeds, arm, reference):
+    """Per seed arm - reference in mIoU points (None where either diverged)."""
+    diffs = []
+    for seed in seeds:
+        a, b = _miou(results[(seed, arm)]), _miou(results[(seed, reference)])
+        diffs.append(None if a is None or b is None else a - b)
+    return diffs
+
+
+def summarise(results, seeds, arms, scratch=False):
+    """The sweep's table: each arm's paired difference from its control, over seeds."""
+    rows = []
+    for arm in arms:
+        diffs = _paired(results, seeds, arm, "control")
+        interval = stats.mean_interval(diffs)
+        rows.append(
+            {
+                "arm": arm,
+                "reference": "control",
+                "difference": interval,
+                "verdict": stats.verdict(interval),
+                "diverged_seeds": [s for s in seeds if "diverged" in results[(s, arm)]],
+            }
+        )
+    if scratch:
+        interval = stats.mean_interval(_paired(results, seeds, "scratch_cosine", "base"))
+        rows.append(
+            {
+                "arm": "scratch_cosine",
+                "reference": "base",
+                "difference": interval,
+                "verdict": stats.verdict(interval),
+                "diverged_seeds": [
+                    s for s in seeds if "diverged" in results[(s, "scratch_cosine")]
+                ],
+            }
+        )
+    return {
+        "seeds": list(seeds),
+        "base_miou": stats.mean_interval([_miou(results[(s, "base")]) for s in seeds]),
+        "control_miou": stats.mean_interval([_miou(results[(s, "control")]) for s in seeds]),
+        "rows": rows,
+        "miou_per_seed": {
+            f"seed{s}/{arm}": _miou(results[(s, arm)])
+            for (s, arm) in sorted(results, key=lambda key: (key[0], key[1]))
+        },
+    }
+
+
+def markdown(summary):
+    lines = [
+        f"Seeds: {summary['seeds']}. Baseline val mIoU "
+        f"{stats.describe(summary['base_miou'])}, fine-tuned control "
+        f"{stats.describe(summary['control_miou'])} (mean [95% interval], %).",
+        "",
+        "| arm | minus | mean paired difference, mIoU points [95% interval] | interval | "
+        "diverged |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for row in summary["rows"]:
+        diverged = ", ".join(str(s) for s in row["diverged_seeds"]) or "-"
+        lines.append(
+            f"| {row['arm']} | {row['reference']} | "
+            f"{stats.describe(row['difference'], signed=True)} | {row['verdict']} | "
+            f"{diverged} |"
+        )
+    return "\n".join(lines) + "\n"
