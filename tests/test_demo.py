@@ -17,23 +17,28 @@ from tf_segunravel.errors import InputError
 
 def test_demo_trains_what_the_flagfiles_say(tmp_path):
     baseline = demo.arm_config("baseline", model_dir="m")
-    template = demo.arm_config("template_cosine", model_dir="m")
-    assert (baseline.width, baseline.steps, baseline.lr_policy) == (0.125, 1500, "poly")
-    assert baseline.template_weight == 0 and template.template_weight == 0.1
-    # The template arm is the baseline's flagfile plus its own lines, nothing else.
+    control = demo.arm_config("control", model_dir="m", init_path="b")
+    template = demo.arm_config("template_cosine", model_dir="m", init_path="b")
+    assert (baseline.width, baseline.steps, baseline.lr_policy) == (0.125, 1000, "poly")
+    assert baseline.deterministic and baseline.init == "scratch"
+    assert (control.init, control.train_layers, control.template_weight) == ("model", 3, 0.0)
+    assert template.template_weight == 0.01 and template.similarity == "cosine"
+    # The template arm is the control's flagfile plus its own lines, nothing else.
     differing = {
         name
         for name, value in dataclasses.asdict(template).items()
-        if dataclasses.asdict(baseline)[name] != value
+        if dataclasses.asdict(control)[name] != value
     }
     assert differing == {"template_weight"}
     # The files are the source: an edited copy changes what the demo trains.
     flags_dir = tmp_path / "flags"
     shutil.copytree(os.path.join(REPO_ROOT, "flags"), flags_dir)
     path = flags_dir / "shapes_baseline.cfg"
-    path.write_text(path.read_text().replace("--steps=1500", "--steps=750"))
-    edited = demo.arm_config("template_cosine", flags_dir=str(flags_dir), model_dir="m")
-    assert edited.steps == 750 and edited.template_weight == 0.1
+    path.write_text(path.read_text().replace("--crop_size=97", "--crop_size=65"))
+    edited = demo.arm_config(
+        "template_cosine", flags_dir=str(flags_dir), model_dir="m", init_path="b"
+    )
+    assert edited.crop_size == 65 and edited.template_weight == 0.01
 
 
 def test_demo_overrides_are_checked_like_flags():
@@ -54,47 +59,55 @@ def test_absent_classes_are_left_out_of_the_per_class_means():
 
 
 @pytest.mark.slow
-def test_reduced_demo_writes_every_artefact(tmp_path):
-    out = tmp_path / "demo"
+def test_reduced_demo_writes_every_artefact_and_reruns_bit_for_bit(tmp_path):
     args = [
-        f"--output_dir={out}",
         "--steps=20",
+        "--finetune_steps=10",
         "--checkpoint_every=10",
         "--fixation_images=2",
         "--experiment_images=8",
     ]
-    proc = run_tool("demo", *args)
+    out = tmp_path / "demo"
+    proc = run_tool("demo", f"--output_dir={out}", *args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for arm in demo.ARMS:
         model_dir = out / "models" / f"{arm}_seed0"
         assert (model_dir / "model.keras").exists()
         scores = json.loads((model_dir / "val.json").read_text())
         assert scores["images"] == 500 and 0 <= scores["mean_iou"] <= 1
-        assert (model_dir / "history.csv").read_text().count("\n") == 3
+        rows = (model_dir / "history.csv").read_text().splitlines()
+        assert len(rows) == (3 if arm == "baseline" else 2)
+        assert "dead_features" in rows[0] and "template_similarity" in rows[0]
+    control = json.loads((out / "models" / "control_seed0" / "config.json").read_text())
+    assert control["init_path"] == str(out / "models" / "baseline_seed0")
     loaded = tf.saved_model.load(str(out / "saved_model"))
     assert {"serving_default", "fixations"} <= set(loaded.signatures)
-    pngs = sorted((out / "fixations").glob("*.png"))
-    assert len(pngs) == 2
+    for folder in ("fixations", "fixations_contrastive"):
+        assert len(sorted((out / folder).glob("*.png"))) == 2
+        for path in (out / folder).glob("*.json"):
+            json.loads(path.read_text())
     for path in [
-        *pngs,
+        *(out / "fixations").glob("*.png"),
         out / "training_curves.png",
         out / "per_class_iou.png",
-        out / "experiments" / "fixation_location_seed0.png",
     ]:
         with Image.open(path) as image:
             image.verify()
     for path in (out / "fixations").glob("*_flow.gif"):
         with Image.open(path) as gif:
             assert gif.n_frames > 10
-    for path in (out / "fixations").glob("*.json"):
-        json.loads(path.read_text())
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["arms"]) == set(demo.ARMS)
-    assert (
-        "mean_iou" in (out / "summary.md").read_text() or "mIoU" in (out / "summary.md").read_text()
-    )
+    assert set(summary["fixations_inside_truth"]) == {"plain", "contrastive"}
+    assert "template_cosine minus control" in (out / "summary.md").read_text()
 
-    again = run_tool("demo", *args)
+    again = run_tool("demo", f"--output_dir={out}", *args)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert len(re.findall("done before, reused", again.stdout)) == 2
+    assert len(re.findall("done before, reused", again.stdout)) == 3
     assert "=== " in again.stdout and "evaluate:" not in again.stdout
+
+    # A fresh directory gives the same summary, bit for bit.
+    fresh = tmp_path / "fresh"
+    proc = run_tool("demo", f"--output_dir={fresh}", *args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (fresh / "summary.json").read_bytes() == (out / "summary.json").read_bytes()

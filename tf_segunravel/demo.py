@@ -2,34 +2,43 @@
 
 Stages, each skipped when its output already exists (so a re-run reuses finished work):
   data         prepare segunravel_shapes into <out>/tfds
-  train        reduced-width LargeFOV, with and without the template loss, per seed
+  train        per seed: the cross-entropy baseline from scratch, then fc6..fc8 fine-tuned
+               from it in a pair of arms, cross-entropy only (the control) and with the
+               cosine template loss (the dissertation's protocol, in small)
   evaluate     per-class IoU tables on val (DeepLab's protocol)
   export       the baseline as a SavedModel
-  fixations    the fixation tool on the first val images (figures, .npz, .json, flow GIF)
-  experiments  fixation location: intrinsic vs contextual classes
-  report       plots and summary.md
+  fixations    the fixation tool on the first val images, plain and contrastive
+  experiments  fixation location by class kind, plain and contrastive
+  report       plots, summary.json and summary.md
+
+Every run is `--deterministic` and the input order is fixed, so the same command on the
+same kind of machine writes the same summary.json, bit for bit.
 """
 
 import csv
+import dataclasses
 import json
 import os
 import time
 
 import numpy as np
-from absl import flags
 from PIL import Image
 
-from tf_segunravel import settings
-from tf_segunravel.atomic import save_atomically, write_json
-from tf_segunravel.errors import InputError
-from tf_segunravel.training.config import TrainConfig
+from tf_segunravel import stats
+from tf_segunravel.atomic import save_atomically, write_json, write_text
+from tf_segunravel.template_sweep import FLAGS_DIR, flagfile_config
 from tf_segunravel.training.loop import HISTORY_FILE
-from tf_segunravel.unravel.settings import FixationSettings
+from tf_segunravel.unravel.settings import RUNNER_UP, FixationSettings
 
 # Each arm trains what its flagfile says: the flagfiles are read through absl, so the demo
-# and `tools/train.py --flagfile=...` train the same thing.
-ARMS = {"baseline": "shapes_baseline.cfg", "template_cosine": "shapes_template_cosine.cfg"}
-FLAGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "flags")
+# and `tools/train.py --flagfile=...` train the same thing. The fine-tuning arms start from
+# the same seed's baseline.
+ARMS = {
+    "baseline": "shapes_demo.cfg",
+    "control": "shapes_finetune.cfg",
+    "template_cosine": "shapes_finetune_cosine.cfg",
+}
+FINETUNED = ("control", "template_cosine")
 PAD_SIZE = 129
 # Heat maps for 129-pixel images: a 6-pixel blur instead of the default 20.
 FIXATIONS = FixationSettings(sigma=6.0)
@@ -41,15 +50,7 @@ def _banner(stage, message):
 
 def arm_config(arm, flags_dir=FLAGS_DIR, **overrides):
     """The `TrainConfig` of one arm: its flagfile in `flags_dir`, then `overrides`."""
-    path = os.path.join(flags_dir, ARMS[arm])
-    if not os.path.isfile(path):
-        raise InputError(f"{path}: flagfile not found (the demo runs from a source checkout)")
-    try:
-        return settings.from_flagfile(
-            TrainConfig, path, root=os.path.dirname(flags_dir), **overrides
-        )
-    except (ValueError, flags.Error) as e:  # absl's flag errors and TrainConfig's checks
-        raise InputError(f"{path}: {e}") from e
+    return flagfile_config(ARMS[arm], flags_dir, **overrides)
 
 
 def _read_json(path):
@@ -61,6 +62,7 @@ def run(
     output_dir,
     seeds=(0,),
     steps=None,
+    finetune_steps=None,
     checkpoint_every=None,
     fixation_images=6,
     experiment_images=100,
@@ -92,13 +94,13 @@ def run(
         for arm in ARMS:
             model_dir = os.path.join(output_dir, "models", f"{arm}_seed{seed}")
             runs[(arm, seed)] = model_dir
-            overrides = {
-                "seed": seed,
-                "model_dir": model_dir,
-                "data_dir": data_dir,
-                "verbose": verbose,
-            }
-            if steps:
+            overrides = {"seed": seed, "model_dir": model_dir, "data_dir": data_dir}
+            overrides.update(verbose=verbose, deterministic=True)
+            if arm in FINETUNED:
+                overrides["init_path"] = runs[("baseline", seed)]
+                if finetune_steps:
+                    overrides["steps"] = finetune_steps
+            elif steps:
                 overrides["steps"] = steps
             if checkpoint_every:
                 overrides["checkpoint_every"] = checkpoint_every
@@ -128,16 +130,22 @@ def run(
         export_saved_model(load_network(baseline_dir), export_dir, FIXATIONS)
 
     # ------------------------------------------------------------------------ fixations
-    fixation_dir = os.path.join(output_dir, "fixations")
-    done_marker = os.path.join(fixation_dir, "done.json")
-    if not os.path.exists(done_marker):
+    image_dir = os.path.join(output_dir, "val_images")
+    mask_dir = os.path.join(output_dir, "val_masks")
+    for folder, contrast in (("fixations", None), ("fixations_contrastive", RUNNER_UP)):
+        fixation_dir = os.path.join(output_dir, folder)
+        done_marker = os.path.join(fixation_dir, "done.json")
+        if os.path.exists(done_marker):
+            continue
         _banner("fixations", f"{fixation_images} val images -> {fixation_dir}")
-        image_dir = os.path.join(output_dir, "val_images")
-        mask_dir = os.path.join(output_dir, "val_masks")
         os.makedirs(image_dir, exist_ok=True)
         os.makedirs(mask_dir, exist_ok=True)
         writer = FixationWriter(
-            load_network(baseline_dir), fixation_dir, FIXATIONS, class_names=names, flow=True
+            load_network(baseline_dir),
+            fixation_dir,
+            dataclasses.replace(FIXATIONS, contrast=contrast),
+            class_names=names,
+            flow=contrast is None,
         )
         for example in val.take(fixation_images).as_numpy_iterator():
             stem = example["filename"].decode()
@@ -149,24 +157,22 @@ def run(
 
     # ---------------------------------------------------------------------- experiments
     experiment_dir = os.path.join(output_dir, "experiments")
-    location = {}
-    for seed in seeds:
-        path = os.path.join(experiment_dir, f"fixation_location_seed{seed}.json")
-        if not os.path.exists(path):
-            _banner("experiments", f"fixation location, baseline seed {seed}")
-            rows = experiments.fixation_location(
-                load_network(runs[("baseline", seed)]),
-                val,
-                6,
-                names,
-                kinds,
-                max_images=experiment_images,
-                pad_size=PAD_SIZE,
-            )
-            experiments.write_results(
-                rows, experiment_dir, f"fixation_location_seed{seed}", experiments.by_kind(rows)
-            )
-        location[seed] = _read_json(path)
+    location_path = os.path.join(experiment_dir, "location_over_seeds.json")
+    if not os.path.exists(location_path):
+        _banner("experiments", f"fixation location, plain and contrastive, seeds {list(seeds)}")
+        experiments.location_over_seeds(
+            [load_network(runs[("baseline", seed)]) for seed in seeds],
+            [f"baseline_seed{seed}" for seed in seeds],
+            val,
+            6,
+            names,
+            kinds,
+            settings=FIXATIONS,
+            max_images=experiment_images,
+            pad_size=PAD_SIZE,
+            output_dir=experiment_dir,
+        )
+    location = _read_json(location_path)
 
     # --------------------------------------------------------------------------- report
     _banner("report", os.path.join(output_dir, "summary.md"))
@@ -174,8 +180,7 @@ def run(
     _plot_curves(runs, os.path.join(output_dir, "training_curves.png"))
     _plot_iou(results, seeds, names, os.path.join(output_dir, "per_class_iou.png"))
     write_json(os.path.join(output_dir, "summary.json"), summary)
-    with open(os.path.join(output_dir, "summary.md"), "w") as f:
-        f.write(_markdown(summary, names))
+    write_text(os.path.join(output_dir, "summary.md"), _markdown(summary, names))
     print(_markdown(summary, names))
     return summary
 
@@ -196,42 +201,47 @@ def _summarise(results, location, seeds, names):
     arms = {}
     for arm in ARMS:
         values = [100 * results[(arm, s)]["mean_iou"] for s in seeds]
-        per_class = {name: _mean_iou_over_seeds(results, arm, name, seeds) for name in names}
         arms[arm] = {
             "mean_iou": values,
-            "mean": float(np.mean(values)),
-            "std": float(np.std(values)),
-            "per_class_iou": per_class,
+            "interval": stats.mean_interval(values),
+            "per_class_iou": {n: _mean_iou_over_seeds(results, arm, n, seeds) for n in names},
         }
-    kinds = {}
-    for seed in seeds:
-        for kind, value in location[seed]["summary"].items():
-            kinds.setdefault(kind, []).append(value)
+    tuned, control = arms["template_cosine"]["mean_iou"], arms["control"]["mean_iou"]
+    paired = stats.mean_interval([a - b for a, b in zip(tuned, control, strict=True)])
+    passes = {}
+    for label, entry in location["passes"].items():
+        passes[label] = {
+            "by_kind": entry["by_kind"],
+            "intrinsic_minus_contextual": entry["intrinsic_minus_contextual"],
+            "by_class": {
+                row["name"]: row["inside_truth"] for row in location["per_model"][0][label]["rows"]
+            },
+        }
     return {
         "seeds": list(seeds),
         "arms": arms,
-        "fixations_inside_truth_by_kind": {
-            kind: {"per_seed": values, "mean": float(np.mean(values))}
-            for kind, values in kinds.items()
-        },
-        "fixations_inside_truth_by_class": {
-            row["name"]: row["inside_truth"] for row in location[seeds[0]]["rows"]
-        },
+        "template_cosine_minus_control": paired,
+        "fixations_inside_truth": passes,
     }
 
 
 def _markdown(summary, names):
+    describe = stats.describe
     lines = ["# tf-segunravel demo on segunravel_shapes", ""]
     lines += [
-        f"Seeds: {summary['seeds']}.",
+        f"Seeds: {summary['seeds']}. Val mIoU (%); with several seeds, mean [95% interval].",
         "",
-        "| arm | val mIoU (%) per seed | mean +- std |",
+        "| arm | val mIoU per seed | mean |",
         "| --- | --- | --- |",
     ]
     for arm, entry in summary["arms"].items():
         per_seed = ", ".join(f"{v:.2f}" for v in entry["mean_iou"])
-        lines.append(f"| {arm} | {per_seed} | {entry['mean']:.2f} +- {entry['std']:.2f} |")
+        lines.append(f"| {arm} | {per_seed} | {describe(entry['interval'])} |")
+    paired = summary["template_cosine_minus_control"]
     lines += [
+        "",
+        f"template_cosine minus control (paired by seed): {describe(paired, signed=True)} "
+        f"mIoU points ({stats.verdict(paired)}).",
         "",
         "Per-class IoU (%, mean over seeds):",
         "",
@@ -244,26 +254,32 @@ def _markdown(summary, names):
             for e in summary["arms"].values()
         )
         lines.append(f"| {name} | {values} |")
+    passes = summary["fixations_inside_truth"]
+    kinds = sorted({k for p in passes.values() for k in p["by_kind"]})
     lines += [
         "",
-        "Share of fixations inside the class's own ground-truth segment (baseline):",
+        "Share of fixations inside the class's own ground-truth object (baseline; contrastive:",
+        "the margin over the runner-up class):",
         "",
-        "| kind | mean over classes (per seed) |",
-        "| --- | --- |",
+        "| kind | " + " | ".join(passes) + " |",
+        "| --- |" + " --- |" * len(passes),
     ]
-    for kind, entry in summary["fixations_inside_truth_by_kind"].items():
-        per_seed = ", ".join(f"{v:.3f}" for v in entry["per_seed"])
-        lines.append(f"| {kind} | {entry['mean']:.3f} ({per_seed}) |")
-    lines += ["", "| class | inside truth (seed 0) |", "| --- | --- |"]
-    for name, value in summary["fixations_inside_truth_by_class"].items():
-        lines.append(f"| {name} | {'-' if value is None else f'{value:.3f}'} |")
+    for kind in kinds:
+        cells = [describe(p["by_kind"][kind], 3) for p in passes.values()]
+        lines.append(f"| {kind} | " + " | ".join(cells) + " |")
+    lines += ["", f"| class (seed {summary['seeds'][0]}) | " + " | ".join(passes) + " |"]
+    lines.append("| --- |" + " --- |" * len(passes))
+    for name in names:
+        cells = [p["by_class"].get(name) for p in passes.values()]
+        cells = ["-" if v is None else f"{v:.3f}" for v in cells]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
 def _plot_curves(runs, path):
     import matplotlib.pyplot as plt
 
-    figure, (loss_axis, iou_axis) = plt.subplots(1, 2, figsize=(10, 3.5))
+    figure, (loss_axis, iou_axis, dead_axis) = plt.subplots(1, 3, figsize=(14, 3.5))
     for (arm, seed), model_dir in runs.items():
         history = os.path.join(model_dir, HISTORY_FILE)
         if not os.path.exists(history):
@@ -273,7 +289,9 @@ def _plot_curves(runs, path):
         steps = [(int(r["epoch"]) + 1) for r in rows]
         loss_axis.plot(steps, [float(r["cross_entropy"]) for r in rows], label=f"{arm} {seed}")
         iou_axis.plot(steps, [float(r["mean_iou"]) for r in rows], label=f"{arm} {seed}")
+        dead_axis.plot(steps, [float(r["dead_features"]) for r in rows], label=f"{arm} {seed}")
     loss_axis.set(title="training cross-entropy", xlabel="checkpoint interval", yscale="log")
+    dead_axis.set(title="share of all-zero fc7 vectors", xlabel="checkpoint interval")
     iou_axis.set(title="training mean IoU (score grid)", xlabel="checkpoint interval")
     iou_axis.legend(fontsize=7)
     figure.tight_layout()
@@ -290,7 +308,7 @@ def _plot_iou(results, seeds, names, path):
         values = [_mean_iou_over_seeds(results, arm, n, seeds) for n in names]
         values = [np.nan if v is None else v for v in values]
         axis.bar(np.arange(len(names)) + i * width, values, width, label=arm)
-    axis.set_xticks(np.arange(len(names)) + width / 2, names)
+    axis.set_xticks(np.arange(len(names)) + width * (len(ARMS) - 1) / 2, names)
     axis.set(ylabel="val IoU (%)", title="per-class IoU")
     axis.legend()
     figure.tight_layout()

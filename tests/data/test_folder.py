@@ -1,11 +1,13 @@
 """The folder dataset: matching by stem, image modes, and bad files named."""
 
+import os
+
 import numpy as np
 import pytest
-import tensorflow as tf
 from PIL import Image
 
-from tf_segunravel.data.folder import first_bad_file, folder_dataset
+from tf_segunravel.data import folder
+from tf_segunravel.data.folder import check_folder, folder_dataset
 from tf_segunravel.errors import InputError
 
 
@@ -72,11 +74,29 @@ def test_bad_files_are_named(tmp_path, damage, message):
         Image.fromarray(np.zeros((5, 7, 3), np.uint8)).save(root / "images" / "b.png")
     else:
         Image.fromarray(np.full((12, 10), 9, np.uint8), mode="L").save(root / "masks" / "b.png")
-    assert isinstance(first_bad_file(str(root), 3), InputError)
-    assert message.split(":")[0].replace("\\", "") in str(first_bad_file(str(root), 3))
-    with pytest.raises(tf.errors.OpError, match=message):
-        list(folder_dataset(str(root), num_classes=3).as_numpy_iterator())
+    # Up front, before any tf.data work, and never stamped.
+    with pytest.raises(InputError, match=message):
+        folder_dataset(str(root), num_classes=3)
+    assert not (root / folder.STAMP_FILE).exists()
 
 
-def test_good_folder_has_no_bad_file(tmp_path):
-    assert first_bad_file(str(make_folder(tmp_path / "d")), 3) is None
+def test_a_checked_folder_is_stamped_and_rechecked_when_it_changes(tmp_path, monkeypatch):
+    root = make_folder(tmp_path / "d")
+    assert check_folder(str(root), 3) is True
+    assert (root / folder.STAMP_FILE).exists()
+    reads = []
+    original = folder.read_pair
+    monkeypatch.setattr(folder, "read_pair", lambda *a: reads.append(a) or original(*a))
+    assert check_folder(str(root), 3) is False and not reads
+    assert check_folder(str(root), 4) is True  # another class count is another check
+    assert len(reads) == 2
+    # A file rewritten after the check (new size and time) is read again.
+    mask = root / "masks" / "b.png"
+    Image.fromarray(np.full((12, 10), 9, np.uint8), mode="L").save(mask)
+    os.utime(mask, ns=(1, 1))
+    with pytest.raises(InputError, match=r"b\.png: label values \[9\]"):
+        check_folder(str(root), 3)
+    # A read-only folder still works; it is just checked every time.
+    monkeypatch.setattr(folder, "write_json", lambda *a: (_ for _ in ()).throw(OSError()))
+    Image.fromarray(np.full((12, 10), 1, np.uint8), mode="L").save(mask)
+    assert check_folder(str(root), 3) is True and check_folder(str(root), 3) is True

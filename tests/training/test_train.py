@@ -331,3 +331,71 @@ def test_collapse_diagnostics_are_logged():
     logs = trainer.test_step((images, labels))
     assert float(logs["dead_features"]) == 0.0
     np.testing.assert_allclose(float(logs["template_similarity"]), 1.0, rtol=1e-5)
+
+
+def _folder_with_corrupt_image(root):
+    from PIL import Image
+
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for stem in ("a", "b", "c"):
+        Image.fromarray(np.full((40, 40, 3), 90, np.uint8)).save(root / "images" / f"{stem}.png")
+        Image.fromarray(np.ones((40, 40), np.uint8), mode="L").save(root / "masks" / f"{stem}.png")
+    (root / "images" / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    return root
+
+
+@pytest.mark.parametrize(
+    "case, flags, message",
+    [
+        ("unknown dataset", ["--dataset=shapez"], "--dataset=shapez: not a registered TFDS"),
+        ("missing init file", ["--init=caffe", "--init_path=nope.caffemodel"], "nope.caffemodel"),
+        ("garbage caffemodel", ["--init=caffe", "--init_path={garbage}"], "garbage.caffemodel"),
+        ("missing init model", ["--init=model", "--init_path={tmp}/none"], "none"),
+        ("corrupt folder image", ["--dataset=folder:{folder}"], "b.png: not a readable image"),
+    ],
+)
+def test_failed_starts_leave_no_model_dir(tmp_path, case, flags, message):
+    """Each fails before the first step with one line naming the culprit, within a bounded
+    time (the corrupt image once hung a tf.data iterator), and leaves nothing behind."""
+    garbage = tmp_path / "garbage.caffemodel"
+    garbage.write_bytes(b"\x00\x01 not a protobuf" * 10)
+    folder = _folder_with_corrupt_image(tmp_path / "folder")
+    values = {"garbage": garbage, "tmp": tmp_path, "folder": folder}
+    model_dir = tmp_path / "run"
+    proc = run_tool(
+        "train",
+        f"--model_dir={model_dir}",
+        "--num_classes=3",
+        "--crop_size=33",
+        "--batch_size=2",
+        "--width=0.0625",
+        "--steps=2",
+        "--checkpoint_every=1",
+        *(flag.format(**values) for flag in flags),
+        timeout=180,
+    )
+    assert proc.returncode == 1, (case, proc.stderr[-2000:])
+    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert message in last_line(proc.stderr), (case, last_line(proc.stderr))
+    assert last_line(proc.stderr).startswith("train: error: ")
+    assert not model_dir.exists(), case
+
+
+def test_failed_start_never_touches_an_existing_run(tmp_path, shapes_data_dir):
+    model_dir = tmp_path / "run"
+    common = [
+        f"--model_dir={model_dir}",
+        f"--data_dir={shapes_data_dir}",
+        "--crop_size=33",
+        "--batch_size=2",
+        "--width=0.0625",
+        "--steps=2",
+        "--checkpoint_every=1",
+        "--verbose=0",
+    ]
+    assert run_tool("train", *common).returncode == 0
+    before = {p: p.stat().st_mtime_ns for p in model_dir.rglob("*")}
+    proc = run_tool("train", *common, "--steps=4", "--allow_config_change", "--split=nosuch")
+    assert proc.returncode == 1 and "nosuch" in last_line(proc.stderr), proc.stderr[-2000:]
+    assert {p: p.stat().st_mtime_ns for p in model_dir.rglob("*")} == before

@@ -10,7 +10,9 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import time
+import types
 
 import keras
 import tensorflow as tf
@@ -198,7 +200,8 @@ def _check_resume(config):
     """Refuses to continue a model dir trained with other settings, unless allowed.
 
     Architecture fields can never change (the checkpoint would not fit); any other change
-    needs `allow_config_change` and is appended to `config_changes.jsonl`.
+    needs `allow_config_change`. Returns the record of an allowed change (None when nothing
+    changed), which the run appends to `config_changes.jsonl` once it has started.
     """
     config_path = os.path.join(config.model_dir, checkpoints.CONFIG_FILE)
     if not os.path.exists(config_path):
@@ -213,36 +216,49 @@ def _check_resume(config):
         raise InputError(
             f"{config_path}: this model dir was trained with other settings: {described}; {remedy}"
         )
-    if changes:
-        record = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "checkpoint": tf.train.latest_checkpoint(
-                os.path.join(config.model_dir, checkpoints.CHECKPOINT_DIR)
-            ),
-            "changes": {k: {"before": a, "now": b} for k, (a, b) in changes.items()},
-        }
-        with open(os.path.join(config.model_dir, CONFIG_CHANGES_FILE), "a") as f:
-            f.write(json.dumps(record) + "\n")
+    if not changes:
+        return None
+    return {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "checkpoint": tf.train.latest_checkpoint(
+            os.path.join(config.model_dir, checkpoints.CHECKPOINT_DIR)
+        ),
+        "changes": {k: {"before": a, "now": b} for k, (a, b) in changes.items()},
+    }
 
 
 def train(config, flags_text=None):
     """Runs (or resumes) a training run; returns the final logs dict.
 
-    `flags_text`, the binary's resolved flags, is saved as `flags.txt` beside `config.json`
-    once the settings have been checked against the model dir.
+    Everything that can fail on bad input (settings against the model dir, the dataset and
+    its files, the initialisation) is done before the model dir is written: a run that fails
+    before its first step leaves a new model dir uncreated and an existing one untouched.
+    `flags_text`, the binary's resolved flags, is saved as `flags.txt` beside `config.json`.
     """
     config = resolve_num_classes(config)
-    _check_resume(config)
-    os.makedirs(config.model_dir, exist_ok=True)
-    write_json(os.path.join(config.model_dir, checkpoints.CONFIG_FILE), dataclasses.asdict(config))
-    if flags_text is not None:
-        write_text(os.path.join(config.model_dir, FLAGS_FILE), flags_text)
+    change = _check_resume(config)
+    created = not os.path.exists(config.model_dir)
+    try:
+        run = _prepare(config)
+    except BaseException:
+        if created:  # nothing should be there yet; make sure nothing is
+            shutil.rmtree(config.model_dir, ignore_errors=True)
+        raise
+    return _run(config, run, flags_text, change)
+
+
+def _prepare(config):
+    """Everything before the first step, without writing to the model dir."""
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
     if config.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
     strategy = make_strategy(config.strategy)
+
+    # --------------------------------------------------------------------- input pipeline
+    # First, so that a bad dataset or bad files fail before anything is built or written.
+    examples = load_split(config.dataset, config.split, config.data_dir, config.num_classes)
 
     # ------------------------------------------------------------- model and optimizer
     with strategy.scope():
@@ -283,9 +299,6 @@ def train(config, flags_text=None):
     else:
         initialise(network, config.init, config.init_path)
     start_step = int(step.numpy())
-
-    # --------------------------------------------------------------------- input pipeline
-    examples = load_split(config.dataset, config.split, config.data_dir, config.num_classes)
     batches = train_pipeline(
         examples,
         crop_size=config.crop_size,
@@ -297,25 +310,46 @@ def train(config, flags_text=None):
         deterministic=config.deterministic,
         skip_batches=start_step,
     )
+    sample_images, sample_labels = next(iter(batches.take(1)))
+    return types.SimpleNamespace(
+        network=network,
+        trainer=trainer,
+        manager=manager,
+        step=step,
+        start_step=start_step,
+        batches=batches,
+        samples=(sample_images[:4], sample_labels[:4]),
+    )
+
+
+def _run(config, run, flags_text, change):
+    """The run proper: its record in the model dir, the loop, the final model."""
+    network, trainer, manager, step = run.network, run.trainer, run.manager, run.step
+    os.makedirs(config.model_dir, exist_ok=True)
+    if change:
+        with open(os.path.join(config.model_dir, CONFIG_CHANGES_FILE), "a") as f:
+            f.write(json.dumps(change) + "\n")
+    write_json(os.path.join(config.model_dir, checkpoints.CONFIG_FILE), dataclasses.asdict(config))
+    if flags_text is not None:
+        write_text(os.path.join(config.model_dir, FLAGS_FILE), flags_text)
 
     # ----------------------------------------------------------------------------- loop
     intervals = config.steps // config.checkpoint_every
-    first_interval = start_step // config.checkpoint_every
+    first_interval = run.start_step // config.checkpoint_every
     guard = _CheckpointAndGuard(manager, step, config.checkpoint_every)
     log_dir = os.path.join(config.model_dir, "logs")
-    sample_images, sample_labels = next(iter(batches.take(1)))
     loggers = [
         keras.callbacks.TensorBoard(log_dir, write_graph=False),
         # One row per checkpoint interval; appends on resume.
         keras.callbacks.CSVLogger(os.path.join(config.model_dir, HISTORY_FILE), append=True),
-        _ImageSummaries(log_dir, sample_images[:4], sample_labels[:4], config.checkpoint_every),
+        _ImageSummaries(log_dir, *run.samples, config.checkpoint_every),
     ]
     # The guard runs first: it checkpoints a good interval before anything logs it.
     callbacks = [guard, *(_UnlessDiverged(logger, guard) for logger in loggers)]
     history = {}
     if first_interval < intervals:
         history = trainer.fit(
-            batches,
+            run.batches,
             epochs=intervals,
             initial_epoch=first_interval,
             steps_per_epoch=config.checkpoint_every,
