@@ -3,6 +3,19 @@
 import json
 import os
 
+from tf_segunravel.errors import InputError
+
+
+def make_output_dir(path, flag="output_dir"):
+    """Creates directory `path` (given as --`flag`) or raises a one-line `InputError` saying
+    why it cannot be (a file in the way, no permission, ...)."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"--{flag}={path}: cannot create it ({e.strerror})") from e
+    if not os.access(path, os.W_OK):
+        raise InputError(f"--{flag}={path}: not writable")
+
 
 def save_atomically(path, write):
     """Calls write(temporary path) for a hidden sibling of `path`, then moves it into place.

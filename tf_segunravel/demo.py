@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 from tf_segunravel import stats
-from tf_segunravel.atomic import save_atomically, write_json, write_text
+from tf_segunravel.atomic import make_output_dir, save_atomically, write_json, write_text
 from tf_segunravel.template_sweep import FLAGS_DIR, flagfile_config
 from tf_segunravel.training.loop import HISTORY_FILE
 from tf_segunravel.unravel.settings import RUNNER_UP, FixationSettings
@@ -79,7 +79,7 @@ def run(
     from tf_segunravel.training import load_network, train
     from tf_segunravel.unravel.files import FixationWriter
 
-    os.makedirs(output_dir, exist_ok=True)
+    make_output_dir(output_dir)
     data_dir = os.path.join(output_dir, "tfds")
     names, kinds = list(shapes.CLASS_NAMES), list(shapes.CLASS_KINDS)
 

@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_segunravel import stats
-from tf_segunravel.atomic import save_atomically, write_json, write_text
+from tf_segunravel.atomic import make_output_dir, save_atomically, write_json, write_text
 from tf_segunravel.data.labels import class_name
 from tf_segunravel.data.pipeline import MEAN_RGB
 from tf_segunravel.evaluation import evaluate
@@ -160,7 +160,7 @@ def location_over_seeds(
         }
     summary["per_model"] = per_model
     if output_dir:
-        os.makedirs(output_dir, exist_ok=True)
+        make_output_dir(output_dir)
         write_json(os.path.join(output_dir, "location_over_seeds.json"), summary)
         write_text(os.path.join(output_dir, "location_over_seeds.md"), location_markdown(summary))
     return summary
@@ -302,7 +302,7 @@ def write_results(rows, output_dir, name, summary=None):
     """`<name>.csv`, `<name>.json` (rows and summary) and `<name>.png` (a bar chart)."""
     import matplotlib.pyplot as plt
 
-    os.makedirs(output_dir, exist_ok=True)
+    make_output_dir(output_dir)
     base = os.path.join(output_dir, name)
     fields = list(rows[0]) if rows else []
 

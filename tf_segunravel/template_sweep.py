@@ -24,7 +24,7 @@ import os
 import time
 
 from tf_segunravel import settings, stats
-from tf_segunravel.atomic import write_json, write_text
+from tf_segunravel.atomic import make_output_dir, write_json, write_text
 from tf_segunravel.errors import InputError
 from tf_segunravel.training.config import TrainConfig
 
@@ -117,7 +117,7 @@ def run(
     if not seeds:
         raise InputError("--seeds: at least one seed is needed")
     started = time.perf_counter()
-    os.makedirs(output_dir, exist_ok=True)
+    make_output_dir(output_dir)
     if data_dir is None:
         data_dir = os.path.join(output_dir, "tfds")
         tfds.builder("segunravel_shapes", data_dir=data_dir).download_and_prepare()

@@ -399,3 +399,11 @@ def test_failed_start_never_touches_an_existing_run(tmp_path, shapes_data_dir):
     proc = run_tool("train", *common, "--steps=4", "--allow_config_change", "--split=nosuch")
     assert proc.returncode == 1 and "nosuch" in last_line(proc.stderr), proc.stderr[-2000:]
     assert {p: p.stat().st_mtime_ns for p in model_dir.rglob("*")} == before
+    proc = run_tool(
+        "evaluate", f"--model={model_dir}", f"--data_dir={shapes_data_dir}", "--split=nosuch"
+    )
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert last_line(proc.stderr) == (
+        "evaluate: error: --split=nosuch: Unknown split 'nosuch'. Should be one of "
+        "['train', 'val']. (segunravel_shapes)"
+    )

@@ -181,3 +181,20 @@ def test_contrast_by_name_matches_the_engine(tmp_path, tiny_model):
         )
         assert proc.returncode == 1 and message in last_line(proc.stderr), proc.stderr[-2000:]
         assert "Traceback" not in proc.stderr and not (tmp_path / contrast).exists()
+
+
+def test_impossible_output_dir_is_one_line(tmp_path, tiny_model):
+    model_path, _ = tiny_model
+    write_images(tmp_path / "images")
+    (tmp_path / "file").write_text("in the way")
+    proc = run_tool(
+        "fixations",
+        f"--model={model_path}",
+        f"--images={tmp_path / 'images'}",
+        f"--output_dir={tmp_path / 'file' / 'out'}",
+    )
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert last_line(proc.stderr) == (
+        f"fixations: error: --output_dir={tmp_path / 'file' / 'out'}: cannot create it "
+        "(Not a directory)"
+    )

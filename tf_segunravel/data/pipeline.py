@@ -72,6 +72,10 @@ def load_split(dataset, split, data_dir=None, num_classes=None):
         return tfds.load(dataset, split=split, data_dir=data_dir, shuffle_files=False)
     except tfds.core.registered.DatasetNotFoundError as e:
         raise _unknown_dataset(dataset, e) from e
+    except ValueError as e:
+        if "split" not in str(e).lower():
+            raise
+        raise InputError(f"--split={split}: {str(e).splitlines()[0]} ({dataset})") from e
 
 
 def _pad_to(image, label, height, width):

@@ -17,7 +17,7 @@ import types
 import keras
 import tensorflow as tf
 
-from tf_segunravel.atomic import save_atomically, write_json, write_text
+from tf_segunravel.atomic import make_output_dir, save_atomically, write_json, write_text
 from tf_segunravel.data import labels as data_labels
 from tf_segunravel.data import load_split, train_pipeline
 from tf_segunravel.errors import InputError
@@ -325,7 +325,7 @@ def _prepare(config):
 def _run(config, run, flags_text, change):
     """The run proper: its record in the model dir, the loop, the final model."""
     network, trainer, manager, step = run.network, run.trainer, run.manager, run.step
-    os.makedirs(config.model_dir, exist_ok=True)
+    make_output_dir(config.model_dir, "model_dir")
     if change:
         with open(os.path.join(config.model_dir, CONFIG_CHANGES_FILE), "a") as f:
             f.write(json.dumps(change) + "\n")

@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from tf_segunravel.atomic import save_atomically, write_json
+from tf_segunravel.atomic import make_output_dir, save_atomically, write_json
 from tf_segunravel.data.labels import class_name, read_image, read_label_png
 from tf_segunravel.errors import InputError
 from tf_segunravel.grids import first_argmax, scores_at_size
@@ -165,7 +165,7 @@ class FixationWriter:
         self.max_side = max_side
         self.flow = flow
         self.seed_from_masks = seed_from_masks
-        os.makedirs(output_dir, exist_ok=True)
+        make_output_dir(output_dir)
 
     def _prepare(self, image):
         height, width = image.shape[:2]
