@@ -167,6 +167,10 @@ def train_pipeline(
     dataset = dataset.batch(batch_size, drop_remainder=True)
     options = tf.data.Options()
     options.deterministic = deterministic
+    # Across workers (MultiWorkerMirroredStrategy) every worker runs this whole pipeline and
+    # keeps its replicas' share of each global batch: the workers together see exactly the
+    # batches one process would, which file sharding would not promise.
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 

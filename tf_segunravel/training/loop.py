@@ -11,6 +11,7 @@ import json
 import math
 import os
 import shutil
+import tempfile
 import time
 import types
 
@@ -48,6 +49,18 @@ def make_strategy(name):
         tf.tpu.experimental.initialize_tpu_system(resolver)
         return tf.distribute.TPUStrategy(resolver)
     raise ValueError(f"strategy must be one of {STRATEGIES}, got {name!r}")
+
+
+def worker_role(strategy):
+    """(is_chief, task id) of this process: the chief is the `chief` task, or worker 0 of a
+    cluster without one; a single process is its own chief."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True, 0
+    task_type, task_id = resolver.task_type, resolver.task_id or 0
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    first_worker = task_type == "worker" and task_id == 0 and not has_chief
+    return task_type == "chief" or first_worker, task_id
 
 
 def initialise(network, init, init_path):
@@ -289,15 +302,22 @@ def _prepare(config):
         optimizer.build(network.trainable_variables)
 
     # ------------------------------------------------------------------ checkpoint load
+    # Every worker restores the chief's latest checkpoint. Saving a checkpoint involves every
+    # worker, so the others save theirs into a scratch dir that they delete at the end, as
+    # TensorFlow's multi-worker guide prescribes; only the chief writes to the model dir.
+    chief, task_id = worker_role(strategy)
+    checkpoint_dir = os.path.join(config.model_dir, checkpoints.CHECKPOINT_DIR)
     step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
     checkpoint = checkpoints.make_checkpoint(network, optimizer, step)
-    manager = tf.train.CheckpointManager(
-        checkpoint, os.path.join(config.model_dir, checkpoints.CHECKPOINT_DIR), max_to_keep=3
-    )
-    if manager.latest_checkpoint:
-        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+    latest = tf.train.latest_checkpoint(checkpoint_dir)
+    if latest:
+        checkpoint.restore(latest).assert_existing_objects_matched()
     else:
         initialise(network, config.init, config.init_path)
+    scratch = None if chief else tempfile.mkdtemp(prefix=f"tf_segunravel-worker{task_id}-")
+    manager = tf.train.CheckpointManager(
+        checkpoint, checkpoint_dir if chief else scratch, max_to_keep=3
+    )
     start_step = int(step.numpy())
     batches = train_pipeline(
         examples,
@@ -312,6 +332,8 @@ def _prepare(config):
     )
     sample_images, sample_labels = next(iter(batches.take(1)))
     return types.SimpleNamespace(
+        chief=chief,
+        scratch=scratch,
         network=network,
         trainer=trainer,
         manager=manager,
@@ -323,27 +345,40 @@ def _prepare(config):
 
 
 def _run(config, run, flags_text, change):
-    """The run proper: its record in the model dir, the loop, the final model."""
+    """The run proper: its record in the model dir, the loop, the final model. Only the chief
+    writes to the model dir; another worker trains in step with it, checkpointing into its
+    scratch dir, which it deletes at the end."""
+    try:
+        return _loop(config, run, flags_text, change)
+    finally:
+        if run.scratch:
+            shutil.rmtree(run.scratch, ignore_errors=True)
+
+
+def _loop(config, run, flags_text, change):
     network, trainer, manager, step = run.network, run.trainer, run.manager, run.step
-    make_output_dir(config.model_dir, "model_dir")
-    if change:
-        with open(os.path.join(config.model_dir, CONFIG_CHANGES_FILE), "a") as f:
-            f.write(json.dumps(change) + "\n")
-    write_json(os.path.join(config.model_dir, checkpoints.CONFIG_FILE), dataclasses.asdict(config))
-    if flags_text is not None:
-        write_text(os.path.join(config.model_dir, FLAGS_FILE), flags_text)
+    log_dir = os.path.join(config.model_dir, "logs")
+    guard = _CheckpointAndGuard(manager, step, config.checkpoint_every)
+    loggers = []
+    if run.chief:
+        make_output_dir(config.model_dir, "model_dir")
+        if change:
+            with open(os.path.join(config.model_dir, CONFIG_CHANGES_FILE), "a") as f:
+                f.write(json.dumps(change) + "\n")
+        config_path = os.path.join(config.model_dir, checkpoints.CONFIG_FILE)
+        write_json(config_path, dataclasses.asdict(config))
+        if flags_text is not None:
+            write_text(os.path.join(config.model_dir, FLAGS_FILE), flags_text)
+        loggers = [
+            keras.callbacks.TensorBoard(log_dir, write_graph=False),
+            # One row per checkpoint interval; appends on resume.
+            keras.callbacks.CSVLogger(os.path.join(config.model_dir, HISTORY_FILE), append=True),
+            _ImageSummaries(log_dir, *run.samples, config.checkpoint_every),
+        ]
 
     # ----------------------------------------------------------------------------- loop
     intervals = config.steps // config.checkpoint_every
     first_interval = run.start_step // config.checkpoint_every
-    guard = _CheckpointAndGuard(manager, step, config.checkpoint_every)
-    log_dir = os.path.join(config.model_dir, "logs")
-    loggers = [
-        keras.callbacks.TensorBoard(log_dir, write_graph=False),
-        # One row per checkpoint interval; appends on resume.
-        keras.callbacks.CSVLogger(os.path.join(config.model_dir, HISTORY_FILE), append=True),
-        _ImageSummaries(log_dir, *run.samples, config.checkpoint_every),
-    ]
     # The guard runs first: it checkpoints a good interval before anything logs it.
     callbacks = [guard, *(_UnlessDiverged(logger, guard) for logger in loggers)]
     history = {}
@@ -354,7 +389,7 @@ def _run(config, run, flags_text, change):
             initial_epoch=first_interval,
             steps_per_epoch=config.checkpoint_every,
             callbacks=callbacks,
-            verbose=config.verbose,
+            verbose=config.verbose if run.chief else 0,
             shuffle=False,  # the pipeline shuffles, with its own seed
         ).history
     if guard.diverged_at is not None:
@@ -365,8 +400,9 @@ def _run(config, run, flags_text, change):
         )
 
     # ------------------------------------------------------------------------ final model
-    final = os.path.join(config.model_dir, checkpoints.FINAL_MODEL)
-    save_atomically(final, network.save)
+    if run.chief:
+        final = os.path.join(config.model_dir, checkpoints.FINAL_MODEL)
+        save_atomically(final, network.save)
     logs = {key: float(values[-1]) for key, values in history.items()}
     logs["step"] = int(step.numpy())
     return logs

@@ -79,6 +79,15 @@ class SegmentationTrainer(keras.Model):
             self.mean_iou,
         ]
 
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        """Skipped: under a tf.distribute strategy Keras 3 first averages one batch over the
+        replicas with `strategy.reduce` to build the model symbolically, and
+        MultiWorkerMirroredStrategy cannot reduce a tuple of per-replica batches ("Attempt to
+        convert a value (PerReplica...) to a Tensor"). Nothing here needs that build: the
+        trackers are built when made, `compile` gets no losses or metrics, and `train` builds
+        the optimizer under the strategy's scope; without a strategy Keras skips it too."""
+        return
+
     def call(self, images, training=False):
         return self.network(images, training=training)
 
@@ -141,13 +150,34 @@ class SegmentationTrainer(keras.Model):
         # Under mixed precision the gradients are still multiplied by the loss scale here
         # (the LossScaleOptimizer divides it out in `apply`), so the decay term is too.
         loss_scale = tf.cast(getattr(self.optimizer, "dynamic_scale", 1.0), tf.float32)
+        # Each replica's gradient is its share of the global one and the replicas' gradients
+        # are summed, so each adds its share of the decay too.
+        context = tf.distribute.get_replica_context()
+        replicas = context.num_replicas_in_sync if context is not None else 1
         gradients = caffe_gradients(
-            gradients, variables, self.weight_decay * loss_scale, self.use_lr_multipliers
+            gradients,
+            variables,
+            self.weight_decay * loss_scale / replicas,
+            self.use_lr_multipliers,
         )
         self.optimizer.apply(gradients, variables)
-        return self._update_metrics(total, ce, template, scores, small_labels)
+        return _per_worker(self._update_metrics(total, ce, template, scores, small_labels))
 
     def test_step(self, data):
         images, labels = data
         total, ce, template, scores, small_labels = self._compute_losses(images, labels, False)
-        return self._update_metrics(total, ce, template, scores, small_labels)
+        return _per_worker(self._update_metrics(total, ce, template, scores, small_labels))
+
+
+def _per_worker(logs):
+    """The logs as Keras' multi-worker reduction expects them.
+
+    Under MultiWorkerMirroredStrategy Keras 3 averages each replica's logs with
+    `strategy.reduce("MEAN", value, axis=0)`, which refuses scalars; a [1] vector per replica
+    reduces to the scalar mean over the replicas. The losses are global already (summed over
+    replicas in `_update_metrics`), so their mean is the global value; accuracy and mIoU are
+    each replica's, averaged. Elsewhere the logs stay scalars.
+    """
+    if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
+        return {name: tf.reshape(value, [1]) for name, value in logs.items()}
+    return logs
