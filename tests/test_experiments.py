@@ -113,3 +113,52 @@ def test_tool_writes_tables_and_figures(tmp_path, tiny, shapes_data_dir):
         assert (out / f"{name}.csv").read_text().count("\n") == len(payload["rows"]) + 1
         with Image.open(out / f"{name}.png") as figure:
             figure.verify()
+
+
+def test_location_over_seeds_tool_reports_intervals_and_resumes(tmp_path, shapes_data_dir):
+    from tests.helpers import save_tiny_largefov
+
+    paths = []
+    for seed in (3, 4):
+        path = tmp_path / f"model{seed}.keras"
+        save_tiny_largefov(path, num_classes=6, seed=seed)
+        paths.append(path)
+    out = tmp_path / "location"
+    args = [
+        "--experiment=location_over_seeds",
+        f"--models={paths[0]},{paths[1]}",
+        f"--data_dir={shapes_data_dir}",
+        f"--output_dir={out}",
+        "--max_images=4",
+        "--pad_size=129",
+    ]
+    proc = run_tool("experiments", *args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((out / "location_over_seeds.json").read_text())
+    assert set(summary["passes"]) == {"plain", "contrastive"}
+    assert summary["passes"]["contrastive"]["contrast"] == "runner_up"
+    for label, entry in summary["passes"].items():
+        for kind, interval in entry["by_kind"].items():
+            per_model = [m[label]["by_kind"].get(kind) for m in summary["per_model"]]
+            assert interval["values"] == [v for v in per_model if v is not None]
+    # The contrastive pass is the engine's contrastive unravel of the same model.
+    model = keras.saving.load_model(paths[0], compile=False)
+    val = load_split("segunravel_shapes", "val", shapes_data_dir)
+    rows = experiments.fixation_location(
+        model,
+        val,
+        6,
+        list(CLASS_NAMES),
+        list(CLASS_KINDS),
+        settings=experiments.FixationSettings(sigma=6.0, contrast="runner_up"),
+        max_images=4,
+        with_iou=False,
+    )
+    assert rows == summary["per_model"][0]["contrastive"]["rows"]
+    assert "intrinsic minus contextual" in (out / "location_over_seeds.md").read_text()
+    # Per-model results are kept: a second run reuses them and writes the same summary.
+    cached = sorted(p.name for p in (out / "per_model").iterdir())
+    assert len(cached) == 2
+    proc = run_tool("experiments", *args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((out / "location_over_seeds.json").read_text()) == summary

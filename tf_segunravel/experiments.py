@@ -15,6 +15,7 @@ Each returns rows (dicts) that `write_results` saves as CSV and JSON next to a f
 
 import csv
 import dataclasses
+import json
 import os
 
 import numpy as np
@@ -110,6 +111,9 @@ def location_over_seeds(
 ):
     """`fixation_location`, plain and contrastive, on models trained with different seeds.
 
+    With `output_dir`, each model's result is also kept in `per_model/` and reused by a later
+    call with the same settings and image count.
+
     The contrastive pass uses `settings.contrast`, or "runner_up" when it is unset. Returns
     per model and pass the rows and the by-kind shares, each kind's mean over the models with
     a 95% t interval, and per pass the paired difference intrinsic minus contextual share
@@ -123,6 +127,18 @@ def location_over_seeds(
     }
     per_model = []
     for network, name in zip(networks, model_names, strict=True):
+        cache = None
+        if output_dir:  # one model's result is kept, so an interrupted run resumes
+            key = "".join(c if c.isalnum() or c in "-_." else "_" for c in name.strip("/"))
+            cache = os.path.join(output_dir, "per_model", f"{key}.json")
+            if os.path.exists(cache):
+                with open(cache) as f:
+                    cached = json.load(f)
+                if cached.get("settings") == {k: p.as_dict() for k, p in passes.items()} and (
+                    cached.get("images") == max_images
+                ):
+                    per_model.append(cached["entry"])
+                    continue
         entry = {"model": name}
         for label, chosen in passes.items():
             rows = fixation_location(
@@ -138,6 +154,10 @@ def location_over_seeds(
             )
             entry[label] = {"rows": rows, "by_kind": by_kind(rows)}
         per_model.append(entry)
+        if cache:
+            make_output_dir(os.path.dirname(cache))
+            settings_used = {k: p.as_dict() for k, p in passes.items()}
+            write_json(cache, {"settings": settings_used, "images": max_images, "entry": entry})
     summary = {"models": list(model_names), "images": max_images, "passes": {}}
     for label in passes:
         kinds = sorted({k for e in per_model for k in e[label]["by_kind"]})

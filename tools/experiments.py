@@ -60,8 +60,8 @@ flags.register_multi_flags_validator(
 )
 flags.register_multi_flags_validator(
     ["experiment", "models"],
-    lambda f: f["experiment"] != "location_over_seeds" or (f["models"] and len(f["models"]) >= 2),
-    "--models needs at least two models with --experiment=location_over_seeds",
+    lambda f: f["experiment"] != "location_over_seeds" or bool(f["models"]),
+    "--models is required by --experiment=location_over_seeds (one model per seed)",
 )
 # Flags generated from settings classes are declared by tf_segunravel.settings; list them
 # with the tool's own in --help.
