@@ -6,15 +6,29 @@ import os
 from tf_segunravel.errors import InputError
 
 
-def make_output_dir(path, flag="output_dir"):
-    """Creates directory `path` (given as --`flag`) or raises a one-line `InputError` saying
-    why it cannot be (a file in the way, no permission, ...)."""
+def check_output_dir(path, flag="output_dir", shown=None):
+    """Raises a one-line `InputError` when a file stands where directory `path` (given as
+    --`flag`) or one of its parents must go; creates nothing, so tools call it before long
+    work."""
+    shown = path if shown is None else shown
+    blocker = os.path.abspath(path)
+    while blocker and not os.path.exists(blocker):
+        blocker = os.path.dirname(blocker)
+    if blocker and not os.path.isdir(blocker):
+        raise InputError(f"--{flag}={shown}: {blocker} is a file, not a directory")
+
+
+def make_output_dir(path, flag="output_dir", shown=None):
+    """Creates directory `path` (given as --`flag`=`shown`, default `path`) or raises a
+    one-line `InputError` saying why it cannot be (a file in the way, no permission, ...)."""
+    shown = path if shown is None else shown
+    check_output_dir(path, flag, shown)
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as e:
-        raise InputError(f"--{flag}={path}: cannot create it ({e.strerror})") from e
+        raise InputError(f"--{flag}={shown}: cannot create {path} ({e.strerror})") from e
     if not os.access(path, os.W_OK):
-        raise InputError(f"--{flag}={path}: not writable")
+        raise InputError(f"--{flag}={shown}: {path} is not writable")
 
 
 def save_atomically(path, write):

@@ -10,6 +10,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags, logging
 
 from tf_segunravel import settings
+from tf_segunravel.atomic import make_output_dir
 from tf_segunravel.errors import InputError
 
 
@@ -28,25 +29,31 @@ def run(main):
                 logging.set_verbosity(logging.WARNING)
             return main(argv)
         except InputError as e:
-            tool = os.path.splitext(os.path.basename(sys.argv[0]))[0]
-            print(f"{tool}: error: {e}", file=sys.stderr)
-            sys.exit(1)
+            _fail(e)
 
-    app.run(guarded)
+    def parse(argv):
+        # absl reports a bad flag on two lines ("FATAL Flags parsing error: ..." and a hint);
+        # every tool error is one line instead.
+        try:
+            return flags.FLAGS(argv)
+        except flags.Error as e:
+            _fail(e)
+
+    app.run(guarded, flags_parser=parse)
+
+
+def _fail(error):
+    tool = os.path.splitext(os.path.basename(sys.argv[0]))[0]
+    print(f"{tool}: error: {error}", file=sys.stderr)
+    sys.exit(1)
 
 
 def check_writable(path, flag):
     """Raises InputError unless a file can be written at `path` (given as --`flag`); makes
     its directory. Called before long work, so an impossible output fails at once."""
-    directory = os.path.dirname(os.path.abspath(path))
-    try:
-        os.makedirs(directory, exist_ok=True)
-    except OSError as e:
-        raise InputError(f"--{flag}={path}: cannot create {directory} ({e.strerror})") from e
+    make_output_dir(os.path.dirname(os.path.abspath(path)), flag, shown=path)
     if os.path.isdir(path):
         raise InputError(f"--{flag}={path}: is a directory")
-    if not os.access(directory, os.W_OK):
-        raise InputError(f"--{flag}={path}: {directory} is not writable")
 
 
 def define_fixation_flags(defaults=None):

@@ -79,17 +79,10 @@ def run(
     from tf_segunravel.training import load_network, train
     from tf_segunravel.unravel.files import FixationWriter
 
-    make_output_dir(output_dir)
     data_dir = os.path.join(output_dir, "tfds")
     names, kinds = list(shapes.CLASS_NAMES), list(shapes.CLASS_KINDS)
-
-    # ----------------------------------------------------------------------------- data
-    _banner("data", f"segunravel_shapes in {data_dir}")
-    tfds.builder("segunravel_shapes", data_dir=data_dir).download_and_prepare()
-    val = load_split("segunravel_shapes", "val", data_dir)
-
-    # ---------------------------------------------------------------------------- train
-    runs = {}
+    # Every arm's settings are checked before anything is written.
+    runs, configs = {}, {}
     for seed in seeds:
         for arm in ARMS:
             model_dir = os.path.join(output_dir, "models", f"{arm}_seed{seed}")
@@ -104,12 +97,22 @@ def run(
                 overrides["steps"] = steps
             if checkpoint_every:
                 overrides["checkpoint_every"] = checkpoint_every
-            config = arm_config(arm, **overrides)
-            if os.path.exists(os.path.join(model_dir, "model.keras")):
-                _banner("train", f"{arm}, seed {seed}: done before, reused")
-                continue
-            _banner("train", f"{arm}, seed {seed}: {config.steps} steps -> {model_dir}")
-            train(config)
+            configs[(arm, seed)] = arm_config(arm, **overrides)
+    make_output_dir(output_dir)
+
+    # ----------------------------------------------------------------------------- data
+    _banner("data", f"segunravel_shapes in {data_dir}")
+    tfds.builder("segunravel_shapes", data_dir=data_dir).download_and_prepare()
+    val = load_split("segunravel_shapes", "val", data_dir)
+
+    # ---------------------------------------------------------------------------- train
+    for (arm, seed), config in configs.items():
+        model_dir = config.model_dir
+        if os.path.exists(os.path.join(model_dir, "model.keras")):
+            _banner("train", f"{arm}, seed {seed}: done before, reused")
+            continue
+        _banner("train", f"{arm}, seed {seed}: {config.steps} steps -> {model_dir}")
+        train(config)
 
     # ------------------------------------------------------------------------- evaluate
     results = {}

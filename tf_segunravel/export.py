@@ -22,6 +22,7 @@ import tempfile
 import keras
 import tensorflow as tf
 
+from tf_segunravel.atomic import make_output_dir
 from tf_segunravel.errors import InputError
 from tf_segunravel.grids import first_argmax, labels_at_size, scores_at_size
 from tf_segunravel.unravel.geometry import ScoreMap
@@ -102,7 +103,7 @@ def export_saved_model(network, export_dir, settings=None, overwrite=False):
     if os.path.exists(export_dir) and not overwrite:
         raise InputError(f"{export_dir}: already exists; pass --overwrite to replace it")
     parent = os.path.dirname(export_dir)
-    os.makedirs(parent, exist_ok=True)
+    make_output_dir(parent, "export_dir", shown=export_dir)
     staging = tempfile.mkdtemp(prefix=".export-", dir=parent)
     try:
         archive, recorded = build_archive(network, settings)

@@ -32,6 +32,7 @@ def main(argv):
     from tf_segunravel.atomic import save_atomically
     from tf_segunravel.models import convert_caffemodel
 
+    cli.check_writable(FLAGS.output, "output")  # before the (long) conversion
     model = convert_caffemodel(FLAGS.caffemodel, num_classes=FLAGS.num_classes)
     save_atomically(FLAGS.output, model.save_weights)
     width = model.get_layer("conv1_1").filters / 64

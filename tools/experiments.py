@@ -116,6 +116,9 @@ def location_over_seeds():
 
 def main(argv):
     del argv  # cli.run rejects positional arguments
+    from tf_segunravel.atomic import check_output_dir
+
+    check_output_dir(FLAGS.output_dir)  # before any long work
     if FLAGS.experiment == "template_sweep":
         return template_sweep()
     if FLAGS.experiment == "location_over_seeds":

@@ -195,6 +195,6 @@ def test_impossible_output_dir_is_one_line(tmp_path, tiny_model):
     )
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert last_line(proc.stderr) == (
-        f"fixations: error: --output_dir={tmp_path / 'file' / 'out'}: cannot create it "
-        "(Not a directory)"
+        f"fixations: error: --output_dir={tmp_path / 'file' / 'out'}: {tmp_path / 'file'} "
+        "is a file, not a directory"
     )

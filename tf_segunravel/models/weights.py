@@ -5,6 +5,8 @@ from Caffe and use `preprocess_input(mode="caffe")`), which is what the model's 
 `CaffePreprocess` layer produces from RGB pixels. conv1_1 is therefore copied unchanged.
 """
 
+import zipfile
+
 import numpy as np
 
 from tf_segunravel.errors import InputError
@@ -49,7 +51,7 @@ def _keras_vgg16(source):
         return source, "VGG16 model"
     try:
         vgg = keras.applications.VGG16(include_top=True, weights=source)
-    except (ValueError, OSError) as e:
+    except (ValueError, OSError, zipfile.BadZipFile) as e:
         raise InputError(f"{source}: cannot load VGG16 (include_top=True) weights: {e}") from e
     return vgg, str(source)
 

@@ -1,0 +1,196 @@
+"""The bad-input battery: every tool, given broken files, paths and flags, as a user would.
+
+Each case runs the tool in a subprocess with a timeout and requires exit status 1, one
+line `<tool>: error: ...` naming the culprit, no traceback, and no output left behind.
+"""
+
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.helpers import last_line, run_tool, save_tiny_largefov
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """Every broken (and one good) input the cases use, made once."""
+    import keras
+
+    root = tmp_path_factory.mktemp("bad")
+    rgb = np.random.default_rng(0).integers(0, 256, (40, 48, 3), dtype=np.uint8)
+    (root / "images").mkdir()
+    Image.fromarray(rgb).save(root / "images" / "good.png")
+    png = (root / "images" / "good.png").read_bytes()
+    (root / "truncated.png").write_bytes(png[: len(png) // 2])
+    Image.fromarray(rgb).save(root / "photo.jpg")
+    jpg = (root / "photo.jpg").read_bytes()
+    (root / "truncated.jpg").write_bytes(jpg[: len(jpg) // 3])
+    (root / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    (root / "zero.png").write_bytes(b"")
+    (root / "text.png").write_text("hello, not an image")
+    (root / "garbage.keras").write_bytes(b"PK\x03\x04 not really a zip")
+    (root / "text.keras").write_text("not a model")
+    (root / "garbage.caffemodel").write_bytes(np.random.default_rng(1).bytes(300))
+    (root / "unknown_flag.cfg").write_text("--nosuchflag=1\n")
+    (root / "bad_value.cfg").write_text("--steps=abc\n")
+    (root / "a_file").write_text("in the way")
+    inp = keras.Input((None, None, 3))
+    lambda_model = keras.Model(
+        inp, keras.layers.Lambda(lambda x: x * 2)(keras.layers.Conv2D(6, 1)(inp))
+    )
+    lambda_model.save(root / "lambda.keras")
+    save_tiny_largefov(root / "tiny.keras", num_classes=6)
+    for name, damage in (("labels", "label"), ("sizes", "size")):
+        folder = root / name
+        (folder / "images").mkdir(parents=True)
+        (folder / "masks").mkdir()
+        for stem in ("a", "b"):
+            Image.fromarray(rgb).save(folder / "images" / f"{stem}.png")
+            Image.fromarray(np.ones((40, 48), np.uint8), mode="L").save(
+                folder / "masks" / f"{stem}.png"
+            )
+        if damage == "label":
+            Image.fromarray(np.full((40, 48), 9, np.uint8), mode="L").save(
+                folder / "masks" / "b.png"
+            )
+        else:
+            Image.fromarray(np.ones((20, 48), np.uint8), mode="L").save(folder / "masks" / "b.png")
+    return root
+
+
+TINY_TRAIN = [
+    "--steps=2",
+    "--checkpoint_every=1",
+    "--crop_size=33",
+    "--width=0.0625",
+    "--batch_size=2",
+]
+
+# (tool, arguments with {root}, {data} and {out} placeholders, text the error line must hold)
+CASES = [
+    # ------------------------------------------------------------------ fixations: images
+    ("fixations", ["--images={root}/corrupt.png"], "corrupt.png: not a readable image"),
+    ("fixations", ["--images={root}/zero.png"], "zero.png: not a readable image"),
+    ("fixations", ["--images={root}/text.png"], "text.png: not a readable image"),
+    ("fixations", ["--images={root}/truncated.png"], "truncated.png: not a readable image"),
+    ("fixations", ["--images={root}/truncated.jpg"], "truncated.jpg: not a readable image"),
+    ("fixations", ["--images={root}/missing.png"], "missing.png: no such file"),
+    ("fixations", ["--images={root}/nothing/*.png"], "matches no image"),
+    # ------------------------------------------------------------------ fixations: models, flags
+    ("fixations", ["--model={root}/garbage.keras"], "garbage.keras: cannot load the .keras model"),
+    ("fixations", ["--model={root}/text.keras"], "text.keras: cannot load the .keras model"),
+    ("fixations", ["--model={root}/lambda.keras"], "lambda.keras: cannot load the .keras model"),
+    ("fixations", ["--model={root}/missing.keras"], "missing.keras: no such file"),
+    ("fixations", ["--masks={root}/nodir"], "--masks={root}/nodir: no such directory"),
+    ("fixations", ["--k=0"], "--k must be a positive integer"),
+    ("fixations", ["--contrast=99"], "--contrast=99: contrast='99' is not a class"),
+    ("fixations", ["--output_dir={root}/a_file/out"], "a_file is a file, not a directory"),
+    # ------------------------------------------------------------------------- evaluate
+    ("evaluate", ["--model={root}/garbage.keras"], "garbage.keras: cannot load the .keras model"),
+    ("evaluate", ["--split=nosuch"], "--split=nosuch: Unknown split 'nosuch'"),
+    ("evaluate", ["--dataset=nosuch"], "--dataset=nosuch: not a registered TFDS dataset"),
+    ("evaluate", ["--pad_size=0"], "--pad_size"),
+    ("evaluate", ["--output_json={root}/a_file/x.json"], "a_file is a file, not a directory"),
+    (
+        "evaluate",
+        ["--dataset=folder:{root}/labels", "--num_classes=6"],
+        "b.png: label values [9] outside 0..5 and 255",
+    ),
+    (
+        "evaluate",
+        ["--dataset=folder:{root}/sizes", "--num_classes=6"],
+        "b.png: image is 48x40 but its mask is 48x20",
+    ),
+    # --------------------------------------------------------------------------- export
+    ("export", ["--model={root}/garbage.keras"], "garbage.keras: cannot load the .keras model"),
+    ("export", ["--model={root}/lambda.keras"], "lambda.keras: cannot load the .keras model"),
+    ("export", ["--export_dir={root}/a_file/sm"], "a_file is a file, not a directory"),
+    ("export", ["--contrast=99"], "--contrast=99: contrast='99' is not a class"),
+    # -------------------------------------------------------------------- convert_caffe
+    (
+        "convert_caffe",
+        ["--caffemodel={root}/garbage.caffemodel"],
+        "garbage.caffemodel: not a caffemodel",
+    ),
+    ("convert_caffe", ["--caffemodel={root}/missing.caffemodel"], "missing.caffemodel"),
+    (
+        "convert_caffe",
+        ["--caffemodel={root}/garbage.caffemodel", "--output={root}/a_file/w.weights.h5"],
+        "a_file is a file, not a directory",
+    ),
+    # ---------------------------------------------------------------------------- train
+    ("train", ["--flagfile={root}/unknown_flag.cfg"], "nosuchflag"),
+    ("train", ["--flagfile={root}/bad_value.cfg"], "--steps"),
+    ("train", ["--flagfile={root}/missing.cfg"], "missing.cfg"),
+    ("train", ["--model_dir={root}/a_file/run", *TINY_TRAIN], "a_file is a file, not a directory"),
+    (
+        "train",
+        ["--init=model", "--init_path={root}/lambda.keras", *TINY_TRAIN],
+        "lambda.keras: cannot load the .keras model",
+    ),
+    ("train", ["--init=vgg16", "--init_path={root}/garbage.keras", *TINY_TRAIN], "garbage.keras"),
+    (
+        "train",
+        ["--dataset=folder:{root}/labels", "--num_classes=6", *TINY_TRAIN],
+        "b.png: label values [9]",
+    ),
+    (
+        "train",
+        ["--dataset=folder:{root}/sizes", "--num_classes=6", *TINY_TRAIN],
+        "b.png: image is 48x40 but its mask is 48x20",
+    ),
+    # ---------------------------------------------------------------------- experiments
+    ("experiments", ["--output_dir={root}/a_file/x"], "a_file is a file, not a directory"),
+    ("experiments", ["--split=nosuch"], "--split=nosuch: Unknown split 'nosuch'"),
+    (
+        "experiments",
+        ["--experiment=location_over_seeds", "--models={root}/tiny.keras,{root}/garbage.keras"],
+        "garbage.keras: cannot load the .keras model",
+    ),
+    # ----------------------------------------------------------------------------- demo
+    ("demo", ["--output_dir={root}/a_file/demo"], "a_file is a file, not a directory"),
+    ("demo", ["--seeds=a"], "--seeds must be integers"),
+    ("demo", ["--steps=7"], "steps must be a multiple of checkpoint_every"),
+]
+
+# Each tool's required arguments, pointing at good inputs; a case replaces what it names.
+REQUIRED = {
+    "fixations": {"model": "{root}/tiny.keras", "images": "{root}/images", "output_dir": "{out}"},
+    "evaluate": {"model": "{root}/tiny.keras", "data_dir": "{data}", "pad_size": "129"},
+    "export": {"model": "{root}/tiny.keras", "export_dir": "{out}"},
+    "convert_caffe": {"output": "{out}/w.weights.h5", "num_classes": "21"},
+    "train": {"model_dir": "{out}", "data_dir": "{data}"},
+    "experiments": {"model": "{root}/tiny.keras", "data_dir": "{data}", "output_dir": "{out}"},
+    "demo": {"output_dir": "{out}"},
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "tool, arguments, message", CASES, ids=[f"{c[0]}-{'-'.join(c[1])[:40]}" for c in CASES]
+)
+def test_bad_input_is_one_line_and_leaves_nothing(
+    tmp_path, files, shapes_data_dir, tool, arguments, message
+):
+    values = {"root": files, "data": shapes_data_dir, "out": tmp_path / "out"}
+    flags = {name: value for name, value in REQUIRED[tool].items()}
+    for argument in arguments:
+        name, _, value = argument.lstrip("-").partition("=")
+        flags[name] = value
+    args = [f"--{name}={value}".format(**values) for name, value in flags.items()]
+    before = sorted(os.listdir(files))
+    proc = run_tool(tool, *args, timeout=300)
+    error = last_line(proc.stderr)
+    assert proc.returncode == 1, (proc.returncode, proc.stderr[-2000:])
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert error.startswith(f"{tool}: error: "), error
+    assert message.format(**values) in error, error
+    assert not (tmp_path / "out").exists(), sorted((tmp_path / "out").rglob("*"))
+    assert sorted(os.listdir(files)) == before  # nothing written beside the inputs either
+
+
+def test_the_battery_is_large_enough():
+    assert len(CASES) >= 35
+    assert {c[0] for c in CASES} == set(REQUIRED)
