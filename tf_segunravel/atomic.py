@@ -34,10 +34,12 @@ def make_output_dir(path, flag="output_dir", shown=None):
 def save_atomically(path, write):
     """Calls write(temporary path) for a hidden sibling of `path`, then moves it into place.
 
-    The temporary name keeps `path`'s suffixes (`.weights.h5`, `.keras`, `.npz` writers
-    insist on them); a crash or an exception in `write` leaves `path` untouched.
+    The directory is made when missing. The temporary name keeps `path`'s suffixes
+    (`.weights.h5`, `.keras`, `.npz` writers insist on them); a crash or an exception in
+    `write` leaves `path` untouched.
     """
     directory, name = os.path.split(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
     temporary = os.path.join(directory, f".tmp-{os.getpid()}-{name}")
     try:
         write(temporary)

@@ -10,7 +10,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags, logging
 
 from tf_segunravel import settings
-from tf_segunravel.atomic import make_output_dir
+from tf_segunravel.atomic import check_output_dir
 from tf_segunravel.errors import InputError
 
 
@@ -49,11 +49,18 @@ def _fail(error):
 
 
 def check_writable(path, flag):
-    """Raises InputError unless a file can be written at `path` (given as --`flag`); makes
-    its directory. Called before long work, so an impossible output fails at once."""
-    make_output_dir(os.path.dirname(os.path.abspath(path)), flag, shown=path)
+    """Raises InputError unless a file can be written at `path` (given as --`flag`). Creates
+    nothing (the atomic writers make the directory when they write), and is called before
+    long work, so an impossible output fails at once and a failed run leaves nothing."""
+    directory = os.path.dirname(os.path.abspath(path))
+    check_output_dir(directory, flag, shown=path)
     if os.path.isdir(path):
         raise InputError(f"--{flag}={path}: is a directory")
+    existing = directory
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.access(existing, os.W_OK):
+        raise InputError(f"--{flag}={path}: {existing} is not writable")
 
 
 def define_fixation_flags(defaults=None):
