@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from tf_segunravel.atomic import make_output_dir, save_atomically, write_json
+from tf_segunravel.atomic import check_output_dir, make_output_dir, save_atomically, write_json
 from tf_segunravel.data.labels import class_name, read_image, read_label_png
 from tf_segunravel.errors import InputError
 from tf_segunravel.grids import first_argmax, scores_at_size
@@ -165,7 +165,7 @@ class FixationWriter:
         self.max_side = max_side
         self.flow = flow
         self.seed_from_masks = seed_from_masks
-        make_output_dir(output_dir)
+        check_output_dir(output_dir)  # made at the first image written, not before
 
     def _prepare(self, image):
         height, width = image.shape[:2]
@@ -213,6 +213,7 @@ class FixationWriter:
 
         stem = os.path.splitext(os.path.basename(image_path))[0]
         base = os.path.join(self.output_dir, stem)
+        make_output_dir(self.output_dir)
         stats = class_statistics(classes, seeds, points, counts, labels, truth)
         if counts.size and counts.max() > np.iinfo(np.int32).max:
             raise InputError(f"{image_path}: path counts overflow int32; use a smaller --k")
