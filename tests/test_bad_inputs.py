@@ -95,12 +95,12 @@ CASES = [
     ("evaluate", ["--output_json={root}/a_file/x.json"], "a_file is a file, not a directory"),
     (
         "evaluate",
-        ["--dataset=folder:{root}/labels", "--num_classes=6"],
+        ["--dataset=folder:{root}/labels"],
         "b.png: label values [9] outside 0..5 and 255",
     ),
     (
         "evaluate",
-        ["--dataset=folder:{root}/sizes", "--num_classes=6"],
+        ["--dataset=folder:{root}/sizes"],
         "b.png: image is 48x40 but its mask is 48x20",
     ),
     # --------------------------------------------------------------------------- export
