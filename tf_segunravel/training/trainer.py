@@ -80,13 +80,15 @@ class SegmentationTrainer(keras.Model):
         ]
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        """Skipped: under a tf.distribute strategy Keras 3 first averages one batch over the
-        replicas with `strategy.reduce` to build the model symbolically, and
-        MultiWorkerMirroredStrategy cannot reduce a tuple of per-replica batches ("Attempt to
-        convert a value (PerReplica...) to a Tensor"). Nothing here needs that build: the
-        trackers are built when made, `compile` gets no losses or metrics, and `train` builds
-        the optimizer under the strategy's scope; without a strategy Keras skips it too."""
-        return
+        """Skipped under MultiWorkerMirroredStrategy: Keras 3 first averages one batch over
+        the replicas with `strategy.reduce` to build the model symbolically, and that
+        strategy cannot reduce a tuple of per-replica batches ("Attempt to convert a value
+        (PerReplica...) to a Tensor"). The run needs nothing from that build there (the
+        trackers are built when made, `compile` gets no losses or metrics, and `train`
+        builds the optimizer under the strategy's scope); every other strategy keeps it."""
+        if isinstance(self.distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            return None
+        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     def call(self, images, training=False):
         return self.network(images, training=training)
