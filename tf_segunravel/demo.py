@@ -26,7 +26,7 @@ from PIL import Image
 
 from tf_segunravel import stats
 from tf_segunravel.atomic import make_output_dir, save_atomically, write_json, write_text
-from tf_segunravel.template_sweep import FLAGS_DIR, flagfile_config
+from tf_segunravel.training.config import FLAGS_DIR, flagfile_config
 from tf_segunravel.training.loop import HISTORY_FILE
 from tf_segunravel.unravel.settings import RUNNER_UP, FixationSettings
 

@@ -44,7 +44,10 @@ def build_archive(network, settings=None):
     """(A `keras.export.ExportArchive` holding every signature for `network`, the metadata
     dict); `settings` (a `FixationSettings`) are fixed into the `fixations` signature."""
     settings = settings or FixationSettings()
-    engine = SegUnravel(network, settings)
+    try:
+        engine = SegUnravel(network, settings)
+    except ValueError as error:  # a contrast this model's score layer cannot take, ...
+        raise InputError(f"{network.name}: {error}") from error
     score_map = ScoreMap(network)
     num_classes = network.outputs[0].shape[-1]
     images_spec = tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")

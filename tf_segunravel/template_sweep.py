@@ -23,10 +23,10 @@ import json
 import os
 import time
 
-from tf_segunravel import settings, stats
+from tf_segunravel import stats
 from tf_segunravel.atomic import make_output_dir, write_json, write_text
 from tf_segunravel.errors import InputError
-from tf_segunravel.training.config import TrainConfig
+from tf_segunravel.training.config import FLAGS_DIR, flagfile_config
 
 VARIANTS = {
     "cosine": {"similarity": "cosine", "selective": False},
@@ -35,7 +35,6 @@ VARIANTS = {
     "selective_correlation": {"similarity": "correlation", "selective": True},
 }
 WEIGHTS = (0.01, 0.05, 0.1, 0.5, 1.0, 5.0)
-FLAGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "flags")
 BASE_FLAGFILE = "shapes_baseline.cfg"
 FINETUNE_FLAGFILE = "shapes_finetune.cfg"
 SCRATCH_FLAGFILE = "shapes_template_cosine.cfg"
@@ -44,21 +43,6 @@ PAD_SIZE = 129
 
 def arm_name(variant, weight):
     return f"{variant}_w{weight:g}"
-
-
-def flagfile_config(name, flags_dir=FLAGS_DIR, **overrides):
-    """The `TrainConfig` of flagfile `name` in `flags_dir`, then `overrides`."""
-    from absl import flags
-
-    path = os.path.join(flags_dir, name)
-    if not os.path.isfile(path):
-        raise InputError(f"{path}: flagfile not found (run from a source checkout)")
-    try:
-        return settings.from_flagfile(
-            TrainConfig, path, root=os.path.dirname(flags_dir), **overrides
-        )
-    except (ValueError, flags.Error) as e:  # absl's flag errors and TrainConfig's checks
-        raise InputError(f"{path}: {e}") from e
 
 
 def _train_and_evaluate(config, evaluate_model, log):

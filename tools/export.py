@@ -32,17 +32,12 @@ def main(argv):
 
     from tf_segunravel.export import export_saved_model
     from tf_segunravel.training import load_network
-    from tf_segunravel.unravel import SegUnravel
 
     # Checked again by export_saved_model; here it fails before the model is loaded.
     if os.path.exists(FLAGS.export_dir) and not FLAGS.overwrite:
         raise InputError(f"--export_dir={FLAGS.export_dir}: already exists; pass --overwrite")
     network = load_network(FLAGS.model)
     fixation_settings = cli.fixation_settings(num_classes=network.outputs[0].shape[-1])
-    try:
-        SegUnravel(network, fixation_settings)  # a --contrast the score layer cannot take
-    except ValueError as e:
-        raise InputError(f"--model={FLAGS.model}: {e}") from e
     settings = export_saved_model(
         network, FLAGS.export_dir, fixation_settings, overwrite=FLAGS.overwrite
     )

@@ -7,10 +7,15 @@ its check. `tools/train.py` generates its flags from it, the flagfiles in `flags
 """
 
 import dataclasses
+import os
 
 from tf_segunravel import settings
+from tf_segunravel.errors import InputError
 from tf_segunravel.settings import Rule, at_least_one, fraction, non_negative, positive, setting
 
+FLAGS_DIR = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "flags"
+)
 INITS = ("scratch", "vgg16", "caffe", "model")
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 
@@ -171,3 +176,18 @@ class TrainConfig:
 def run_fields():
     """The names of the fields that define what a run computes (all but the resumable)."""
     return [f.name for f in dataclasses.fields(TrainConfig) if not f.metadata.get("resumable")]
+
+
+def flagfile_config(name, flags_dir=FLAGS_DIR, **overrides):
+    """The `TrainConfig` of flagfile `name` in `flags_dir`, then `overrides`."""
+    from absl import flags
+
+    path = os.path.join(flags_dir, name)
+    if not os.path.isfile(path):
+        raise InputError(f"{path}: flagfile not found (run from a source checkout)")
+    try:
+        return settings.from_flagfile(
+            TrainConfig, path, root=os.path.dirname(flags_dir), **overrides
+        )
+    except (ValueError, flags.Error) as e:  # absl's flag errors and TrainConfig's checks
+        raise InputError(f"{path}: {e}") from e

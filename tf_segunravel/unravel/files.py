@@ -166,6 +166,7 @@ class FixationWriter:
         self.flow = flow
         self.seed_from_masks = seed_from_masks
         check_output_dir(output_dir)  # made at the first image written, not before
+        self._output_made = False
 
     def _prepare(self, image):
         height, width = image.shape[:2]
@@ -213,7 +214,9 @@ class FixationWriter:
 
         stem = os.path.splitext(os.path.basename(image_path))[0]
         base = os.path.join(self.output_dir, stem)
-        make_output_dir(self.output_dir)
+        if not self._output_made:
+            make_output_dir(self.output_dir)
+            self._output_made = True
         stats = class_statistics(classes, seeds, points, counts, labels, truth)
         if counts.size and counts.max() > np.iinfo(np.int32).max:
             raise InputError(f"{image_path}: path counts overflow int32; use a smaller --k")
