@@ -64,6 +64,8 @@ def run(
     steps=None,
     finetune_steps=None,
     checkpoint_every=None,
+    data_dir=None,
+    val_images=None,
     fixation_images=6,
     experiment_images=100,
     verbose=1,
@@ -79,7 +81,7 @@ def run(
     from tf_segunravel.training import load_network, train
     from tf_segunravel.unravel.files import FixationWriter
 
-    data_dir = os.path.join(output_dir, "tfds")
+    data_dir = data_dir or os.path.join(output_dir, "tfds")
     names, kinds = list(shapes.CLASS_NAMES), list(shapes.CLASS_KINDS)
     # Every arm's settings are checked before anything is written.
     runs, configs = {}, {}
@@ -116,11 +118,14 @@ def run(
 
     # ------------------------------------------------------------------------- evaluate
     results = {}
+    scored = val.take(val_images) if val_images else val
+    wanted = int(scored.cardinality())
     for (arm, seed), model_dir in runs.items():
         path = os.path.join(model_dir, "val.json")
-        if not os.path.exists(path):
+        # A score over another number of images (an earlier --val_images) is not reused.
+        if not os.path.exists(path) or _read_json(path)["images"] != wanted:
             _banner("evaluate", f"{arm}, seed {seed}")
-            scores = evaluate(load_network(model_dir), val, 6, PAD_SIZE, names)
+            scores = evaluate(load_network(model_dir), scored, 6, PAD_SIZE, names)
             write_json(path, scores)
             print("\n".join(format_table(scores)))
         results[(arm, seed)] = _read_json(path)
@@ -222,6 +227,7 @@ def _summarise(results, location, seeds, names):
         }
     return {
         "seeds": list(seeds),
+        "val_images": results[("baseline", seeds[0])]["images"],
         "arms": arms,
         "template_cosine_minus_control": paired,
         "fixations_inside_truth": passes,
@@ -232,7 +238,8 @@ def _markdown(summary, names):
     describe = stats.describe
     lines = ["# tf-segunravel demo on segunravel_shapes", ""]
     lines += [
-        f"Seeds: {summary['seeds']}. Val mIoU (%); with several seeds, mean [95% interval].",
+        f"Seeds: {summary['seeds']}. Val mIoU (%) over {summary['val_images']} images; with"
+        " several seeds, mean [95% interval].",
         "",
         "| arm | val mIoU per seed | mean |",
         "| --- | --- | --- |",

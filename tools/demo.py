@@ -22,12 +22,19 @@ flags.DEFINE_integer(
     "finetune_steps", None, "Override the fine-tuning steps (default: the flagfiles')."
 )
 flags.DEFINE_integer("checkpoint_every", None, "Override the checkpoint interval.")
+flags.DEFINE_string(
+    "data_dir", None, "TFDS data dir for segunravel_shapes (default: <output_dir>/tfds)."
+)
+flags.DEFINE_integer(
+    "val_images", None, "Evaluate on the first N validation images (default: all 500)."
+)
 flags.DEFINE_integer("fixation_images", 6, "Validation images given to the fixation tool.")
 flags.DEFINE_integer("experiment_images", 100, "Validation images for fixation location.")
 flags.DEFINE_integer("verbose", 2, "Keras fit verbosity (1: progress bar, 2: a line per interval).")
 flags.register_validator(
     "seeds", lambda v: v and all(s.isdigit() for s in v), "--seeds must be integers"
 )
+flags.register_validator("val_images", lambda v: v is None or v >= 1, "--val_images must be >= 1")
 flags.register_validator("fixation_images", lambda v: v >= 1, "--fixation_images must be >= 1")
 flags.register_validator("experiment_images", lambda v: v >= 1, "--experiment_images must be >= 1")
 FLAGS = flags.FLAGS
@@ -43,6 +50,8 @@ def main(argv):
         steps=FLAGS.steps,
         finetune_steps=FLAGS.finetune_steps,
         checkpoint_every=FLAGS.checkpoint_every,
+        data_dir=FLAGS.data_dir,
+        val_images=FLAGS.val_images,
         fixation_images=FLAGS.fixation_images,
         experiment_images=FLAGS.experiment_images,
         verbose=FLAGS.verbose,
