@@ -37,19 +37,6 @@ def test_channels_to_reach():
     assert top.shape == (3, 2)
 
 
-def test_fixation_location_rows(tiny):
-    model, val = tiny
-    rows = experiments.fixation_location(
-        model, val, 6, list(CLASS_NAMES), list(CLASS_KINDS), max_images=6, pad_size=129
-    )
-    assert [r["name"] for r in rows] == list(CLASS_NAMES)
-    unravelled = [r for r in rows if r["images"]]
-    assert unravelled
-    for row in unravelled:
-        assert 0.0 <= row["inside_truth"] <= 1.0 and 0.0 <= row["inside_truth_weighted"] <= 1.0
-    assert set(experiments.by_kind(rows)) <= {"background", "intrinsic", "contextual"}
-
-
 def test_fixation_location_is_exact_on_a_hand_made_case():
     """A 1x1-conv model: every fixation stays under its seed, so shares are known."""
     inp = keras.Input((None, None, 3))
@@ -68,30 +55,6 @@ def test_fixation_location_is_exact_on_a_hand_made_case():
     assert rows[0]["inside_truth"] == pytest.approx(24 / 36)
 
 
-def test_shift_variants_rows(tiny):
-    model, val = tiny
-    rows = experiments.shift_variants(model, val, 6, list(CLASS_NAMES), max_images=3, pad_size=129)
-    assert [r["shift"] for r in rows] == ["none"] * 6 + ["partial"] * 6 + ["full"] * 6
-
-
-def test_k_analysis_rows(tiny):
-    model, val = tiny
-    rows = experiments.k_analysis(model, val, max_images=2)
-    layers = [r["layer"] for r in rows]
-    assert layers[0] == "fc8" and layers[-1] == "conv1_1"
-    for row in rows:
-        assert 1 <= row["k_10"] <= row["k_25"] <= row["k_50"] <= row["input_channels"]
-
-
-def test_salient_parts_rows(tiny):
-    model, val = tiny
-    rows = experiments.salient_parts(model, val, 6, list(CLASS_NAMES), max_images=3)
-    measured = [r for r in rows if r["images"]]
-    assert measured
-    for row in measured:
-        assert -1.0 <= row["drop_inside"] <= 1.0
-
-
 def test_tool_writes_tables_and_figures(tmp_path, tiny, shapes_data_dir):
     model, _ = tiny
     model_path = tmp_path / "tiny.keras"
@@ -107,12 +70,33 @@ def test_tool_writes_tables_and_figures(tmp_path, tiny, shapes_data_dir):
         "--pad_size=129",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {}
     for name in experiments.EXPERIMENTS:
         payload = json.loads((out / f"{name}.json").read_text())
         assert payload["experiment"] == name and payload["rows"]
         assert (out / f"{name}.csv").read_text().count("\n") == len(payload["rows"]) + 1
         with Image.open(out / f"{name}.png") as figure:
             figure.verify()
+        rows[name] = payload["rows"]
+    # Each analysis's rows, as the tool wrote them.
+    location = rows["fixation_location"]
+    assert [r["name"] for r in location] == list(CLASS_NAMES)
+    unravelled = [r for r in location if r["images"]]
+    assert unravelled
+    for row in unravelled:
+        assert 0.0 <= row["inside_truth"] <= 1.0 and 0.0 <= row["inside_truth_weighted"] <= 1.0
+    assert set(experiments.by_kind(location)) <= {"background", "intrinsic", "contextual"}
+    assert [r["shift"] for r in rows["shift_variants"]] == ["none"] * 6 + ["partial"] * 6 + [
+        "full"
+    ] * 6
+    layers = [r["layer"] for r in rows["k_analysis"]]
+    assert layers[0] == "fc8" and layers[-1] == "conv1_1"
+    for row in rows["k_analysis"]:
+        assert 1 <= row["k_10"] <= row["k_25"] <= row["k_50"] <= row["input_channels"]
+    measured = [r for r in rows["salient_parts"] if r["images"]]
+    assert measured
+    for row in measured:
+        assert -1.0 <= row["drop_inside"] <= 1.0
 
 
 def test_location_over_seeds_tool_reports_intervals_and_resumes(tmp_path, shapes_data_dir):

@@ -140,23 +140,39 @@ def test_saved_model_cli_shows_the_signatures(exported):
     assert "DT_UINT8" in proc.stdout and "(-1, -1, -1, 3)" in proc.stdout
 
 
-def test_tool_refuses_to_overwrite_and_writes_atomically(tmp_path, exported):
+def test_tool_refuses_to_overwrite_and_exports_contrastive_fixations(tmp_path, exported):
     model, _, _ = exported
     model_path = tmp_path / "m.keras"
     model.save(model_path)
-    export_dir = tmp_path / "sm"
-    proc = run_tool("export", f"--model={model_path}", f"--export_dir={export_dir}", "--sigma=2")
+    out = tmp_path / "sm"
+    proc = run_tool("export", f"--model={model_path}", f"--export_dir={out}", "--sigma=2")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    proc = run_tool("export", f"--model={model_path}", f"--export_dir={export_dir}")
+    proc = run_tool("export", f"--model={model_path}", f"--export_dir={out}")
     assert proc.returncode == 1
     assert "already exists; pass --overwrite" in last_line(proc.stderr)
+    # The overwrite (written atomically: nothing else appears beside it) fixes the contrast.
     proc = run_tool(
-        "export", f"--model={model_path}", f"--export_dir={export_dir}", "--overwrite", "--k=3"
+        "export",
+        f"--model={model_path}",
+        f"--export_dir={out}",
+        "--overwrite",
+        "--contrast=runner_up",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    settings = json.loads((export_dir / "assets.extra" / "tf_segunravel.json").read_text())
-    assert settings["k"] == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.keras", "sm"]
+    settings = json.loads((out / "assets.extra" / "tf_segunravel.json").read_text())
+    assert settings["contrast"] == "runner_up" and settings["sigma"] != 2
+    images = np.random.default_rng(5).integers(0, 256, (2, 41, 52, 3)).astype(np.uint8)
+    loaded = tf.saved_model.load(str(out))
+    fixations = loaded.signatures["fixations"](images=tf.constant(images))
+    assert loaded.signatures["metadata"]()["contrast"].numpy() == b"runner_up"
+    engine = SegUnravel(model, contrast="runner_up")(images.astype(np.float32))
+    plain = SegUnravel(model)(images.astype(np.float32))
+    np.testing.assert_array_equal(fixations["points"].numpy(), engine.points)
+    np.testing.assert_array_equal(fixations["counts"].numpy(), engine.counts)
+    assert not np.array_equal(engine.points, plain.points) or not np.array_equal(
+        engine.counts, plain.counts
+    )
 
 
 def test_fixations_tool_accepts_the_saved_model(tmp_path, exported):
@@ -176,28 +192,10 @@ def test_fixations_tool_accepts_the_saved_model(tmp_path, exported):
     np.testing.assert_array_equal(data["points"], engine.for_image(0)[0])
 
 
-def test_contrastive_export_matches_the_engine(tmp_path, exported):
-    model, export_dir, _ = exported
-    model_path = tmp_path / "m.keras"
-    model.save(model_path)
-    contrastive = tmp_path / "contrastive"
-    proc = run_tool(
-        "export", f"--model={model_path}", f"--export_dir={contrastive}", "--contrast=runner_up"
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    images = np.random.default_rng(5).integers(0, 256, (2, 41, 52, 3)).astype(np.uint8)
-    loaded = tf.saved_model.load(str(contrastive))
-    out = loaded.signatures["fixations"](images=tf.constant(images))
-    assert loaded.signatures["metadata"]()["contrast"].numpy() == b"runner_up"
-    engine = SegUnravel(model, contrast="runner_up")(images.astype(np.float32))
-    plain = SegUnravel(model)(images.astype(np.float32))
-    np.testing.assert_array_equal(out["points"].numpy(), engine.points)
-    np.testing.assert_array_equal(out["counts"].numpy(), engine.counts)
-    assert not np.array_equal(engine.points, plain.points) or not np.array_equal(
-        engine.counts, plain.counts
-    )
-    # The fixation tool refuses an unravel flag that the signature would ignore.
-    Image.fromarray(images[0]).save(tmp_path / "a.png")
+def test_fixation_tool_refuses_a_flag_the_signature_would_ignore(tmp_path, exported):
+    _, export_dir, _ = exported
+    image = np.random.default_rng(5).integers(0, 256, (41, 52, 3)).astype(np.uint8)
+    Image.fromarray(image).save(tmp_path / "a.png")
     proc = run_tool(
         "fixations",
         f"--model={export_dir}",

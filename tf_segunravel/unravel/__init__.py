@@ -1,23 +1,27 @@
-"""Segmentation unravel: GradientTape-free tracing of segmentation fixations."""
+"""Segmentation unravel: GradientTape-free tracing of segmentation fixations.
 
-from tf_segunravel.unravel.maps import fixation_maps, heatmaps
-from tf_segunravel.unravel.rules import UntraceableLayerError, register_rule
-from tf_segunravel.unravel.settings import FixationSettings
-from tf_segunravel.unravel.tracer import (
-    ChannelScores,
-    FlowStep,
-    SegUnravel,
-    UnravelResult,
-)
+The names below load on first use (PEP 562), not with the package: the tools import
+`unravel.settings` to define and check their flags, and a bad flag should fail in a fraction
+of a second, not after TensorFlow's import of several seconds.
+"""
 
-__all__ = [
-    "ChannelScores",
-    "FixationSettings",
-    "FlowStep",
-    "SegUnravel",
-    "UnravelResult",
-    "UntraceableLayerError",
-    "fixation_maps",
-    "heatmaps",
-    "register_rule",
-]
+import importlib
+
+_HOMES = {
+    "ChannelScores": "tracer",
+    "FixationSettings": "settings",
+    "FlowStep": "tracer",
+    "SegUnravel": "tracer",
+    "UnravelResult": "tracer",
+    "UntraceableLayerError": "rules",
+    "fixation_maps": "maps",
+    "heatmaps": "maps",
+    "register_rule": "rules",
+}
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name):
+    if name in _HOMES:
+        return getattr(importlib.import_module(f"{__name__}.{_HOMES[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
