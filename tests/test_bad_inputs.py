@@ -194,3 +194,26 @@ def test_bad_input_is_one_line_and_leaves_nothing(
 def test_the_battery_is_large_enough():
     assert len(CASES) >= 35
     assert {c[0] for c in CASES} == set(REQUIRED)
+
+
+@pytest.mark.parametrize(
+    "tool", ["convert_caffe", "demo", "evaluate", "experiments", "export", "fixations", "train"]
+)
+def test_flags_are_checked_before_tensorflow_loads(tool):
+    """A tool defines and checks its flags without importing TensorFlow (seconds), so a bad
+    flag is reported at once."""
+    import subprocess
+    import sys
+
+    from tests.helpers import REPO_ROOT
+
+    script = (
+        "import runpy, sys; "
+        f"runpy.run_path({os.path.join(REPO_ROOT, 'tools', tool + '.py')!r}, run_name='x'); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras')))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "[]"
