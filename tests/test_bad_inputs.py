@@ -151,6 +151,7 @@ CASES = [
     ),
     # ----------------------------------------------------------------------------- demo
     ("demo", ["--output_dir={root}/a_file/demo"], "a_file is a file, not a directory"),
+    ("demo", ["--data_dir={root}/a_file/tfds"], "--data_dir={root}/a_file/tfds: "),
     ("demo", ["--seeds=a"], "--seeds must be integers"),
     ("demo", ["--steps=7"], "steps must be a multiple of checkpoint_every"),
 ]

@@ -25,7 +25,13 @@ import numpy as np
 from PIL import Image
 
 from tf_segunravel import stats
-from tf_segunravel.atomic import make_output_dir, save_atomically, write_json, write_text
+from tf_segunravel.atomic import (
+    check_output_dir,
+    make_output_dir,
+    save_atomically,
+    write_json,
+    write_text,
+)
 from tf_segunravel.training.config import FLAGS_DIR, flagfile_config
 from tf_segunravel.training.loop import HISTORY_FILE
 from tf_segunravel.unravel.settings import RUNNER_UP, FixationSettings
@@ -100,6 +106,7 @@ def run(
             if checkpoint_every:
                 overrides["checkpoint_every"] = checkpoint_every
             configs[(arm, seed)] = arm_config(arm, **overrides)
+    check_output_dir(data_dir, "data_dir")
     make_output_dir(output_dir)
 
     # ----------------------------------------------------------------------------- data
