@@ -5,12 +5,14 @@ line `<tool>: error: ...` naming the culprit, no traceback, and no output left b
 """
 
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from tests.helpers import last_line, run_tool, save_tiny_largefov
+from tests.helpers import REPO_ROOT, last_line, run_tool, save_tiny_largefov
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +152,11 @@ CASES = [
         "garbage.keras: cannot load the .keras model",
     ),
     # ----------------------------------------------------------------------------- demo
-    ("demo", ["--output_dir={root}/a_file/demo"], "a_file is a file, not a directory"),
+    (
+        "demo",
+        ["--output_dir={root}/a_file/demo"],
+        "--output_dir={root}/a_file/demo: {root}/a_file is a file, not a directory",
+    ),
     ("demo", ["--data_dir={root}/a_file/tfds"], "--data_dir={root}/a_file/tfds: "),
     ("demo", ["--seeds=a"], "--seeds must be integers"),
     ("demo", ["--steps=7"], "steps must be a multiple of checkpoint_every"),
@@ -203,11 +209,6 @@ def test_the_battery_is_large_enough():
 def test_flags_are_checked_before_tensorflow_loads(tool):
     """A tool defines and checks its flags without importing TensorFlow (seconds), so a bad
     flag is reported at once."""
-    import subprocess
-    import sys
-
-    from tests.helpers import REPO_ROOT
-
     script = (
         "import runpy, sys; "
         f"runpy.run_path({os.path.join(REPO_ROOT, 'tools', tool + '.py')!r}, run_name='x'); "

@@ -106,7 +106,8 @@ def run(
             if checkpoint_every:
                 overrides["checkpoint_every"] = checkpoint_every
             configs[(arm, seed)] = arm_config(arm, **overrides)
-    check_output_dir(data_dir, "data_dir")
+    if data_dir != os.path.join(output_dir, "tfds"):  # the default is make_output_dir's
+        check_output_dir(data_dir, "data_dir")
     make_output_dir(output_dir)
 
     # ----------------------------------------------------------------------------- data
@@ -129,13 +130,15 @@ def run(
     wanted = int(scored.cardinality())
     for (arm, seed), model_dir in runs.items():
         path = os.path.join(model_dir, "val.json")
+        scores = _read_json(path) if os.path.exists(path) else None
         # A score over another number of images (an earlier --val_images) is not reused.
-        if not os.path.exists(path) or _read_json(path)["images"] != wanted:
+        if scores is None or scores["images"] != wanted:
             _banner("evaluate", f"{arm}, seed {seed}")
             scores = evaluate(load_network(model_dir), scored, 6, PAD_SIZE, names)
             write_json(path, scores)
             print("\n".join(format_table(scores)))
-        results[(arm, seed)] = _read_json(path)
+            scores = _read_json(path)  # as a re-run reads it: summary.json must not differ
+        results[(arm, seed)] = scores
 
     # --------------------------------------------------------------------------- export
     baseline_dir = runs[("baseline", seeds[0])]
