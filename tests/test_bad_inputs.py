@@ -79,7 +79,7 @@ CASES = [
     ("fixations", ["--images={root}/truncated.png"], "truncated.png: not a readable image"),
     ("fixations", ["--images={root}/truncated.jpg"], "truncated.jpg: not a readable image"),
     ("fixations", ["--images={root}/missing.png"], "missing.png: no such file"),
-    ("fixations", ["--images={root}/nothing/*.png"], "matches no image"),
+    ("fixations", ["--images={root}/nothing/*.png"], "nothing/*.png: matches no file"),
     # ------------------------------------------------------------------ fixations: models, flags
     ("fixations", ["--model={root}/garbage.keras"], "garbage.keras: cannot load the .keras model"),
     ("fixations", ["--model={root}/text.keras"], "text.keras: cannot load the .keras model"),

@@ -32,8 +32,7 @@ from tf_segunravel.atomic import (
     write_json,
     write_text,
 )
-from tf_segunravel.training.config import FLAGS_DIR, flagfile_config
-from tf_segunravel.training.loop import HISTORY_FILE
+from tf_segunravel.training.config import FLAGS_DIR, HISTORY_FILE, flagfile_config
 from tf_segunravel.unravel.settings import RUNNER_UP, FixationSettings
 
 # Each arm trains what its flagfile says: the flagfiles are read through absl, so the demo
@@ -77,18 +76,7 @@ def run(
     verbose=1,
 ):
     """Runs (or resumes) every stage; returns the summary dict also written to summary.json."""
-    import tensorflow_datasets as tfds
-
-    import tf_segunravel.data  # noqa: F401  (registers the builders)
-    from tf_segunravel import experiments
-    from tf_segunravel.data import load_split, shapes
-    from tf_segunravel.evaluation import evaluate, format_table
-    from tf_segunravel.export import export_saved_model
-    from tf_segunravel.training import load_network, train
-    from tf_segunravel.unravel.files import FixationWriter
-
     data_dir = data_dir or os.path.join(output_dir, "tfds")
-    names, kinds = list(shapes.CLASS_NAMES), list(shapes.CLASS_KINDS)
     # Every arm's settings are checked before anything is written.
     runs, configs = {}, {}
     for seed in seeds:
@@ -109,7 +97,18 @@ def run(
     if data_dir != os.path.join(output_dir, "tfds"):  # the default is make_output_dir's
         check_output_dir(data_dir, "data_dir")
     make_output_dir(output_dir)
+    # TensorFlow loads only now: a bad setting above is reported in a fraction of a second.
+    import tensorflow_datasets as tfds
 
+    import tf_segunravel.data  # noqa: F401  (registers the builders)
+    from tf_segunravel import experiments
+    from tf_segunravel.data import load_split, shapes
+    from tf_segunravel.evaluation import evaluate, format_table
+    from tf_segunravel.export import export_saved_model
+    from tf_segunravel.training import load_network, train
+    from tf_segunravel.unravel.files import FixationWriter
+
+    names, kinds = list(shapes.CLASS_NAMES), list(shapes.CLASS_KINDS)
     # ----------------------------------------------------------------------------- data
     _banner("data", f"segunravel_shapes in {data_dir}")
     tfds.builder("segunravel_shapes", data_dir=data_dir).download_and_prepare()

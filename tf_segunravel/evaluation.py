@@ -28,7 +28,8 @@ def full_resolution_scores(network, images):
 def predictions(network, examples, pad_size=513):
     """Per example, by DeepLab's protocol: (image uint8 [H, W, 3], scores at image size
     float32 [H, W, C], truth int32 [H, W]), all cropped back to the image."""
-    predict = tf.function(lambda images: full_resolution_scores(network, images))
+    # No tensor-dependent Python control flow inside: AutoGraph would only cost trace time.
+    predict = tf.function(lambda images: full_resolution_scores(network, images), autograph=False)
     for features, labels in eval_pipeline(examples, pad_size=pad_size, batch_size=1):
         height, width = int(features["height"][0]), int(features["width"][0])
         scores = predict(features["image"])[0, :height, :width]

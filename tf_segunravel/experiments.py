@@ -284,7 +284,9 @@ def salient_parts(
     mean = np.array(MEAN_RGB, np.float32)
 
     # One graph for every masked image of a size (not a fresh graph walk per call).
-    softmax = tf.function(lambda x: tf.nn.softmax(ScoreMap(network).at_image_size(x)))
+    softmax = tf.function(
+        lambda x: tf.nn.softmax(ScoreMap(network).at_image_size(x)), autograph=False
+    )
 
     def probabilities(image):
         return softmax(tf.constant(image[None], tf.float32))[0].numpy()

@@ -18,6 +18,7 @@ flags.DEFINE_integer(
     "num_classes", None, "Expected number of classes of fc8 (default: whatever the file has)."
 )
 flags.mark_flags_as_required(["caffemodel", "output"])
+cli.check_path_flags(inputs=["caffemodel"], output_files=["output"])
 flags.register_validator(
     "output", lambda p: p.endswith(".weights.h5"), "--output must end with .weights.h5"
 )
@@ -32,7 +33,6 @@ def main(argv):
     from tf_segunravel.atomic import save_atomically
     from tf_segunravel.models import convert_caffemodel
 
-    cli.check_writable(FLAGS.output, "output")  # before the (long) conversion
     model = convert_caffemodel(FLAGS.caffemodel, num_classes=FLAGS.num_classes)
     save_atomically(FLAGS.output, model.save_weights)
     width = model.get_layer("conv1_1").filters / 64

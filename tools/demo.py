@@ -37,6 +37,7 @@ flags.register_validator(
 flags.register_validator("val_images", lambda v: v is None or v >= 1, "--val_images must be >= 1")
 flags.register_validator("fixation_images", lambda v: v >= 1, "--fixation_images must be >= 1")
 flags.register_validator("experiment_images", lambda v: v >= 1, "--experiment_images must be >= 1")
+cli.check_path_flags(output_dirs=["output_dir", "data_dir"])
 FLAGS = flags.FLAGS
 
 

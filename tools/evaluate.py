@@ -32,6 +32,7 @@ flags.DEFINE_list("crf_search_xy_stds", ["50", "80", "121"], "--crf_search: bila
 flags.DEFINE_list("crf_search_rgb_stds", ["3", "5", "10"], "--crf_search: bilateral rgb stds.")
 flags.DEFINE_string("crf_search_json", None, "--crf_search: write the grid here.")
 flags.mark_flag_as_required("model")
+cli.check_path_flags(output_files=["output_json", "crf_search_json"])
 flags.register_validator("pad_size", lambda v: v >= 8, "--pad_size must be >= 8")
 flags.register_validator("crf_search_images", lambda v: v >= 1, "--crf_search_images must be >= 1")
 
@@ -68,9 +69,6 @@ def main(argv):
             flag = "--crf_search" if FLAGS.crf_search else "--crf"
             raise InputError(f"{flag} {crf.INSTALL_HINT}")
         crf_settings = settings.from_flags(CRFSettings, prefix="crf_")
-    for flag in ("output_json", "crf_search_json"):
-        if FLAGS[flag].value:
-            cli.check_writable(FLAGS[flag].value, flag)
     network = load_network(FLAGS.model)
     num_classes = network.output.shape[-1]
     examples = load_split(FLAGS.dataset, FLAGS.split, FLAGS.data_dir, num_classes)

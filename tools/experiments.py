@@ -49,6 +49,7 @@ flags.DEFINE_integer("pad_size", 513, "Evaluation pad size for the IoU column.")
 cli.define_fixation_flags(defaults={"sigma": 6.0})
 flags.adopt_module_key_flags(cli)  # so --help lists them with the tool's own
 flags.mark_flags_as_required(["output_dir"])
+cli.check_path_flags(output_dirs=["output_dir"])
 flags.register_validator("max_images", lambda v: v >= 1, "--max_images must be >= 1")
 flags.register_validator(
     "seeds", lambda v: bool(v) and all(s.isdigit() for s in v), "--seeds must be integers"
@@ -116,9 +117,6 @@ def location_over_seeds():
 
 def main(argv):
     del argv  # cli.run rejects positional arguments
-    from tf_segunravel.atomic import check_output_dir
-
-    check_output_dir(FLAGS.output_dir)  # before any long work
     if FLAGS.experiment == "template_sweep":
         return template_sweep()
     if FLAGS.experiment == "location_over_seeds":

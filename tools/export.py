@@ -20,6 +20,7 @@ flags.DEFINE_boolean("overwrite", False, "Replace an existing --export_dir.")
 cli.define_fixation_flags()
 flags.adopt_module_key_flags(cli)  # so --help lists them with the tool's own
 flags.mark_flags_as_required(["model", "export_dir"])
+cli.check_path_flags(output_dirs=["export_dir"])
 # Flags generated from settings classes are declared by tf_segunravel.settings; list them
 # with the tool's own in --help.
 flags.adopt_module_key_flags(settings)

@@ -42,6 +42,9 @@ flags.DEFINE_boolean(
 )
 settings.define_flags(CRFSettings, prefix="crf_")
 flags.mark_flags_as_required(["model", "images", "output_dir"])
+cli.check_path_flags(
+    inputs=["model"], input_dirs=["masks"], input_patterns=["images"], output_dirs=["output_dir"]
+)
 flags.register_validator("max_side", lambda v: v is None or v >= 8, "--max_side must be >= 8")
 flags.register_multi_flags_validator(
     ["seed_from_masks", "masks"],

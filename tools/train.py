@@ -16,6 +16,7 @@ from tf_segunravel.training.config import TrainConfig
 
 settings.define_flags(TrainConfig)
 flags.mark_flag_as_required("model_dir")
+cli.check_path_flags(output_dirs=["model_dir"])
 # Flags generated from settings classes are declared by tf_segunravel.settings; list them
 # with the tool's own in --help.
 flags.adopt_module_key_flags(settings)

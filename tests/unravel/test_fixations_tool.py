@@ -119,7 +119,7 @@ def test_bad_images_are_named_and_keep_going_summarises(tmp_path, tiny_model):
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--images=/nonexistent/*.png"], "matches no image"),
+        (["--images=/nonexistent/*.png"], "/nonexistent/*.png: matches no file"),
         (["--images=/nonexistent/a.png"], "/nonexistent/a.png: no such file"),
         (["--classes=zebra"], "--classes: 'zebra'"),
         (["--classes=7"], "--classes: 7 is not below the model's 3"),
@@ -195,6 +195,6 @@ def test_impossible_output_dir_is_one_line(tmp_path, tiny_model):
     )
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert last_line(proc.stderr) == (
-        f"fixations: error: --output_dir={tmp_path / 'file' / 'out'}: {tmp_path / 'file'} "
+        f"fixations: error: flag --output_dir={tmp_path / 'file' / 'out'}: {tmp_path / 'file'} "
         "is a file, not a directory"
     )

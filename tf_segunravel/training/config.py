@@ -13,6 +13,8 @@ from tf_segunravel import settings
 from tf_segunravel.errors import InputError
 from tf_segunravel.settings import Rule, at_least_one, fraction, non_negative, positive, setting
 
+# The per-epoch history the training loop writes into a model dir (read by the demo's plots).
+HISTORY_FILE = "history.csv"
 FLAGS_DIR = os.path.join(
     os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "flags"
 )

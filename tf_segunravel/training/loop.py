@@ -23,11 +23,16 @@ from tf_segunravel.data import labels as data_labels
 from tf_segunravel.data import load_split, train_pipeline
 from tf_segunravel.errors import InputError
 from tf_segunravel.training import checkpoints
-from tf_segunravel.training.config import INITS, STRATEGIES, TrainConfig, run_fields
+from tf_segunravel.training.config import (
+    HISTORY_FILE,
+    INITS,
+    STRATEGIES,
+    TrainConfig,
+    run_fields,
+)
 from tf_segunravel.training.optim import freeze_all_but_last, learning_rate_schedule
 from tf_segunravel.training.trainer import SegmentationTrainer
 
-HISTORY_FILE = "history.csv"
 FLAGS_FILE = "flags.txt"
 CONFIG_CHANGES_FILE = "config_changes.jsonl"
 

@@ -131,6 +131,7 @@ class ScoreMap:
             raise ValueError(f"a score map needs one output, got {len(outputs)}")
         self.output_id = outputs[0]
 
+    @tf.autograph.experimental.do_not_convert  # static Python over the graph (see tracer)
     def __call__(self, images):
         values = graph.record(self.steps, self.input_id, tf.cast(images, tf.float32))
         scores = values[self.output_id]

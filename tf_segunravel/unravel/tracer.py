@@ -225,6 +225,10 @@ class SegUnravel:
         if self.num_classes < 2:
             raise ValueError("contrast needs a model with at least 2 classes")
 
+    # The walk's loops and branches run over the (static) layer graph, never over tensor
+    # values, so AutoGraph has nothing to convert: skipping it saves seconds per trace, in our
+    # tf.function and in any a caller wraps around this method.
+    @tf.autograph.experimental.do_not_convert
     def trace(self, images, seed_labels=None, classes=None):
         """The graph-mode core: tensors in, an `UnravelResult` of tensors out (works inside
         `tf.function`).
