@@ -84,7 +84,8 @@ def hide_the_extra(tmp_path):
 
 @pytest.mark.parametrize("tool", ["evaluate", "fixations"])
 def test_missing_extra_is_one_line(tmp_path, tool):
-    args = ["--model=unused.keras", "--crf"]
+    (tmp_path / "unused.keras").write_text("never read: the extra is checked first")
+    args = [f"--model={tmp_path / 'unused.keras'}", "--crf"]
     if tool == "fixations":
         args += [f"--images={tmp_path}", f"--output_dir={tmp_path / 'out'}"]
     proc = run_tool(tool, *args, env=hide_the_extra(tmp_path))

@@ -59,8 +59,11 @@ def test_absent_classes_are_left_out_of_the_per_class_means():
 
 
 @pytest.mark.slow
-def test_reduced_demo_writes_every_artefact_and_reruns_bit_for_bit(tmp_path):
+def test_reduced_demo_writes_every_artefact_and_reruns_bit_for_bit(tmp_path, shapes_data_dir):
+    # Every run reads the session's prepared dataset (--data_dir): preparing it is the
+    # dataset's test, not this one's.
     args = [
+        f"--data_dir={shapes_data_dir}",
         "--steps=20",
         "--finetune_steps=10",
         "--checkpoint_every=10",
@@ -103,8 +106,8 @@ def test_reduced_demo_writes_every_artefact_and_reruns_bit_for_bit(tmp_path):
     assert "template_cosine minus control" in (out / "summary.md").read_text()
 
     # A fresh directory gives the same summary, bit for bit (the prepared dataset is shared).
-    fresh, shared = tmp_path / "fresh", f"--data_dir={out / 'tfds'}"
-    proc = run_tool("demo", f"--output_dir={fresh}", shared, *args)
+    fresh = tmp_path / "fresh"
+    proc = run_tool("demo", f"--output_dir={fresh}", *args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert not (fresh / "tfds").exists()
     assert (fresh / "summary.json").read_bytes() == (out / "summary.json").read_bytes()

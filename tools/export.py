@@ -9,10 +9,11 @@ seeds, heat maps, labels), serving_bytes (encoded JPEG/PNG in) and metadata; see
 tf_segunravel/export.py. Inspect with `saved_model_cli show --dir DIR --all`.
 """
 
+import os
+
 from absl import flags
 
 from tf_segunravel import cli, settings
-from tf_segunravel.errors import InputError
 
 flags.DEFINE_string("model", None, "A training model dir, checkpoint prefix or .keras file.")
 flags.DEFINE_string("export_dir", None, "SavedModel directory to write.")
@@ -21,6 +22,11 @@ cli.define_fixation_flags()
 flags.adopt_module_key_flags(cli)  # so --help lists them with the tool's own
 flags.mark_flags_as_required(["model", "export_dir"])
 cli.check_path_flags(output_dirs=["export_dir"])
+flags.register_multi_flags_validator(
+    ["export_dir", "overwrite"],
+    lambda f: not f["export_dir"] or f["overwrite"] or not os.path.exists(f["export_dir"]),
+    "--export_dir already exists; pass --overwrite to replace it",
+)
 # Flags generated from settings classes are declared by tf_segunravel.settings; list them
 # with the tool's own in --help.
 flags.adopt_module_key_flags(settings)
@@ -29,14 +35,9 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     del argv  # cli.run rejects positional arguments
-    import os
-
     from tf_segunravel.export import export_saved_model
     from tf_segunravel.training import load_network
 
-    # Checked again by export_saved_model; here it fails before the model is loaded.
-    if os.path.exists(FLAGS.export_dir) and not FLAGS.overwrite:
-        raise InputError(f"--export_dir={FLAGS.export_dir}: already exists; pass --overwrite")
     network = load_network(FLAGS.model)
     fixation_settings = cli.fixation_settings(num_classes=network.outputs[0].shape[-1])
     settings = export_saved_model(

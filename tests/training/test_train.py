@@ -178,7 +178,6 @@ def test_resuming_with_other_settings_needs_allow_config_change(tmp_path, shapes
         ("--init=caffe", "--init_path is required"),
         ("--similarity=dot", "similarity"),
         ("--template_weight=-1", "--template_weight must be >= 0"),
-        ("--dataset=shapez", "--dataset=shapez: not a registered TFDS dataset"),
     ],
 )
 def test_bad_flags_are_usage_errors(tmp_path, flag, message):

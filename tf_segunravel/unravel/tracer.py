@@ -245,10 +245,12 @@ class SegUnravel:
     def _score_layer(self):
         return next(s.layer for s in self.steps if s.outputs[0] == self.output_id)
 
+    @tf.autograph.experimental.do_not_convert  # as `trace`
     def record(self, images):
         """The recorded forward pass: {tensor id: value} for every tensor of the graph."""
         return graph.record(self.steps, self.input_id, tf.cast(images, tf.float32))
 
+    @tf.autograph.experimental.do_not_convert  # as `trace`
     def walk(self, values, seed_labels=None, classes=None):
         """The unravel proper on recorded values (see `trace`); no forward computation."""
         images = values[self.input_id]
