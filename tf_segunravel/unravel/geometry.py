@@ -88,9 +88,9 @@ def _collapse(in_size, out_size):
 
 
 def _spatial(value):
-    shape = tf.shape(value)
     if len(value.shape) == 4:
-        return shape[1], shape[2]
+        _, height, width, _ = tf.unstack(tf.shape(value), num=4)  # one op, not one per axis
+        return height, width
     return tf.constant(1), tf.constant(1)
 
 

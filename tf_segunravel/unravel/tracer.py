@@ -28,19 +28,17 @@ def merge(points, sizes):
 
     `sizes` = (B, classes, H, W, C) bound each field, so the five pack into one int64 key.
     """
-    fields = [points.b, points.cls, points.y, points.x, points.ch]
-    key = tf.zeros_like(points.b, tf.int64)
-    for field, size in zip(fields, sizes, strict=True):
-        key = key * tf.cast(size, tf.int64) + tf.cast(field, tf.int64)
+    # Written as a few whole-tensor ops (not a loop over the fields): merge runs once per layer
+    # and graph building costs per op, so this is a large share of tracing a deep network.
+    sizes = tf.cast(tf.stack(sizes), tf.int64)
+    strides = tf.math.cumprod(sizes, exclusive=True, reverse=True)  # product of later sizes
+    fields = tf.stack([points.b, points.cls, points.y, points.x, points.ch], axis=1)
+    key = tf.reduce_sum(tf.cast(fields, tf.int64) * strides, axis=1)
     unique, index = tf.unique(key)
     counts = tf.math.unsorted_segment_sum(points.count, index, tf.shape(unique)[0])
     order = tf.argsort(unique)
     unique, counts = tf.gather(unique, order), tf.gather(counts, order)
-    unpacked = []
-    for size in reversed(sizes):
-        unpacked.append(tf.cast(unique % tf.cast(size, tf.int64), tf.int32))
-        unique //= tf.cast(size, tf.int64)
-    b, cls, y, x, ch = reversed(unpacked)
+    b, cls, y, x, ch = tf.unstack(tf.cast(unique[:, None] // strides % sizes, tf.int32), axis=1)
     return Points(b, cls, y, x, ch, counts)
 
 
@@ -93,7 +91,7 @@ class _MarginLayer:
 
 
 def _sizes(tensor, num_classes):
-    shape = tf.shape(tensor)
+    shape = tf.unstack(tf.shape(tensor), num=len(tensor.shape))
     if len(tensor.shape) == 4:
         return (shape[0], num_classes, shape[1], shape[2], shape[3])
     return (shape[0], num_classes, 1, 1, shape[1])

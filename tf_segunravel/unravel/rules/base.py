@@ -14,6 +14,7 @@ taps, then channel order), as numpy.argmax does.
 
 import typing
 
+import numpy as np
 import tensorflow as tf
 
 from tf_segunravel.grids import first_argmax
@@ -33,7 +34,8 @@ class Points(typing.NamedTuple):
         return Points(*(tf.gather(field, indices) for field in self))
 
     def where(self, mask):
-        return Points(*(tf.boolean_mask(field, mask) for field in self))
+        # One index for every field (tf.boolean_mask per field builds several ops each).
+        return self.take(tf.reshape(tf.where(mask), [-1]))
 
     def replace(self, **fields):
         return self._replace(**fields)
@@ -51,6 +53,13 @@ class UntraceableLayerError(ValueError):
     """A layer type the unravel rules do not cover."""
 
 
+def spatial_size(tensor):
+    """(height, width) of a [B, H, W, C] tensor as scalar tensors, from one Shape op
+    (indexing `tf.shape` builds four ops per axis, and graph building costs per op)."""
+    _, height, width, _ = tf.unstack(tf.shape(tensor), num=4)
+    return height, width
+
+
 def pad_before(in_size, out_size, kernel, stride, dilation, padding):
     """Leading padding of one axis: Keras/TF 'same' puts the smaller half first."""
     if padding == "valid":
@@ -63,8 +72,9 @@ def pad_before(in_size, out_size, kernel, stride, dilation, padding):
 def window_taps(points, in_h, in_w, kernel, stride, dilation, before):
     """Tap coordinates [N, T] (row-major over the kernel) and which taps are inside."""
     (kh, kw), (sh, sw), (dh, dw) = kernel, stride, dilation
-    ti = tf.repeat(tf.range(kh) * dh, kw)
-    tj = tf.tile(tf.range(kw) * dw, [kh])
+    # The kernel's tap offsets are known when the graph is built: constants, not ops.
+    ti = tf.constant(np.repeat(np.arange(kh) * dh, kw), tf.int32)
+    tj = tf.constant(np.tile(np.arange(kw) * dw, kh), tf.int32)
     ys = points.y[:, None] * sh - before[0] + ti[None, :]
     xs = points.x[:, None] * sw - before[1] + tj[None, :]
     inside = (ys >= 0) & (ys < in_h) & (xs >= 0) & (xs < in_w)
@@ -73,8 +83,9 @@ def window_taps(points, in_h, in_w, kernel, stride, dilation, before):
 
 def gather_pixels(tensor, b, ys, xs):
     """tensor[b, ys, xs, :] for ys, xs [N, T] (clamped; callers mask what is outside)."""
-    ys = tf.clip_by_value(ys, 0, tf.shape(tensor)[1] - 1)
-    xs = tf.clip_by_value(xs, 0, tf.shape(tensor)[2] - 1)
+    height, width = spatial_size(tensor)
+    ys = tf.clip_by_value(ys, 0, height - 1)
+    xs = tf.clip_by_value(xs, 0, width - 1)
     bs = tf.broadcast_to(b[:, None], tf.shape(ys))
     return tf.gather_nd(tensor, tf.stack([bs, ys, xs], axis=-1))
 
@@ -108,8 +119,8 @@ def select_channels(scores, settings, rule="topk"):
     if settings.mass is None:
         k = tf.minimum(settings.k, channels)
         _, top = tf.math.top_k(scores, k)  # stable: equal values keep channel order
-        parents = tf.repeat(tf.range(tf.shape(scores)[0]), k)
-        return parents, tf.reshape(top, [-1])
+        rows = tf.range(tf.shape(scores)[0])[:, None]  # (tf.repeat builds a dozen ops)
+        return tf.reshape(tf.broadcast_to(rows, tf.shape(top)), [-1]), tf.reshape(top, [-1])
     needed, top = channels_to_reach(scores, settings.mass, settings.max_k)
     keep = tf.range(tf.shape(top)[1])[None, :] < needed[:, None]
     where = tf.cast(tf.where(keep), tf.int32)

@@ -8,22 +8,17 @@ from tf_segunravel.unravel.rules.base import (
     gather_pixels,
     pad_before,
     select_channels,
+    spatial_size,
     window_taps,
 )
 
 
 def _before(x, output, kernel, strides, dilation, padding):
     """Leading padding (top, left) of a window layer from its recorded sizes."""
+    in_size, out_size = spatial_size(x), spatial_size(output)
     return [
-        pad_before(
-            tf.shape(x)[a],
-            tf.shape(output)[a],
-            kernel[a - 1],
-            strides[a - 1],
-            dilation[a - 1],
-            padding,
-        )
-        for a in (1, 2)
+        pad_before(in_size[a], out_size[a], kernel[a], strides[a], dilation[a], padding)
+        for a in (0, 1)
     ]
 
 
@@ -38,9 +33,7 @@ def convolve(x, output, points, settings, kernel, strides, dilation, padding, gr
     kernel = tf.cast(kernel, x.dtype)
     kh, kw, group_in, filters = kernel.shape
     before = _before(x, output, (kh, kw), strides, dilation, padding)
-    ys, xs, inside = window_taps(
-        points, tf.shape(x)[1], tf.shape(x)[2], (kh, kw), strides, dilation, before
-    )
+    ys, xs, inside = window_taps(points, *spatial_size(x), (kh, kw), strides, dilation, before)
     window = gather_pixels(x, points.b, ys, xs) * tf.cast(inside, x.dtype)[..., None]
     in_channels = tf.range(group_in)[None, :]
     if groups > 1:
@@ -92,9 +85,7 @@ def depthwise(x, output, points, settings, kernel, strides, dilation, padding):
     kernel = tf.cast(kernel, x.dtype)
     kh, kw, channels, multiplier = kernel.shape
     before = _before(x, output, (kh, kw), strides, dilation, padding)
-    ys, xs, inside = window_taps(
-        points, tf.shape(x)[1], tf.shape(x)[2], (kh, kw), strides, dilation, before
-    )
+    ys, xs, inside = window_taps(points, *spatial_size(x), (kh, kw), strides, dilation, before)
     in_channel = points.ch // multiplier
     window = gather_pixels(x, points.b, ys, xs)  # [N, T, C]
     values = tf.gather(window, in_channel[:, None], axis=2, batch_dims=1)[..., 0]  # [N, T]
