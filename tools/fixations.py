@@ -116,8 +116,6 @@ def main(argv):
             raise InputError(f"--crf {crf.INSTALL_HINT}")
         crf_settings = settings.from_flags(CRFSettings, prefix="crf_")
     paths = expand_images(FLAGS.images)
-    if FLAGS.masks and not os.path.isdir(FLAGS.masks):
-        raise InputError(f"--masks={FLAGS.masks}: no such directory")
     from tf_segunravel.export import is_saved_model, saved_model_classes
 
     names = resolve_class_names(FLAGS.class_names)
