@@ -81,13 +81,17 @@ def window_taps(points, in_h, in_w, kernel, stride, dilation, before):
     return ys, xs, inside
 
 
-def gather_pixels(tensor, b, ys, xs):
-    """tensor[b, ys, xs, :] for ys, xs [N, T] (clamped; callers mask what is outside)."""
+def gather_pixels(tensor, b, ys, xs, ch=None):
+    """tensor[b, ys, xs, :] for ys, xs [N, T] (clamped; callers mask what is outside), or
+    with `ch` [N] only that channel, [N, T] (read element by element, not window by window).
+    """
     height, width = spatial_size(tensor)
     ys = tf.clip_by_value(ys, 0, height - 1)
     xs = tf.clip_by_value(xs, 0, width - 1)
-    bs = tf.broadcast_to(b[:, None], tf.shape(ys))
-    return tf.gather_nd(tensor, tf.stack([bs, ys, xs], axis=-1))
+    index = [tf.broadcast_to(b[:, None], tf.shape(ys)), ys, xs]
+    if ch is not None:
+        index.append(tf.broadcast_to(ch[:, None], tf.shape(ys)))
+    return tf.gather_nd(tensor, tf.stack(index, axis=-1))
 
 
 def channels_to_reach(scores, fraction, cap=None):

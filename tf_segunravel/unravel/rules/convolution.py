@@ -22,6 +22,32 @@ def _before(x, output, kernel, strides, dilation, padding):
     ]
 
 
+def filter_rows(kernel, filters):
+    """Each point's filter as one row [N, kh * kw * C_in] of a kernel [kh, kw, C_in, F].
+
+    The kernel is transposed once so that each point's filter is a contiguous row: gathering
+    the last axis of the kernel directly copies one scalar at a time (on fc6 of LargeFOV, a
+    third of the whole unravel)."""
+    rows = tf.transpose(tf.reshape(kernel, [-1, tf.shape(kernel)[-1]]))
+    return tf.gather(rows, filters)
+
+
+def tap_values(contributions, parents, channels):
+    """contributions[parents[m], t, channels[m]] for every tap t: [M, T], read element by
+    element (gathering the parents' whole [T, C] blocks first copies C times as much)."""
+    taps = tf.shape(contributions)[1]
+    shape = tf.stack([tf.shape(parents)[0], taps])
+    index = tf.stack(
+        [
+            tf.broadcast_to(parents[:, None], shape),
+            tf.broadcast_to(tf.range(taps)[None, :], shape),
+            tf.broadcast_to(channels[:, None], shape),
+        ],
+        axis=-1,
+    )
+    return tf.gather_nd(contributions, index)
+
+
 def _full_shift(settings, dilation):
     """Full shift where the rule's shift setting asks for it (partial: undilated only)."""
     return settings.shift == "full" or (settings.shift == "partial" and max(dilation) == 1)
@@ -34,20 +60,19 @@ def convolve(x, output, points, settings, kernel, strides, dilation, padding, gr
     kh, kw, group_in, filters = kernel.shape
     before = _before(x, output, (kh, kw), strides, dilation, padding)
     ys, xs, inside = window_taps(points, *spatial_size(x), (kh, kw), strides, dilation, before)
-    window = gather_pixels(x, points.b, ys, xs) * tf.cast(inside, x.dtype)[..., None]
+    window = gather_pixels(x, points.b, ys, xs)  # [N, T, C_in], clamped outside
     in_channels = tf.range(group_in)[None, :]
     if groups > 1:
         in_channels += (points.ch // (filters // groups))[:, None] * group_in
         window = tf.gather(window, in_channels, axis=2, batch_dims=1)
-    weights = tf.gather(tf.reshape(kernel, [kh * kw, group_in, -1]), points.ch, axis=2)
-    contributions = window * tf.transpose(weights, [2, 0, 1])  # [N, T, C_in]
-    channel_scores = tf.reduce_sum(contributions, axis=1)
+    weights = tf.reshape(filter_rows(kernel, points.ch), [-1, kh * kw, group_in])
+    contributions = window * weights  # [N, T, C_in]
+    # Summed over the inside taps only: one batched matmul masks and reduces in one pass.
+    channel_scores = tf.einsum("nt,ntc->nc", tf.cast(inside, x.dtype), contributions)
     parents, channels = select_channels(channel_scores, settings)
 
     if _full_shift(settings, dilation):
-        per_tap = tf.gather(
-            tf.gather(contributions, parents), channels[:, None], axis=2, batch_dims=1
-        )[..., 0]  # [M, T]
+        per_tap = tap_values(contributions, parents, channels)  # [M, T]
         per_tap = tf.where(tf.gather(inside, parents), per_tap, float("-inf"))
         tap = first_argmax(per_tap)
     else:  # the kernel centre
@@ -87,10 +112,9 @@ def depthwise(x, output, points, settings, kernel, strides, dilation, padding):
     before = _before(x, output, (kh, kw), strides, dilation, padding)
     ys, xs, inside = window_taps(points, *spatial_size(x), (kh, kw), strides, dilation, before)
     in_channel = points.ch // multiplier
-    window = gather_pixels(x, points.b, ys, xs)  # [N, T, C]
-    values = tf.gather(window, in_channel[:, None], axis=2, batch_dims=1)[..., 0]  # [N, T]
-    weights = tf.gather(tf.reshape(kernel, [kh * kw, channels * multiplier]), points.ch, axis=1)
-    contributions = values * tf.transpose(weights)  # [N, T]
+    values = gather_pixels(x, points.b, ys, xs, in_channel)  # [N, T]
+    weights = filter_rows(tf.reshape(kernel, [kh * kw, channels * multiplier]), points.ch)
+    contributions = values * weights  # [N, T]
     if _full_shift(settings, dilation):
         # Taps outside the input score below every inside tap, so they are picked last.
         lowest = tf.reduce_min(contributions) - 1.0
@@ -164,18 +188,17 @@ def transpose_rule(layer, x, output, points, settings):
     inside = (
         (num_y % sh == 0) & (num_x % sw == 0) & (ys >= 0) & (ys < in_h) & (xs >= 0) & (xs < in_w)
     )
-    window = gather_pixels(x, points.b, ys, xs) * tf.cast(inside, x.dtype)[..., None]
-    weights = tf.gather(tf.reshape(kernel, [kh * kw, -1, in_channels]), points.ch, axis=1)
-    contributions = window * tf.transpose(weights, [1, 0, 2])  # [N, T, C_in]
-    channel_scores = tf.reduce_sum(contributions, axis=1)
+    window = gather_pixels(x, points.b, ys, xs)  # [N, T, C_in], clamped outside
+    # Each filter's taps as one contiguous block [T, C_in] (see `filter_rows`).
+    blocks = tf.transpose(tf.reshape(kernel, [kh * kw, -1, in_channels]), [1, 0, 2])
+    contributions = window * tf.gather(blocks, points.ch)  # [N, T, C_in]
+    channel_scores = tf.einsum("nt,ntc->nc", tf.cast(inside, x.dtype), contributions)
     has_input = tf.reduce_any(inside, axis=1)  # a stride beyond the kernel leaves holes
     parents, channels = select_channels(channel_scores, settings)
     keep = tf.gather(has_input, parents)
     parents, channels = tf.boolean_mask(parents, keep), tf.boolean_mask(channels, keep)
     if _full_shift(settings, layer.dilation_rate):
-        per_tap = tf.gather(
-            tf.gather(contributions, parents), channels[:, None], axis=2, batch_dims=1
-        )[..., 0]
+        per_tap = tap_values(contributions, parents, channels)
         per_tap = tf.where(tf.gather(inside, parents), per_tap, float("-inf"))
     else:  # the candidate nearest the kernel centre
         centre = tf.cast((ty - (kh - 1) // 2) ** 2 + (tx - (kw - 1) // 2) ** 2, tf.float32)

@@ -28,8 +28,7 @@ def pooling_rule(layer, x, output, points, settings):
     ys, xs, inside = window_taps(
         points, tf.shape(x)[1], tf.shape(x)[2], kernel, stride, (1, 1), before
     )
-    pixels = gather_pixels(x, points.b, ys, xs)  # [N, T, C]
-    values = tf.gather(pixels, points.ch[:, None], axis=2, batch_dims=1)[..., 0]
+    values = gather_pixels(x, points.b, ys, xs, points.ch)  # [N, T]
     tap = first_argmax(tf.where(inside, values, float("-inf")))
     taps = tf.stack([tf.range(tf.shape(tap)[0]), tap], axis=-1)
     return [points.replace(y=tf.gather_nd(ys, taps), x=tf.gather_nd(xs, taps))]
