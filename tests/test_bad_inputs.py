@@ -219,3 +219,22 @@ def test_flags_are_checked_before_tensorflow_loads(tool):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == "[]"
+
+
+def test_path_flag_error_names_the_flag_once(tmp_path):
+    """A path check's message loses only its own "--flag=value: " prefix (absl adds the same
+    one), even when the value itself holds ": "."""
+    from absl import flags as absl_flags
+
+    from tf_segunravel.cli import check_path_flags
+
+    values = absl_flags.FlagValues()
+    absl_flags.DEFINE_string("out", None, "An output directory.", flag_values=values)
+    check_path_flags(output_dirs=["out"], flag_values=values)
+    (tmp_path / "a_file").write_text("in the way")
+    value = f"{tmp_path}/a_file/x: y"
+    with pytest.raises(absl_flags.IllegalFlagValueError) as raised:
+        values(["tool", f"--out={value}"])
+    assert str(raised.value) == (
+        f"flag --out={value}: {tmp_path}/a_file is a file, not a directory"
+    )

@@ -64,7 +64,14 @@ def check_writable(path, flag):
         raise InputError(f"--{flag}={path}: {existing} is not writable")
 
 
-def check_path_flags(inputs=(), input_dirs=(), input_patterns=(), output_dirs=(), output_files=()):
+def check_path_flags(
+    inputs=(),
+    input_dirs=(),
+    input_patterns=(),
+    output_dirs=(),
+    output_files=(),
+    flag_values=flags.FLAGS,
+):
     """Checks path flags as absl parses them, before any TensorFlow import: a missing input
     or an impossible output is reported in a fraction of a second, not after a model loads.
 
@@ -72,22 +79,24 @@ def check_path_flags(inputs=(), input_dirs=(), input_patterns=(), output_dirs=()
     input_patterns: list flags of files, globs or directories, each of which must exist or
     match; output_dirs: directories the tool will create (`atomic.check_output_dir`);
     output_files: files it will write (`check_writable`). The tools' own checks stay in
-    place for library callers; these only make them early.
+    place for library callers; these only make them early. `flag_values`: where the flags
+    are defined (absl's global FLAGS by default).
     """
 
-    def register(name, check, prefixed=False):
+    def register(name, check):
         def validator(value):
             if value is None:
                 return True
             try:
                 check(value)
             except InputError as e:
-                # absl prefixes "flag --name=value: "; drop the same prefix of our own.
-                message = str(e).split(": ", 1)[1] if prefixed else str(e)
+                # absl prefixes "flag --name=value: "; drop the same prefix of our own (matched
+                # whole: the value itself may hold ": ").
+                message = str(e).removeprefix(f"--{name}={value}: ")
                 raise flags.ValidationError(message) from e
             return True
 
-        flags.register_validator(name, validator)
+        flags.register_validator(name, validator, flag_values=flag_values)
 
     def existing(kind, test):
         def check(path):
@@ -111,9 +120,9 @@ def check_path_flags(inputs=(), input_dirs=(), input_patterns=(), output_dirs=()
     for name in input_patterns:
         register(name, patterns)
     for name in output_dirs:
-        register(name, lambda path, name=name: check_output_dir(path, name), prefixed=True)
+        register(name, lambda path, name=name: check_output_dir(path, name))
     for name in output_files:
-        register(name, lambda path, name=name: check_writable(path, name), prefixed=True)
+        register(name, lambda path, name=name: check_writable(path, name))
 
 
 def define_fixation_flags(defaults=None):
