@@ -32,6 +32,13 @@ def filter_rows(kernel, filters):
     return tf.gather(rows, filters)
 
 
+def inside_sum(contributions, inside):
+    """Contributions [N, T, C] summed over the taps inside the input: [N, C]. (The same
+    products and sum as masking the window first, so results are unchanged bit for bit; a
+    batched matmul would sum in another order and could flip near-ties.)"""
+    return tf.reduce_sum(contributions * tf.cast(inside, contributions.dtype)[..., None], axis=1)
+
+
 def tap_values(contributions, parents, channels):
     """contributions[parents[m], t, channels[m]] for every tap t: [M, T], read element by
     element (gathering the parents' whole [T, C] blocks first copies C times as much)."""
@@ -67,8 +74,7 @@ def convolve(x, output, points, settings, kernel, strides, dilation, padding, gr
         window = tf.gather(window, in_channels, axis=2, batch_dims=1)
     weights = tf.reshape(filter_rows(kernel, points.ch), [-1, kh * kw, group_in])
     contributions = window * weights  # [N, T, C_in]
-    # Summed over the inside taps only: one batched matmul masks and reduces in one pass.
-    channel_scores = tf.einsum("nt,ntc->nc", tf.cast(inside, x.dtype), contributions)
+    channel_scores = inside_sum(contributions, inside)
     parents, channels = select_channels(channel_scores, settings)
 
     if _full_shift(settings, dilation):
@@ -192,7 +198,7 @@ def transpose_rule(layer, x, output, points, settings):
     # Each filter's taps as one contiguous block [T, C_in] (see `filter_rows`).
     blocks = tf.transpose(tf.reshape(kernel, [kh * kw, -1, in_channels]), [1, 0, 2])
     contributions = window * tf.gather(blocks, points.ch)  # [N, T, C_in]
-    channel_scores = tf.einsum("nt,ntc->nc", tf.cast(inside, x.dtype), contributions)
+    channel_scores = inside_sum(contributions, inside)
     has_input = tf.reduce_any(inside, axis=1)  # a stride beyond the kernel leaves holes
     parents, channels = select_channels(channel_scores, settings)
     keep = tf.gather(has_input, parents)
