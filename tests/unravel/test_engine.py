@@ -281,6 +281,25 @@ def test_counts_sum_to_seeds_and_points_are_sorted():
         np.testing.assert_array_equal(result.seeds[b], seeds)
 
 
+def test_counts_saturate_instead_of_wrapping():
+    """K = 3 through 45 layers makes 3^45 > 2^63 paths per seed: counts stop at int64's
+    largest value, never wrap to negative; a shallower chain still counts exactly."""
+    from tf_segunravel.unravel.tracer import MAX_COUNT
+
+    def chain(depth):
+        inputs = keras.Input((None, None, 3))
+        x = L.Conv2D(4, 1, kernel_initializer="ones")(inputs)
+        for _ in range(depth - 2):
+            x = L.Conv2D(4, 1, kernel_initializer="ones")(x)
+        return keras.Model(inputs, L.Conv2D(2, 1, kernel_initializer="ones")(x))
+
+    image = np.ones((1, 2, 2, 3), np.float32)
+    shallow = SegUnravel(chain(10), k=3)(image)
+    assert shallow.counts.sum() == shallow.seeds.sum() * 3**10
+    deep = SegUnravel(chain(45), k=3)(image)
+    assert (deep.counts == MAX_COUNT).all(), deep.counts
+
+
 def test_seeds_from_masks_and_classes():
     model = integer_weights(conv_model(3, 1, 1, "same"))
     batch = images(shape=(1, 8, 8, 3))

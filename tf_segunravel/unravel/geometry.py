@@ -48,6 +48,12 @@ def _window(layer):
     return None
 
 
+def keeps_map(layer):
+    """Whether `layer` leaves the map unchanged (per-element, per-channel and merging layers:
+    every layer `step_map` has no case for)."""
+    return _window(layer) is None and not isinstance(layer, _MAPPING_LAYERS)
+
+
 def step_map(layer, in_size, out_size, axis):
     """(a, b): this layer puts output position j over input position a j + b on `axis`
     (0: height, 1: width), given the two sizes (int32 scalars)."""
@@ -79,6 +85,19 @@ def step_map(layer, in_size, out_size, axis):
     return tf.constant(1.0), tf.constant(0.0)
 
 
+_MAPPING_LAYERS = (
+    L.Conv2DTranspose,
+    L.UpSampling2D,
+    L.Resizing,
+    L.ZeroPadding2D,
+    L.Cropping2D,
+    L.GlobalAveragePooling2D,
+    L.GlobalMaxPooling2D,
+    L.Flatten,
+    L.Dense,
+)
+
+
 def _collapse(in_size, out_size):
     """A map of n positions reduced to one (global pooling) sits over their centre; a
     layer that keeps the size (Dense per position) keeps the map."""
@@ -102,6 +121,9 @@ def score_geometry(steps, values, input_id, output_id):
         if step.inputs[0] not in maps:
             continue
         source = maps[step.inputs[0]]
+        if keeps_map(step.layer):  # no ops for the many layers that move nothing
+            maps.update((output, source) for output in step.outputs)
+            continue
         in_size = _spatial(values[step.inputs[0]])
         for output in step.outputs:
             out_size = _spatial(values[output])

@@ -13,13 +13,14 @@ import dataclasses
 import typing
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from tf_segunravel.data.labels import IGNORE_LABEL
 from tf_segunravel.grids import first_argmax, shrink_labels
 from tf_segunravel.unravel import graph
 from tf_segunravel.unravel.geometry import score_geometry
-from tf_segunravel.unravel.rules import Moved, Points, rule_for
+from tf_segunravel.unravel.rules import KEEPS_MERGED, Moved, Points, rule_for
 from tf_segunravel.unravel.settings import RUNNER_UP, FixationSettings
 
 
@@ -35,11 +36,26 @@ def merge(points, sizes):
     fields = tf.stack([points.b, points.cls, points.y, points.x, points.ch], axis=1)
     key = tf.reduce_sum(tf.cast(fields, tf.int64) * strides, axis=1)
     unique, index = tf.unique(key)
-    counts = tf.math.unsorted_segment_sum(points.count, index, tf.shape(unique)[0])
+    counts = _saturating_sum(points.count, index, tf.shape(unique)[0])
     order = tf.argsort(unique)
     unique, counts = tf.gather(unique, order), tf.gather(counts, order)
     b, cls, y, x, ch = tf.unstack(tf.cast(unique[:, None] // strides % sizes, tf.int32), axis=1)
     return Points(b, cls, y, x, ch, counts)
+
+
+MAX_COUNT = np.iinfo(np.int64).max
+
+
+def _saturating_sum(counts, index, segments):
+    """Per-segment sums of int64 counts, saturating at MAX_COUNT instead of wrapping.
+
+    With K > 1 every layer multiplies the paths by up to K (3^50 through MobileNetV2 at
+    K = 3), past what int64 holds. Exact wherever the true sum fits; the float64 sum only
+    tells which segments overflowed (it is at least 2^63 whenever the true sum is).
+    """
+    exact = tf.math.unsorted_segment_sum(counts, index, segments)
+    approx = tf.math.unsorted_segment_sum(tf.cast(counts, tf.float64), index, segments)
+    return tf.where(approx >= 2.0**63, tf.constant(MAX_COUNT, tf.int64), exact)
 
 
 def seeds_from_labels(labels, classes=None):
@@ -122,7 +138,8 @@ class UnravelResult(typing.NamedTuple):
     """An unravelled batch: tensors from `SegUnravel.trace`, numpy arrays from `__call__`.
 
     points: int32 [N, 4] rows (image index, class, y, x) in input pixel coordinates, sorted.
-    counts: int64 [N], the number of seed paths through each point.
+    counts: int64 [N], the number of seed paths through each point (saturating at
+      `MAX_COUNT`, int64's largest, when K > 1 makes more paths than that).
     labels: int32 [B, h, w], the predicted labels on the score grid.
     seeds: int32 [B, classes], how many seeds each class had in each image.
     scores: float32 [B, h, w, classes], the model's scores from the same forward pass.
@@ -280,7 +297,8 @@ class SegUnravel:
         )
         seeds = tf.reshape(seeds, [-1, self.num_classes])
 
-        pending = {self.output_id: [points]}
+        # pending: tensor id -> [(points, already merged)], the parts that reached it.
+        pending = {self.output_id: [(points, False)]}
         flow, channel_scores = [], []
         for index in range(len(self.steps) - 1, -1, -1):
             step = self.steps[index]
@@ -292,7 +310,10 @@ class SegUnravel:
             if score_layer is not None and step.outputs[0] == self.output_id:
                 layer = score_layer
                 sizes = (*sizes[:4], tf.shape(layer.kernel)[-1])
-            points = merge(_concat(arrived), sizes)
+            if len(arrived) == 1 and arrived[0][1]:
+                points = arrived[0][0]  # distinct and sorted already: merging changes nothing
+            else:
+                points = merge(_concat([part for part, _ in arrived]), sizes)
             rule, multi = self.rules[id(step)]
             inputs = [values[i] for i in step.inputs]
             moved = rule(layer, inputs if multi else inputs[0], output, points, self.settings)
@@ -303,7 +324,7 @@ class SegUnravel:
                     )
                 moved = moved.points
             for key, part in zip(step.inputs, moved, strict=True):
-                pending.setdefault(key, []).append(part)
+                pending.setdefault(key, []).append((part, rule in KEEPS_MERGED))
                 if self.keep_flow:
                     flow.append(
                         FlowStep(
@@ -314,7 +335,7 @@ class SegUnravel:
                         )
                     )
         # The image's colour channel is not a location: one merge over it gives the result.
-        final = _concat(pending[self.input_id])
+        final = _concat([part for part, _ in pending[self.input_id]])
         at_image = merge(
             final.replace(ch=tf.zeros_like(final.ch)), (*_sizes(images, self.num_classes)[:4], 1)
         )

@@ -54,6 +54,7 @@ from tf_segunravel.unravel.rules.spatial import (
 )
 
 __all__ = [
+    "KEEPS_MERGED",
     "Moved",
     "Points",
     "UntraceableLayerError",
@@ -153,6 +154,23 @@ BINARY_OPS = {
     "Subtract": subtract_rule,
     "Multiply": multiply_rule,
 }
+
+# Rules that return their merged points unchanged, or subsets of them with coordinates
+# shifted by a constant: their outputs stay distinct and sorted, so the walk need not merge
+# them again when they are all that reaches a layer (half the layers of a ResNet or
+# MobileNet are normalisations and activations, and a merge is a score of graph ops).
+KEEPS_MERGED = frozenset(
+    {
+        pass_through,
+        add_rule,
+        minimum_rule,
+        subtract_rule,
+        multiply_rule,
+        scaled_sum_rule,
+        concatenate_rule,
+        cropping_rule,
+    }
+)
 
 _registered = []
 
