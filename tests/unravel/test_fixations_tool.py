@@ -198,3 +198,17 @@ def test_impossible_output_dir_is_one_line(tmp_path, tiny_model):
         f"fixations: error: flag --output_dir={tmp_path / 'file' / 'out'}: {tmp_path / 'file'} "
         "is a file, not a directory"
     )
+
+
+def test_rescaled_counts_add_up_and_saturate():
+    """Points merged by the --max_side rescale add their counts; a sum past int64 saturates
+    at its largest value, as the engine's counts do, instead of wrapping to negative."""
+    from tf_segunravel.unravel.files import rescale_points
+    from tf_segunravel.unravel.tracer import MAX_COUNT, UnravelResult
+
+    points = np.array([[0, 1, 0, 0], [0, 1, 0, 1], [0, 2, 3, 3], [0, 2, 3, 2]], np.int32)
+    big = np.int64(2**62)
+    result = UnravelResult(points, np.array([2, 3, big, big]), None, None, None)
+    rescaled = rescale_points(result, (4, 4), (2, 2))
+    np.testing.assert_array_equal(rescaled.points, [[0, 1, 0, 0], [0, 2, 1, 1]])
+    np.testing.assert_array_equal(rescaled.counts, [5, MAX_COUNT])

@@ -127,8 +127,12 @@ def rescale_points(result, from_size, to_size):
     points[:, 2] = np.minimum(np.floor((points[:, 2] + 0.5) * to_h / from_h), to_h - 1)
     points[:, 3] = np.minimum(np.floor((points[:, 3] + 0.5) * to_w / from_w), to_w - 1)
     keys, inverse = np.unique(points, axis=0, return_inverse=True)
-    counts = np.bincount(inverse.ravel(), weights=result.counts, minlength=len(keys))
-    return result._replace(points=keys.astype(np.int32), counts=counts.astype(np.int64))
+    # bincount sums in float64: exact to 2^53 paths; beyond int64 the sum saturates at
+    # int64's largest, as the engine's counts do (a plain cast would wrap to negative).
+    sums = np.bincount(inverse.ravel(), weights=result.counts, minlength=len(keys))
+    fits = np.minimum(sums, np.nextafter(2.0**63, 0)).astype(np.int64)
+    counts = np.where(sums >= 2.0**63, np.iinfo(np.int64).max, fits)
+    return result._replace(points=keys.astype(np.int32), counts=counts)
 
 
 class FixationWriter:
