@@ -22,7 +22,7 @@ from tf_segunravel.errors import InputError
 from tf_segunravel.grids import first_argmax, scores_at_size
 from tf_segunravel.unravel.maps import fixation_maps
 from tf_segunravel.unravel.settings import FixationSettings
-from tf_segunravel.unravel.tracer import SegUnravel, UnravelResult
+from tf_segunravel.unravel.tracer import MAX_COUNT, SegUnravel, UnravelResult
 from tf_segunravel.viz import flow_gif, overlay_figure
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
@@ -131,7 +131,7 @@ def rescale_points(result, from_size, to_size):
     # int64's largest, as the engine's counts do (a plain cast would wrap to negative).
     sums = np.bincount(inverse.ravel(), weights=result.counts, minlength=len(keys))
     fits = np.minimum(sums, np.nextafter(2.0**63, 0)).astype(np.int64)
-    counts = np.where(sums >= 2.0**63, np.iinfo(np.int64).max, fits)
+    counts = np.where(sums >= 2.0**63, MAX_COUNT, fits)
     return result._replace(points=keys.astype(np.int32), counts=counts)
 
 

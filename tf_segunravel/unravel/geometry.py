@@ -25,7 +25,7 @@ import tensorflow as tf
 
 from tf_segunravel.models.layers import CaffePooling2D
 from tf_segunravel.unravel import graph
-from tf_segunravel.unravel.rules.base import pad_before
+from tf_segunravel.unravel.rules.base import pad_before, spatial_size
 
 L = keras.layers
 
@@ -107,9 +107,9 @@ def _collapse(in_size, out_size):
 
 
 def _spatial(value):
+    """(height, width) of a map; a vector is one position."""
     if len(value.shape) == 4:
-        _, height, width, _ = tf.unstack(tf.shape(value), num=4)  # one op, not one per axis
-        return height, width
+        return spatial_size(value)
     return tf.constant(1), tf.constant(1)
 
 
