@@ -47,6 +47,8 @@ def test_flags_round_trip_into_the_config():
         ("--steps=10", "--steps must be a multiple of --checkpoint_every"),
         ("--scale_min=2", "--scale_min must not exceed --scale_max"),
         ("--init=model", "--init_path is required"),
+        ("--warmup_steps=-1", "--warmup_steps must be >= 0"),
+        ("--warmup_steps=6000", "--warmup_steps must be smaller than --steps"),
     ],
 )
 def test_flag_checks_come_from_the_fields(argument, message):

@@ -1,5 +1,6 @@
 """Caffe's optimisation pieces: lr multipliers, coupled decay, schedules, freezing."""
 
+import keras
 import numpy as np
 import pytest
 
@@ -47,6 +48,23 @@ def test_schedules_match_caffe_formulas():
         )
     with pytest.raises(ValueError, match="lr policy"):
         learning_rate_schedule("cosine", 1e-3, 10)
+
+
+@pytest.mark.parametrize("policy", ["poly", "step"])
+def test_warmup_ramps_linearly_then_hands_over_to_the_policy(policy):
+    plain = learning_rate_schedule(policy, 0.03, 2500, step_size=1000)
+    warm = learning_rate_schedule(policy, 0.03, 2500, step_size=1000, warmup_steps=250)
+    for it in [0, 1, 124, 248]:
+        np.testing.assert_allclose(float(warm(it)), float(plain(it)) * (it + 1) / 250, rtol=1e-5)
+    for it in [249, 250, 1000, 2499]:
+        assert float(warm(it)) == float(plain(it))
+    assert type(learning_rate_schedule(policy, 0.03, 2500)) is type(plain)
+
+
+def test_warmup_schedule_round_trips_through_keras_serialisation():
+    warm = learning_rate_schedule("poly", 0.03, 2500, warmup_steps=250)
+    again = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(warm))
+    assert [float(again(it)) for it in (0, 100, 1000)] == [float(warm(it)) for it in (0, 100, 1000)]
 
 
 def test_freeze_all_but_last_three():

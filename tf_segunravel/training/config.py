@@ -111,6 +111,12 @@ class TrainConfig:
     power: float = setting(
         0.9, "Exponent (poly policy).", check=positive, requirement="must be > 0"
     )
+    warmup_steps: int = setting(
+        0,
+        "Steps of linear learning-rate warm-up before the policy (0: none, as in Caffe).",
+        check=non_negative,
+        requirement="must be >= 0",
+    )
     momentum: float = setting(0.9, "SGD momentum.", check=fraction, requirement="must be in [0, 1)")
     weight_decay: float = setting(
         5e-4,
@@ -156,6 +162,11 @@ class TrainConfig:
             ("steps", "checkpoint_every"),
             lambda c: c.steps % c.checkpoint_every == 0,
             "steps must be a multiple of checkpoint_every",
+        ),
+        Rule(
+            ("warmup_steps", "steps"),
+            lambda c: c.warmup_steps < c.steps,
+            "warmup_steps must be smaller than steps",
         ),
         Rule(
             ("scale_min", "scale_max"),

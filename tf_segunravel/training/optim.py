@@ -14,18 +14,55 @@ from tf_segunravel.models.deeplab_largefov import SCORE_LAYER
 LR_POLICIES = ("step", "poly")
 
 
-def learning_rate_schedule(policy, base_lr, max_steps, step_size=2000, gamma=0.1, power=0.9):
+def learning_rate_schedule(
+    policy, base_lr, max_steps, step_size=2000, gamma=0.1, power=0.9, warmup_steps=0
+):
     """Caffe's "step" (base * gamma^floor(step / step_size)) or "poly" (base * (1 -
-    step / max_steps)^power) policy, as Keras schedules."""
+    step / max_steps)^power) policy, as Keras schedules, after `warmup_steps` of linear
+    warm-up (`LinearWarmup`; 0: none, Caffe's behaviour)."""
     if policy == "step":
-        return keras.optimizers.schedules.ExponentialDecay(
+        schedule = keras.optimizers.schedules.ExponentialDecay(
             base_lr, decay_steps=step_size, decay_rate=gamma, staircase=True
         )
-    if policy == "poly":
-        return keras.optimizers.schedules.PolynomialDecay(
+    elif policy == "poly":
+        schedule = keras.optimizers.schedules.PolynomialDecay(
             base_lr, decay_steps=max_steps, end_learning_rate=0.0, power=power
         )
-    raise ValueError(f"lr policy must be one of {LR_POLICIES}, got {policy!r}")
+    else:
+        raise ValueError(f"lr policy must be one of {LR_POLICIES}, got {policy!r}")
+    return LinearWarmup(schedule, warmup_steps) if warmup_steps else schedule
+
+
+@keras.saving.register_keras_serializable(package="tf_segunravel")
+class LinearWarmup(keras.optimizers.schedules.LearningRateSchedule):
+    """`schedule(step) * (step + 1) / warmup_steps` for the first `warmup_steps` steps, then
+    `schedule(step)` (the policy keeps counting from step 0, as in DeepLab v3's recipe).
+
+    Written here because only Keras' `CosineDecay` has a warm-up; the Caffe policies do not.
+    The first step already trains (at base_lr / warmup_steps), so no step is wasted at 0.
+    """
+
+    def __init__(self, schedule, warmup_steps):
+        if warmup_steps < 1:
+            raise ValueError(f"warmup_steps must be >= 1, got {warmup_steps}")
+        self.schedule = schedule
+        self.warmup_steps = int(warmup_steps)
+
+    def __call__(self, step):
+        rate = self.schedule(step)
+        ramp = (tf.cast(step, rate.dtype) + 1.0) / float(self.warmup_steps)
+        return rate * tf.minimum(ramp, 1.0)
+
+    def get_config(self):
+        return {
+            "schedule": keras.saving.serialize_keras_object(self.schedule),
+            "warmup_steps": self.warmup_steps,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        schedule = keras.saving.deserialize_keras_object(config["schedule"])
+        return cls(schedule, config["warmup_steps"])
 
 
 def lr_multiplier(variable, score_layer=SCORE_LAYER):
