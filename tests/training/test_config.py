@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import os
 import re
 
 import pytest
@@ -11,7 +12,7 @@ from tf_segunravel import settings
 from tf_segunravel.errors import InputError
 from tf_segunravel.settings import Rule, setting
 from tf_segunravel.training import loop
-from tf_segunravel.training.config import TrainConfig, run_fields
+from tf_segunravel.training.config import FLAGS_DIR, TrainConfig, flagfile_config, run_fields
 
 
 def fresh_flags(cls=TrainConfig):
@@ -101,6 +102,15 @@ def test_flagfiles_parse_through_absl(tmp_path):
     (tmp_path / "flags" / "bad.cfg").write_text("--steps=many\n")
     with pytest.raises(flags.Error):
         settings.from_flagfile(TrainConfig, tmp_path / "flags" / "bad.cfg", model_dir="m")
+
+
+@pytest.mark.parametrize("name", sorted(os.listdir(FLAGS_DIR)))
+def test_every_shipped_flagfile_gives_a_valid_config(name):
+    # Parsed through absl and checked by TrainConfig's rules (an inherited --warmup_steps
+    # longer than a fine-tuning file's --steps, say, fails here). The fine-tuning files leave
+    # --init_path to the command line.
+    config = flagfile_config(name, model_dir="m", init_path="runs/base")
+    assert config.model_dir == "m"
 
 
 def test_resumable_fields_are_only_the_ones_that_do_not_change_the_run():
