@@ -6,6 +6,7 @@ import pytest
 
 from tf_segunravel.models import deeplab_largefov
 from tf_segunravel.training.optim import (
+    LinearWarmup,
     caffe_gradients,
     freeze_all_but_last,
     learning_rate_schedule,
@@ -59,6 +60,7 @@ def test_warmup_ramps_linearly_then_hands_over_to_the_policy(policy):
     for it in [249, 250, 1000, 2499]:
         assert float(warm(it)) == float(plain(it))
     assert type(learning_rate_schedule(policy, 0.03, 2500)) is type(plain)
+    assert isinstance(warm, LinearWarmup) and not isinstance(plain, LinearWarmup)
 
 
 def test_warmup_schedule_round_trips_through_keras_serialisation():

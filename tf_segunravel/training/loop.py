@@ -288,7 +288,7 @@ def _prepare(config):
             config.step_size,
             config.gamma,
             config.power,
-            config.warmup_steps,
+            warmup_steps=config.warmup_steps,
         )
         optimizer = keras.optimizers.SGD(schedule, momentum=config.momentum)
         if config.mixed_precision:

@@ -36,7 +36,8 @@ def learning_rate_schedule(
 @keras.saving.register_keras_serializable(package="tf_segunravel")
 class LinearWarmup(keras.optimizers.schedules.LearningRateSchedule):
     """`schedule(step) * (step + 1) / warmup_steps` for the first `warmup_steps` steps, then
-    `schedule(step)` (the policy keeps counting from step 0, as in DeepLab v3's recipe).
+    `schedule(step)` (the policy keeps counting from step 0: the ramp scales its first steps
+    rather than delaying it).
 
     Written here because only Keras' `CosineDecay` has a warm-up; the Caffe policies do not.
     The first step already trains (at base_lr / warmup_steps), so no step is wasted at 0.
