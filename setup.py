@@ -1,6 +1,13 @@
-"""Installs tf-segunravel: DeepLab-LargeFOV, template-similarity loss, segmentation unravel."""
+"""Installs tf-segunravel: DeepLab-LargeFOV, template-similarity loss, segmentation unravel.
+
+The checkout's `tools/` and `flags/` install inside the package (`tf_segunravel.tools`,
+`tf_segunravel/flags/`), so the console commands and `--flagfile=flags/...` work from any
+directory and without a checkout (`tf_segunravel/flagfiles.py`).
+"""
 
 from setuptools import find_packages, setup
+
+TOOLS = ["convert_caffe", "demo", "evaluate", "experiments", "export", "fixations", "train"]
 
 setup(
     name="tf-segunravel",
@@ -12,7 +19,19 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["tf_segunravel", "tf_segunravel.*"]),
+    packages=[
+        *find_packages(include=["tf_segunravel", "tf_segunravel.*"]),
+        "tf_segunravel.tools",
+        "tf_segunravel.flags",
+    ],
+    package_dir={"tf_segunravel.tools": "tools", "tf_segunravel.flags": "flags"},
+    package_data={"tf_segunravel.flags": ["*.cfg"]},
+    entry_points={
+        "console_scripts": [
+            f"segunravel-{name.replace('_', '-')}=tf_segunravel.tools.{name}:run"
+            for name in TOOLS
+        ]
+    },
     install_requires=[
         "tensorflow>=2.16",
         "keras>=3.0",

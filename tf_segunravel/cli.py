@@ -10,7 +10,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags, logging
 
-from tf_segunravel import settings
+from tf_segunravel import flagfiles, settings
 from tf_segunravel.atomic import check_output_dir
 from tf_segunravel.errors import InputError
 
@@ -35,9 +35,11 @@ def run(main):
     def parse(argv):
         # absl reports a bad flag on two lines ("FATAL Flags parsing error: ..." and a hint);
         # every tool error is one line instead.
+        # Flagfiles are expanded here rather than by absl so that `--flagfile=flags/...`
+        # also finds the shipped flagfiles outside a checkout (tf_segunravel/flagfiles.py).
         try:
-            return flags.FLAGS(argv)
-        except flags.Error as e:
+            return flags.FLAGS([argv[0], *flagfiles.expand(argv[1:])])
+        except (flags.Error, InputError) as e:
             _fail(e)
 
     app.run(guarded, flags_parser=parse)

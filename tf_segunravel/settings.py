@@ -16,7 +16,6 @@ absl has no dataclass integration and `ml_collections`' config_flags is not a de
 these few functions are the glue.
 """
 
-import contextlib
 import dataclasses
 import numbers
 import os
@@ -181,32 +180,21 @@ def from_flags(cls, flag_values=flags.FLAGS, prefix="", **overrides):
     return cls(**{**values, **overrides})
 
 
-@contextlib.contextmanager
-def _working_dir(path):
-    # absl opens nested --flagfile= paths relative to the working directory, and our flagfiles
-    # name each other relative to the repository root.
-    previous = os.getcwd()
-    os.chdir(path)
-    try:
-        yield
-    finally:
-        os.chdir(previous)
-
-
-def from_flagfile(cls, path, root=None, **overrides):
+def from_flagfile(cls, path, **overrides):
     """Parses the flagfile at `path` through absl into an instance of `cls`.
 
-    `root` is the directory nested `--flagfile=` lines are relative to (default: the parent
-    of the flagfile's directory, the repository root for `flags/*.cfg`). `overrides` win
+    Nested `--flagfile=` lines are relative to the parent of the flagfile's directory (the
+    repository root for `flags/*.cfg`), or name shipped flagfiles (`flagfiles.resolve`).
+    `overrides` win
     over the flagfile; the cross-field rules are checked after they apply (a flagfile may
     leave `init_path` to its caller).
     """
+    from tf_segunravel import flagfiles
+
     path = os.path.abspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such flagfile")
     flag_values = flags.FlagValues()
     define_flags(cls, flag_values, rules=False)
-    root = root or os.path.dirname(os.path.dirname(path))
-    with _working_dir(root):
-        flag_values(["settings", f"--flagfile={path}"])
+    flag_values(["settings", *flagfiles.read(path)])
     return from_flags(cls, flag_values, **overrides)

@@ -40,5 +40,10 @@ def main(argv):
     print(f"wrote {FLAGS.output}: deeplab_largefov(num_classes={classes}, width={width:g})")
 
 
-if __name__ == "__main__":
+def run():
+    """The console entry point (setup.py)."""
     cli.run(main)
+
+
+if __name__ == "__main__":
+    run()

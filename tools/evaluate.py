@@ -99,5 +99,10 @@ def main(argv):
         write_json(FLAGS.output_json, {"model": FLAGS.model, "split": FLAGS.split, **results})
 
 
-if __name__ == "__main__":
+def run():
+    """The console entry point (setup.py)."""
     cli.run(main)
+
+
+if __name__ == "__main__":
+    run()

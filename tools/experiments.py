@@ -172,5 +172,10 @@ def main(argv):
         print(f"{name}: wrote {FLAGS.output_dir}/{name}.csv .json .png {summary or ''}")
 
 
-if __name__ == "__main__":
+def run():
+    """The console entry point (setup.py)."""
     cli.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -46,5 +46,10 @@ def main(argv):
     print(f"wrote {FLAGS.export_dir}: {settings}")
 
 
-if __name__ == "__main__":
+def run():
+    """The console entry point (setup.py)."""
     cli.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -164,5 +164,10 @@ def main(argv):
         sys.exit(1)
 
 
-if __name__ == "__main__":
+def run():
+    """The console entry point (setup.py)."""
     cli.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -33,5 +33,10 @@ def main(argv):
         print(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")
 
 
-if __name__ == "__main__":
+def run():
+    """The console entry point (setup.py)."""
     cli.run(main)
+
+
+if __name__ == "__main__":
+    run()

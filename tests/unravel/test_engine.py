@@ -416,8 +416,6 @@ def test_untraceable_layer_is_named_and_points_to_register_rule():
 
 
 def test_register_rule_traces_a_custom_layer():
-    from tf_segunravel.unravel import rules
-
     calls = []
 
     def per_element(layer, x, output, points, settings):
@@ -425,12 +423,8 @@ def test_register_rule_traces_a_custom_layer():
         return [points]
 
     model = integer_weights(doubler_model())
-    before = list(rules._registered)
-    try:
-        register_rule(Doubler, per_element)
+    with register_rule(Doubler, per_element):
         result = SegUnravel(model)(images())
-    finally:
-        rules._registered[:] = before
     assert calls == ["double"]
     # Doubling changes no choice, so the trace equals the model without the layer.
     inp = keras.Input((None, None, 3))

@@ -9,15 +9,14 @@ its check. `tools/train.py` generates its flags from it, the flagfiles in `flags
 import dataclasses
 import os
 
-from tf_segunravel import settings
+from tf_segunravel import flagfiles, settings
 from tf_segunravel.errors import InputError
 from tf_segunravel.settings import Rule, at_least_one, fraction, non_negative, positive, setting
 
 # The per-epoch history the training loop writes into a model dir (read by the demo's plots).
 HISTORY_FILE = "history.csv"
-FLAGS_DIR = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "flags"
-)
+# The shipped flagfiles: the checkout's flags/, or their copies in an installed package.
+FLAGS_DIR = flagfiles.flags_dir()
 INITS = ("scratch", "vgg16", "caffe", "model")
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 
@@ -197,10 +196,8 @@ def flagfile_config(name, flags_dir=FLAGS_DIR, **overrides):
 
     path = os.path.join(flags_dir, name)
     if not os.path.isfile(path):
-        raise InputError(f"{path}: flagfile not found (run from a source checkout)")
+        raise InputError(f"{path}: flagfile not found")
     try:
-        return settings.from_flagfile(
-            TrainConfig, path, root=os.path.dirname(flags_dir), **overrides
-        )
+        return settings.from_flagfile(TrainConfig, path, **overrides)
     except (ValueError, flags.Error) as e:  # absl's flag errors and TrainConfig's checks
         raise InputError(f"{path}: {e}") from e

@@ -1,109 +1,22 @@
-"""Where a model's score grid sits on the image, derived from its layers.
+"""Where a model's score grid sits on the image, composed from its layers' step maps.
 
 Per axis, a tensor's position i covers image pixel `scale * i + offset`: the centre of its
-receptive field. The map starts as (1, 0) at the image and every layer composes its own:
+receptive field. The map starts as (1, 0) at the image and every layer composes the step map
+its `LayerKind` declares (`unravel/rules/positions.py` states each one). A layer whose kind
+declares none (a registered rule without `geometry=`, or an unknown layer in a `ScoreMap`)
+is taken to keep the map only while its output has its input's spatial size; one that
+changes the size is refused, never assumed to be the identity.
 
-- a window (convolution, pooling, depthwise and separable convolution) with stride s,
-  effective kernel k = (kernel - 1) dilation + 1 and leading padding p puts output j over
-  input j s - p + (k - 1) / 2;
-- a transposed convolution inverts that: output j over input (j + p - (k - 1) / 2) / s;
-- a resize from n to m positions (half-pixel centres) puts output j over input
-  (j + 0.5) n / m - 0.5;
-- zero padding by a shifts positions by -a, cropping by a by +a;
-- a global pooling, Flatten or Dense output is one position over the centre of its input;
-- per-element, per-channel and merging layers leave the map unchanged (a merge follows its
-  first input; the others cover the same positions).
-
-Paddings depend on the input size ('same' with stride 2 pads differently for odd and even
-sizes), so the map is computed from the sizes of one recorded pass, with TensorFlow ops that
-also run inside a SavedModel signature. DeepLab-LargeFOV's map is (8, 0) on both axes:
-score i over pixel 8i, DeepLab's aligned-corner rule (tested).
+Paddings depend on the input size, so the map is computed from the sizes of one recorded
+pass, with TensorFlow ops that also run inside a SavedModel signature. DeepLab-LargeFOV's map
+is (8, 0) on both axes: score i over pixel 8i, DeepLab's aligned-corner rule (tested).
 """
 
-import keras
 import tensorflow as tf
 
-from tf_segunravel.models.layers import CaffePooling2D
-from tf_segunravel.unravel import graph
-from tf_segunravel.unravel.rules.base import pad_before, spatial_size
-
-L = keras.layers
-
-
-def _pair(value):
-    return tuple(value) if isinstance(value, (tuple, list)) else (value, value)
-
-
-def _window(layer):
-    """(kernel, stride, dilation, padding) per axis of a windowed layer, or None."""
-    if isinstance(layer, CaffePooling2D):
-        kernel, stride = _pair(layer.pool_size), _pair(layer.strides)
-        return kernel, stride, (1, 1), ("caffe", layer.padding)
-    if isinstance(layer, (L.Conv2D, L.DepthwiseConv2D, L.SeparableConv2D)) and not isinstance(
-        layer, L.Conv2DTranspose
-    ):
-        return layer.kernel_size, layer.strides, layer.dilation_rate, layer.padding
-    if isinstance(layer, (L.MaxPooling2D, L.AveragePooling2D)):
-        return layer.pool_size, layer.strides, (1, 1), layer.padding
-    return None
-
-
-def keeps_map(layer):
-    """Whether `layer` leaves the map unchanged (per-element, per-channel and merging layers:
-    every layer `step_map` has no case for)."""
-    return _window(layer) is None and not isinstance(layer, _MAPPING_LAYERS)
-
-
-def step_map(layer, in_size, out_size, axis):
-    """(a, b): this layer puts output position j over input position a j + b on `axis`
-    (0: height, 1: width), given the two sizes (int32 scalars)."""
-    in_size, out_size = tf.cast(in_size, tf.int32), tf.cast(out_size, tf.int32)
-    window = _window(layer)
-    if window is not None:
-        kernel, stride, dilation, padding = window
-        k, s, d = kernel[axis], stride[axis], dilation[axis]
-        if isinstance(padding, tuple):  # CaffePooling2D: symmetric explicit padding
-            before = tf.constant(float(padding[1]))
-        else:
-            before = tf.cast(pad_before(in_size, out_size, k, s, d, padding), tf.float32)
-        centre = ((k - 1) * d) / 2.0
-        return tf.constant(float(s)), centre - before
-    if isinstance(layer, L.Conv2DTranspose):
-        k, s, d = layer.kernel_size[axis], layer.strides[axis], layer.dilation_rate[axis]
-        before = tf.cast(pad_before(out_size, in_size, k, s, d, layer.padding), tf.float32)
-        centre = ((k - 1) * d) / 2.0
-        return tf.constant(1.0 / s), (before - centre) / s
-    if isinstance(layer, (L.UpSampling2D, L.Resizing)):
-        ratio = tf.cast(in_size, tf.float32) / tf.cast(out_size, tf.float32)
-        return ratio, 0.5 * ratio - 0.5
-    if isinstance(layer, L.ZeroPadding2D):
-        return tf.constant(1.0), -float(layer.padding[axis][0])
-    if isinstance(layer, L.Cropping2D):
-        return tf.constant(1.0), float(layer.cropping[axis][0])
-    if isinstance(layer, (L.GlobalAveragePooling2D, L.GlobalMaxPooling2D, L.Flatten, L.Dense)):
-        return _collapse(in_size, out_size)
-    return tf.constant(1.0), tf.constant(0.0)
-
-
-_MAPPING_LAYERS = (
-    L.Conv2DTranspose,
-    L.UpSampling2D,
-    L.Resizing,
-    L.ZeroPadding2D,
-    L.Cropping2D,
-    L.GlobalAveragePooling2D,
-    L.GlobalMaxPooling2D,
-    L.Flatten,
-    L.Dense,
-)
-
-
-def _collapse(in_size, out_size):
-    """A map of n positions reduced to one (global pooling) sits over their centre; a
-    layer that keeps the size (Dense per position) keeps the map."""
-    n = tf.cast(in_size, tf.float32)
-    collapsed = tf.not_equal(in_size, out_size)
-    return tf.where(collapsed, n, 1.0), tf.where(collapsed, (n - 1.0) / 2.0, 0.0)
+from tf_segunravel.unravel import graph as graph_lib
+from tf_segunravel.unravel.rules import KEEPS_MAP, refuse
+from tf_segunravel.unravel.rules.base import spatial_size
 
 
 def _spatial(value):
@@ -113,15 +26,53 @@ def _spatial(value):
     return tf.constant(1), tf.constant(1)
 
 
-def score_geometry(steps, values, input_id, output_id):
+def _undeclared(step, values):
+    """Checks that a layer with no declared geometry keeps its input's spatial size: refuses
+    it now where the sizes are static, else returns a run-time assertion."""
+    layer = step.layer
+    message = (
+        f"it changes the spatial size and declares no geometry: register it with "
+        f"register_rule({type(layer).__name__}, rule, geometry=...), where geometry is a step "
+        f"map (for example window_geometry(kernel_size, strides, padding=...)) or "
+        f"{KEEPS_MAP!r}"
+    )
+    checks = []
+    source = values[step.inputs[0]]
+    for output in step.outputs:
+        target = values[output]
+        static_in = source.shape[1:3] if len(source.shape) == 4 else (1, 1)
+        static_out = target.shape[1:3] if len(target.shape) == 4 else (1, 1)
+        if None not in (*static_in, *static_out):
+            if tuple(static_in) != tuple(static_out):
+                raise refuse(layer, f"{message} ({tuple(static_in)} -> {tuple(static_out)})")
+            continue
+        checks.append(
+            tf.debugging.assert_equal(
+                tf.stack(_spatial(source)),
+                tf.stack(_spatial(target)),
+                message=str(refuse(layer, message)),
+            )
+        )
+    return checks
+
+
+def score_geometry(model_graph, values):
     """float32 [2, 2]: rows (height, width), columns (scale, offset) of the map from the
-    score grid to image pixels, from the recorded values of one pass."""
-    maps = {input_id: ((tf.constant(1.0), tf.constant(0.0)), (tf.constant(1.0), tf.constant(0.0)))}
-    for step in steps:
+    score grid to image pixels, from a `graph.ModelGraph` and the recorded values of one
+    pass."""
+    one, zero = tf.constant(1.0), tf.constant(0.0)
+    maps = {model_graph.input_id: ((one, zero), (one, zero))}
+    checks = []
+    for step in model_graph.steps:
         if step.inputs[0] not in maps:
             continue
         source = maps[step.inputs[0]]
-        if keeps_map(step.layer):  # no ops for the many layers that move nothing
+        kind = model_graph.kind(step)
+        step_map = None if kind is None else kind.geometry
+        if step_map is None:
+            checks.extend(_undeclared(step, values))
+            step_map = KEEPS_MAP
+        if step_map == KEEPS_MAP:  # no ops for the many layers that move nothing
             maps.update((output, source) for output in step.outputs)
             continue
         in_size = _spatial(values[step.inputs[0]])
@@ -133,8 +84,9 @@ def score_geometry(steps, values, input_id, output_id):
                 scale, offset = source[axis]
                 composed.append((scale * a, offset + scale * tf.cast(b, tf.float32)))
             maps[output] = tuple(composed)
-    (scale_y, offset_y), (scale_x, offset_x) = maps[output_id]
-    return tf.stack([tf.stack([scale_y, offset_y]), tf.stack([scale_x, offset_x])])
+    (scale_y, offset_y), (scale_x, offset_x) = maps[model_graph.output_id]
+    with tf.control_dependencies(checks):
+        return tf.stack([tf.stack([scale_y, offset_y]), tf.stack([scale_x, offset_x])])
 
 
 class ScoreMap:
@@ -148,18 +100,15 @@ class ScoreMap:
     """
 
     def __init__(self, model):
-        self.steps, self.input_id, outputs = graph.flatten_graph(model)
-        if len(outputs) != 1:
-            raise ValueError(f"a score map needs one output, got {len(outputs)}")
-        self.output_id = outputs[0]
+        self.graph = graph_lib.ModelGraph(model, strict=False)
 
     @tf.autograph.experimental.do_not_convert  # static Python over the graph (see tracer)
     def __call__(self, images):
-        values = graph.record(self.steps, self.input_id, tf.cast(images, tf.float32))
-        scores = values[self.output_id]
+        values = self.graph.record(tf.cast(images, tf.float32))
+        scores = values[self.graph.output_id]
         if len(scores.shape) == 2:  # a classifier: one position over the whole image
             scores = scores[:, None, None, :]
-        return scores, score_geometry(self.steps, values, self.input_id, self.output_id)
+        return scores, score_geometry(self.graph, values)
 
     def at_image_size(self, images):
         """Scores [B, H, W, C] on the images' own pixels (`grids.scores_at_size`)."""

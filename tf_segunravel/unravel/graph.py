@@ -92,3 +92,42 @@ def record(steps, input_id, images):
         for key, value in zip(step.outputs, results, strict=True):
             values[key] = value
     return values
+
+
+class ModelGraph:
+    """A Keras model as the unravel sees it: its flattened steps, each step's `LayerKind`
+    (the one table in `unravel/rules`), the image input and the score output. The engine
+    (`SegUnravel`) and `ScoreMap` share it, so they flatten, look up and record alike.
+
+    Args:
+      model: a functional or Sequential Keras model with one image input and one output.
+      strict: every layer must have a kind (the engine); with False (`ScoreMap`, which only
+        needs positions) a layer without one gets None and is treated as an undeclared
+        geometry: fine while it keeps the spatial size, refused where it changes it.
+    """
+
+    def __init__(self, model, *, strict: bool = True):
+        from tf_segunravel.unravel.rules import UntraceableLayerError, kind_for
+
+        self.model = model
+        self.steps, self.input_id, outputs = flatten_graph(model)
+        if len(outputs) != 1:
+            raise ValueError(f"unravel needs a model with one score output, got {len(outputs)}")
+        self.output_id = outputs[0]
+        self.kinds = {}
+        for step in self.steps:
+            try:
+                self.kinds[id(step)] = kind_for(step.layer, len(step.inputs))
+            except UntraceableLayerError:
+                if strict:
+                    raise
+                self.kinds[id(step)] = None
+        self.score_step = next(s for s in self.steps if self.output_id in s.outputs)
+
+    def kind(self, step):
+        """The step's `LayerKind` (None only in a non-strict graph)."""
+        return self.kinds[id(step)]
+
+    def record(self, images):
+        """One forward pass (inference mode): {tensor id: value} for every tensor."""
+        return record(self.steps, self.input_id, images)

@@ -20,7 +20,8 @@ from tf_segunravel.data.labels import IGNORE_LABEL
 from tf_segunravel.grids import first_argmax, shrink_labels
 from tf_segunravel.unravel import graph
 from tf_segunravel.unravel.geometry import score_geometry
-from tf_segunravel.unravel.rules import KEEPS_MERGED, Moved, Points, rule_for
+from tf_segunravel.unravel.rules import Moved, Points
+from tf_segunravel.unravel.rules.convolution import conv_rule, dense_rule
 from tf_segunravel.unravel.settings import RUNNER_UP, FixationSettings
 
 
@@ -90,20 +91,24 @@ def contrast_seeds(points, scores, contrast):
     return points, tf.fill(tf.shape(points.cls), tf.constant(contrast, tf.int32))
 
 
-class _MarginLayer:
-    """The score layer as the contrastive unravel sees it: filter p is the margin between the
-    classes of pair p, kernel w_c - w_c'. Only the pairs the seeds use are built (a
+def margin_kernel(layer, classes, against):
+    """The score layer's kernel as the contrastive unravel sees it: filter p is the margin
+    between the classes of pair p, w_c - w_c'. Only the pairs the seeds use are built (a
     1000-class head would need 10^6 filters for every pair); the biases cancel in a
-    difference of contributions. Every other attribute is the layer's own, so the layer's
-    usual rule runs unchanged on it (docs/method.md, "Contrastive unravel")."""
+    difference of contributions. The layer's usual rule then runs on it unchanged
+    (docs/method.md, "Contrastive unravel")."""
+    kernel = tf.convert_to_tensor(layer.kernel)
+    return tf.gather(kernel, classes, axis=-1) - tf.gather(kernel, against, axis=-1)
 
-    def __init__(self, layer, classes, against):
-        self._layer = layer
-        kernel = tf.convert_to_tensor(layer.kernel)
-        self.kernel = tf.gather(kernel, classes, axis=-1) - tf.gather(kernel, against, axis=-1)
 
-    def __getattr__(self, name):
-        return getattr(self._layer, name)
+class Seeds(typing.NamedTuple):
+    """Where a walk starts: the seed points on the score grid, how many each class has per
+    image (int32 [B, classes]), and the score layer's margin kernel of a contrastive walk
+    (None otherwise)."""
+
+    points: Points
+    per_class: typing.Any
+    margin_kernel: typing.Any = None
 
 
 def _sizes(tensor, num_classes):
@@ -217,21 +222,18 @@ class SegUnravel:
         self.model = model
         self.keep_flow = keep_flow
         self.keep_channel_scores = keep_channel_scores
-        self.steps, self.input_id, outputs = graph.flatten_graph(model)
-        if len(outputs) != 1:
-            raise ValueError(f"unravel needs a model with one score output, got {len(outputs)}")
-        self.output_id = outputs[0]
-        self.rules = {id(step): rule_for(step.layer, len(step.inputs)) for step in self.steps}
-        self.num_classes = model.outputs[0].shape[-1]
+        self.graph = graph.ModelGraph(model)
         if self.contrast is not None:
             self._check_contrast()
         self._traced = tf.function(self.trace, reduce_retracing=True)
 
     def _check_contrast(self):
-        (score_step,) = [step for step in self.steps if step.outputs[0] == self.output_id]
-        layer = score_step.layer
-        if not isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)) or (
-            getattr(layer, "groups", 1) != 1
+        layer = self.graph.score_step.layer
+        rule = self.graph.kind(self.graph.score_step).rule
+        if (
+            not isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense))
+            or getattr(layer, "groups", 1) != 1
+            or rule not in (conv_rule, dense_rule)
         ):
             raise ValueError(
                 f"contrast needs the model's output layer to be the score layer, a Conv2D "
@@ -257,23 +259,38 @@ class SegUnravel:
         images = tf.cast(images, tf.float32)
         return self.walk(self.record(images), seed_labels, classes)
 
-    def _score_layer(self):
-        return next(s.layer for s in self.steps if s.outputs[0] == self.output_id)
-
     @tf.autograph.experimental.do_not_convert  # as `trace`
     def record(self, images):
         """The recorded forward pass: {tensor id: value} for every tensor of the graph."""
-        return graph.record(self.steps, self.input_id, tf.cast(images, tf.float32))
+        return self.graph.record(tf.cast(images, tf.float32))
 
     @tf.autograph.experimental.do_not_convert  # as `trace`
     def walk(self, values, seed_labels=None, classes=None):
-        """The unravel proper on recorded values (see `trace`); no forward computation."""
-        images = values[self.input_id]
-        scores = values[self.output_id]
+        """The unravel proper on recorded values (see `trace`); no forward computation:
+        seeding on the score grid, propagation down the layers, then the image's points."""
+        scores = values[self.graph.output_id]
         if len(scores.shape) == 2:  # a classifier: one "pixel" per image
             scores = scores[:, None, None, :]
         labels = tf.cast(first_argmax(scores, axis=-1), tf.int32)
-        geometry = score_geometry(self.steps, values, self.input_id, self.output_id)
+        geometry = score_geometry(self.graph, values)
+        seeds = self.seed(values, scores, labels, geometry, seed_labels, classes)
+        at_input, flow, channel_scores = self.propagate(values, seeds)
+        points = self.finish(values, at_input)
+        return UnravelResult(
+            points=_rows(points),
+            counts=points.count,
+            labels=labels,
+            seeds=seeds.per_class,
+            scores=scores,
+            geometry=geometry,
+            flow=tuple(flow) if self.keep_flow else None,
+            channel_scores=tuple(channel_scores) if self.keep_channel_scores else None,
+        )
+
+    def seed(self, values, scores, labels, geometry, seed_labels=None, classes=None):
+        """The walk's start (`Seeds`): every score position on its label's channel, from the
+        predicted `labels` or from `seed_labels` at image size; with `contrast`, each seed's
+        channel becomes the index of its (class, against) pair in the margin kernel."""
         if seed_labels is not None:  # each score position takes the label under its centre
             seed_grid = shrink_labels(
                 tf.cast(seed_labels, tf.int32), tf.shape(scores)[1:3], geometry
@@ -281,42 +298,47 @@ class SegUnravel:
         else:
             seed_grid = labels
         points = seeds_from_labels(seed_grid, classes)
-        score_layer = None
+        kernel = None
         if self.contrast is not None:
             points, against = contrast_seeds(points, scores, self.contrast)
-            # Each seed's channel becomes the index of its (class, against) pair.
             pairs, pair_index = tf.unique(points.cls * self.num_classes + against)
-            score_layer = _MarginLayer(
-                self._score_layer(), pairs // self.num_classes, pairs % self.num_classes
+            kernel = margin_kernel(
+                self.graph.score_step.layer, pairs // self.num_classes, pairs % self.num_classes
             )
             points = points.replace(ch=pair_index)
-        seeds = tf.math.bincount(
+        batch = tf.shape(values[self.graph.input_id])[0]
+        per_class = tf.math.bincount(
             points.b * self.num_classes + points.cls,
-            minlength=tf.shape(images)[0] * self.num_classes,
-            maxlength=tf.shape(images)[0] * self.num_classes,
+            minlength=batch * self.num_classes,
+            maxlength=batch * self.num_classes,
         )
-        seeds = tf.reshape(seeds, [-1, self.num_classes])
+        return Seeds(points, tf.reshape(per_class, [-1, self.num_classes]), kernel)
 
+    def propagate(self, values, seeds):
+        """Moves the seeds through every layer from the scores down to the image, merging the
+        points that reach a tensor before its layer's rule runs. Returns (the unmerged parts
+        that reached the image, flow steps, channel scores)."""
         # pending: tensor id -> [(points, already merged)], the parts that reached it.
-        pending = {self.output_id: [(points, False)]}
+        pending = {self.graph.output_id: [(seeds.points, False)]}
         flow, channel_scores = [], []
-        for index in range(len(self.steps) - 1, -1, -1):
-            step = self.steps[index]
+        for step in reversed(self.graph.steps):
             arrived = pending.pop(step.outputs[0], None)
             if not arrived:
                 continue
             output = values[step.outputs[0]]
-            layer, sizes = step.layer, _sizes(output, self.num_classes)
-            if score_layer is not None and step.outputs[0] == self.output_id:
-                layer = score_layer
-                sizes = (*sizes[:4], tf.shape(layer.kernel)[-1])
+            sizes = _sizes(output, self.num_classes)
+            extra = {}
+            if seeds.margin_kernel is not None and step is self.graph.score_step:
+                extra = {"kernel": seeds.margin_kernel}
+                sizes = (*sizes[:4], tf.shape(seeds.margin_kernel)[-1])
             if len(arrived) == 1 and arrived[0][1]:
                 points = arrived[0][0]  # distinct and sorted already: merging changes nothing
             else:
                 points = merge(_concat([part for part, _ in arrived]), sizes)
-            rule, multi = self.rules[id(step)]
+            kind = self.graph.kind(step)
             inputs = [values[i] for i in step.inputs]
-            moved = rule(layer, inputs if multi else inputs[0], output, points, self.settings)
+            x = inputs if kind.multi_input else inputs[0]
+            moved = kind.rule(step.layer, x, output, points, self.settings, **extra)
             if isinstance(moved, Moved):
                 if self.keep_channel_scores and moved.channel_scores is not None:
                     channel_scores.append(
@@ -324,7 +346,7 @@ class SegUnravel:
                     )
                 moved = moved.points
             for key, part in zip(step.inputs, moved, strict=True):
-                pending.setdefault(key, []).append((part, rule in KEEPS_MERGED))
+                pending.setdefault(key, []).append((part, kind.keeps_merged))
                 if self.keep_flow:
                     flow.append(
                         FlowStep(
@@ -334,20 +356,15 @@ class SegUnravel:
                             part.count,
                         )
                     )
-        # The image's colour channel is not a location: one merge over it gives the result.
-        final = _concat([part for part, _ in pending[self.input_id]])
-        at_image = merge(
+        return [part for part, _ in pending[self.graph.input_id]], flow, channel_scores
+
+    def finish(self, values, parts):
+        """The image's points: the colour channel is not a location, so one merge over it
+        gives the sorted, distinct (image, class, y, x) points with their path counts."""
+        images = values[self.graph.input_id]
+        final = _concat(parts)
+        return merge(
             final.replace(ch=tf.zeros_like(final.ch)), (*_sizes(images, self.num_classes)[:4], 1)
-        )
-        return UnravelResult(
-            points=_rows(at_image),
-            counts=at_image.count,
-            labels=labels,
-            seeds=seeds,
-            scores=scores,
-            geometry=geometry,
-            flow=tuple(flow) if self.keep_flow else None,
-            channel_scores=tuple(channel_scores) if self.keep_channel_scores else None,
         )
 
     def __call__(self, images, seed_labels=None, classes=None):

@@ -1,12 +1,16 @@
-"""The unravel transitions (docs/method.md section 2): which rule moves points through
-which layer, and the public extension point `register_rule`.
+"""The unravel's one table of layer kinds (docs/unravel.md): for every layer type, how points
+move through it, whether it takes several inputs, how it maps positions and whether it hands
+on merged points unchanged. The engine, the geometry and the walk all read it, and
+`register_rule` extends it.
 
-    from tf_segunravel.unravel import register_rule
+    from tf_segunravel.unravel import register_rule, window_geometry
 
     def my_rule(layer, x, output, points, settings):
         return [points]  # one `Points` per input: here, a per-element layer
 
-    register_rule(MyLayer, my_rule)
+    with register_rule(MyLayer, my_rule):            # undone on leaving the block
+        ...
+    register_rule(MyPool, pool_rule, geometry=window_geometry(2, 2))  # for the session
 
 A rule is called as `rule(layer, inputs, output, points, settings)` with `inputs` one
 recorded input tensor (a list of them when registered with `multi_input=True`), `output` the
@@ -14,8 +18,14 @@ recorded output, `points` the `Points` (fields b, cls, y, x, ch, count: parallel
 arriving at the output, and `settings` the `FixationSettings`. It returns a list with one
 `Points` per input (points may be dropped, duplicated with split counts, or moved), or a
 `Moved(points, channel_scores)`. It must be TensorFlow ops (it runs inside `tf.function`).
-The rules per family live in `convolution.py`, `spatial.py` and `merge.py`.
+The rules per family live in `convolution.py`, `spatial.py` and `merge.py`; the step maps in
+`positions.py`.
 """
+
+import contextlib
+import dataclasses
+import typing
+from collections.abc import Callable
 
 import keras
 
@@ -42,6 +52,17 @@ from tf_segunravel.unravel.rules.merge import (
     scaled_sum_rule,
     subtract_rule,
 )
+from tf_segunravel.unravel.rules.positions import (
+    KEEPS_MAP,
+    collapse_map,
+    conv_window_map,
+    cropping_map,
+    pooling_map,
+    resize_map,
+    transpose_map,
+    window_geometry,
+    zero_padding_map,
+)
 from tf_segunravel.unravel.rules.spatial import (
     cropping_rule,
     flatten_rule,
@@ -54,19 +75,48 @@ from tf_segunravel.unravel.rules.spatial import (
 )
 
 __all__ = [
-    "KEEPS_MERGED",
+    "KEEPS_MAP",
+    "LayerKind",
     "Moved",
     "Points",
+    "Registration",
     "UntraceableLayerError",
     "channels_to_reach",
+    "kind_for",
     "register_rule",
-    "rule_for",
     "select_channels",
+    "window_geometry",
 ]
 
 L = keras.layers
 
-PASS_THROUGH = (
+StepMap = Callable[[typing.Any, typing.Any, typing.Any, int], tuple]
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerKind:
+    """Everything the unravel knows about one kind of layer.
+
+    rule: moves points from the layer's output to its inputs (the module docstring).
+    multi_input: the rule takes the list of recorded inputs rather than one tensor.
+    geometry: how the layer maps positions: a step map `(layer, in_size, out_size, axis) ->
+      (a, b)` (output j over input a j + b; `positions.py`), `KEEPS_MAP`, or None when
+      undeclared (a registered layer that keeps the spatial size is then taken to keep the
+      map, one that changes it is refused by the geometry).
+    keeps_merged: the rule returns the merged points it receives unchanged, or subsets of
+      them with coordinates shifted by a constant, so its outputs stay distinct and sorted
+      and the walk need not merge them again when they are all that reaches a layer (half
+      the layers of a ResNet or MobileNet are normalisations and activations, and a merge is
+      a score of graph ops).
+    """
+
+    rule: Callable
+    multi_input: bool = False
+    geometry: StepMap | str | None = KEEPS_MAP
+    keeps_merged: bool = False
+
+
+PASS_THROUGH_LAYERS = (
     L.InputLayer,
     L.Activation,
     L.ReLU,
@@ -95,45 +145,55 @@ def pass_through(layer, x, output, points, settings):
     return [points]
 
 
+PASS_THROUGH = LayerKind(pass_through, keeps_merged=True)
+ROUTING_MERGE = {"multi_input": True, "keeps_merged": True}
+
+
 def _application_layers():
     """keras.applications' own per-channel and scaled-sum layers (private classes)."""
     table = []
     try:
         from keras.src.applications.convnext import LayerScale
 
-        table.append((LayerScale, pass_through, False))  # x * gamma per channel
+        table.append((LayerScale, PASS_THROUGH))  # x * gamma per channel
     except ImportError:  # pragma: no cover - another Keras layout
         pass
     try:
         from keras.src.applications.inception_resnet_v2 import CustomScaleLayer
 
-        table.append((CustomScaleLayer, scaled_sum_rule, True))
+        table.append((CustomScaleLayer, LayerKind(scaled_sum_rule, **ROUTING_MERGE)))
     except ImportError:  # pragma: no cover
         pass
     return table
 
 
+POOLING_LAYERS = (L.MaxPooling2D, L.AveragePooling2D, CaffePooling2D)
+GLOBAL_POOLING_LAYERS = (L.GlobalMaxPooling2D, L.GlobalAveragePooling2D)
+
 # Most specific first: Conv2DTranspose, DepthwiseConv2D and SeparableConv2D are not Conv2D
 # subclasses in Keras 3, but the order keeps that safe if they become ones.
-LAYER_RULES = [
-    (L.Conv2DTranspose, transpose_rule, False),
-    (L.DepthwiseConv2D, depthwise_rule, False),
-    (L.SeparableConv2D, separable_rule, False),
-    (L.Conv2D, conv_rule, False),
-    (L.Dense, dense_rule, False),
-    ((L.MaxPooling2D, L.AveragePooling2D, CaffePooling2D), pooling_rule, False),
-    ((L.GlobalMaxPooling2D, L.GlobalAveragePooling2D), global_pooling_rule, False),
-    (L.Flatten, flatten_rule, False),
-    (L.Reshape, reshape_rule, False),
-    (L.Permute, permute_rule, False),
-    ((L.Resizing, L.UpSampling2D), resize_rule, False),
-    (L.ZeroPadding2D, zero_padding_rule, False),
-    (L.Cropping2D, cropping_rule, False),
-    ((L.Add, L.Average, L.Maximum), add_rule, True),
-    (L.Minimum, minimum_rule, True),
-    (L.Subtract, subtract_rule, True),
-    (L.Multiply, multiply_rule, True),
-    (L.Concatenate, concatenate_rule, True),
+LAYER_KINDS = [
+    (PASS_THROUGH_LAYERS, PASS_THROUGH),
+    (L.Conv2DTranspose, LayerKind(transpose_rule, geometry=transpose_map)),
+    (L.DepthwiseConv2D, LayerKind(depthwise_rule, geometry=conv_window_map)),
+    (L.SeparableConv2D, LayerKind(separable_rule, geometry=conv_window_map)),
+    (L.Conv2D, LayerKind(conv_rule, geometry=conv_window_map)),
+    (L.Dense, LayerKind(dense_rule, geometry=collapse_map)),
+    (POOLING_LAYERS, LayerKind(pooling_rule, geometry=pooling_map)),
+    (GLOBAL_POOLING_LAYERS, LayerKind(global_pooling_rule, geometry=collapse_map)),
+    (L.Flatten, LayerKind(flatten_rule, geometry=collapse_map)),
+    # Reshape and Permute are traced on vectors and channels only (their rules refuse to
+    # move a position), so they keep the map.
+    (L.Reshape, LayerKind(reshape_rule)),
+    (L.Permute, LayerKind(permute_rule)),
+    ((L.Resizing, L.UpSampling2D), LayerKind(resize_rule, geometry=resize_map)),
+    (L.ZeroPadding2D, LayerKind(zero_padding_rule, geometry=zero_padding_map)),
+    (L.Cropping2D, LayerKind(cropping_rule, geometry=cropping_map, keeps_merged=True)),
+    ((L.Add, L.Average, L.Maximum), LayerKind(add_rule, **ROUTING_MERGE)),
+    (L.Minimum, LayerKind(minimum_rule, **ROUTING_MERGE)),
+    (L.Subtract, LayerKind(subtract_rule, **ROUTING_MERGE)),
+    (L.Multiply, LayerKind(multiply_rule, **ROUTING_MERGE)),
+    (L.Concatenate, LayerKind(concatenate_rule, **ROUTING_MERGE)),
     *_application_layers(),
 ]
 
@@ -148,39 +208,69 @@ CONSTANT_OPERAND_OPS = {
     "Add", "Subtract", "Multiply", "Divide", "TrueDivide", "Maximum", "Minimum", "Power",
 }  # fmt: skip
 BINARY_OPS = {
-    "Add": add_rule,
-    "Maximum": add_rule,
-    "Minimum": minimum_rule,
-    "Subtract": subtract_rule,
-    "Multiply": multiply_rule,
+    "Add": LayerKind(add_rule, **ROUTING_MERGE),
+    "Maximum": LayerKind(add_rule, **ROUTING_MERGE),
+    "Minimum": LayerKind(minimum_rule, **ROUTING_MERGE),
+    "Subtract": LayerKind(subtract_rule, **ROUTING_MERGE),
+    "Multiply": LayerKind(multiply_rule, **ROUTING_MERGE),
 }
-
-# Rules that return their merged points unchanged, or subsets of them with coordinates
-# shifted by a constant: their outputs stay distinct and sorted, so the walk need not merge
-# them again when they are all that reaches a layer (half the layers of a ResNet or
-# MobileNet are normalisations and activations, and a merge is a score of graph ops).
-KEEPS_MERGED = frozenset(
-    {
-        pass_through,
-        add_rule,
-        minimum_rule,
-        subtract_rule,
-        multiply_rule,
-        scaled_sum_rule,
-        concatenate_rule,
-        cropping_rule,
-    }
-)
 
 _registered = []
 
 
-def register_rule(layer_class, rule, multi_input=False):
+class Registration(contextlib.AbstractContextManager):
+    """A rule added by `register_rule`: `remove()` undoes it, and so does leaving a `with`
+    block (tests and notebooks then leave no rule behind for the next one)."""
+
+    def __init__(self, entry):
+        self._entry = entry
+
+    def remove(self):
+        """Undoes the registration (a no-op when already undone)."""
+        if any(entry is self._entry for entry in _registered):
+            _registered[:] = [entry for entry in _registered if entry is not self._entry]
+
+    def __exit__(self, *exc_info):
+        self.remove()
+        return False
+
+
+def register_rule(
+    layer_class: type | tuple[type, ...],
+    rule: Callable,
+    multi_input: bool = False,
+    *,
+    geometry: StepMap | str | None = None,
+    keeps_merged: bool = False,
+) -> Registration:
     """Traces `layer_class` (and its subclasses) with `rule` from now on; a registered rule
-    wins over the built-in ones. See the module docstring for the rule's signature."""
+    wins over the built-in ones. See the module docstring for the rule's signature.
+
+    Args:
+      layer_class: a Keras layer class, or a tuple of them.
+      rule: `rule(layer, inputs, output, points, settings)`.
+      multi_input: the rule takes the list of the layer's inputs.
+      geometry: how the layer maps positions: `KEEPS_MAP` ("keeps_map"), a step map
+        `(layer, in_size, out_size, axis) -> (a, b)` such as `window_geometry(2, strides=2)`,
+        or None. With None, a layer whose output's spatial size differs from its input's is
+        refused when traced (never assumed to keep the map).
+      keeps_merged: the rule hands on the points it receives unchanged or as ordered subsets
+        (`LayerKind`); False is always safe.
+
+    Returns a `Registration`: `remove()` it, or use it as a context manager, to undo.
+    """
     if not callable(rule):
         raise TypeError(f"rule must be callable, got {rule!r}")
-    _registered.insert(0, (layer_class, rule, multi_input))
+    if not (geometry is None or geometry == KEEPS_MAP or callable(geometry)):
+        raise TypeError(
+            f"geometry must be None, {KEEPS_MAP!r} or a step map function, got {geometry!r}"
+        )
+    types = layer_class if isinstance(layer_class, tuple) else (layer_class,)
+    if not types or not all(isinstance(t, type) for t in types):
+        raise TypeError(f"layer_class must be a class or a tuple of classes, got {layer_class!r}")
+    entry = (types, LayerKind(rule, bool(multi_input), geometry, bool(keeps_merged)))
+    _registered.insert(0, entry)
+    return Registration(entry)
 
 
 def _unsupported_layout(layer):
@@ -199,41 +289,41 @@ def _unsupported_layout(layer):
     return None
 
 
-def _refuse(layer, reason):
+def refuse(layer, reason):
+    """The error for a layer the unravel cannot follow, naming it."""
     name = getattr(layer, "name", "?")
     kind = type(layer).__name__
     return UntraceableLayerError(f"unravel cannot trace layer {name!r} ({kind}): {reason}")
 
 
-def _op_rule(op, num_inputs):
+def _op_kind(op, num_inputs):
     name = type(op).__name__
     if num_inputs == 1 and (name in ELEMENTWISE_OPS or name in CONSTANT_OPERAND_OPS):
-        return pass_through, False
+        return PASS_THROUGH
     if num_inputs == 2 and name in BINARY_OPS:
-        return BINARY_OPS[name], True
+        return BINARY_OPS[name]
     return None
 
 
-def rule_for(layer, num_inputs=1):
-    """(rule, takes a list of inputs) for a layer or Keras op with `num_inputs` tensor
-    inputs, or UntraceableLayerError naming it."""
-    for types, rule, multi in _registered:
+def kind_for(layer, num_inputs: int = 1) -> LayerKind:
+    """The `LayerKind` of a layer or Keras op with `num_inputs` tensor inputs, or
+    UntraceableLayerError naming it."""
+    for types, kind in _registered:
         if isinstance(layer, types):
-            return rule, multi
-    if isinstance(layer, PASS_THROUGH):
-        return pass_through, False
-    unsupported = _unsupported_layout(layer)
-    if unsupported:
-        raise _refuse(layer, unsupported)
-    for types, rule, multi in LAYER_RULES:
+            return kind
+    for types, kind in LAYER_KINDS:
         if isinstance(layer, types):
-            return rule, multi
+            # A per-element layer cares for no layout; every other kind reads [B, H, W, C].
+            unsupported = None if kind is PASS_THROUGH else _unsupported_layout(layer)
+            if unsupported:
+                raise refuse(layer, unsupported)
+            return kind
     if not isinstance(layer, L.Layer) and type(layer).__module__.startswith("keras.src.ops"):
-        found = _op_rule(layer, num_inputs)
+        found = _op_kind(layer, num_inputs)
         if found:
             return found
-    raise _refuse(
+    raise refuse(
         layer,
         "no rule for it; trace it with tf_segunravel.unravel.register_rule("
-        f"{type(layer).__name__}, rule)",
+        f"{type(layer).__name__}, rule, geometry=...)",
     )

@@ -99,14 +99,16 @@ def convolve(x, output, points, settings, kernel, strides, dilation, padding, gr
     return Moved([moved], channel_scores)
 
 
-def conv_rule(layer, x, output, points, settings):
-    """Conv2D (any kernel, stride, dilation, padding, groups) and 1x1 convolutions."""
+def conv_rule(layer, x, output, points, settings, kernel=None):
+    """Conv2D (any kernel, stride, dilation, padding, groups) and 1x1 convolutions.
+
+    `kernel` replaces the layer's own (the contrastive unravel's margin kernel)."""
     return convolve(
         x,
         output,
         points,
         settings,
-        layer.kernel,
+        layer.kernel if kernel is None else kernel,
         layer.strides,
         layer.dilation_rate,
         layer.padding,
@@ -223,9 +225,10 @@ def transpose_rule(layer, x, output, points, settings):
     return Moved([moved], channel_scores)
 
 
-def dense_rule(layer, x, output, points, settings):
-    """Dense on a vector (top-K or positive contributions); per position like a 1x1 conv."""
-    kernel = tf.cast(layer.kernel, x.dtype)
+def dense_rule(layer, x, output, points, settings, kernel=None):
+    """Dense on a vector (top-K or positive contributions); per position like a 1x1 conv.
+    `kernel` replaces the layer's own, as in `conv_rule`."""
+    kernel = tf.cast(layer.kernel if kernel is None else kernel, x.dtype)
     if len(x.shape) == 4:
         window = gather_pixels(x, points.b, points.y[:, None], points.x[:, None])[:, 0]
     else:
