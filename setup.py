@@ -28,8 +28,7 @@ setup(
     package_data={"tf_segunravel.flags": ["*.cfg"]},
     entry_points={
         "console_scripts": [
-            f"segunravel-{name.replace('_', '-')}=tf_segunravel.tools.{name}:run"
-            for name in TOOLS
+            f"segunravel-{name.replace('_', '-')}=tf_segunravel.tools.{name}:run" for name in TOOLS
         ]
     },
     install_requires=[

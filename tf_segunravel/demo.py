@@ -74,8 +74,12 @@ def run(
     fixation_images=6,
     experiment_images=100,
     verbose=1,
+    stop_after=None,
 ):
-    """Runs (or resumes) every stage; returns the summary dict also written to summary.json."""
+    """Runs (or resumes) every stage; returns the summary dict also written to summary.json.
+
+    `stop_after` names a stage ("data", "train", "evaluate", "export", "fixations",
+    "experiments") after which the run stops, returning None."""
     data_dir = data_dir or os.path.join(output_dir, "tfds")
     # Every arm's settings are checked before anything is written.
     runs, configs = {}, {}
@@ -114,6 +118,9 @@ def run(
     tfds.builder("segunravel_shapes", data_dir=data_dir).download_and_prepare()
     val = load_split("segunravel_shapes", "val", data_dir)
 
+    if stop_after == "data":
+        return None
+
     # ---------------------------------------------------------------------------- train
     for (arm, seed), config in configs.items():
         model_dir = config.model_dir
@@ -122,6 +129,9 @@ def run(
             continue
         _banner("train", f"{arm}, seed {seed}: {config.steps} steps -> {model_dir}")
         train(config)
+
+    if stop_after == "train":
+        return None
 
     # ------------------------------------------------------------------------- evaluate
     results = {}
@@ -139,12 +149,18 @@ def run(
             scores = _read_json(path)  # as a re-run reads it: summary.json must not differ
         results[(arm, seed)] = scores
 
+    if stop_after == "evaluate":
+        return None
+
     # --------------------------------------------------------------------------- export
     baseline_dir = runs[("baseline", seeds[0])]
     export_dir = os.path.join(output_dir, "saved_model")
     if not os.path.exists(export_dir):
         _banner("export", export_dir)
         export_saved_model(load_network(baseline_dir), export_dir, FIXATIONS)
+
+    if stop_after == "export":
+        return None
 
     # ------------------------------------------------------------------------ fixations
     image_dir = os.path.join(output_dir, "val_images")
@@ -172,6 +188,9 @@ def run(
             writer.process(os.path.join(image_dir, stem + ".png"), mask_path)
         write_json(done_marker, {"images": fixation_images})
 
+    if stop_after == "fixations":
+        return None
+
     # ---------------------------------------------------------------------- experiments
     experiment_dir = os.path.join(output_dir, "experiments")
     location_path = os.path.join(experiment_dir, "location_over_seeds.json")
@@ -190,6 +209,9 @@ def run(
             output_dir=experiment_dir,
         )
     location = _read_json(location_path)
+
+    if stop_after == "experiments":
+        return None
 
     # --------------------------------------------------------------------------- report
     _banner("report", os.path.join(output_dir, "summary.md"))

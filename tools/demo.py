@@ -29,6 +29,12 @@ flags.DEFINE_integer(
 )
 flags.DEFINE_integer("fixation_images", 6, "Validation images given to the fixation tool.")
 flags.DEFINE_integer("experiment_images", 100, "Validation images for fixation location.")
+flags.DEFINE_enum(
+    "stop_after",
+    None,
+    ["data", "train", "evaluate", "export", "fixations", "experiments"],
+    "Stop after this stage (default: run every stage and write the report).",
+)
 flags.DEFINE_integer("verbose", 2, "Keras fit verbosity (1: progress bar, 2: a line per interval).")
 flags.register_validator(
     "seeds", lambda v: v and all(s.isdigit() for s in v), "--seeds must be integers"
@@ -55,6 +61,7 @@ def main(argv):
         fixation_images=FLAGS.fixation_images,
         experiment_images=FLAGS.experiment_images,
         verbose=FLAGS.verbose,
+        stop_after=FLAGS.stop_after,
     )
 
 

@@ -1,0 +1,95 @@
+"""A non-editable install in a fresh venv runs the tools from outside any checkout."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from tests.helpers import REPO_ROOT
+
+IGNORED = shutil.ignore_patterns(
+    ".git", "runs", "build", "dist", "*.egg-info", "__pycache__", ".ruff_cache", ".pytest_cache"
+)
+
+
+def _run(command, cwd, timeout=600):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env.pop("PYTHONPATH", None)
+    result = subprocess.run(
+        [str(c) for c in command],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+@pytest.mark.slow
+def test_non_editable_install_runs_the_tools_outside_the_checkout(tmp_path, shapes_data_dir):
+    source = tmp_path / "source"
+    shutil.copytree(REPO_ROOT, source, ignore=IGNORED)
+    venv = tmp_path / "venv"
+    # The venv sees this machine's TensorFlow (no downloads here); the package itself is
+    # built and installed from the copy, not editable.
+    _run([sys.executable, "-m", "venv", "--system-site-packages", venv], tmp_path)
+    python, bin_dir = venv / "bin" / "python", venv / "bin"
+    _run(
+        [python, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", source],
+        tmp_path,
+    )
+    shutil.rmtree(source)  # nothing may read the tree it was installed from
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+
+    where = _run([python, "-c", "import tf_segunravel; print(tf_segunravel.__file__)"], work)
+    assert where.stdout.strip().startswith(str(venv))
+
+    _run(
+        [
+            bin_dir / "segunravel-train",
+            "--flagfile=flags/shapes_demo.cfg",
+            "--steps=2",
+            "--checkpoint_every=1",
+            "--model_dir=model",
+            f"--data_dir={shapes_data_dir}",
+        ],
+        work,
+    )
+    config = json.loads((work / "model" / "config.json").read_text())
+    # The shipped flagfile and the one it includes were read: the baseline's width.
+    assert (config["steps"], config["width"]) == (2, 0.125)
+    assert (work / "model" / "model.keras").is_file()
+
+    demo = _run(
+        [
+            python,
+            "-m",
+            "tf_segunravel.tools.demo",
+            "--output_dir=demo",
+            f"--data_dir={shapes_data_dir}",
+            "--stop_after=data",
+        ],
+        work,
+    )
+    assert "data" in demo.stdout
+    assert not (work / "demo" / "models").exists()
+
+    bad = subprocess.run(
+        [bin_dir / "segunravel-train", "--flagfile=flags/none.cfg", "--model_dir=m"],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert bad.returncode == 1
+    assert (
+        bad.stderr.strip() == "segunravel-train: error: --flagfile=flags/none.cfg: no such flagfile"
+    )
