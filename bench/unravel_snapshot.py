@@ -23,14 +23,14 @@ if sys.argv[1] == "--compare":
     sys.exit(1 if differ else 0)
 sys.path.insert(0, sys.argv[1])  # the tree under test, before any of its modules load
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import keras
+import numpy as np
+import tensorflow as tf
 
-from tests.unravel.test_zoo import FAMILIES  # noqa: E402
-from tf_segunravel.models import deeplab_largefov  # noqa: E402
-from tf_segunravel.unravel import SegUnravel  # noqa: E402
-from tf_segunravel.unravel.geometry import ScoreMap  # noqa: E402
+from tests.unravel.test_zoo import FAMILIES
+from tf_segunravel.models import deeplab_largefov
+from tf_segunravel.unravel import SegUnravel
+from tf_segunravel.unravel.geometry import ScoreMap
 
 out = {}
 
