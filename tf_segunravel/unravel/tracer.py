@@ -183,7 +183,7 @@ class UnravelResult(typing.NamedTuple):
 
 class SegUnravel:
     """Segmentation fixations for a Keras functional or Sequential CNN that maps images to
-    scores, built from the layers in `unravel/rules/` (the README's coverage table lists the
+    scores, built from the layers in `unravel/rules/` (docs/unravel.md's coverage table lists the
     keras.applications families traced) and any registered with `register_rule`.
 
         engine = SegUnravel(model, FixationSettings(k=3))   # or SegUnravel(model, k=3)
