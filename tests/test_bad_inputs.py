@@ -238,3 +238,20 @@ def test_path_flag_error_names_the_flag_once(tmp_path):
     assert str(raised.value) == (
         f"flag --out={value}: {tmp_path}/a_file is a file, not a directory"
     )
+
+
+def test_library_errors_name_parameters_and_tools_name_flags():
+    from absl import flags
+
+    from tf_segunravel import cli
+
+    flag_values = flags.FlagValues()
+    flags.DEFINE_string("model_dir", None, "", flag_values=flag_values)
+    flags.DEFINE_boolean("overwrite", False, "", flag_values=flag_values)
+    message = "dir: trained with width=0.5; use another model_dir=<dir> or overwrite=True"
+    assert cli.flag_message(message, flag_values) == (
+        "dir: trained with width=0.5; use another --model_dir=<dir> or --overwrite=True"
+    )
+    assert cli.flag_message("model_dir: no such directory", flag_values) == (
+        "--model_dir: no such directory"
+    )

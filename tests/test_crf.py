@@ -83,6 +83,7 @@ def hide_the_extra(tmp_path):
 
 
 @pytest.mark.parametrize("tool", ["evaluate", "fixations"])
+@pytest.mark.slow
 def test_missing_extra_is_one_line(tmp_path, tool):
     (tmp_path / "unused.keras").write_text("never read: the extra is checked first")
     args = [f"--model={tmp_path / 'unused.keras'}", "--crf"]

@@ -55,6 +55,7 @@ def test_fixation_location_is_exact_on_a_hand_made_case():
     assert rows[0]["inside_truth"] == pytest.approx(24 / 36)
 
 
+@pytest.mark.slow
 def test_tool_writes_tables_and_figures(tmp_path, tiny, shapes_data_dir):
     model, _ = tiny
     model_path = tmp_path / "tiny.keras"
@@ -99,6 +100,7 @@ def test_tool_writes_tables_and_figures(tmp_path, tiny, shapes_data_dir):
         assert -1.0 <= row["drop_inside"] <= 1.0
 
 
+@pytest.mark.slow
 def test_location_over_seeds_tool_reports_intervals_and_resumes(tmp_path, shapes_data_dir):
     from tests.helpers import save_tiny_largefov
 

@@ -53,6 +53,7 @@ def exported(tmp_path_factory):
     return model, export_dir, root
 
 
+@pytest.mark.slow
 def test_standalone_signatures_match_keras_and_engine(exported):
     model, export_dir, root = exported
     images = np.random.default_rng(1).integers(0, 256, (2, 41, 52, 3)).astype(np.uint8)
@@ -105,6 +106,7 @@ def test_standalone_signatures_match_keras_and_engine(exported):
     ],
     ids=["dtype", "rank", "channels"],
 )
+@pytest.mark.slow
 def test_bad_inputs_fail_at_the_signature(exported, images):
     _, export_dir, _ = exported
     signature = tf.saved_model.load(str(export_dir)).signatures["serving_default"]
@@ -117,6 +119,7 @@ def test_bad_inputs_fail_at_the_signature(exported, images):
         assert "uint8" in message or "float32" in message
 
 
+@pytest.mark.slow
 def test_saved_model_cli_shows_the_signatures(exported):
     _, export_dir, _ = exported
     proc = subprocess.run(
@@ -140,6 +143,7 @@ def test_saved_model_cli_shows_the_signatures(exported):
     assert "DT_UINT8" in proc.stdout and "(-1, -1, -1, 3)" in proc.stdout
 
 
+@pytest.mark.slow
 def test_tool_refuses_to_overwrite_and_exports_contrastive_fixations(tmp_path, exported):
     model, _, _ = exported
     model_path = tmp_path / "m.keras"
@@ -175,6 +179,7 @@ def test_tool_refuses_to_overwrite_and_exports_contrastive_fixations(tmp_path, e
     )
 
 
+@pytest.mark.slow
 def test_fixations_tool_accepts_the_saved_model(tmp_path, exported):
     model, export_dir, _ = exported
     image = np.random.default_rng(2).integers(0, 256, (33, 40, 3), dtype=np.uint8)
@@ -192,6 +197,7 @@ def test_fixations_tool_accepts_the_saved_model(tmp_path, exported):
     np.testing.assert_array_equal(data["points"], engine.for_image(0)[0])
 
 
+@pytest.mark.slow
 def test_fixation_tool_refuses_a_flag_the_signature_would_ignore(tmp_path, exported):
     _, export_dir, _ = exported
     image = np.random.default_rng(5).integers(0, 256, (41, 52, 3)).astype(np.uint8)
@@ -204,5 +210,5 @@ def test_fixation_tool_refuses_a_flag_the_signature_would_ignore(tmp_path, expor
         "--contrast=runner_up",
     )
     assert proc.returncode == 1, proc.stderr[-2000:]
-    assert "was exported with contrast=None" in last_line(proc.stderr)
+    assert "was exported with --contrast=None" in last_line(proc.stderr)
     assert not (tmp_path / "out").exists()

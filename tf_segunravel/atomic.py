@@ -15,7 +15,7 @@ def check_output_dir(path, flag="output_dir", shown=None):
     while blocker and not os.path.exists(blocker):
         blocker = os.path.dirname(blocker)
     if blocker and not os.path.isdir(blocker):
-        raise InputError(f"--{flag}={shown}: {blocker} is a file, not a directory")
+        raise InputError(f"{flag}={shown}: {blocker} is a file, not a directory")
 
 
 def make_output_dir(path, flag="output_dir", shown=None):
@@ -26,9 +26,9 @@ def make_output_dir(path, flag="output_dir", shown=None):
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as e:
-        raise InputError(f"--{flag}={shown}: cannot create {path} ({e.strerror})") from e
+        raise InputError(f"{flag}={shown}: cannot create {path} ({e.strerror})") from e
     if not os.access(path, os.W_OK):
-        raise InputError(f"--{flag}={shown}: {path} is not writable")
+        raise InputError(f"{flag}={shown}: {path} is not writable")
 
 
 def save_atomically(path, write):

@@ -2,6 +2,7 @@
 
 import glob
 import os
+import re
 import sys
 
 # Set before TensorFlow is imported anywhere, so its C++ start-up chatter stays out of the
@@ -45,9 +46,25 @@ def run(main):
     app.run(guarded, flags_parser=parse)
 
 
+# Library errors name parameters (`crop_size=7: ...`, `pass overwrite=True`); a tool's
+# message names its flags instead: `name=` becomes `--name=` for every flag the tool has.
+_PARAMETER = re.compile(r"(?<![\w-])([a-z][a-z0-9_]*)(?==)|^([a-z][a-z0-9_]*)(?=:)")
+
+
+def flag_message(message, flag_values=flags.FLAGS):
+    """`message` with each `name=` (and a leading `name:`) that names a flag of
+    `flag_values` written as the flag, `--name=`."""
+
+    def as_flag(match):
+        name = match.group(1) or match.group(2)
+        return f"--{name}" if name in flag_values else name
+
+    return _PARAMETER.sub(as_flag, str(message))
+
+
 def _fail(error):
     tool = os.path.splitext(os.path.basename(sys.argv[0]))[0]
-    print(f"{tool}: error: {error}", file=sys.stderr)
+    print(f"{tool}: error: {flag_message(error)}", file=sys.stderr)
     sys.exit(1)
 
 
@@ -92,9 +109,10 @@ def check_path_flags(
             try:
                 check(value)
             except InputError as e:
-                # absl prefixes "flag --name=value: "; drop the same prefix of our own (matched
-                # whole: the value itself may hold ": ").
+                # absl prefixes "flag --name=value: "; drop the same prefix of our own, in
+                # flag or in parameter form (matched whole: the value itself may hold ": ").
                 message = str(e).removeprefix(f"--{name}={value}: ")
+                message = message.removeprefix(f"{name}={value}: ")
                 raise flags.ValidationError(message) from e
             return True
 

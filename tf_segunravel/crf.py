@@ -67,7 +67,7 @@ def _densecrf():
     try:
         import pydensecrf.densecrf as densecrf
     except ImportError as e:
-        raise InputError(f"--crf {INSTALL_HINT}") from e
+        raise InputError(f"crf=True {INSTALL_HINT}") from e
     return densecrf
 
 

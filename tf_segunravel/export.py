@@ -104,7 +104,7 @@ def export_saved_model(network, export_dir, settings=None, overwrite=False):
     """Writes the SavedModel to `export_dir` atomically (a temporary dir moved into place)."""
     export_dir = os.path.abspath(export_dir)
     if os.path.exists(export_dir) and not overwrite:
-        raise InputError(f"{export_dir}: already exists; pass --overwrite to replace it")
+        raise InputError(f"{export_dir}: already exists; pass overwrite=True to replace it")
     parent = os.path.dirname(export_dir)
     make_output_dir(parent, "export_dir", shown=export_dir)
     staging = tempfile.mkdtemp(prefix=".export-", dir=parent)

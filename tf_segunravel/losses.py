@@ -31,7 +31,9 @@ def _all_gather(value):
     return context.all_gather(value, axis=0)
 
 
-def cross_entropy(scores, labels, ignore_label=IGNORE_LABEL):
+def cross_entropy(
+    scores: tf.Tensor, labels: tf.Tensor, ignore_label: int = IGNORE_LABEL
+) -> tf.Tensor:
     """Softmax cross-entropy averaged over the (global) non-ignored pixels, as Caffe's."""
     labels = tf.cast(labels, tf.int32)
     valid = tf.not_equal(labels, ignore_label)
@@ -117,14 +119,14 @@ def template_similarities(templates, present, similarity="cosine"):
 
 
 def template_similarity_loss(
-    features,
-    scores,
-    labels,
-    similarity="cosine",
-    selective=False,
-    ignore_label=IGNORE_LABEL,
-    reduction="mean",
-):
+    features: tf.Tensor,
+    scores: tf.Tensor,
+    labels: tf.Tensor,
+    similarity: str = "cosine",
+    selective: bool = False,
+    ignore_label: int = IGNORE_LABEL,
+    reduction: str = "mean",
+) -> tf.Tensor:
     """The per-pixel template-similarity loss of Seg-Unravel (docs/method.md section 3).
 
     For each label c present in the batch's ground truth, the template t_c is the feature

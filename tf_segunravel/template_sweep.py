@@ -97,9 +97,9 @@ def run(
 
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown:
-        raise InputError(f"--variants: unknown {unknown}; choose from {list(VARIANTS)}")
+        raise InputError(f"variants: unknown {unknown}; choose from {list(VARIANTS)}")
     if not seeds:
-        raise InputError("--seeds: at least one seed is needed")
+        raise InputError("seeds: at least one seed is needed")
     started = time.perf_counter()
     make_output_dir(output_dir)
     if data_dir is None:

@@ -1,6 +1,7 @@
 """segunravel_shapes: builds offline, and its labels carry exactly the evidence we designed."""
 
 import numpy as np
+import pytest
 import tensorflow_datasets as tfds
 
 from tf_segunravel.data import shapes
@@ -9,6 +10,7 @@ from tf_segunravel.data.labels import IGNORE_LABEL
 BOAT, CAR = shapes.CLASS_NAMES.index("boat"), shapes.CLASS_NAMES.index("car")
 
 
+@pytest.mark.slow
 def test_loads_with_the_documented_splits_and_metadata(shapes_data_dir):
     builder = tfds.builder("segunravel_shapes", data_dir=shapes_data_dir)
     assert builder.info.splits["train"].num_examples == 2000

@@ -55,6 +55,7 @@ def test_caffemodel_weights_and_forward_match_caffe(tmp_path, legacy):
     np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3 * np.abs(want).max())
 
 
+@pytest.mark.slow
 def test_convert_tool_writes_loadable_weights(tmp_path):
     blobs = caffe_blobs()
     path = write_caffemodel(tmp_path / "m.caffemodel", blobs, legacy=True)
@@ -110,6 +111,7 @@ def test_wrong_class_count(tmp_path):
         load_caffemodel_weights(model, path)
 
 
+@pytest.mark.slow
 def test_tool_reports_bad_file_in_one_line(tmp_path):
     path = tmp_path / "junk.caffemodel"
     path.write_bytes(b"\xff" * 64)

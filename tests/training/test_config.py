@@ -133,8 +133,8 @@ def test_resuming_with_other_settings_is_refused_naming_them(tmp_path):
     with pytest.raises(InputError) as error:
         loop._check_resume(again)
     message = str(error.value)
-    assert "--seed=0 (now 1)" in message and "--steps=1000 (now 2000)" in message
-    assert "--allow_config_change" in message and "verbose" not in message
+    assert "seed=0 (now 1)" in message and "steps=1000 (now 2000)" in message
+    assert "allow_config_change=True" in message and "verbose" not in message
     assert (tmp_path / "config.json").read_text() == before
     # Only watching settings changed: resumes silently.
     same = TrainConfig(model_dir=str(tmp_path), num_classes=6, steps=1000, verbose=0)
@@ -152,7 +152,7 @@ def test_allowed_changes_are_recorded(tmp_path):
 
 def test_network_changes_are_refused_even_when_allowed(tmp_path):
     written(tmp_path, width=0.5)
-    with pytest.raises(InputError, match=r"--width=0.5 \(now 1.0\); use another --model_dir$"):
+    with pytest.raises(InputError, match=r"width=0.5 \(now 1.0\); use another model_dir=<dir>$"):
         loop._check_resume(
             TrainConfig(model_dir=str(tmp_path), num_classes=6, allow_config_change=True)
         )

@@ -69,6 +69,7 @@ def test_paired_arms_start_from_the_baseline_and_resume(tmp_path, shapes_data_di
     assert again["rows"] == summary["rows"]
 
 
+@pytest.mark.slow
 def test_tool_checks_its_flags(tmp_path):
     proc = run_tool(
         "experiments", "--experiment=template_sweep", f"--output_dir={tmp_path}", "--weights=a"

@@ -270,6 +270,7 @@ def test_mixed_precision_and_xla_train(tmp_path, shapes_data_dir):
     assert all(np.isfinite(w).all() for w in network.get_weights())
 
 
+@pytest.mark.slow
 def test_initialisation_from_another_model_and_converted_weights(tmp_path, shapes_data_dir):
     from tf_segunravel.models import deeplab_largefov
     from tf_segunravel.training import TrainConfig, train
@@ -354,6 +355,7 @@ def _folder_with_corrupt_image(root):
         ("corrupt folder image", ["--dataset=folder:{folder}"], "b.png: not a readable image"),
     ],
 )
+@pytest.mark.slow
 def test_failed_starts_leave_no_model_dir(tmp_path, case, flags, message):
     """Each fails before the first step with one line naming the culprit, within a bounded
     time (the corrupt image once hung a tf.data iterator), and leaves nothing behind."""
@@ -381,6 +383,7 @@ def test_failed_starts_leave_no_model_dir(tmp_path, case, flags, message):
     assert not model_dir.exists(), case
 
 
+@pytest.mark.slow
 def test_failed_start_never_touches_an_existing_run(tmp_path, shapes_data_dir):
     model_dir = tmp_path / "run"
     common = [

@@ -112,6 +112,7 @@ def test_pooling(pool):
     check(keras.Model(inp, L.Conv2D(3, 1)(x)), images())
 
 
+@pytest.mark.slow
 def test_add_and_concatenate_with_nested_model_and_pass_through():
     inp = keras.Input((None, None, 3))
     a = L.Conv2D(4, 3, padding="same", activation="relu")(inp)
@@ -161,6 +162,7 @@ def test_dense_per_position():
 
 
 @pytest.mark.parametrize("shift", ["none", "partial", "full"])
+@pytest.mark.slow
 def test_largefov(shift):
     model = deeplab_largefov(num_classes=4, width=1 / 16)
     batch = np.random.default_rng(2).uniform(0, 255, (1, 35, 30, 3)).astype(np.float32)
@@ -281,6 +283,7 @@ def test_counts_sum_to_seeds_and_points_are_sorted():
         np.testing.assert_array_equal(result.seeds[b], seeds)
 
 
+@pytest.mark.slow
 def test_counts_saturate_instead_of_wrapping():
     """K = 3 through 45 layers makes 3^45 > 2^63 paths per seed: counts stop at int64's
     largest value, never wrap to negative; a shallower chain still counts exactly."""
@@ -324,6 +327,7 @@ def test_works_inside_tf_function_with_dynamic_sizes():
         np.testing.assert_array_equal(out.counts.numpy(), want.counts)
 
 
+@pytest.mark.slow
 def test_flow_keeps_points_per_layer():
     model = deeplab_largefov(num_classes=3, width=1 / 16)
     result = SegUnravel(model, keep_flow=True)(images(shape=(1, 33, 33, 3)))
@@ -466,6 +470,7 @@ def test_contrast_matches_the_reference(contrast, options):
 
 
 @pytest.mark.parametrize("shift", ["none", "partial", "full"])
+@pytest.mark.slow
 def test_contrast_on_largefov(shift):
     model = deeplab_largefov(num_classes=4, width=1 / 16)
     batch = np.random.default_rng(2).uniform(0, 255, (2, 35, 30, 3)).astype(np.float32)

@@ -28,6 +28,7 @@ def write_images(directory):
     return rgb
 
 
+@pytest.mark.slow
 def test_writes_every_output(tmp_path, tiny_model):
     model_path, model = tiny_model
     rgb = write_images(tmp_path / "images")
@@ -80,6 +81,7 @@ def test_writes_every_output(tmp_path, tiny_model):
     assert grey and all("inside_truth" not in entry for entry in grey.values())
 
 
+@pytest.mark.slow
 def test_max_side_maps_points_back(tmp_path, tiny_model):
     model_path, _ = tiny_model
     image = np.random.default_rng(5).integers(0, 256, (90, 70, 3), dtype=np.uint8)
@@ -97,6 +99,7 @@ def test_max_side_maps_points_back(tmp_path, tiny_model):
     assert data["points"][:, 1].max() < 90 and data["points"][:, 2].max() < 70
 
 
+@pytest.mark.slow
 def test_bad_images_are_named_and_keep_going_summarises(tmp_path, tiny_model):
     model_path, _ = tiny_model
     images = tmp_path / "images"
@@ -128,6 +131,7 @@ def test_bad_images_are_named_and_keep_going_summarises(tmp_path, tiny_model):
         (["--seed_from_masks"], "--seed_from_masks needs --masks"),
     ],
 )
+@pytest.mark.slow
 def test_bad_arguments(tmp_path, tiny_model, extra, message):
     model_path, _ = tiny_model
     write_images(tmp_path / "images")
@@ -139,6 +143,7 @@ def test_bad_arguments(tmp_path, tiny_model, extra, message):
     assert message in proc.stderr
 
 
+@pytest.mark.slow
 def test_mask_size_mismatch_is_named(tmp_path, tiny_model):
     model_path, _ = tiny_model
     write_images(tmp_path / "images")
@@ -155,6 +160,7 @@ def test_mask_size_mismatch_is_named(tmp_path, tiny_model):
     assert "rgb.png: mask is 5x5 but the image is 45x37" in last_line(proc.stderr)
 
 
+@pytest.mark.slow
 def test_contrast_by_name_matches_the_engine(tmp_path, tiny_model):
     model_path, model = tiny_model
     rgb = np.random.default_rng(3).integers(0, 256, (37, 45, 3), dtype=np.uint8)
@@ -173,7 +179,7 @@ def test_contrast_by_name_matches_the_engine(tmp_path, tiny_model):
     np.testing.assert_array_equal(data["points"], engine.for_image(0)[0])
     assert 1 not in data["classes"]  # road's own seeds have no margin over road
     for contrast, message in [
-        ("plane", "--contrast=plane: contrast='plane' is neither 'runner_up', a class id"),
+        ("plane", "--contrast=plane: --contrast='plane' is neither 'runner_up', a class id"),
         ("5", "--contrast=5: contrast='5' is not a class of this 3-class model"),
     ]:
         proc = run_tool(

@@ -69,6 +69,7 @@ def test_inlier_mask_matches_the_rule_point_for_point():
     assert 0 < (~got).sum() < len(got)  # the case has both inliers and outliers
 
 
+@pytest.mark.slow
 def test_outlier_removal_scales_to_a_large_batch():
     """80,000 points, as a K = 3 unravel of a batch gives: a pairwise N x N comparison would
     need tens of gigabytes; counting per (image, class) grid needs a few megabytes."""

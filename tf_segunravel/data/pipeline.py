@@ -21,7 +21,7 @@ FOLDER_PREFIX = "folder:"
 
 def _unknown_dataset(dataset, error):
     return InputError(
-        f"--dataset={dataset}: not a registered TFDS dataset nor folder:<dir> "
+        f"dataset={dataset}: not a registered TFDS dataset nor folder:<dir> "
         f"({str(error).splitlines()[0]})"
     )
 
@@ -48,12 +48,14 @@ def dataset_classes(dataset, data_dir=None, num_classes=None):
     names, kinds = metadata.get("class_names"), metadata.get("class_kinds")
     if names and num_classes is not None and len(names) != num_classes:
         raise InputError(
-            f"--dataset={dataset} has {len(names)} classes, the model scores {num_classes}"
+            f"dataset={dataset} has {len(names)} classes, the model scores {num_classes}"
         )
     return (list(names) if names else None), (list(kinds) if kinds else None)
 
 
-def load_split(dataset, split, data_dir=None, num_classes=None):
+def load_split(
+    dataset: str, split: str, data_dir: str | None = None, num_classes: int | None = None
+) -> tf.data.Dataset:
     """A dataset split as TFDS-style examples.
 
     `dataset` is a registered TFDS name (`segunravel_shapes`, `voc2012_segmentation`, ...) or
@@ -75,7 +77,7 @@ def load_split(dataset, split, data_dir=None, num_classes=None):
     except ValueError as e:
         if "split" not in str(e).lower():
             raise
-        raise InputError(f"--split={split}: {str(e).splitlines()[0]} ({dataset})") from e
+        raise InputError(f"split={split}: {str(e).splitlines()[0]} ({dataset})") from e
 
 
 def _pad_to(image, label, height, width):
@@ -128,17 +130,17 @@ def random_scale_crop_flip(image, label, seed, crop_size, scale_range=(0.5, 1.5)
 
 
 def train_pipeline(
-    examples,
-    crop_size=321,
-    batch_size=10,
-    seed=0,
-    scale_range=(0.5, 1.5),
-    mirror=True,
-    shuffle_buffer=1000,
-    deterministic=False,
-    repeat=True,
-    skip_batches=0,
-):
+    examples: tf.data.Dataset,
+    crop_size: int = 321,
+    batch_size: int = 10,
+    seed: int = 0,
+    scale_range: tuple[float, float] = (0.5, 1.5),
+    mirror: bool = True,
+    shuffle_buffer: int = 1000,
+    deterministic: bool = False,
+    repeat: bool = True,
+    skip_batches: int = 0,
+) -> tf.data.Dataset:
     """Shuffled, repeated, augmented, batched (images, labels) for training.
 
     Batches have static shapes ([B, crop, crop, 3] float32, [B, crop, crop] int32), as XLA
@@ -205,7 +207,9 @@ def pad_for_eval(example, pad_size=513):
     return features, tf.ensure_shape(tf.cast(label[..., 0], tf.int32), [pad_size, pad_size])
 
 
-def eval_pipeline(examples, pad_size=513, batch_size=1):
+def eval_pipeline(
+    examples: tf.data.Dataset, pad_size: int = 513, batch_size: int = 1
+) -> tf.data.Dataset:
     """Ordered, padded, batched evaluation examples (see `pad_for_eval`)."""
     dataset = examples.map(
         lambda ex: pad_for_eval(ex, pad_size), num_parallel_calls=tf.data.AUTOTUNE

@@ -26,12 +26,12 @@ def scaled_channels(channels, width):
 
 
 def deeplab_largefov(
-    num_classes=21,
-    width=1.0,
-    input_shape=(None, None, 3),
-    dropout=0.5,
-    name="deeplab_largefov",
-):
+    num_classes: int = 21,
+    width: float = 1.0,
+    input_shape: tuple = (None, None, 3),
+    dropout: float = 0.5,
+    name: str = "deeplab_largefov",
+) -> keras.Model:
     """Builds DeepLab-LargeFOV mapping RGB pixels (0..255) to pre-softmax scores at stride 8.
 
     Args:
@@ -95,7 +95,7 @@ def deeplab_largefov(
     return keras.Model(images, scores, name=name)
 
 
-def with_features(model, feature_layer=FEATURE_LAYER):
+def with_features(model: keras.Model, feature_layer: str = FEATURE_LAYER) -> keras.Model:
     """A model sharing `model`'s weights that returns {"features", "scores"} in one pass.
 
     `features` is the output of `feature_layer`; by default `drop7`, the input of the final

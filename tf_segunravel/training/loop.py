@@ -142,7 +142,7 @@ class _UnlessDiverged(keras.callbacks.Callback):
         super().set_params(params)
         self.callback.set_params(params)
 
-    def _forward(name):
+    def _forward(name: str):  # type: ignore[misc]  # a class-body helper, not a method
         def hook(self, *args, **kwargs):
             if self.guard.diverged_at is None:
                 getattr(self.callback, name)(*args, **kwargs)
@@ -194,11 +194,11 @@ def resolve_num_classes(config):
     from tf_segunravel.data.pipeline import dataset_classes
 
     if config.dataset.startswith("folder:"):
-        raise InputError("--num_classes is required with a folder: dataset")
+        raise InputError("num_classes is required with a folder: dataset")
     names, _ = dataset_classes(config.dataset, config.data_dir)
     if not names:
         raise InputError(
-            f"--dataset={config.dataset}: no class_names in its metadata; set --num_classes"
+            f"dataset={config.dataset}: no class_names in its metadata; set num_classes="
         )
     return dataclasses.replace(config, num_classes=len(names))
 
@@ -226,11 +226,11 @@ def _check_resume(config):
         return
     changes = config_changes(checkpoints.read_config(config.model_dir), config)
     architecture = {f.name for f in dataclasses.fields(TrainConfig) if f.metadata.get("network")}
-    described = ", ".join(f"--{k}={a} (now {b})" for k, (a, b) in sorted(changes.items()))
+    described = ", ".join(f"{k}={a} (now {b})" for k, (a, b) in sorted(changes.items()))
     if changes.keys() & architecture or (changes and not config.allow_config_change):
-        remedy = "use another --model_dir"
+        remedy = "use another model_dir=<dir>"
         if not changes.keys() & architecture:
-            remedy += ", or pass --allow_config_change to continue it with the new settings"
+            remedy += ", or pass allow_config_change=True to continue it with the new settings"
         raise InputError(
             f"{config_path}: this model dir was trained with other settings: {described}; {remedy}"
         )
@@ -245,7 +245,7 @@ def _check_resume(config):
     }
 
 
-def train(config, flags_text=None):
+def train(config: TrainConfig, flags_text: str | None = None) -> dict:
     """Runs (or resumes) a training run; returns the final logs dict.
 
     Everything that can fail on bad input (settings against the model dir, the dataset and

@@ -43,7 +43,7 @@ def expand_images(specs):
         else:
             found = [spec]  # a missing or unreadable file is reported when it is read
         if not found:
-            raise InputError(f"--images={spec}: matches no image")
+            raise InputError(f"images={spec}: matches no image")
         paths += found
     return list(dict.fromkeys(paths))
 
@@ -159,7 +159,7 @@ class FixationWriter:
         self.crf_settings = crf_settings
         if isinstance(model, str):
             if flow:
-                raise InputError("--flow needs a Keras model, not a SavedModel")
+                raise InputError("flow=True needs a Keras model, not a SavedModel")
             self.fixations = SavedModelFixations(model)
         else:
             self.fixations = KerasFixations(model, self.settings, flow)
@@ -223,7 +223,7 @@ class FixationWriter:
             self._output_made = True
         stats = class_statistics(classes, seeds, points, counts, labels, truth)
         if counts.size and counts.max() > np.iinfo(np.int32).max:
-            raise InputError(f"{image_path}: path counts overflow int32; use a smaller --k")
+            raise InputError(f"{image_path}: path counts overflow int32; use a smaller k=")
         arrays = {
             "points": points.astype(np.int32),
             "counts": counts.astype(np.int32),

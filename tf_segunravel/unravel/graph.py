@@ -8,8 +8,12 @@ gradients are involved anywhere.
 """
 
 import dataclasses
+import typing
 
 import keras
+
+if typing.TYPE_CHECKING:
+    from tf_segunravel.unravel.rules import LayerKind
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,7 +118,7 @@ class ModelGraph:
         if len(outputs) != 1:
             raise ValueError(f"unravel needs a model with one score output, got {len(outputs)}")
         self.output_id = outputs[0]
-        self.kinds = {}
+        self.kinds: dict[int, LayerKind | None] = {}
         for step in self.steps:
             try:
                 self.kinds[id(step)] = kind_for(step.layer, len(step.inputs))
@@ -124,7 +128,7 @@ class ModelGraph:
                 self.kinds[id(step)] = None
         self.score_step = next(s for s in self.steps if self.output_id in s.outputs)
 
-    def kind(self, step):
+    def kind(self, step: Step) -> "LayerKind | None":
         """The step's `LayerKind` (None only in a non-strict graph)."""
         return self.kinds[id(step)]
 

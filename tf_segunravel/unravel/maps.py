@@ -5,8 +5,14 @@ TensorFlow ops throughout, so the same code serves the Python API and the SavedM
 """
 
 import math
+import typing
 
 import tensorflow as tf
+
+from tf_segunravel.unravel.settings import FixationSettings
+
+if typing.TYPE_CHECKING:
+    from tf_segunravel.unravel.tracer import UnravelResult
 
 # A point is an outlier unless more than this share of its class's points are near it.
 MIN_NEIGHBOUR_SHARE = 0.05
@@ -59,17 +65,17 @@ def gaussian_blur(maps, sigma):
 
 
 def heatmaps(
-    points,
-    counts,
+    points: typing.Any,
+    counts: typing.Any,
     *,
-    batch,
-    num_classes,
-    height,
-    width,
-    sigma=20.0,
-    outlier_radius=0.02,
-    weighted=True,
-):
+    batch: int,
+    num_classes: int,
+    height: typing.Any,
+    width: typing.Any,
+    sigma: float = 20.0,
+    outlier_radius: float = 0.02,
+    weighted: bool = True,
+) -> tf.Tensor:
     """float32 [batch, num_classes, height, width] heat maps, each normalised to [0, 1].
 
     Args:
@@ -91,7 +97,9 @@ def heatmaps(
     return tf.math.divide_no_nan(blurred, peak)
 
 
-def fixation_maps(result, height, width, settings):
+def fixation_maps(
+    result: "UnravelResult", height: typing.Any, width: typing.Any, settings: FixationSettings
+) -> tf.Tensor:
     """The heat maps of an `UnravelResult` (tensors or arrays) at image size: float32
     [B, classes, height, width], drawn as `settings` (a `FixationSettings`) says."""
     seeds = tf.shape(result.seeds)

@@ -207,14 +207,14 @@ class SegUnravel:
 
     def __init__(
         self,
-        model,
-        settings=None,
+        model: keras.Model,
+        settings: FixationSettings | None = None,
         *,
-        keep_flow=False,
-        keep_channel_scores=False,
-        class_names=None,
-        **fields,
-    ):
+        keep_flow: bool = False,
+        keep_channel_scores: bool = False,
+        class_names: typing.Sequence[str] | None = None,
+        **fields: typing.Any,
+    ) -> None:
         settings = settings or FixationSettings()
         self.settings = dataclasses.replace(settings, **fields) if fields else settings
         self.num_classes = model.outputs[0].shape[-1]
@@ -246,7 +246,12 @@ class SegUnravel:
     # values, so AutoGraph has nothing to convert: skipping it saves seconds per trace, in our
     # tf.function and in any a caller wraps around this method.
     @tf.autograph.experimental.do_not_convert
-    def trace(self, images, seed_labels=None, classes=None):
+    def trace(
+        self,
+        images: tf.Tensor,
+        seed_labels: tf.Tensor | None = None,
+        classes: tf.Tensor | None = None,
+    ) -> UnravelResult:
         """The graph-mode core: tensors in, an `UnravelResult` of tensors out (works inside
         `tf.function`).
 
@@ -367,7 +372,12 @@ class SegUnravel:
             final.replace(ch=tf.zeros_like(final.ch)), (*_sizes(images, self.num_classes)[:4], 1)
         )
 
-    def __call__(self, images, seed_labels=None, classes=None):
+    def __call__(
+        self,
+        images: typing.Any,
+        seed_labels: typing.Any = None,
+        classes: typing.Iterable[int] | None = None,
+    ) -> UnravelResult:
         """Unravels a batch (see `trace`); returns an `UnravelResult` of numpy arrays."""
         images = tf.convert_to_tensor(images)
         if len(images.shape) != 4 or images.shape[-1] != 3:

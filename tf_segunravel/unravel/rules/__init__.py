@@ -146,7 +146,6 @@ def pass_through(layer, x, output, points, settings):
 
 
 PASS_THROUGH = LayerKind(pass_through, keeps_merged=True)
-ROUTING_MERGE = {"multi_input": True, "keeps_merged": True}
 
 
 def _application_layers():
@@ -161,7 +160,9 @@ def _application_layers():
     try:
         from keras.src.applications.inception_resnet_v2 import CustomScaleLayer
 
-        table.append((CustomScaleLayer, LayerKind(scaled_sum_rule, **ROUTING_MERGE)))
+        table.append(
+            (CustomScaleLayer, LayerKind(scaled_sum_rule, multi_input=True, keeps_merged=True))
+        )
     except ImportError:  # pragma: no cover
         pass
     return table
@@ -189,11 +190,11 @@ LAYER_KINDS = [
     ((L.Resizing, L.UpSampling2D), LayerKind(resize_rule, geometry=resize_map)),
     (L.ZeroPadding2D, LayerKind(zero_padding_rule, geometry=zero_padding_map)),
     (L.Cropping2D, LayerKind(cropping_rule, geometry=cropping_map, keeps_merged=True)),
-    ((L.Add, L.Average, L.Maximum), LayerKind(add_rule, **ROUTING_MERGE)),
-    (L.Minimum, LayerKind(minimum_rule, **ROUTING_MERGE)),
-    (L.Subtract, LayerKind(subtract_rule, **ROUTING_MERGE)),
-    (L.Multiply, LayerKind(multiply_rule, **ROUTING_MERGE)),
-    (L.Concatenate, LayerKind(concatenate_rule, **ROUTING_MERGE)),
+    ((L.Add, L.Average, L.Maximum), LayerKind(add_rule, multi_input=True, keeps_merged=True)),
+    (L.Minimum, LayerKind(minimum_rule, multi_input=True, keeps_merged=True)),
+    (L.Subtract, LayerKind(subtract_rule, multi_input=True, keeps_merged=True)),
+    (L.Multiply, LayerKind(multiply_rule, multi_input=True, keeps_merged=True)),
+    (L.Concatenate, LayerKind(concatenate_rule, multi_input=True, keeps_merged=True)),
     *_application_layers(),
 ]
 
@@ -208,14 +209,14 @@ CONSTANT_OPERAND_OPS = {
     "Add", "Subtract", "Multiply", "Divide", "TrueDivide", "Maximum", "Minimum", "Power",
 }  # fmt: skip
 BINARY_OPS = {
-    "Add": LayerKind(add_rule, **ROUTING_MERGE),
-    "Maximum": LayerKind(add_rule, **ROUTING_MERGE),
-    "Minimum": LayerKind(minimum_rule, **ROUTING_MERGE),
-    "Subtract": LayerKind(subtract_rule, **ROUTING_MERGE),
-    "Multiply": LayerKind(multiply_rule, **ROUTING_MERGE),
+    "Add": LayerKind(add_rule, multi_input=True, keeps_merged=True),
+    "Maximum": LayerKind(add_rule, multi_input=True, keeps_merged=True),
+    "Minimum": LayerKind(minimum_rule, multi_input=True, keeps_merged=True),
+    "Subtract": LayerKind(subtract_rule, multi_input=True, keeps_merged=True),
+    "Multiply": LayerKind(multiply_rule, multi_input=True, keeps_merged=True),
 }
 
-_registered = []
+_registered: list[tuple[tuple[type, ...], LayerKind]] = []
 
 
 class Registration(contextlib.AbstractContextManager):
