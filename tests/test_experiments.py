@@ -148,3 +148,17 @@ def test_location_over_seeds_tool_reports_intervals_and_resumes(tmp_path, shapes
     proc = run_tool("experiments", *args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((out / "location_over_seeds.json").read_text()) == summary
+
+
+def test_every_registered_experiment_is_runnable_and_drawn():
+    from tf_segunravel.experiment_registry import MODEL, MODEL_EXPERIMENTS, REGISTRY
+
+    assert experiments.EXPERIMENTS == MODEL_EXPERIMENTS
+    for name, spec in REGISTRY.items():
+        if spec.reads == MODEL:
+            assert callable(getattr(experiments, spec.run)), name
+            assert callable(getattr(experiments, spec.plot)), name
+        else:
+            assert spec.run is None, name
+    with pytest.raises(ValueError, match="does not analyse one model"):
+        experiments.run_experiment("template_sweep", None)

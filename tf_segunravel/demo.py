@@ -32,6 +32,7 @@ from tf_segunravel.atomic import (
     write_json,
     write_text,
 )
+from tf_segunravel.template_sweep import PAD_SIZE
 from tf_segunravel.training.config import FLAGS_DIR, HISTORY_FILE, flagfile_config
 from tf_segunravel.unravel.settings import RUNNER_UP, FixationSettings
 
@@ -44,7 +45,6 @@ ARMS = {
     "template_cosine": "shapes_finetune_cosine.cfg",
 }
 FINETUNED = ("control", "template_cosine")
-PAD_SIZE = 129
 # Heat maps for 129-pixel images: a 6-pixel blur instead of the default 20.
 FIXATIONS = FixationSettings(sigma=6.0)
 

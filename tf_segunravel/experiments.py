@@ -18,6 +18,7 @@ import dataclasses
 import json
 import os
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -26,13 +27,14 @@ from tf_segunravel.atomic import make_output_dir, save_atomically, write_json, w
 from tf_segunravel.data.labels import class_name
 from tf_segunravel.data.pipeline import MEAN_RGB
 from tf_segunravel.evaluation import evaluate
+from tf_segunravel.experiment_registry import MODEL, MODEL_EXPERIMENTS, REGISTRY
 from tf_segunravel.unravel.geometry import ScoreMap
 from tf_segunravel.unravel.maps import fixation_maps
 from tf_segunravel.unravel.rules import channels_to_reach
 from tf_segunravel.unravel.settings import FixationSettings
 from tf_segunravel.unravel.tracer import SegUnravel
 
-EXPERIMENTS = ("fixation_location", "shift_variants", "k_analysis", "salient_parts")
+EXPERIMENTS = MODEL_EXPERIMENTS  # the experiments that analyse one model (experiment_registry)
 K_FRACTIONS = (0.10, 0.25, 0.50)
 
 
@@ -352,32 +354,103 @@ def _bars(axis, labels, series):
     axis.legend(fontsize=8)
 
 
+def plot_k_analysis(axis, rows):
+    labels = [r["layer"] for r in rows]
+    keys = [k for k in rows[0] if k.startswith("k_") and k.endswith("_share")]
+    _bars(axis, labels, {k: [r[k] for r in rows] for k in keys})
+    axis.set_ylabel("share of input channels")
+
+
+def plot_salient_parts(axis, rows):
+    labels = [r["name"] for r in rows]
+    _bars(axis, labels, {k: [r[k] for r in rows] for k in ("drop_inside", "drop_outside")})
+    axis.set_ylabel("probability drop")
+
+
+def plot_shift_variants(axis, rows):
+    names = list(dict.fromkeys(r["name"] for r in rows))
+    series = {
+        s: [r["inside_truth"] for r in rows if r["shift"] == s] for s in ("none", "partial", "full")
+    }
+    _bars(axis, names, series)
+    axis.set_ylabel("fixations inside truth")
+
+
+def plot_location(axis, rows):
+    labels = [r["name"] for r in rows]
+    _bars(
+        axis,
+        labels,
+        {
+            "fixations inside truth": [r["inside_truth"] for r in rows],
+            "IoU": [r["iou"] for r in rows],
+        },
+    )
+
+
 def _plot(axis, rows, name):
-    if name == "k_analysis":
-        labels = [r["layer"] for r in rows]
-        keys = [k for k in rows[0] if k.startswith("k_") and k.endswith("_share")]
-        _bars(axis, labels, {k: [r[k] for r in rows] for k in keys})
-        axis.set_ylabel("share of input channels")
-    elif name == "salient_parts":
-        labels = [r["name"] for r in rows]
-        _bars(axis, labels, {k: [r[k] for r in rows] for k in ("drop_inside", "drop_outside")})
-        axis.set_ylabel("probability drop")
-    elif name == "shift_variants":
-        names = list(dict.fromkeys(r["name"] for r in rows))
-        series = {
-            s: [r["inside_truth"] for r in rows if r["shift"] == s]
-            for s in ("none", "partial", "full")
-        }
-        _bars(axis, names, series)
-        axis.set_ylabel("fixations inside truth")
-    else:
-        labels = [r["name"] for r in rows]
-        _bars(
-            axis,
-            labels,
-            {
-                "fixations inside truth": [r["inside_truth"] for r in rows],
-                "IoU": [r["iou"] for r in rows],
-            },
-        )
+    spec = REGISTRY.get(name)
+    plot = globals()[spec.plot] if spec and spec.plot else plot_location
+    plot(axis, rows)
     axis.set_title(name)
+
+
+@dataclasses.dataclass
+class AnalysisInputs:
+    """What every one-model experiment reads (`experiment_registry.MODEL`)."""
+
+    network: keras.Model
+    examples: tf.data.Dataset
+    num_classes: int
+    class_names: list
+    class_kinds: list
+    settings: FixationSettings
+    max_images: int = 100
+    pad_size: int = 513
+
+
+def _common(inputs):
+    return dict(
+        class_names=inputs.class_names,
+        class_kinds=inputs.class_kinds,
+        settings=inputs.settings,
+        max_images=inputs.max_images,
+        pad_size=inputs.pad_size,
+    )
+
+
+def run_fixation_location(inputs):
+    rows = fixation_location(inputs.network, inputs.examples, inputs.num_classes, **_common(inputs))
+    return rows, by_kind(rows)
+
+
+def run_shift_variants(inputs):
+    rows = shift_variants(inputs.network, inputs.examples, inputs.num_classes, **_common(inputs))
+    return rows, {}
+
+
+def run_k_analysis(inputs):
+    # A fifth of the images: every layer's channel scores are kept per image.
+    return k_analysis(
+        inputs.network, inputs.examples, max_images=max(1, inputs.max_images // 5)
+    ), {}
+
+
+def run_salient_parts(inputs):
+    rows = salient_parts(
+        inputs.network,
+        inputs.examples,
+        inputs.num_classes,
+        inputs.class_names,
+        settings=inputs.settings,
+        max_images=inputs.max_images,
+    )
+    return rows, {}
+
+
+def run_experiment(name, inputs):
+    """Runs the one-model experiment `name` of the registry: (rows, summary)."""
+    spec = REGISTRY[name]
+    if spec.reads != MODEL:
+        raise ValueError(f"experiment={name} does not analyse one model")
+    return globals()[spec.run](inputs)

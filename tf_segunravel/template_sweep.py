@@ -38,6 +38,8 @@ WEIGHTS = (0.01, 0.05, 0.1, 0.5, 1.0, 5.0)
 BASE_FLAGFILE = "shapes_baseline.cfg"
 FINETUNE_FLAGFILE = "shapes_finetune.cfg"
 SCRATCH_FLAGFILE = "shapes_template_cosine.cfg"
+# segunravel_shapes is evaluated padded to its images' own size (data/shapes.py IMAGE_SIZE),
+# so no pixel is padding; the demo uses the same.
 PAD_SIZE = 129
 
 

@@ -18,13 +18,15 @@ reports each class kind's share with a 95% interval over the models.
 from absl import flags
 
 from tf_segunravel import cli, settings
+from tf_segunravel.experiment_registry import MODEL, MODEL_EXPERIMENTS, MODELS, REGISTRY
 
-UNRAVEL_EXPERIMENTS = ["fixation_location", "shift_variants", "k_analysis", "salient_parts"]
 flags.DEFINE_enum(
     "experiment",
     "fixation_location",
-    [*UNRAVEL_EXPERIMENTS, "all", "template_sweep", "location_over_seeds"],
-    "Which experiment to run.",
+    [*REGISTRY, "all"],
+    "Which experiment to run: "
+    + "; ".join(f"{name}: {e.summary}" for name, e in REGISTRY.items())
+    + "; all: every experiment that analyses one --model.",
 )
 flags.DEFINE_string("model", None, "A training model dir, checkpoint prefix or .keras file.")
 flags.DEFINE_list("models", None, "location_over_seeds: the models, one per training seed.")
@@ -56,12 +58,14 @@ flags.register_validator(
 )
 flags.register_multi_flags_validator(
     ["experiment", "model"],
-    lambda f: f["experiment"] not in [*UNRAVEL_EXPERIMENTS, "all"] or f["model"],
+    lambda f: f["experiment"] not in [*MODEL_EXPERIMENTS, "all"] or f["model"],
     "--model is required by the unravel experiments",
 )
 flags.register_multi_flags_validator(
     ["experiment", "models"],
-    lambda f: f["experiment"] != "location_over_seeds" or bool(f["models"]),
+    lambda f: (
+        f["experiment"] == "all" or REGISTRY[f["experiment"]].reads != MODELS or bool(f["models"])
+    ),
     "--models is required by --experiment=location_over_seeds (one model per seed)",
 )
 # Flags generated from settings classes are declared by tf_segunravel.settings; list them
@@ -117,10 +121,9 @@ def location_over_seeds():
 
 def main(argv):
     del argv  # cli.run rejects positional arguments
-    if FLAGS.experiment == "template_sweep":
-        return template_sweep()
-    if FLAGS.experiment == "location_over_seeds":
-        return location_over_seeds()
+    reads = MODEL if FLAGS.experiment == "all" else REGISTRY[FLAGS.experiment].reads
+    if reads != MODEL:  # one experiment of each of the other kinds
+        return location_over_seeds() if reads == MODELS else template_sweep()
     from tf_segunravel import experiments as ex
     from tf_segunravel.data import load_split
     from tf_segunravel.data.pipeline import dataset_classes
@@ -130,44 +133,19 @@ def main(argv):
     num_classes = network.outputs[0].shape[-1]
     examples = load_split(FLAGS.dataset, FLAGS.split, FLAGS.data_dir, num_classes)
     names, kinds = dataset_classes(FLAGS.dataset, FLAGS.data_dir, num_classes)
-    settings = cli.fixation_settings(names, num_classes)
-    chosen = ex.EXPERIMENTS if FLAGS.experiment == "all" else [FLAGS.experiment]
+    inputs = ex.AnalysisInputs(
+        network,
+        examples,
+        num_classes,
+        names,
+        kinds,
+        cli.fixation_settings(names, num_classes),
+        max_images=FLAGS.max_images,
+        pad_size=FLAGS.pad_size,
+    )
+    chosen = MODEL_EXPERIMENTS if FLAGS.experiment == "all" else [FLAGS.experiment]
     for name in chosen:
-        summary = {}
-        if name == "fixation_location":
-            rows = ex.fixation_location(
-                network,
-                examples,
-                num_classes,
-                names,
-                kinds,
-                settings=settings,
-                max_images=FLAGS.max_images,
-                pad_size=FLAGS.pad_size,
-            )
-            summary = ex.by_kind(rows)
-        elif name == "shift_variants":
-            rows = ex.shift_variants(
-                network,
-                examples,
-                num_classes,
-                names,
-                kinds,
-                settings=settings,
-                max_images=FLAGS.max_images,
-                pad_size=FLAGS.pad_size,
-            )
-        elif name == "k_analysis":
-            rows = ex.k_analysis(network, examples, max_images=max(1, FLAGS.max_images // 5))
-        else:
-            rows = ex.salient_parts(
-                network,
-                examples,
-                num_classes,
-                names,
-                settings=settings,
-                max_images=FLAGS.max_images,
-            )
+        rows, summary = ex.run_experiment(name, inputs)
         ex.write_results(rows, FLAGS.output_dir, name, summary)
         print(f"{name}: wrote {FLAGS.output_dir}/{name}.csv .json .png {summary or ''}")
 
