@@ -87,7 +87,7 @@ CASES = [
     ("fixations", ["--model={root}/missing.keras"], "missing.keras: no such file"),
     ("fixations", ["--masks={root}/nodir"], "--masks={root}/nodir: no such directory"),
     ("fixations", ["--k=0"], "--k must be a positive integer"),
-    ("fixations", ["--contrast=99"], "--contrast=99: contrast='99' is not a class"),
+    ("fixations", ["--contrast=99"], "--contrast=99: --contrast='99' is not a class"),
     ("fixations", ["--output_dir={root}/a_file/out"], "a_file is a file, not a directory"),
     # ------------------------------------------------------------------------- evaluate
     ("evaluate", ["--model={root}/garbage.keras"], "garbage.keras: cannot load the .keras model"),
@@ -109,7 +109,7 @@ CASES = [
     ("export", ["--model={root}/garbage.keras"], "garbage.keras: cannot load the .keras model"),
     ("export", ["--model={root}/lambda.keras"], "lambda.keras: cannot load the .keras model"),
     ("export", ["--export_dir={root}/a_file/sm"], "a_file is a file, not a directory"),
-    ("export", ["--contrast=99"], "--contrast=99: contrast='99' is not a class"),
+    ("export", ["--contrast=99"], "--contrast=99: --contrast='99' is not a class"),
     # -------------------------------------------------------------------- convert_caffe
     (
         "convert_caffe",

@@ -9,6 +9,7 @@ For an image `<stem>` the output dir receives, each written atomically:
   <stem>_flow.gif  with flow on: one frame per layer
 """
 
+import dataclasses
 import glob
 import os
 
@@ -182,6 +183,11 @@ class FixationWriter:
 
     def process(self, image_path, mask_path=None):
         """Writes the files of one image; returns its per-class statistics."""
+        return self.write(self.compute(image_path, mask_path))
+
+    def compute(self, image_path: str, mask_path: str | None = None) -> "ImageFixations":
+        """Everything about one image file, computed and held in memory; nothing written.
+        The same for a Keras model and a SavedModel."""
         image = read_image(image_path, image_path)
         truth = None
         if mask_path is not None:
@@ -206,6 +212,7 @@ class FixationWriter:
             from tf_segunravel.crf import dense_crf
 
             labels = dense_crf(small, probabilities, self.crf_settings)
+        flow = result.flow
         result = rescale_points(result, small.shape[:2], (height, width))
         if labels.shape != (height, width):
             labels = np.asarray(
@@ -213,33 +220,84 @@ class FixationWriter:
             )
         seeds = result.seeds[0]
         points, counts = result.for_image(0)
+        if counts.size and counts.max() > np.iinfo(np.int32).max:
+            raise InputError(f"{image_path}: path counts overflow int32; use a smaller k=")
         classes = np.flatnonzero(seeds).astype(np.int32)
         class_maps = fixation_maps(result, height, width, self.settings).numpy()[0][classes]
+        stats = class_statistics(classes, seeds, points, counts, labels, truth)
+        for key, entry in stats.items():
+            if self.class_names:
+                entry["name"] = class_name(self.class_names, int(key))
+        return ImageFixations(
+            path=image_path,
+            image=image,
+            fed=small,
+            labels=labels.astype(np.int32),
+            classes=classes,
+            points=points.astype(np.int32),
+            counts=counts,
+            maps=class_maps.astype(np.float32),
+            statistics=stats,
+            flow=flow if self.flow else None,
+        )
 
-        stem = os.path.splitext(os.path.basename(image_path))[0]
+    def write(self, fixations: "ImageFixations") -> dict:
+        """Writes one image's files (`<stem>.npz`, `.png`, `.json`, `_flow.gif` with flow),
+        each atomically; returns the JSON summary."""
+        stem = os.path.splitext(os.path.basename(fixations.path))[0]
         base = os.path.join(self.output_dir, stem)
         if not self._output_made:
             make_output_dir(self.output_dir)
             self._output_made = True
-        stats = class_statistics(classes, seeds, points, counts, labels, truth)
-        if counts.size and counts.max() > np.iinfo(np.int32).max:
-            raise InputError(f"{image_path}: path counts overflow int32; use a smaller k=")
         arrays = {
-            "points": points.astype(np.int32),
-            "counts": counts.astype(np.int32),
-            "labels": labels.astype(np.int32),
-            "classes": classes,
-            "maps": class_maps.astype(np.float32),
+            "points": fixations.points,
+            "counts": fixations.counts.astype(np.int32),
+            "labels": fixations.labels,
+            "classes": fixations.classes,
+            "maps": fixations.maps,
         }
         save_atomically(base + ".npz", lambda p: np.savez_compressed(p, **arrays))
         overlay_figure(
-            image, labels, classes, class_maps, points, counts, self.class_names, base + ".png"
+            fixations.image,
+            fixations.labels,
+            fixations.classes,
+            fixations.maps,
+            fixations.points,
+            fixations.counts,
+            self.class_names,
+            base + ".png",
         )
-        if self.flow:
-            flow_gif(small, result.flow, base + "_flow.gif")
-        summary = {"image": image_path, "height": height, "width": width, "classes": stats}
-        if self.class_names:
-            for key, entry in stats.items():
-                entry["name"] = class_name(self.class_names, int(key))
+        if fixations.flow is not None:
+            flow_gif(fixations.fed, fixations.flow, base + "_flow.gif")
+        height, width = fixations.labels.shape
+        summary = {
+            "image": fixations.path,
+            "height": height,
+            "width": width,
+            "classes": fixations.statistics,
+        }
         write_json(base + ".json", summary)
         return summary
+
+
+@dataclasses.dataclass
+class ImageFixations:
+    """One image's fixations, computed by `FixationWriter.compute` (nothing written yet).
+
+    path: the image file; image: its RGB pixels [H, W, 3] uint8; fed: the pixels the model
+    saw (resized by `max_side`); labels int32 [H, W] (after the CRF when on); classes int32
+    [C] the classes with seeds; points int32 [N, 3] (class, y, x) and counts int64 [N] in
+    the image's own pixels; maps float32 [C, H, W], the heat maps of `classes`; statistics
+    the per-class numbers the JSON holds; flow the flow steps (with flow=True).
+    """
+
+    path: str
+    image: np.ndarray
+    fed: np.ndarray
+    labels: np.ndarray
+    classes: np.ndarray
+    points: np.ndarray
+    counts: np.ndarray
+    maps: np.ndarray
+    statistics: dict
+    flow: tuple | None = None
