@@ -180,7 +180,7 @@ def test_contrast_by_name_matches_the_engine(tmp_path, tiny_model):
     assert 1 not in data["classes"]  # road's own seeds have no margin over road
     for contrast, message in [
         ("plane", "--contrast=plane: --contrast='plane' is neither 'runner_up', a class id"),
-        ("5", "--contrast=5: contrast='5' is not a class of this 3-class model"),
+        ("5", "--contrast=5: --contrast='5' is not a class of this 3-class model"),
     ]:
         proc = run_tool(
             "fixations", *common, f"--output_dir={tmp_path / contrast}", f"--contrast={contrast}"
