@@ -7,18 +7,25 @@ import sys
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_tool(tool, *args, timeout=600, env=None):
-    """Runs `python tools/<tool>.py args...` from the repository root; returns the process."""
+def run_command(command, cwd=REPO_ROOT, timeout=600, env=None):
+    """Runs `command` (any paths or strings) in `cwd` with quiet TensorFlow logs and a
+    timeout, so that a hang fails the test; returns the process."""
     full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
     return subprocess.run(
-        [sys.executable, os.path.join(REPO_ROOT, "tools", f"{tool}.py"), *map(str, args)],
+        [str(part) for part in command],
         capture_output=True,
         text=True,
         timeout=timeout,
-        cwd=REPO_ROOT,
+        cwd=cwd,
         env=full_env,
         check=False,
     )
+
+
+def run_tool(tool, *args, timeout=600, env=None):
+    """Runs `python tools/<tool>.py args...` from the repository root; returns the process."""
+    script = os.path.join(REPO_ROOT, "tools", f"{tool}.py")
+    return run_command([sys.executable, script, *args], timeout=timeout, env=env)
 
 
 def last_line(text):

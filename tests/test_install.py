@@ -1,32 +1,21 @@
 """A non-editable install in a fresh venv runs the tools from outside any checkout."""
 
 import json
-import os
 import shutil
-import subprocess
 import sys
 
 import pytest
 
-from tests.helpers import REPO_ROOT
+from tests.helpers import REPO_ROOT, run_command
 
 IGNORED = shutil.ignore_patterns(
     ".git", "runs", "build", "dist", "*.egg-info", "__pycache__", ".ruff_cache", ".pytest_cache"
 )
 
 
-def _run(command, cwd, timeout=600):
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    env.pop("PYTHONPATH", None)
-    result = subprocess.run(
-        [str(c) for c in command],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+def _run(command, cwd):
+    # Without PYTHONPATH, so that only the venv's install can be imported.
+    result = run_command(command, cwd, env={"PYTHONPATH": ""})
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
@@ -81,13 +70,8 @@ def test_non_editable_install_runs_the_tools_outside_the_checkout(tmp_path, shap
     assert "data" in demo.stdout
     assert not (work / "demo" / "models").exists()
 
-    bad = subprocess.run(
-        [bin_dir / "segunravel-train", "--flagfile=flags/none.cfg", "--model_dir=m"],
-        cwd=work,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+    bad = run_command(
+        [bin_dir / "segunravel-train", "--flagfile=flags/none.cfg", "--model_dir=m"], work
     )
     assert bad.returncode == 1
     assert (

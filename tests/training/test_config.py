@@ -169,3 +169,16 @@ def test_generated_flags_are_listed_in_the_tools_short_help(tool, flag):
 
     proc = run_tool(tool, "--helpshort", timeout=120)
     assert f"  {flag}:" in proc.stdout + proc.stderr
+
+
+def test_shipped_flagfiles_are_found_from_any_directory(tmp_path, monkeypatch):
+    from tf_segunravel import flagfiles
+
+    monkeypatch.chdir(tmp_path)  # no flags/ here: the shipped copies are read
+    lines = flagfiles.read("flags/shapes_demo.cfg")
+    assert "--width=0.125" in lines and lines[-1] == "--steps=1000"  # nested file expanded
+    (tmp_path / "loop.cfg").write_text("--flagfile=loop.cfg\n")
+    with pytest.raises(InputError, match="nested more than"):
+        flagfiles.read("loop.cfg")
+    with pytest.raises(InputError, match=r"^--flagfile=flags/none.cfg: no such flagfile$"):
+        flagfiles.expand(["--steps=2", "--flagfile", "flags/none.cfg"])

@@ -225,8 +225,8 @@ class FixationWriter:
         classes = np.flatnonzero(seeds).astype(np.int32)
         class_maps = fixation_maps(result, height, width, self.settings).numpy()[0][classes]
         stats = class_statistics(classes, seeds, points, counts, labels, truth)
-        for key, entry in stats.items():
-            if self.class_names:
+        if self.class_names:
+            for key, entry in stats.items():
                 entry["name"] = class_name(self.class_names, int(key))
         return ImageFixations(
             path=image_path,

@@ -228,8 +228,7 @@ class Registration(contextlib.AbstractContextManager):
 
     def remove(self):
         """Undoes the registration (a no-op when already undone)."""
-        if any(entry is self._entry for entry in _registered):
-            _registered[:] = [entry for entry in _registered if entry is not self._entry]
+        _registered[:] = [entry for entry in _registered if entry is not self._entry]
 
     def __exit__(self, *exc_info):
         self.remove()
