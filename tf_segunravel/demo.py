@@ -1,6 +1,7 @@
 """The main job: everything this package does, end to end on `segunravel_shapes`.
 
-Stages, each skipped when its output already exists (so a re-run reuses finished work):
+Stages (`STAGES`), each made of units that are done when their record exists and was made
+from the same inputs (`tf_segunravel.stages`), so a re-run reuses finished work:
   data         prepare segunravel_shapes into <out>/tfds
   train        per seed: the cross-entropy baseline from scratch, then fc6..fc8 fine-tuned
                from it in a pair of arms, cross-entropy only (the control) and with the
@@ -17,14 +18,16 @@ same kind of machine writes the same summary.json, bit for bit.
 
 import csv
 import dataclasses
+import functools
 import json
 import os
+import shutil
 import time
 
 import numpy as np
 from PIL import Image
 
-from tf_segunravel import stats
+from tf_segunravel import stages, stats
 from tf_segunravel.atomic import (
     check_output_dir,
     make_output_dir,
@@ -32,6 +35,7 @@ from tf_segunravel.atomic import (
     write_json,
     write_text,
 )
+from tf_segunravel.errors import InputError
 from tf_segunravel.template_sweep import PAD_SIZE
 from tf_segunravel.training.config import FLAGS_DIR, HISTORY_FILE, flagfile_config
 from tf_segunravel.unravel.settings import RUNNER_UP, FixationSettings
@@ -63,6 +67,182 @@ def _read_json(path):
         return json.load(f)
 
 
+@dataclasses.dataclass
+class _Job:
+    """What the stages share: the settings, and what earlier stages hand on."""
+
+    output_dir: str
+    data_dir: str
+    seeds: tuple
+    configs: dict  # (arm, seed) -> TrainConfig
+    val_images: int | None
+    fixation_images: int
+    experiment_images: int
+    val: object = None  # the val split, once the data stage has run
+    names: list = dataclasses.field(default_factory=list)  # its class names, likewise
+    kinds: list = dataclasses.field(default_factory=list)
+    results: dict = dataclasses.field(default_factory=dict)  # (arm, seed) -> val.json
+    summary: dict | None = None
+
+    def model_dir(self, arm, seed):
+        return self.configs[(arm, seed)].model_dir
+
+    def record(self, stage):
+        """Where a whole-stage unit keeps its record (see `tf_segunravel.stages`)."""
+        return os.path.join(self.output_dir, "stages", f"{stage}.json")
+
+
+def _data(job):
+    # TFDS keeps its own notion of "prepared": download_and_prepare returns at once then.
+    import tensorflow_datasets as tfds
+
+    import tf_segunravel.data  # noqa: F401  (registers the builders)
+    from tf_segunravel.data import load_split, shapes
+
+    _banner("data", f"segunravel_shapes in {job.data_dir}")
+    tfds.builder("segunravel_shapes", data_dir=job.data_dir).download_and_prepare()
+    job.val = load_split("segunravel_shapes", "val", job.data_dir)
+    job.names, job.kinds = list(shapes.CLASS_NAMES), list(shapes.CLASS_KINDS)
+
+
+def _train(job):
+    for (arm, seed), config in job.configs.items():
+        record = stages.train_arm(config, lambda m: _banner("train", m), f"{arm}, seed {seed}")
+        if "diverged" in record:
+            raise RuntimeError(f"{config.model_dir}: training diverged ({record['diverged']})")
+
+
+def _evaluate(job):
+    from tf_segunravel.evaluation import evaluate, format_table
+    from tf_segunravel.training import load_network
+
+    scored = job.val.take(job.val_images) if job.val_images else job.val
+    images = int(scored.cardinality())
+    for arm, seed in job.configs:
+
+        def score(model_dir):
+            return evaluate(load_network(model_dir), scored, 6, PAD_SIZE, job.names)
+
+        record, reused = stages.evaluate_arm(
+            job.model_dir(arm, seed),
+            images,
+            score,
+            lambda m: _banner("evaluate", m),
+            f"{arm}, seed {seed}",
+        )
+        if not reused:
+            print("\n".join(format_table(record)))
+        job.results[(arm, seed)] = record
+
+
+def _baseline_dir(job):
+    return job.model_dir("baseline", job.seeds[0])
+
+
+def _export(job):
+    from tf_segunravel.export import export_saved_model
+    from tf_segunravel.training import load_network
+
+    export_dir = os.path.join(job.output_dir, "saved_model")
+
+    def make():
+        _banner("export", export_dir)
+        network = load_network(_baseline_dir(job))
+        export_saved_model(network, export_dir, FIXATIONS, overwrite=True)
+        return {}
+
+    stages.once(job.record("export"), {"model": _baseline_dir(job)}, make)
+
+
+def _write_fixations(job, fixation_dir, contrast):
+    from tf_segunravel.training import load_network
+    from tf_segunravel.unravel.files import FixationWriter
+
+    _banner("fixations", f"{job.fixation_images} val images -> {fixation_dir}")
+    shutil.rmtree(fixation_dir, ignore_errors=True)  # no files left from other inputs
+    image_dir = os.path.join(job.output_dir, "val_images")
+    mask_dir = os.path.join(job.output_dir, "val_masks")
+    os.makedirs(image_dir, exist_ok=True)
+    os.makedirs(mask_dir, exist_ok=True)
+    writer = FixationWriter(
+        load_network(_baseline_dir(job)),
+        fixation_dir,
+        dataclasses.replace(FIXATIONS, contrast=contrast),
+        class_names=job.names,
+        flow=contrast is None,
+    )
+    for example in job.val.take(job.fixation_images).as_numpy_iterator():
+        stem = example["filename"].decode()
+        image_path = os.path.join(image_dir, stem + ".png")
+        mask_path = os.path.join(mask_dir, stem + ".png")
+        Image.fromarray(example["image"]).save(image_path)
+        Image.fromarray(example["segmentation"][..., 0], mode="L").save(mask_path)
+        writer.process(image_path, mask_path)
+    return {}
+
+
+def _fixations(job):
+    for folder, contrast in (("fixations", None), ("fixations_contrastive", RUNNER_UP)):
+        make = functools.partial(
+            _write_fixations, job, os.path.join(job.output_dir, folder), contrast
+        )
+        stages.once(job.record(folder), {"images": job.fixation_images}, make)
+
+
+def _experiments(job):
+    from tf_segunravel import experiments
+    from tf_segunravel.training import load_network
+
+    experiment_dir = os.path.join(job.output_dir, "experiments")
+
+    def make():
+        seeds = list(job.seeds)
+        _banner("experiments", f"fixation location, plain and contrastive, seeds {seeds}")
+        experiments.location_over_seeds(
+            [load_network(job.model_dir("baseline", seed)) for seed in seeds],
+            [f"baseline_seed{seed}" for seed in seeds],
+            job.val,
+            6,
+            job.names,
+            job.kinds,
+            settings=FIXATIONS,
+            max_images=job.experiment_images,
+            pad_size=PAD_SIZE,
+            output_dir=experiment_dir,
+        )
+        return {}
+
+    inputs = {"images": job.experiment_images, "seeds": list(job.seeds)}
+    stages.once(job.record("experiments"), inputs, make)
+
+
+def _report(job):
+    _banner("report", os.path.join(job.output_dir, "summary.md"))
+    location = _read_json(os.path.join(job.output_dir, "experiments", "location_over_seeds.json"))
+    runs = {key: config.model_dir for key, config in job.configs.items()}
+    summary = _summarise(job.results, location, job.seeds, job.names)
+    _plot_curves(runs, os.path.join(job.output_dir, "training_curves.png"))
+    _plot_iou(job.results, job.seeds, job.names, os.path.join(job.output_dir, "per_class_iou.png"))
+    write_json(os.path.join(job.output_dir, "summary.json"), summary)
+    write_text(os.path.join(job.output_dir, "summary.md"), _markdown(summary, job.names))
+    print(_markdown(summary, job.names))
+    job.summary = summary
+
+
+# The stages in order. Each is a list of `tf_segunravel.stages` units (done when their record
+# exists and was made from the same inputs), so re-running the demo redoes only what is
+# missing or was made from other settings; the report is cheap and always written.
+STAGES = {
+    "data": _data,
+    "train": _train,
+    "evaluate": _evaluate,
+    "export": _export,
+    "fixations": _fixations,
+    "experiments": _experiments,
+    "report": _report,
+}
+
+
 def run(
     output_dir,
     seeds=(0,),
@@ -78,19 +258,20 @@ def run(
 ):
     """Runs (or resumes) every stage; returns the summary dict also written to summary.json.
 
-    `stop_after` names a stage ("data", "train", "evaluate", "export", "fixations",
-    "experiments") after which the run stops, returning None."""
+    `stop_after` names a stage (a key of `STAGES`) after which the run stops, returning
+    None."""
+    if stop_after is not None and stop_after not in STAGES:
+        raise InputError(f"stop_after: unknown stage {stop_after!r}; choose from {list(STAGES)}")
     data_dir = data_dir or os.path.join(output_dir, "tfds")
     # Every arm's settings are checked before anything is written.
-    runs, configs = {}, {}
+    configs = {}
     for seed in seeds:
         for arm in ARMS:
             model_dir = os.path.join(output_dir, "models", f"{arm}_seed{seed}")
-            runs[(arm, seed)] = model_dir
             overrides = {"seed": seed, "model_dir": model_dir, "data_dir": data_dir}
             overrides.update(verbose=verbose, deterministic=True)
             if arm in FINETUNED:
-                overrides["init_path"] = runs[("baseline", seed)]
+                overrides["init_path"] = configs[("baseline", seed)].model_dir
                 if finetune_steps:
                     overrides["steps"] = finetune_steps
             elif steps:
@@ -101,127 +282,20 @@ def run(
     if data_dir != os.path.join(output_dir, "tfds"):  # the default is make_output_dir's
         check_output_dir(data_dir, "data_dir")
     make_output_dir(output_dir)
-    # TensorFlow loads only now: a bad setting above is reported in a fraction of a second.
-    import tensorflow_datasets as tfds
-
-    import tf_segunravel.data  # noqa: F401  (registers the builders)
-    from tf_segunravel import experiments
-    from tf_segunravel.data import load_split, shapes
-    from tf_segunravel.evaluation import evaluate, format_table
-    from tf_segunravel.export import export_saved_model
-    from tf_segunravel.training import load_network, train
-    from tf_segunravel.unravel.files import FixationWriter
-
-    names, kinds = list(shapes.CLASS_NAMES), list(shapes.CLASS_KINDS)
-    # ----------------------------------------------------------------------------- data
-    _banner("data", f"segunravel_shapes in {data_dir}")
-    tfds.builder("segunravel_shapes", data_dir=data_dir).download_and_prepare()
-    val = load_split("segunravel_shapes", "val", data_dir)
-
-    if stop_after == "data":
-        return None
-
-    # ---------------------------------------------------------------------------- train
-    for (arm, seed), config in configs.items():
-        model_dir = config.model_dir
-        if os.path.exists(os.path.join(model_dir, "model.keras")):
-            _banner("train", f"{arm}, seed {seed}: done before, reused")
-            continue
-        _banner("train", f"{arm}, seed {seed}: {config.steps} steps -> {model_dir}")
-        train(config)
-
-    if stop_after == "train":
-        return None
-
-    # ------------------------------------------------------------------------- evaluate
-    results = {}
-    scored = val.take(val_images) if val_images else val
-    wanted = int(scored.cardinality())
-    for (arm, seed), model_dir in runs.items():
-        path = os.path.join(model_dir, "val.json")
-        scores = _read_json(path) if os.path.exists(path) else None
-        # A score over another number of images (an earlier --val_images) is not reused.
-        if scores is None or scores["images"] != wanted:
-            _banner("evaluate", f"{arm}, seed {seed}")
-            scores = evaluate(load_network(model_dir), scored, 6, PAD_SIZE, names)
-            write_json(path, scores)
-            print("\n".join(format_table(scores)))
-            scores = _read_json(path)  # as a re-run reads it: summary.json must not differ
-        results[(arm, seed)] = scores
-
-    if stop_after == "evaluate":
-        return None
-
-    # --------------------------------------------------------------------------- export
-    baseline_dir = runs[("baseline", seeds[0])]
-    export_dir = os.path.join(output_dir, "saved_model")
-    if not os.path.exists(export_dir):
-        _banner("export", export_dir)
-        export_saved_model(load_network(baseline_dir), export_dir, FIXATIONS)
-
-    if stop_after == "export":
-        return None
-
-    # ------------------------------------------------------------------------ fixations
-    image_dir = os.path.join(output_dir, "val_images")
-    mask_dir = os.path.join(output_dir, "val_masks")
-    for folder, contrast in (("fixations", None), ("fixations_contrastive", RUNNER_UP)):
-        fixation_dir = os.path.join(output_dir, folder)
-        done_marker = os.path.join(fixation_dir, "done.json")
-        if os.path.exists(done_marker):
-            continue
-        _banner("fixations", f"{fixation_images} val images -> {fixation_dir}")
-        os.makedirs(image_dir, exist_ok=True)
-        os.makedirs(mask_dir, exist_ok=True)
-        writer = FixationWriter(
-            load_network(baseline_dir),
-            fixation_dir,
-            dataclasses.replace(FIXATIONS, contrast=contrast),
-            class_names=names,
-            flow=contrast is None,
-        )
-        for example in val.take(fixation_images).as_numpy_iterator():
-            stem = example["filename"].decode()
-            Image.fromarray(example["image"]).save(os.path.join(image_dir, stem + ".png"))
-            mask_path = os.path.join(mask_dir, stem + ".png")
-            Image.fromarray(example["segmentation"][..., 0], mode="L").save(mask_path)
-            writer.process(os.path.join(image_dir, stem + ".png"), mask_path)
-        write_json(done_marker, {"images": fixation_images})
-
-    if stop_after == "fixations":
-        return None
-
-    # ---------------------------------------------------------------------- experiments
-    experiment_dir = os.path.join(output_dir, "experiments")
-    location_path = os.path.join(experiment_dir, "location_over_seeds.json")
-    if not os.path.exists(location_path):
-        _banner("experiments", f"fixation location, plain and contrastive, seeds {list(seeds)}")
-        experiments.location_over_seeds(
-            [load_network(runs[("baseline", seed)]) for seed in seeds],
-            [f"baseline_seed{seed}" for seed in seeds],
-            val,
-            6,
-            names,
-            kinds,
-            settings=FIXATIONS,
-            max_images=experiment_images,
-            pad_size=PAD_SIZE,
-            output_dir=experiment_dir,
-        )
-    location = _read_json(location_path)
-
-    if stop_after == "experiments":
-        return None
-
-    # --------------------------------------------------------------------------- report
-    _banner("report", os.path.join(output_dir, "summary.md"))
-    summary = _summarise(results, location, seeds, names)
-    _plot_curves(runs, os.path.join(output_dir, "training_curves.png"))
-    _plot_iou(results, seeds, names, os.path.join(output_dir, "per_class_iou.png"))
-    write_json(os.path.join(output_dir, "summary.json"), summary)
-    write_text(os.path.join(output_dir, "summary.md"), _markdown(summary, names))
-    print(_markdown(summary, names))
-    return summary
+    job = _Job(
+        output_dir,
+        data_dir,
+        tuple(seeds),
+        configs,
+        val_images,
+        fixation_images,
+        experiment_images,
+    )
+    for name, stage in STAGES.items():
+        stage(job)
+        if name == stop_after:
+            return None
+    return job.summary
 
 
 def _mean_iou_over_seeds(results, arm, name, seeds):

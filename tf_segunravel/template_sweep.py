@@ -10,8 +10,9 @@ the sweep reports its mean over seeds with a 95% t interval (`tf_segunravel.stat
 With `scratch=True` it also trains the comparison the demo used to make, the template loss
 from scratch (`flags/shapes_template_cosine.cfg`) against the baseline of the same seed.
 
-Layout of `output_dir` (each stage is skipped when its `val.json` exists, and training
-resumes from its checkpoints, so an interrupted sweep continues where it stopped):
+Layout of `output_dir` (each arm's training and scoring are `tf_segunravel.stages` units:
+skipped when done, training resumed from its checkpoints, so an interrupted sweep continues
+where it stopped):
   tfds/                      the prepared dataset (unless `data_dir` is given)
   seed<S>/base/              the baseline; seed<S>/control/, seed<S>/<variant>_w<weight>/
   seed<S>/scratch_cosine/    with scratch
@@ -19,11 +20,10 @@ resumes from its checkpoints, so an interrupted sweep continues where it stopped
 """
 
 import dataclasses
-import json
 import os
 import time
 
-from tf_segunravel import stats
+from tf_segunravel import stages, stats
 from tf_segunravel.atomic import make_output_dir, write_json, write_text
 from tf_segunravel.errors import InputError
 from tf_segunravel.training.config import FLAGS_DIR, flagfile_config
@@ -47,26 +47,12 @@ def arm_name(variant, weight):
     return f"{variant}_w{weight:g}"
 
 
-def _train_and_evaluate(config, evaluate_model, log):
-    """Trains `config` (resuming) and evaluates it; returns its val.json dict."""
-    from tf_segunravel.training import train
-    from tf_segunravel.training.loop import TrainingDiverged
-
-    path = os.path.join(config.model_dir, "val.json")
-    if os.path.exists(path):
-        with open(path) as f:
-            return json.load(f)
-    log(f"{config.model_dir}: {config.steps} steps")
-    start = time.perf_counter()
-    try:
-        train(config)
-    except TrainingDiverged as e:  # a result too: the arm's loss blew up
-        record = {"mean_iou": None, "diverged": str(e), "train_seconds": None}
-        write_json(path, record)
-        return record
-    seconds = time.perf_counter() - start
-    record = {**evaluate_model(config.model_dir), "train_seconds": seconds}
-    write_json(path, record)
+def _train_and_evaluate(config, images, score, log):
+    """Trains `config` unless done, then scores it unless done; returns its val.json record."""
+    trained = stages.train_arm(config, log)
+    if "diverged" in trained:
+        return {"mean_iou": None, "diverged": trained["diverged"]}
+    record, _ = stages.evaluate_arm(config.model_dir, images, score, log=lambda message: None)
     return record
 
 
@@ -111,7 +97,9 @@ def run(
     if val_images:
         val = val.take(val_images)
 
-    def evaluate_model(model_dir):
+    images = int(val.cardinality())
+
+    def score(model_dir):
         scores = evaluate(load_network(model_dir), val, len(CLASS_NAMES), PAD_SIZE, CLASS_NAMES)
         return {k: scores[k] for k in ("mean_iou", "per_class_iou", "pixel_accuracy", "images")}
 
@@ -129,7 +117,7 @@ def run(
             model_dir=base_dir,
             **(base_overrides or {}),
         )
-        results[(seed, "base")] = _train_and_evaluate(base, evaluate_model, log)
+        results[(seed, "base")] = _train_and_evaluate(base, images, score, log)
         finetune = flagfile_config(
             FINETUNE_FLAGFILE,
             flags_dir,
@@ -139,7 +127,7 @@ def run(
             model_dir=os.path.join(seed_dir, "control"),
             **(finetune_overrides or {}),
         )
-        results[(seed, "control")] = _train_and_evaluate(finetune, evaluate_model, log)
+        results[(seed, "control")] = _train_and_evaluate(finetune, images, score, log)
         for variant in variants:
             for weight in weights:
                 name = arm_name(variant, weight)
@@ -149,7 +137,7 @@ def run(
                     template_weight=float(weight),
                     **VARIANTS[variant],
                 )
-                results[(seed, name)] = _train_and_evaluate(config, evaluate_model, log)
+                results[(seed, name)] = _train_and_evaluate(config, images, score, log)
         if scratch:
             config = flagfile_config(
                 SCRATCH_FLAGFILE,
@@ -159,7 +147,7 @@ def run(
                 model_dir=os.path.join(seed_dir, "scratch_cosine"),
                 **(base_overrides or {}),
             )
-            results[(seed, "scratch_cosine")] = _train_and_evaluate(config, evaluate_model, log)
+            results[(seed, "scratch_cosine")] = _train_and_evaluate(config, images, score, log)
 
     summary = summarise(results, seeds, arms, scratch)
     summary["wall_seconds"] = time.perf_counter() - started

@@ -12,7 +12,7 @@ a second run in a fresh directory writes the same summary.json. About 6.5 minute
 
 from absl import flags
 
-from tf_segunravel import cli
+from tf_segunravel import cli, demo
 
 flags.DEFINE_string("output_dir", "runs/demo", "Directory that receives every artefact.")
 flags.DEFINE_list("seeds", ["0"], "Training seeds; each trains both arms.")
@@ -32,7 +32,7 @@ flags.DEFINE_integer("experiment_images", 100, "Validation images for fixation l
 flags.DEFINE_enum(
     "stop_after",
     None,
-    ["data", "train", "evaluate", "export", "fixations", "experiments"],
+    list(demo.STAGES)[:-1],
     "Stop after this stage (default: run every stage and write the report).",
 )
 flags.DEFINE_integer("verbose", 2, "Keras fit verbosity (1: progress bar, 2: a line per interval).")
@@ -48,8 +48,6 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     del argv  # cli.run rejects positional arguments
-    from tf_segunravel import demo
-
     demo.run(
         FLAGS.output_dir,
         seeds=tuple(int(s) for s in FLAGS.seeds),

@@ -77,6 +77,7 @@ def test_writes_every_output(tmp_path, tiny_model):
         mine = points[:, 0] == cls
         want = np.mean(truth[points[mine, 1], points[mine, 2]] == cls)
         assert entry["inside_truth"] == pytest.approx(want)
+        assert 0 <= entry["outliers_dropped"] < entry["fixation_points"] == mine.sum()
     grey = json.loads((out / "grey.json").read_text())["classes"]
     assert grey and all("inside_truth" not in entry for entry in grey.values())
 

@@ -40,15 +40,26 @@ def test_gaussian_blur_preserves_mass_inside_and_is_symmetric():
     assert np.asarray(gaussian_blur(spike, 0))[0, 20, 20] == 1
 
 
-def inlier_reference(points, height, width, radius, min_share=0.05, rows=None):
-    """Straight from the rule: per point (of `rows`), the share of its (image, class) group
-    inside the square window of half-side floor(radius * diagonal)."""
+def inlier_reference(points, height, width, radius, min_share=0.05, rows=None, original=False):
+    """Straight from the rule: per point (of `rows`), the count of its (image, class) group
+    inside the square window of half-side floor(radius * diagonal), against min(5% of the
+    group, half the group's densest window); `original`: against 5% of the group alone
+    (CNN-Fixations' rule)."""
     reach = int(np.floor(np.float32(radius) * np.sqrt(np.float32(height**2 + width**2))))
+
+    def near(group, y, x):
+        return ((np.abs(group[:, 2] - y) <= reach) & (np.abs(group[:, 3] - x) <= reach)).sum()
+
+    densest = {}
     keep = []
     for b, c, y, x in points if rows is None else points[rows]:
         group = points[(points[:, 0] == b) & (points[:, 1] == c)]
-        near = (np.abs(group[:, 2] - y) <= reach) & (np.abs(group[:, 3] - x) <= reach)
-        keep.append(near.sum() > min_share * len(group))
+        threshold = min_share * len(group)
+        if not original:
+            if (b, c) not in densest:
+                densest[b, c] = max(near(group, gy, gx) for _, _, gy, gx in group)
+            threshold = min(threshold, 0.5 * densest[b, c])
+        keep.append(near(group, y, x) > threshold)
     return np.array(keep)
 
 
@@ -67,6 +78,47 @@ def test_inlier_mask_matches_the_rule_point_for_point():
     got = inlier_mask(points, 64, 64, 0.03).numpy()
     np.testing.assert_array_equal(got, inlier_reference(points, 64, 64, 0.03))
     assert 0 < (~got).sum() < len(got)  # the case has both inliers and outliers
+    # Each group's densest window holds at least 10% of it: the original rule, exactly.
+    np.testing.assert_array_equal(got, inlier_reference(points, 64, 64, 0.03, original=True))
+
+
+def test_a_widely_spread_class_keeps_its_densest_parts():
+    """A stride-1 network's large segment: 4,900 points over a 70 x 70 square of a 256 px
+    image, windows of 15 x 15 (radius 0.02: half-side 7). No window can hold 5% of the class
+    (246 points), so the original rule drops every point and the heat map is blank."""
+    ys, xs = np.mgrid[90:160, 90:160]
+    spread = np.stack([np.zeros(ys.size), np.ones(ys.size), ys.ravel(), xs.ravel()], 1)
+    dense_corner = np.array([(0, 1, 95 + i % 3, 95 + i // 3) for i in range(15)])  # extra
+    points = np.concatenate([spread, dense_corner]).astype(np.int32)
+    original = inlier_reference(
+        points, 256, 256, 0.02, original=True, rows=np.arange(0, len(points), 7)
+    )
+    assert not original.any()
+    keep = inlier_mask(points, 256, 256, 0.02).numpy()
+    assert 0 < keep.sum() < len(points)
+    assert keep[-15:].all()  # the densest part stays
+    # Inside the square every window holds 225 points or more: kept; at the square's corners
+    # a window holds 64, below half the densest (240): dropped.
+    index = {tuple(p[2:]): i for i, p in enumerate(points[:4900])}
+    assert keep[index[(125, 125)]] and not keep[index[(159, 159)]]
+    maps = heatmaps(points, np.ones(len(points)), batch=1, num_classes=2, height=256, width=256)
+    assert maps.numpy()[0, 1].max() == pytest.approx(1.0)
+
+
+def test_a_class_with_points_never_gets_a_blank_map():
+    rng = np.random.default_rng(5)
+    for trial in range(20):
+        n = int(rng.integers(1, 3000))
+        points = np.stack(
+            [np.zeros(n), rng.integers(0, 3, n), rng.integers(0, 96, n), rng.integers(0, 96, n)],
+            1,
+        ).astype(np.int32)
+        keep = inlier_mask(points, 96, 96, 0.02).numpy()
+        for cls in np.unique(points[:, 1]):
+            assert keep[points[:, 1] == cls].any(), (trial, cls)
+        sample = rng.choice(n, min(n, 40), replace=False)
+        reference = inlier_reference(points, 96, 96, 0.02, rows=sample)
+        np.testing.assert_array_equal(keep[sample], reference)
 
 
 @pytest.mark.slow

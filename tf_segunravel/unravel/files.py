@@ -4,8 +4,9 @@ For an image `<stem>` the output dir receives, each written atomically:
   <stem>.npz   points int32 [N, 3] (class, y, x) sorted, counts int32 [N], labels int32
                [H, W] (prediction at image size), classes int32 [C], maps float32 [C, H, W]
   <stem>.png   the overlay figure
-  <stem>.json  per class: seeds, fixation points, shares inside the predicted (and, with a
-               mask, the ground-truth) segment, plain and count-weighted
+  <stem>.json  per class: seeds, fixation points, how many the heat map's outlier removal
+               dropped, shares inside the predicted (and, with a mask, the ground-truth)
+               segment, plain and count-weighted
   <stem>_flow.gif  with flow on: one frame per layer
 """
 
@@ -21,7 +22,7 @@ from tf_segunravel.atomic import check_output_dir, make_output_dir, save_atomica
 from tf_segunravel.data.labels import class_name, read_image, read_label_png
 from tf_segunravel.errors import InputError
 from tf_segunravel.grids import first_argmax, scores_at_size
-from tf_segunravel.unravel.maps import fixation_maps
+from tf_segunravel.unravel.maps import fixation_maps, inlier_mask
 from tf_segunravel.unravel.settings import FixationSettings
 from tf_segunravel.unravel.tracer import MAX_COUNT, SegUnravel, UnravelResult
 from tf_segunravel.viz import flow_gif, overlay_figure
@@ -53,8 +54,9 @@ def _share(inside, weights):
     return float(weights[inside].sum() / weights.sum()) if weights.sum() else 0.0
 
 
-def class_statistics(classes, seeds, points, counts, labels, truth=None):
-    """Per class: seeds, fixation points, and shares of fixations inside its segments."""
+def class_statistics(classes, seeds, points, counts, labels, truth=None, inliers=None):
+    """Per class: seeds, fixation points, how many of them the heat map's outlier removal
+    dropped (`inliers`, bool [N], when given), and shares of fixations inside its segments."""
     stats = {}
     for cls in classes:
         mine = points[:, 0] == cls
@@ -65,6 +67,8 @@ def class_statistics(classes, seeds, points, counts, labels, truth=None):
             "inside_predicted": _share(labels[ys, xs] == cls, np.ones_like(weights)),
             "inside_predicted_weighted": _share(labels[ys, xs] == cls, weights),
         }
+        if inliers is not None:
+            entry["outliers_dropped"] = int((~inliers[mine]).sum())
         if truth is not None:
             entry["inside_truth"] = _share(truth[ys, xs] == cls, np.ones_like(weights))
             entry["inside_truth_weighted"] = _share(truth[ys, xs] == cls, weights)
@@ -224,7 +228,11 @@ class FixationWriter:
             raise InputError(f"{image_path}: path counts overflow int32; use a smaller k=")
         classes = np.flatnonzero(seeds).astype(np.int32)
         class_maps = fixation_maps(result, height, width, self.settings).numpy()[0][classes]
-        stats = class_statistics(classes, seeds, points, counts, labels, truth)
+        inliers = np.ones(len(points), bool)
+        if self.settings.outlier_radius > 0 and len(points):
+            rows = np.concatenate([np.zeros((len(points), 1), np.int32), points], axis=1)
+            inliers = inlier_mask(rows, height, width, self.settings.outlier_radius).numpy()
+        stats = class_statistics(classes, seeds, points, counts, labels, truth, inliers)
         if self.class_names:
             for key, entry in stats.items():
                 entry["name"] = class_name(self.class_names, int(key))

@@ -14,13 +14,27 @@ from tf_segunravel.unravel.settings import FixationSettings
 if typing.TYPE_CHECKING:
     from tf_segunravel.unravel.tracer import UnravelResult
 
-# A point is an outlier unless more than this share of its class's points are near it.
+# A point is an outlier unless more than this share of its class's points are near it
+# (CNN-Fixations' rule)...
 MIN_NEIGHBOUR_SHARE = 0.05
+# ...or, where a class's points are spread so widely that no window holds that share, more
+# than this share of the densest window's count (docs/method.md, "Heat maps").
+DENSEST_SHARE = 0.5
 
 
-def inlier_mask(points, height, width, radius, min_share=MIN_NEIGHBOUR_SHARE):
-    """bool [N]: points (b, class, y, x) with more than `min_share` of their (image, class)
-    group within `radius * image diagonal` (the point itself included).
+def inlier_mask(
+    points, height, width, radius, min_share=MIN_NEIGHBOUR_SHARE, densest_share=DENSEST_SHARE
+):
+    """bool [N]: points (b, class, y, x) whose window holds more than
+    min(`min_share` x their (image, class) group's size, `densest_share` x the group's
+    densest window), windows of half-side `radius * image diagonal`, the point included.
+
+    The first term is CNN-Fixations' rule. It alone would drop every point of a class spread
+    over more than about 1 / `min_share` windows (a stride-1 network's large segment): the
+    second term keeps the densest parts of such a class instead. Where the densest window
+    holds at least `min_share / densest_share` of the group (10%), the first term is the
+    smaller and the rule is the original's exactly; a group with points always keeps its
+    densest window's points.
 
     "Within" is the square window of that half-side (Chebyshev distance; our choice). Each
     group's points are counted into a count image, and a summed-area table answers every
@@ -47,7 +61,11 @@ def inlier_mask(points, height, width, radius, min_share=MIN_NEIGHBOUR_SHARE):
 
     neighbours = at(bottom, right) - at(top, right) - at(bottom, left) + at(top, left)
     group_size = tf.gather(tf.math.unsorted_segment_sum(ones, group, groups), group)
-    return tf.cast(neighbours, tf.float32) > min_share * tf.cast(group_size, tf.float32)
+    densest = tf.gather(tf.math.unsorted_segment_max(neighbours, group, groups), group)
+    threshold = tf.minimum(
+        min_share * tf.cast(group_size, tf.float32), densest_share * tf.cast(densest, tf.float32)
+    )
+    return tf.cast(neighbours, tf.float32) > threshold
 
 
 def gaussian_blur(maps, sigma):
