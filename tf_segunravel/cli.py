@@ -168,3 +168,36 @@ def fixation_settings(class_names=None, num_classes=None):
     if isinstance(contrast, int):
         parsed = dataclasses.replace(parsed, contrast=str(contrast))
     return parsed
+
+
+def define_model_flags():
+    """How the tools read a model: `--input_scale`, `--input_mean`, `--input_channels` (the
+    `InputSettings` fields) and `--output`, shared by tools/fixations.py, tools/export.py and
+    tools/experiments.py."""
+    from tf_segunravel.unravel.settings import InputSettings
+
+    settings.define_flags(InputSettings, prefix="input_")
+    flags.DEFINE_string(
+        "output",
+        None,
+        "The score output of a model with several: an output's name, or the name of a layer "
+        "inside the model whose output holds the per-pixel scores.",
+    )
+
+
+def input_settings():
+    """The `InputSettings` the parsed --input_* flags describe."""
+    from tf_segunravel.unravel.settings import InputSettings
+
+    return settings.from_flags(InputSettings, prefix="input_")
+
+
+def model_graph(network, flag="model"):
+    """`network` (a Keras model) as the parsed --input_* and --output flags read it: a
+    `ModelGraph`, or an InputError naming the flag."""
+    from tf_segunravel.unravel.graph import ModelGraph
+
+    try:
+        return ModelGraph(network, input=input_settings(), output=flags.FLAGS.output, strict=False)
+    except ValueError as e:
+        raise InputError(f"--{flag}={flags.FLAGS[flag].value}: {flag_message(str(e))}") from e

@@ -8,7 +8,8 @@ Signatures (all take uint8 RGB images of any size; preprocessing lives inside th
                    int64 [P], seeds int32 [N, C], maps float32 [N, C, H, W], labels;
                    contrastive when exported with a `contrast` setting
   serving_bytes    encoded JPEG/PNG strings [N] (same size) -> as serving_default
-  metadata         () -> the unravel settings fixed at export time, num_classes
+  metadata         () -> the unravel and input settings fixed at export time, the score
+                   output, num_classes, class_names (a binary head's two)
 
 The settings are also written to `assets.extra/tf_segunravel.json`. The SavedModel needs
 only TensorFlow to load and run.
@@ -28,7 +29,7 @@ from tf_segunravel.grids import first_argmax, labels_at_size, scores_at_size
 from tf_segunravel.unravel.geometry import ScoreMap
 from tf_segunravel.unravel.maps import fixation_maps
 from tf_segunravel.unravel.settings import FixationSettings
-from tf_segunravel.unravel.tracer import SegUnravel
+from tf_segunravel.unravel.tracer import SegUnravel, as_graph
 
 METADATA_FILE = "tf_segunravel.json"
 
@@ -42,14 +43,19 @@ def _checked(images):
 
 def build_archive(network, settings=None):
     """(A `keras.export.ExportArchive` holding every signature for `network`, the metadata
-    dict); `settings` (a `FixationSettings`) are fixed into the `fixations` signature."""
+    dict); `settings` (a `FixationSettings`) are fixed into the `fixations` signature.
+
+    `network` is a Keras model or a `graph.ModelGraph`; the graph's input settings, score
+    output, stepped-over activation, binary head and fixed input size are baked into every
+    signature, which take uint8 RGB images of any size as the tools do."""
     settings = settings or FixationSettings()
+    graph = as_graph(network, strict=False)
     try:
-        engine = SegUnravel(network, settings)
+        engine = SegUnravel(graph, settings)
     except ValueError as error:  # a contrast this model's score layer cannot take, ...
-        raise InputError(f"{network.name}: {error}") from error
-    score_map = ScoreMap(network)
-    num_classes = network.outputs[0].shape[-1]
+        raise InputError(f"{graph.model.name}: {error}") from error
+    score_map = ScoreMap(graph)
+    num_classes = graph.num_classes
     images_spec = tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")
 
     def segment(images):
@@ -82,13 +88,19 @@ def build_archive(network, settings=None):
             fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8),
         )
 
-    recorded = {**settings.as_dict(), "num_classes": int(num_classes)}
+    recorded = {
+        **settings.as_dict(),
+        **{f"input_{name}": value for name, value in graph.input_settings.as_dict().items()},
+        "output": graph.output_name,
+        "num_classes": int(num_classes),
+        "class_names": list(graph.class_names) if graph.class_names else None,
+    }
 
     def metadata():
         return {key: tf.constant(str(value)) for key, value in recorded.items()}
 
     archive = keras.export.ExportArchive()
-    archive.track(network)
+    archive.track(graph.model)
     archive.add_endpoint("serving_default", segment, [images_spec])
     archive.add_endpoint("fixations", fixations, [images_spec])
     archive.add_endpoint(
@@ -146,3 +158,8 @@ def saved_model_metadata(path):
 def saved_model_classes(path):
     """The class count recorded in an exported SavedModel."""
     return int(saved_model_metadata(path)["num_classes"])
+
+
+def saved_model_class_names(path):
+    """The class names recorded at export (a binary head's two), or None."""
+    return saved_model_metadata(path).get("class_names")

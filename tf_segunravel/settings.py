@@ -17,6 +17,7 @@ these few functions are the glue.
 """
 
 import dataclasses
+import functools
 import numbers
 import os
 import types
@@ -57,7 +58,9 @@ def positive_integer(value):
     return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1
 
 
-def setting(default=_MISSING, help="", *, choices=None, check=None, requirement="", **extra):
+def setting(
+    default=_MISSING, help="", *, choices=None, check=None, requirement="", parse=None, **extra
+):
     """A dataclass field that carries its flag help, choices and check.
 
     Args:
@@ -66,6 +69,8 @@ def setting(default=_MISSING, help="", *, choices=None, check=None, requirement=
       choices: the allowed values of a string setting (the flag becomes an enum).
       check: value -> bool, for values other than None.
       requirement: how a failed check reads, "must be > 0".
+      parse: for a tuple setting (a comma-separated list flag), the function from the flag's
+        list of strings to the field's value; a ValueError from it fails the check.
       **extra: more metadata for the settings class's own use.
     """
     metadata = {
@@ -73,6 +78,7 @@ def setting(default=_MISSING, help="", *, choices=None, check=None, requirement=
         "choices": tuple(choices) if choices else None,
         "check": check,
         "requirement": requirement,
+        "parse": parse,
         **extra,
     }
     return dataclasses.field(default=default, metadata=metadata)
@@ -144,10 +150,15 @@ def define_flags(cls, flag_values=flags.FLAGS, exclude=(), defaults=None, prefix
             )
         elif kind is str:
             flags.DEFINE_string(*args, flag_values=flag_values)
+        elif kind is tuple and meta.get("parse"):
+            shown = None if default is None else [f"{v:g}" for v in default]
+            flags.DEFINE_list(name, shown, meta.get("help", ""), flag_values=flag_values)
         else:
             raise TypeError(f"{cls.__name__}.{field.name}: no flag type for {field.type}")
         if meta.get("check"):
             check = meta["check"]
+            if meta.get("parse"):
+                check = functools.partial(_parsed_check, meta["parse"], check)
             flags.register_validator(
                 name,
                 lambda value, check=check: value is None or check(value),
@@ -172,12 +183,20 @@ def define_flags(cls, flag_values=flags.FLAGS, exclude=(), defaults=None, prefix
 
 def from_flags(cls, flag_values=flags.FLAGS, prefix="", **overrides):
     """An instance of `cls` from parsed flags (named with `prefix`); `overrides` win."""
-    values = {
-        field.name: flag_values[prefix + field.name].value
-        for field in dataclasses.fields(cls)
-        if prefix + field.name in flag_values
-    }
+    values = {}
+    for field in dataclasses.fields(cls):
+        if prefix + field.name in flag_values:
+            value = flag_values[prefix + field.name].value
+            parse = field.metadata.get("parse")
+            values[field.name] = parse(value) if parse and value is not None else value
     return cls(**{**values, **overrides})
+
+
+def _parsed_check(parse, check, value):
+    try:
+        return check(parse(value))
+    except ValueError:
+        return False
 
 
 def from_flagfile(cls, path, **overrides):

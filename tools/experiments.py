@@ -49,6 +49,7 @@ flags.DEFINE_string("output_dir", None, "Directory for the tables and figures.")
 flags.DEFINE_integer("max_images", 100, "Images analysed (k_analysis: a fifth of them).")
 flags.DEFINE_integer("pad_size", 513, "Evaluation pad size for the IoU column.")
 cli.define_fixation_flags(defaults={"sigma": 6.0})
+cli.define_model_flags()
 flags.adopt_module_key_flags(cli)  # so --help lists them with the tool's own
 flags.mark_flags_as_required(["output_dir"])
 cli.check_path_flags(output_dirs=["output_dir"])
@@ -100,10 +101,12 @@ def location_over_seeds():
     from tf_segunravel.data.pipeline import dataset_classes
     from tf_segunravel.training import load_network
 
-    networks = [load_network(path) for path in FLAGS.models]  # every model checked first
-    num_classes = networks[0].outputs[0].shape[-1]
+    # every model checked first
+    networks = [cli.model_graph(load_network(path), "models") for path in FLAGS.models]
+    num_classes = networks[0].num_classes
     examples = load_split(FLAGS.dataset, FLAGS.split, FLAGS.data_dir, num_classes)
     names, kinds = dataset_classes(FLAGS.dataset, FLAGS.data_dir, num_classes)
+    names = names or networks[0].class_names
     summary = ex.location_over_seeds(
         networks,
         FLAGS.models,
@@ -129,10 +132,11 @@ def main(argv):
     from tf_segunravel.data.pipeline import dataset_classes
     from tf_segunravel.training import load_network
 
-    network = load_network(FLAGS.model)
-    num_classes = network.outputs[0].shape[-1]
+    network = cli.model_graph(load_network(FLAGS.model))
+    num_classes = network.num_classes
     examples = load_split(FLAGS.dataset, FLAGS.split, FLAGS.data_dir, num_classes)
     names, kinds = dataset_classes(FLAGS.dataset, FLAGS.data_dir, num_classes)
+    names = names or network.class_names
     inputs = ex.AnalysisInputs(
         network,
         examples,

@@ -19,6 +19,7 @@ flags.DEFINE_string("model", None, "A training model dir, checkpoint prefix or .
 flags.DEFINE_string("export_dir", None, "SavedModel directory to write.")
 flags.DEFINE_boolean("overwrite", False, "Replace an existing --export_dir.")
 cli.define_fixation_flags()
+cli.define_model_flags()
 flags.adopt_module_key_flags(cli)  # so --help lists them with the tool's own
 flags.mark_flags_as_required(["model", "export_dir"])
 cli.check_path_flags(output_dirs=["export_dir"])
@@ -38,8 +39,8 @@ def main(argv):
     from tf_segunravel.export import export_saved_model
     from tf_segunravel.training import load_network
 
-    network = load_network(FLAGS.model)
-    fixation_settings = cli.fixation_settings(num_classes=network.outputs[0].shape[-1])
+    network = cli.model_graph(load_network(FLAGS.model))
+    fixation_settings = cli.fixation_settings(network.class_names, network.num_classes)
     settings = export_saved_model(
         network, FLAGS.export_dir, fixation_settings, overwrite=FLAGS.overwrite
     )

@@ -3,9 +3,11 @@
     python3 tools/fixations.py --model=runs/shapes_base --images=photos/ \
         --output_dir=runs/fixations [--k=1 --shift=partial --sigma=20 --flow]
 
---model is a .keras file of any Keras model mapping RGB 0..255 images to per-pixel class
-scores, a training model dir, or a SavedModel from tools/export.py (its `fixations`
-signature, whose unravel settings were fixed at export; the heat-map flags still apply).
+--model is a .keras file of any Keras model mapping images to per-pixel class scores (a
+one-channel sigmoid head is two classes; --input_scale, --input_mean and --input_channels
+say what input it expects, --output which output holds the scores), a training model dir,
+or a SavedModel from tools/export.py (its `fixations` signature, whose unravel and input
+settings were fixed at export; the heat-map flags still apply).
 For each image <stem> it writes <stem>.npz, <stem>.png and <stem>.json (and
 <stem>_flow.gif with --flow) into --output_dir; see tf_segunravel/unravel/files.py.
 """
@@ -25,6 +27,7 @@ flags.DEFINE_string(
 flags.DEFINE_list("images", None, "Image files, globs or directories (comma-separated).")
 flags.DEFINE_string("output_dir", None, "Directory for the per-image outputs.")
 cli.define_fixation_flags()
+cli.define_model_flags()
 flags.adopt_module_key_flags(cli)  # so --help lists them with the tool's own
 flags.DEFINE_list("classes", None, "Only these classes (ids or names).")
 flags.DEFINE_list("class_names", None, "Class names by id, or 'voc' or 'shapes'.")
@@ -89,13 +92,15 @@ def resolve_classes(spec, names, num_classes):
 
 
 def check_export_settings(path, fixation_settings):
-    """A SavedModel's `fixations` signature traces with the unravel settings it was exported
-    with; an unravel flag given here that differs would be silently ignored, so refuse it."""
+    """A SavedModel's `fixations` signature traces with the unravel and input settings it was
+    exported with; a flag given here that differs would be silently ignored, so refuse it."""
     from tf_segunravel.export import saved_model_metadata
 
     recorded = saved_model_metadata(path)
-    for name in fixation_settings.UNRAVEL_FIELDS:
-        value = getattr(fixation_settings, name)
+    given = {name: getattr(fixation_settings, name) for name in fixation_settings.UNRAVEL_FIELDS}
+    given.update((f"input_{name}", value) for name, value in cli.input_settings().as_dict().items())
+    given["output"] = FLAGS.output
+    for name, value in given.items():
         if FLAGS[name].present and str(recorded.get(name)) != str(value):
             raise InputError(
                 f"--{name}={value}: {path} was exported with {name}={recorded.get(name)}, "
@@ -116,14 +121,16 @@ def main(argv):
             raise InputError(f"--crf {crf.INSTALL_HINT}")
         crf_settings = settings.from_flags(CRFSettings, prefix="crf_")
     paths = expand_images(FLAGS.images)
-    from tf_segunravel.export import is_saved_model, saved_model_classes
+    from tf_segunravel.export import is_saved_model, saved_model_class_names, saved_model_classes
 
     names = resolve_class_names(FLAGS.class_names)
     if os.path.isdir(FLAGS.model) and is_saved_model(FLAGS.model):
         network, num_classes = FLAGS.model, saved_model_classes(FLAGS.model)
+        names = names or saved_model_class_names(FLAGS.model)
     else:
-        network = load_network(FLAGS.model)
-        num_classes = network.outputs[0].shape[-1]
+        network = cli.model_graph(load_network(FLAGS.model))
+        num_classes = network.num_classes
+        names = names or network.class_names
     classes = resolve_classes(FLAGS.classes, names, num_classes)
     fixation_settings = cli.fixation_settings(names, num_classes)
     if isinstance(network, str):

@@ -83,7 +83,8 @@ class KerasFixations:
         try:
             self.engine = SegUnravel(model, settings, keep_flow=flow)
         except ValueError as e:  # a model or setting the engine cannot take
-            raise InputError(f"{model.name}: {e}") from e
+            name = getattr(model, "name", None) or model.model.name  # a Keras model or graph
+            raise InputError(f"{name}: {e}") from e
 
     def __call__(self, image, seed_labels=None, classes=None, probabilities=False):
         """(`UnravelResult` of a batch of one, predicted labels [H, W], and with
@@ -170,6 +171,8 @@ class FixationWriter:
             self.fixations = KerasFixations(model, self.settings, flow)
         self.output_dir = output_dir
         self.classes = classes
+        if class_names is None and isinstance(self.fixations, KerasFixations):
+            class_names = self.fixations.engine.graph.class_names  # a binary head's two
         self.class_names = class_names
         self.max_side = max_side
         self.flow = flow

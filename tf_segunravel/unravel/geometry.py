@@ -14,7 +14,6 @@ is (8, 0) on both axes: score i over pixel 8i, DeepLab's aligned-corner rule (te
 
 import tensorflow as tf
 
-from tf_segunravel.unravel import graph as graph_lib
 from tf_segunravel.unravel.rules import KEEPS_MAP, refuse
 from tf_segunravel.unravel.rules.base import spatial_size
 
@@ -96,19 +95,20 @@ class ScoreMap:
         full = grids.scores_at_size(scores, height, width, geometry)
 
     One recorded pass (the same computation as `model(images, training=False)`) gives the
-    scores and the sizes `score_geometry` needs.
+    scores and the sizes `score_geometry` needs. `model`, `input` and `output` are as for
+    `SegUnravel`: the scores are the logits the unravel starts from, on the images' pixels.
     """
 
-    def __init__(self, model):
-        self.graph = graph_lib.ModelGraph(model, strict=False)
+    def __init__(self, model, *, input=None, output=None):
+        from tf_segunravel.unravel.tracer import as_graph
+
+        self.graph = as_graph(model, input=input, output=output, strict=False)
 
     @tf.autograph.experimental.do_not_convert  # static Python over the graph (see tracer)
     def __call__(self, images):
-        values = self.graph.record(tf.cast(images, tf.float32))
-        scores = values[self.graph.output_id]
-        if len(scores.shape) == 2:  # a classifier: one position over the whole image
-            scores = scores[:, None, None, :]
-        return scores, score_geometry(self.graph, values)
+        """(logits [B, h, w, classes], geometry [2, 2]) as `graph.ModelGraph` reads them."""
+        values = self.graph.record(images)
+        return self.graph.scores(values), self.graph.geometry(values)
 
     def at_image_size(self, images):
         """Scores [B, H, W, C] on the images' own pixels (`grids.scores_at_size`)."""

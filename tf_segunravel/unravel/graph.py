@@ -30,6 +30,7 @@ class Step:
     outputs: tuple
     arguments: object = None
     keras_ids: tuple = ()
+    shapes: tuple = ()  # the outputs' static shapes
 
 
 def _functional(model):
@@ -76,7 +77,8 @@ def _flatten_into(model, alias, steps):
                 continue
             outputs = tuple(id(t) for t in node.outputs)
             keras_ids = tuple(id(t) for t in node.input_tensors)
-            steps.append(Step(node.operation, inputs, outputs, node.arguments, keras_ids))
+            shapes = tuple(tuple(t.shape) for t in node.outputs)
+            steps.append(Step(node.operation, inputs, outputs, node.arguments, keras_ids, shapes))
 
 
 def record(steps, input_id, images):
@@ -98,26 +100,113 @@ def record(steps, input_id, images):
     return values
 
 
+# The final activations the unravel steps over: it starts from the scores before them.
+_FINAL_ACTIVATIONS = ("sigmoid", "softmax")
+# Where a recorded pass keeps the images as given (before resizing and the input settings).
+IMAGES = -1
+BINARY_CLASS_NAMES = ("background", "foreground")
+
+
+def _final_activation(layer):
+    """ "sigmoid" or "softmax" where `layer` applies one (an `Activation`, a `Softmax`, or a
+    layer's own `activation`), else None."""
+    if isinstance(layer, keras.layers.Softmax):
+        return "softmax"
+    activation = getattr(layer, "activation", None)
+    for name in _FINAL_ACTIVATIONS:
+        if activation is keras.activations.get(name):
+            return name
+    return None
+
+
+def _linear_part(layer, x):
+    """A Conv2D's or Dense's output before its activation (Keras' own ops, as its `call`)."""
+    if isinstance(layer, keras.layers.Dense):
+        y = keras.ops.matmul(x, layer.kernel)
+    else:
+        y = layer.convolution_op(x, layer.kernel)
+    return y + layer.bias if layer.use_bias else y
+
+
 class ModelGraph:
     """A Keras model as the unravel sees it: its flattened steps, each step's `LayerKind`
-    (the one table in `unravel/rules`), the image input and the score output. The engine
-    (`SegUnravel`) and `ScoreMap` share it, so they flatten, look up and record alike.
+    (the one table in `unravel/rules`), the image input and the score output, and how the
+    model is fed and read. The engine (`SegUnravel`) and `ScoreMap` share it, so they
+    flatten, look up, feed and record alike.
 
     Args:
-      model: a functional or Sequential Keras model with one image input and one output.
+      model: a functional or Sequential Keras model with one image input.
       strict: every layer must have a kind (the engine); with False (`ScoreMap`, which only
         needs positions) a layer without one gets None and is treated as an undeclared
         geometry: fine while it keeps the spatial size, refused where it changes it.
+      input: an `InputSettings`, how RGB 0..255 pixels become the model's input.
+      output: the score output of a model with several, by output name or by the name of
+        any layer inside the model (whose output then holds the scores).
+
+    How the scores are read: a final sigmoid or softmax (an `Activation` or `Softmax` layer,
+    or the score layer's own activation) is stepped over, so the unravel starts from the
+    logits before it. A score map with one channel (a sigmoid head) is a two-class problem,
+    background and foreground split at logit 0: its scores become (-z / 2, z / 2), whose
+    softmax is (1 - sigmoid(z), sigmoid(z)). A model built for a fixed input size gets
+    images of any size resized to it, and everything it returns is mapped back onto the
+    images' own pixels.
     """
 
-    def __init__(self, model, *, strict: bool = True):
+    def __init__(self, model, *, strict: bool = True, input=None, output: str | None = None):
         from tf_segunravel.unravel.rules import UntraceableLayerError, kind_for
+        from tf_segunravel.unravel.settings import InputSettings
 
         self.model = model
-        self.steps, self.input_id, outputs = flatten_graph(model)
-        if len(outputs) != 1:
-            raise ValueError(f"unravel needs a model with one score output, got {len(outputs)}")
-        self.output_id = outputs[0]
+        self.input_settings = input or InputSettings()
+        self.output_name = output
+        steps, self.input_id, outputs = flatten_graph(model)
+        score_id = self._pick_output(steps, outputs, output)
+        # Final activations are stepped over: their steps leave the graph.
+        self.stepped_over: list[str] = []
+        self.activation_inside = False  # the score layer's own activation is stepped over
+        producers = {o: step for step in steps for o in step.outputs}
+        while score_id in producers:
+            step = producers[score_id]
+            activation = _final_activation(step.layer)
+            if activation is None:
+                break
+            if isinstance(step.layer, (keras.layers.Activation, keras.layers.Softmax)):
+                self.stepped_over.append(step.layer.name)
+                score_id = step.inputs[0]
+                continue
+            if not isinstance(step.layer, (keras.layers.Conv2D, keras.layers.Dense)):
+                raise ValueError(
+                    f"the score layer {step.layer.name!r} ({type(step.layer).__name__}) ends "
+                    f"in a {activation}; the unravel starts from the logits before it, which "
+                    f"only a Conv2D's or Dense's own activation can be stepped over for"
+                )
+            self.stepped_over.append(f"{step.layer.name}.activation")
+            self.activation_inside = True
+            break
+        self.output_id = score_id
+        self.steps = _ancestors(steps, score_id)
+        if not self.steps:
+            raise ValueError("the score output is the image input itself")
+        self.score_step = self.steps[-1]  # every kept step is an ancestor of the scores
+        shape = self.score_step.shapes[self.score_step.outputs.index(score_id)]
+        if len(shape) not in (2, 4):
+            raise ValueError(
+                f"output {self._output_label()} is not a score map: it needs shape "
+                f"[B, h, w, classes] (or [B, classes]), got {tuple(shape)}"
+            )
+        channels = shape[-1]
+        self.binary = channels == 1
+        self.num_classes = 2 if self.binary else channels
+        self.class_names = BINARY_CLASS_NAMES if self.binary else None
+        is_linear = isinstance(self.score_step.layer, (keras.layers.Conv2D, keras.layers.Dense))
+        if strict and self.binary and not is_linear:  # only the walk needs the kernel
+            raise ValueError(
+                f"a one-channel score output is unravelled as two classes through its score "
+                f"layer's kernel, which needs a Conv2D or Dense; {self.score_step.layer.name!r}"
+                f" is a {type(self.score_step.layer).__name__}"
+            )
+        input_shape = tuple(model.inputs[0].shape[1:3]) if hasattr(model, "inputs") else ()
+        self.input_size = input_shape if len(input_shape) == 2 and None not in input_shape else None
         self.kinds: dict[int, LayerKind | None] = {}
         for step in self.steps:
             try:
@@ -126,12 +215,118 @@ class ModelGraph:
                 if strict:
                     raise
                 self.kinds[id(step)] = None
-        self.score_step = next(s for s in self.steps if self.output_id in s.outputs)
+
+    def _output_label(self):
+        return repr(self.output_name) if self.output_name else "the model's output"
+
+    def _pick_output(self, steps, outputs, name):
+        model_names = list(getattr(self.model, "output_names", None) or [])
+        if name is None:
+            if len(outputs) == 1:
+                return outputs[0]
+            raise ValueError(
+                f"the model has {len(outputs)} outputs ({', '.join(model_names)}); choose the "
+                f"score output with output=NAME"
+            )
+        if name in model_names and len(model_names) == len(outputs):
+            return outputs[model_names.index(name)]
+        for step in steps:
+            if getattr(step.layer, "name", None) == name:
+                return step.outputs[0]
+        raise ValueError(
+            f"output={name!r}: the model has no output or layer of that name (its outputs: "
+            f"{', '.join(model_names) or 'unnamed'})"
+        )
+
+    def require_kinds(self):
+        """Raises `UntraceableLayerError` for the first step without a kind (a graph built
+        with strict=False, handed to the engine)."""
+        from tf_segunravel.unravel.rules import kind_for
+
+        for step in self.steps:
+            if self.kinds[id(step)] is None:
+                kind_for(step.layer, len(step.inputs))
 
     def kind(self, step: Step) -> "LayerKind | None":
         """The step's `LayerKind` (None only in a non-strict graph)."""
         return self.kinds[id(step)]
 
+    def feed(self, images):
+        """The model's input from RGB 0..255 images: resized to a fixed input size where the
+        model has one (bilinear), then `InputSettings` applied."""
+        import tensorflow as tf
+
+        x = tf.cast(images, tf.float32)
+        if self.input_size is not None and tuple(x.shape[1:3]) != self.input_size:
+            x = tf.image.resize(x, self.input_size, method="bilinear")
+        return self.input_settings.apply(x)
+
     def record(self, images):
-        """One forward pass (inference mode): {tensor id: value} for every tensor."""
-        return record(self.steps, self.input_id, images)
+        """One forward pass (inference mode): {tensor id: value} for every tensor, and the
+        images as given under `IMAGES`."""
+        values = record(self.steps, self.input_id, self.feed(images))
+        values[IMAGES] = images
+        return values
+
+    def scores(self, values):
+        """float32 [B, h, w, classes]: the logits the unravel starts from (see the class
+        docstring), from a recorded pass; a classifier's are one position."""
+        import tensorflow as tf
+
+        if self.activation_inside:
+            scores = _linear_part(self.score_step.layer, values[self.score_step.inputs[0]])
+        else:
+            scores = values[self.output_id]
+        scores = tf.cast(scores, tf.float32)
+        if len(scores.shape) == 2:
+            scores = scores[:, None, None, :]
+        if self.binary:
+            scores = tf.concat([-0.5 * scores, 0.5 * scores], axis=-1)
+        return scores
+
+    def score_kernel(self):
+        """The score layer's kernel as the walk reads it: for a binary head, the two classes'
+        filters (-w / 2, w / 2); else the layer's own (None: the rule reads `layer.kernel`)."""
+        import tensorflow as tf
+
+        if not self.binary:
+            return None
+        kernel = tf.convert_to_tensor(self.score_step.layer.kernel)
+        return tf.concat([-0.5 * kernel, 0.5 * kernel], axis=-1)
+
+    def image_size(self, values):
+        """int32 [2]: the (height, width) of the images as given."""
+        import tensorflow as tf
+
+        return tf.shape(values[IMAGES])[1:3]
+
+    def fed_size(self, values):
+        import tensorflow as tf
+
+        return tf.shape(values[self.input_id])[1:3]
+
+    def geometry(self, values):
+        """float32 [2, 2] (`geometry.score_geometry`) on the images' own pixels: composed
+        with the resize to a fixed input size, pixel centres matched."""
+        import tensorflow as tf
+
+        from tf_segunravel.unravel.geometry import score_geometry
+
+        geometry = score_geometry(self, values)
+        if self.input_size is None:
+            return geometry
+        ratio = tf.cast(self.image_size(values), tf.float32) / tf.cast(
+            self.fed_size(values), tf.float32
+        )
+        scale, offset = geometry[:, 0] * ratio, (geometry[:, 1] + 0.5) * ratio - 0.5
+        return tf.stack([scale, offset], axis=1)
+
+
+def _ancestors(steps, output_id):
+    """The steps the tensor `output_id` depends on, in their topological order."""
+    needed, kept = {output_id}, []
+    for step in reversed(steps):
+        if needed.intersection(step.outputs):
+            kept.append(step)
+            needed.update(step.inputs)
+    return kept[::-1]

@@ -14,6 +14,7 @@ from tf_segunravel import settings
 from tf_segunravel.settings import positive_integer, setting
 
 SHIFTS = ("none", "partial", "full")
+CHANNEL_ORDERS = ("rgb", "bgr")
 DENSE_RULES = ("topk", "positive")
 RUNNER_UP = "runner_up"
 
@@ -102,3 +103,62 @@ class FixationSettings:
         return index
 
     UNRAVEL_FIELDS = ("k", "mass", "max_k", "shift", "dense_rule", "contrast")
+
+
+def _floats(items):
+    return tuple(float(item) for item in items)
+
+
+@dataclasses.dataclass(frozen=True)
+class InputSettings:
+    """What the model expects as input, applied to RGB 0..255 pixels before it sees them:
+    the channels reordered (`channels`), multiplied by `scale`, minus `mean` (one value, or
+    one per channel in the model's channel order). The defaults feed RGB 0..255 unchanged.
+
+    [0, 1]: scale=1/255. [-1, 1]: scale=2/255, mean=(1,). Caffe's BGR minus mean:
+    channels="bgr", mean=(104.008, 116.669, 122.675). Points stay in the image's pixels:
+    only the values change. The tools' flags are `--input_scale`, `--input_mean`,
+    `--input_channels`.
+    """
+
+    scale: float = setting(
+        1.0,
+        "Input: multiply the 0..255 pixels by this (0.00392157 for [0, 1]).",
+        check=lambda v: v > 0,
+        requirement="must be > 0",
+    )
+    mean: tuple = setting(
+        (0.0,),
+        "Input: subtract this after scaling, one value or one per channel in the model's "
+        "channel order (1 for [-1, 1] with --input_scale=0.00784314).",
+        check=lambda v: len(v) in (1, 3),
+        requirement="must be one number or three, comma-separated",
+        parse=_floats,
+    )
+    channels: str = setting(
+        "rgb",
+        "Input: the model's channel order (bgr for Caffe-trained networks).",
+        choices=CHANNEL_ORDERS,
+    )
+
+    def __post_init__(self):
+        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
+        settings.validate(self)
+
+    @property
+    def identity(self):
+        return self.scale == 1 and not any(self.mean) and self.channels == "rgb"
+
+    def apply(self, images):
+        """float32 model input from RGB 0..255 images [B, H, W, 3] (any real dtype)."""
+        import tensorflow as tf
+
+        x = tf.cast(images, tf.float32)
+        if self.identity:
+            return x
+        if self.channels == "bgr":
+            x = x[..., ::-1]
+        return x * self.scale - tf.constant(self.mean, tf.float32)
+
+    def as_dict(self):
+        return dataclasses.asdict(self)

@@ -19,10 +19,9 @@ import tensorflow as tf
 from tf_segunravel.data.labels import IGNORE_LABEL
 from tf_segunravel.grids import first_argmax, shrink_labels
 from tf_segunravel.unravel import graph
-from tf_segunravel.unravel.geometry import score_geometry
 from tf_segunravel.unravel.rules import Moved, Points
 from tf_segunravel.unravel.rules.convolution import conv_rule, dense_rule
-from tf_segunravel.unravel.settings import RUNNER_UP, FixationSettings
+from tf_segunravel.unravel.settings import RUNNER_UP, FixationSettings, InputSettings
 
 
 def merge(points, sizes):
@@ -91,24 +90,24 @@ def contrast_seeds(points, scores, contrast):
     return points, tf.fill(tf.shape(points.cls), tf.constant(contrast, tf.int32))
 
 
-def margin_kernel(layer, classes, against):
+def margin_kernel(kernel, classes, against):
     """The score layer's kernel as the contrastive unravel sees it: filter p is the margin
     between the classes of pair p, w_c - w_c'. Only the pairs the seeds use are built (a
     1000-class head would need 10^6 filters for every pair); the biases cancel in a
     difference of contributions. The layer's usual rule then runs on it unchanged
     (docs/method.md, "Contrastive unravel")."""
-    kernel = tf.convert_to_tensor(layer.kernel)
+    kernel = tf.convert_to_tensor(kernel)
     return tf.gather(kernel, classes, axis=-1) - tf.gather(kernel, against, axis=-1)
 
 
 class Seeds(typing.NamedTuple):
     """Where a walk starts: the seed points on the score grid, how many each class has per
-    image (int32 [B, classes]), and the score layer's margin kernel of a contrastive walk
-    (None otherwise)."""
+    image (int32 [B, classes]), and the score layer's kernel as the walk reads it: the margin
+    kernel of a contrastive walk, a binary head's two filters, or None (the layer's own)."""
 
     points: Points
     per_class: typing.Any
-    margin_kernel: typing.Any = None
+    kernel: typing.Any = None
 
 
 def _sizes(tensor, num_classes):
@@ -198,6 +197,13 @@ class SegUnravel:
       keep_channel_scores: also return every channel-choosing layer's channel scores (for
         the K analysis); works in graph mode too.
       class_names: names by class id, for a `contrast` given as a class name.
+      input: an `InputSettings`, how RGB 0..255 pixels become the model's input.
+      output: the score output of a multi-output model (an output's or a layer's name).
+
+    `model` may also be a `graph.ModelGraph` (then `input` and `output` are its own). The
+    unravel starts from the logits: a final sigmoid or softmax is stepped over; a one-channel
+    head is unravelled as two classes, and a fixed-size model's points and geometry are
+    mapped back onto the images' own pixels (`graph.ModelGraph` says how).
 
     With `contrast` ("runner_up" or a class; a `FixationSettings` field), each seed unravels
     the margin of its class's score over the other class's: at the score layer (the model's
@@ -213,16 +219,19 @@ class SegUnravel:
         keep_flow: bool = False,
         keep_channel_scores: bool = False,
         class_names: typing.Sequence[str] | None = None,
+        input: InputSettings | None = None,
+        output: str | None = None,
         **fields: typing.Any,
     ) -> None:
         settings = settings or FixationSettings()
         self.settings = dataclasses.replace(settings, **fields) if fields else settings
-        self.num_classes = model.outputs[0].shape[-1]
+        self.graph = as_graph(model, input=input, output=output, strict=True)
+        self.model = self.graph.model
+        self.num_classes = self.graph.num_classes
+        class_names = class_names or self.graph.class_names
         self.contrast = self.settings.contrast_class(class_names, self.num_classes)
-        self.model = model
         self.keep_flow = keep_flow
         self.keep_channel_scores = keep_channel_scores
-        self.graph = graph.ModelGraph(model)
         if self.contrast is not None:
             self._check_contrast()
         self._traced = tf.function(self.trace, reduce_retracing=True)
@@ -267,17 +276,15 @@ class SegUnravel:
     @tf.autograph.experimental.do_not_convert  # as `trace`
     def record(self, images):
         """The recorded forward pass: {tensor id: value} for every tensor of the graph."""
-        return self.graph.record(tf.cast(images, tf.float32))
+        return self.graph.record(images)
 
     @tf.autograph.experimental.do_not_convert  # as `trace`
     def walk(self, values, seed_labels=None, classes=None):
         """The unravel proper on recorded values (see `trace`); no forward computation:
         seeding on the score grid, propagation down the layers, then the image's points."""
-        scores = values[self.graph.output_id]
-        if len(scores.shape) == 2:  # a classifier: one "pixel" per image
-            scores = scores[:, None, None, :]
+        scores = self.graph.scores(values)
         labels = tf.cast(first_argmax(scores, axis=-1), tf.int32)
-        geometry = score_geometry(self.graph, values)
+        geometry = self.graph.geometry(values)
         seeds = self.seed(values, scores, labels, geometry, seed_labels, classes)
         at_input, flow, channel_scores = self.propagate(values, seeds)
         points = self.finish(values, at_input)
@@ -303,13 +310,12 @@ class SegUnravel:
         else:
             seed_grid = labels
         points = seeds_from_labels(seed_grid, classes)
-        kernel = None
+        kernel = self.graph.score_kernel()
         if self.contrast is not None:
             points, against = contrast_seeds(points, scores, self.contrast)
             pairs, pair_index = tf.unique(points.cls * self.num_classes + against)
-            kernel = margin_kernel(
-                self.graph.score_step.layer, pairs // self.num_classes, pairs % self.num_classes
-            )
+            own = self.graph.score_step.layer.kernel if kernel is None else kernel
+            kernel = margin_kernel(own, pairs // self.num_classes, pairs % self.num_classes)
             points = points.replace(ch=pair_index)
         batch = tf.shape(values[self.graph.input_id])[0]
         per_class = tf.math.bincount(
@@ -333,9 +339,9 @@ class SegUnravel:
             output = values[step.outputs[0]]
             sizes = _sizes(output, self.num_classes)
             extra = {}
-            if seeds.margin_kernel is not None and step is self.graph.score_step:
-                extra = {"kernel": seeds.margin_kernel}
-                sizes = (*sizes[:4], tf.shape(seeds.margin_kernel)[-1])
+            if seeds.kernel is not None and step is self.graph.score_step:
+                extra = {"kernel": seeds.kernel}
+                sizes = (*sizes[:4], tf.shape(seeds.kernel)[-1])
             if len(arrived) == 1 and arrived[0][1]:
                 points = arrived[0][0]  # distinct and sorted already: merging changes nothing
             else:
@@ -365,12 +371,17 @@ class SegUnravel:
 
     def finish(self, values, parts):
         """The image's points: the colour channel is not a location, so one merge over it
-        gives the sorted, distinct (image, class, y, x) points with their path counts."""
-        images = values[self.graph.input_id]
+        gives the sorted, distinct (image, class, y, x) points with their path counts. A
+        fixed-size model's points are moved from its input's pixels to the images' own
+        (pixel centres scaled), and merged again."""
         final = _concat(parts)
-        return merge(
-            final.replace(ch=tf.zeros_like(final.ch)), (*_sizes(images, self.num_classes)[:4], 1)
-        )
+        final = final.replace(ch=tf.zeros_like(final.ch))
+        if self.graph.input_size is not None:
+            fed, size = self.graph.fed_size(values), self.graph.image_size(values)
+            final = final.replace(y=_rescale(final.y, fed[0], size[0]))
+            final = final.replace(x=_rescale(final.x, fed[1], size[1]))
+        images = values[graph.IMAGES]
+        return merge(final, (*_sizes(images, self.num_classes)[:4], 1))
 
     def __call__(
         self,
@@ -385,6 +396,27 @@ class SegUnravel:
         seed_labels = None if seed_labels is None else tf.convert_to_tensor(seed_labels)
         classes = None if classes is None else tf.constant(list(classes), tf.int32)
         return self._traced(images, seed_labels, classes).numpy()
+
+
+def as_graph(model, *, input=None, output=None, strict=True):
+    """`model` as a `graph.ModelGraph` (a graph is taken as it is)."""
+    if isinstance(model, graph.ModelGraph):
+        if input is not None or output is not None:
+            raise ValueError("input= and output= belong to the ModelGraph already given")
+        if strict:
+            model.require_kinds()
+        return model
+    return graph.ModelGraph(model, input=input, output=output, strict=strict)
+
+
+def _rescale(positions, from_size, to_size):
+    """Pixel positions on an axis of `from_size` moved to one of `to_size` (centres scaled)."""
+    moved = tf.floor(
+        (tf.cast(positions, tf.float32) + 0.5)
+        * tf.cast(to_size, tf.float32)
+        / tf.cast(from_size, tf.float32)
+    )
+    return tf.minimum(tf.cast(moved, tf.int32), to_size - 1)
 
 
 def _rows(points):
