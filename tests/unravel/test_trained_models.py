@@ -196,22 +196,37 @@ def test_fixed_size_and_multi_output_models(trained, tmp_path):
 @pytest.mark.slow
 def test_experiments_and_export_on_the_binary_model(trained, tmp_path):
     root, _, examples = trained
+    for model, extra in (("two_outputs.keras", ["--output=mask"]), ("fixed.keras", [])):
+        out = tmp_path / model
+        proc = run_tool(
+            "experiments",
+            "--experiment=fixation_location",
+            f"--model={root / model}",
+            *extra,
+            *UNIT,
+            f"--dataset=folder:{root / 'val'}",
+            "--pad_size=129",
+            f"--output_dir={out}",
+            timeout=300,
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        rows = json.loads((out / "fixation_location.json").read_text())["rows"]
+        assert {row["name"] for row in rows} == {"background", "foreground"}
+        foreground = next(row for row in rows if row["name"] == "foreground")
+        assert foreground["inside_truth"] > 0.5 and foreground["iou"] > 0.5
+
     proc = run_tool(
-        "experiments",
-        "--experiment=fixation_location",
+        "export",
         f"--model={root / 'two_outputs.keras'}",
         "--output=mask",
         *UNIT,
-        f"--dataset=folder:{root / 'val'}",
-        "--pad_size=129",
-        f"--output_dir={tmp_path / 'exp'}",
-        timeout=300,
+        f"--export_dir={tmp_path / 'saved_two'}",
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    rows = json.loads((tmp_path / "exp" / "fixation_location.json").read_text())["rows"]
-    assert {row["name"] for row in rows} == {"background", "foreground"}
-    foreground = next(row for row in rows if row["name"] == "foreground")
-    assert foreground["inside_truth"] > 0.5 and foreground["iou"] > 0.5
+    two = tf.saved_model.load(str(tmp_path / "saved_two")).signatures["serving_default"]
+    image = examples[1]["image"]
+    probabilities = two(images=tf.constant(image[None]))["probabilities"].numpy()[0, ..., 1]
+    np.testing.assert_allclose(probabilities, probability(trained[1], image), atol=1e-5)
 
     export_dir = tmp_path / "saved"
     proc = run_tool(

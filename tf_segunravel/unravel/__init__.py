@@ -13,6 +13,8 @@ __getattr__, __dir__, __all__ = lazy_exports(
         # The engine and its results.
         "ChannelScores": "tracer",
         "FixationSettings": "settings",
+        "InputSettings": "settings",
+        "ModelGraph": "graph",
         "FlowStep": "tracer",
         "SegUnravel": "tracer",
         "UnravelResult": "tracer",
