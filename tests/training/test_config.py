@@ -182,3 +182,18 @@ def test_shipped_flagfiles_are_found_from_any_directory(tmp_path, monkeypatch):
         flagfiles.read("loop.cfg")
     with pytest.raises(InputError, match=r"^--flagfile=flags/none.cfg: no such flagfile$"):
         flagfiles.expand(["--steps=2", "--flagfile", "flags/none.cfg"])
+
+
+@pytest.mark.parametrize(
+    "name",
+    sorted(n for n in os.listdir(FLAGS_DIR) if n.startswith("voc_")),
+)
+def test_voc_flagfiles_train_as_their_headers_say(name):
+    """DeepLab v1 and the author's port crop 321 and mirror, with no random scaling; every
+    VOC flagfile says so in its header and does so in its flags."""
+    config = flagfile_config(name, FLAGS_DIR, model_dir="m")
+    assert (config.crop_size, config.scale_min, config.scale_max) == (321, 1.0, 1.0)
+    assert config.mirror
+    with open(os.path.join(FLAGS_DIR, name)) as f:
+        header = f.read().split("\n--", 1)[0]
+    assert "mirroring" in header and "scaling" in header
