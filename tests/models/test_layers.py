@@ -1,4 +1,4 @@
-"""CaffePreprocess and CaffePooling2D against Caffe's arithmetic."""
+"""CaffePreprocess and CaffePooling2D against Caffe's arithmetic; KeyedDropout's masks."""
 
 import keras
 import numpy as np
@@ -7,7 +7,13 @@ import tensorflow as tf
 
 from tests.caffe_reference import pool as caffe_pool
 from tests.layer_testing import run_layer_test
-from tf_segunravel.models.layers import CaffePooling2D, CaffePreprocess, caffe_pool_output_size
+from tf_segunravel.models.layers import (
+    CaffePooling2D,
+    CaffePreprocess,
+    KeyedDropout,
+    caffe_pool_output_size,
+    example_keys,
+)
 
 
 def test_preprocess_is_bgr_minus_mean():
@@ -110,3 +116,29 @@ def test_pooling_rejects_bad_arguments():
         CaffePooling2D("median")
     with pytest.raises(ValueError, match="padding"):
         CaffePooling2D("max", 3, 1, 3)
+
+
+def test_keyed_dropout_masks_follow_the_example_not_the_batch():
+    layer = KeyedDropout(0.5, name="drop6")
+    x = tf.ones([4, 5, 5, 8])
+    keys = tf.constant([[3, 10], [3, 11], [3, 12], [3, 13]], tf.int64)
+    with example_keys(keys):
+        whole = layer(x, training=True).numpy()
+        again = layer(x, training=True).numpy()
+    halves = []
+    for i in (0, 2):  # each replica holds its share of the batch and of the keys
+        with example_keys(keys[i : i + 2]):
+            halves.append(layer(x[i : i + 2], training=True).numpy())
+    # A batch split over two replicas drops what the whole batch drops; a second call (a
+    # resumed run) too.
+    np.testing.assert_array_equal(np.concatenate(halves), whole)
+    np.testing.assert_array_equal(again, whole)
+    assert set(np.unique(whole)) == {0.0, 2.0} and 0.3 < (whole == 0).mean() < 0.7
+    assert not np.array_equal(whole[0], whole[1])  # each example its own mask
+    with example_keys(keys):
+        other = KeyedDropout(0.5, name="drop7")(x, training=True).numpy()
+    assert not np.array_equal(other, whole)  # each layer its own masks
+    np.testing.assert_array_equal(layer(x, training=False), x)  # inference: the identity
+    assert isinstance(layer, keras.layers.Dropout)  # traced as Dropout by the unravel
+    restored = KeyedDropout.from_config(layer.get_config())
+    assert restored.rate == 0.5 and restored.name == "drop6"

@@ -23,7 +23,7 @@ FLAGS = [
     "--crop_size=33",
     "--batch_size=4",  # global: two per worker
     "--width=0.0625",
-    "--dropout=0",
+    # --dropout: the default 0.5, masks keyed per example (models/layers.py KeyedDropout)
     "--deterministic",
     "--verbose=0",
 ]

@@ -140,8 +140,12 @@ def train_pipeline(
     deterministic: bool = False,
     repeat: bool = True,
     skip_batches: int = 0,
+    with_index: bool = False,
 ) -> tf.data.Dataset:
     """Shuffled, repeated, augmented, batched (images, labels) for training.
+
+    With `with_index`, batches are (images, labels, index): int64 [B], each example's place
+    in the stream, which keys its augmentation and the trainer's dropout masks.
 
     Batches have static shapes ([B, crop, crop, 3] float32, [B, crop, crop] int32), as XLA
     and `tf.distribute` want. With `deterministic=True` the order of batches is fixed too.
@@ -159,7 +163,10 @@ def train_pipeline(
     def augment(index, example):
         image, label = example
         example_seed = tf.stack([tf.cast(seed, tf.int64), index])
-        return random_scale_crop_flip(image, label, example_seed, crop_size, scale_range, mirror)
+        image, label = random_scale_crop_flip(
+            image, label, example_seed, crop_size, scale_range, mirror
+        )
+        return (image, label, index) if with_index else (image, label)
 
     dataset = (
         dataset.enumerate()

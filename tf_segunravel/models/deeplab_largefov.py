@@ -6,7 +6,7 @@ weights map onto the model by name, and so that unravel figures speak the paper'
 
 import keras
 
-from tf_segunravel.models.layers import CaffePooling2D, CaffePreprocess
+from tf_segunravel.models.layers import CaffePooling2D, CaffePreprocess, KeyedDropout
 
 # (block, number of 3x3 convs, channels at width 1, dilation) for conv1..conv5.
 VGG_BLOCKS = ((1, 2, 64, 1), (2, 2, 128, 1), (3, 3, 256, 1), (4, 3, 512, 1), (5, 3, 512, 2))
@@ -84,9 +84,9 @@ def deeplab_largefov(
 
     fc_channels = scaled_channels(FC_CHANNELS, width)
     x = conv(x, "fc6", fc_channels, 3, FC6_DILATION)
-    x = keras.layers.Dropout(dropout, name="drop6")(x)
+    x = KeyedDropout(dropout, name="drop6")(x)
     x = conv(x, "fc7", fc_channels, 1)
-    x = keras.layers.Dropout(dropout, name="drop7")(x)
+    x = KeyedDropout(dropout, name="drop7")(x)
     fc8_init = keras.initializers.RandomNormal(stddev=0.01)
     # Scores stay float32 under mixed precision: the losses and the softmax need the range.
     scores = keras.layers.Conv2D(

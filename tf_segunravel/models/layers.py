@@ -1,8 +1,13 @@
-"""Layers that reproduce Caffe's behaviour where Keras' built-ins differ.
+"""Layers that reproduce Caffe's behaviour where Keras' built-ins differ, and a dropout whose
+masks do not depend on how training is distributed.
 
-Both layers are registered Keras serialisables, so a model that contains them saves and loads
-as `.keras` without `custom_objects`.
+Every layer is a registered Keras serialisable, so a model that contains them saves and
+loads as `.keras` without `custom_objects`.
 """
+
+import contextlib
+import threading
+import zlib
 
 import keras
 import tensorflow as tf
@@ -118,3 +123,50 @@ class CaffePooling2D(keras.layers.Layer):
             "strides": self.strides,
             "padding": self.padding,
         }
+
+
+# The per-example keys of the batch being trained, per thread: `tf.distribute` runs each
+# local replica's step in a thread of its own.
+_example_keys = threading.local()
+
+
+@contextlib.contextmanager
+def example_keys(keys):
+    """Within this block, `KeyedDropout` layers draw each example's mask from its key.
+
+    `keys` is int64 [B, 2], one (seed, global example index) row per example of the batch
+    (the replica's share of it under `tf.distribute`); None leaves Keras' own dropout."""
+    previous = getattr(_example_keys, "value", None)
+    _example_keys.value = keys
+    try:
+        yield
+    finally:
+        _example_keys.value = previous
+
+
+@keras.saving.register_keras_serializable(package="tf_segunravel")
+class KeyedDropout(keras.layers.Dropout):
+    """Dropout whose mask for an example is a function of (seed, the example's index in the
+    training stream, the layer), inside `example_keys`; Keras' `Dropout` outside it.
+
+    Keras draws dropout masks from a seed generator that advances per call, per replica: a
+    2-worker cluster, one process with the same global batch and a resumed run each drop
+    other units. Keyed on the example, as the input pipeline already keys its augmentation,
+    every one of them drops the same units. Written by hand because Keras' dropout takes one
+    seed per call, not one per example.
+    """
+
+    def call(self, inputs, training=False):
+        keys = getattr(_example_keys, "value", None)
+        if not training or self.rate == 0 or keys is None:
+            return super().call(inputs, training=training)
+        salt = zlib.crc32(self.name.encode())  # each layer its own masks
+        shape = tf.shape(inputs)[1:]
+
+        def keep(key):
+            seed = tf.random.experimental.stateless_fold_in(key, salt)
+            return tf.random.stateless_uniform(shape, seed) >= self.rate
+
+        kept = tf.map_fn(keep, tf.cast(keys, tf.int64), fn_output_signature=tf.bool)
+        scale = tf.cast(1.0 / (1.0 - self.rate), inputs.dtype)
+        return tf.where(kept, inputs * scale, tf.zeros_like(inputs))

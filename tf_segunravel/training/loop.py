@@ -302,6 +302,7 @@ def _prepare(config):
             template_reduction=config.template_reduction,
             weight_decay=config.weight_decay,
             use_lr_multipliers=config.lr_multipliers,
+            dropout_seed=config.seed,
         )
         freeze_all_but_last(network, config.train_layers)
         trainer.compile(optimizer=optimizer, jit_compile=config.xla)
@@ -335,8 +336,9 @@ def _prepare(config):
         shuffle_buffer=config.shuffle_buffer,
         deterministic=config.deterministic,
         skip_batches=start_step,
+        with_index=True,  # keys the dropout masks (models/layers.py KeyedDropout)
     )
-    sample_images, sample_labels = next(iter(batches.take(1)))
+    sample_images, sample_labels, _ = next(iter(batches.take(1)))
     return types.SimpleNamespace(
         chief=chief,
         scratch=scratch,

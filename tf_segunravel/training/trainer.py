@@ -17,6 +17,7 @@ from tf_segunravel.losses import (
     template_similarity_loss,
 )
 from tf_segunravel.models.deeplab_largefov import FEATURE_LAYER, with_features
+from tf_segunravel.models.layers import example_keys
 from tf_segunravel.training.optim import caffe_gradients
 
 
@@ -44,9 +45,11 @@ class SegmentationTrainer(keras.Model):
         use_lr_multipliers=True,
         feature_layer=FEATURE_LAYER,
         ignore_label=IGNORE_LABEL,
+        dropout_seed=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        self.dropout_seed = dropout_seed
         self.network = network
         self.features_and_scores = with_features(network, feature_layer)
         self.num_classes = num_classes
@@ -142,10 +145,22 @@ class SegmentationTrainer(keras.Model):
         logs["learning_rate"] = tf.cast(learning_rate, tf.float32)
         return logs
 
+    def _dropout_keys(self, index):
+        """int64 [B, 2] (seed, global example index) per example, or None: batches with the
+        stream's example indices (`train_pipeline(with_index=True)`) and a `dropout_seed`
+        draw their dropout masks per example (`KeyedDropout`), so a cluster, one process
+        and a resumed run drop the same units."""
+        if not index or self.dropout_seed is None:
+            return None
+        index = tf.cast(index[0], tf.int64)
+        return tf.stack(
+            [tf.fill(tf.shape(index), tf.constant(self.dropout_seed, tf.int64)), index], 1
+        )
+
     def train_step(self, data):
-        images, labels = data
+        images, labels, *index = data
         variables = self.network.trainable_variables
-        with tf.GradientTape() as tape:
+        with tf.GradientTape() as tape, example_keys(self._dropout_keys(index)):
             total, ce, template, scores, small_labels = self._compute_losses(images, labels, True)
             scaled = self.optimizer.scale_loss(total)
         gradients = tape.gradient(scaled, variables)
@@ -166,7 +181,7 @@ class SegmentationTrainer(keras.Model):
         return _per_worker(self._update_metrics(total, ce, template, scores, small_labels))
 
     def test_step(self, data):
-        images, labels = data
+        images, labels, *_ = data
         total, ce, template, scores, small_labels = self._compute_losses(images, labels, False)
         return _per_worker(self._update_metrics(total, ce, template, scores, small_labels))
 
