@@ -51,6 +51,8 @@ setup(
         "test": ["pytest>=7", "pytest-xdist>=3", "ruff>=0.4", "mypy>=1.10"],
         # DeepLab's dense CRF (tf_segunravel/crf.py); built from source, needs a C++ compiler.
         "crf": ["pydensecrf2>=1.1"],
+        # Gradient baselines beside the fixations (tf_segunravel/baselines.py).
+        "baselines": ["tf-keras-vis==0.8.7"],
     },
     classifiers=[
         "Programming Language :: Python :: 3",

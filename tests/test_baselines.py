@@ -1,0 +1,77 @@
+"""Explanation baselines: each method's map has the image's size, lies in [0, 1], and for a
+3 x 3 network reads only the region's pixels and their 1-pixel border; bad input is an
+InputError naming what to fix."""
+
+import keras
+import numpy as np
+import pytest
+
+from tf_segunravel import baselines
+from tf_segunravel.errors import InputError
+from tf_segunravel.unravel.graph import ModelGraph
+
+pytestmark = pytest.mark.skipif(not baselines.available(), reason=baselines.INSTALL_HINT)
+
+
+@pytest.fixture(scope="module")
+def graph():
+    keras.utils.set_random_seed(4)
+    images = keras.Input((None, None, 3))
+    x = keras.layers.Conv2D(6, 3, padding="same", activation="relu", name="features")(images)
+    scores = keras.layers.Conv2D(3, 1, name="scores")(x)
+    return ModelGraph(keras.Model(images, keras.layers.Softmax()(scores)))
+
+
+@pytest.fixture(scope="module")
+def image():
+    return np.random.default_rng(1).integers(0, 256, (20, 24, 3)).astype(np.uint8)
+
+
+def predicted(graph, image):
+    from tf_segunravel.unravel import ScoreMap
+
+    return np.argmax(ScoreMap(graph).at_image_size(image[None].astype(np.float32))[0], -1)
+
+
+@pytest.mark.parametrize("method", baselines.GRADIENT_METHODS)
+def test_gradient_maps_read_only_the_region_and_its_border(graph, image, method):
+    labels = predicted(graph, image)
+    classes = [int(c) for c in np.unique(labels)]
+    maps = baselines.explain(method, graph, image, classes)
+    assert maps.shape == (len(classes), 20, 24) and maps.min() >= 0
+    for cls, heat in zip(classes, maps, strict=True):
+        assert heat.max() == pytest.approx(1.0)
+        if method.startswith("gradcam"):
+            continue  # Grad-CAM weighs whole feature maps: its support is not local
+        region = labels == cls
+        border = np.zeros_like(region)
+        for dy in (-1, 0, 1):
+            for dx in (-1, 0, 1):
+                border |= np.roll(np.roll(region, dy, 0), dx, 1)
+        assert not heat[~border].any(), method
+
+
+def test_references(graph, image):
+    labels = predicted(graph, image)
+    cls = int(np.bincount(labels.ravel()).argmax())
+    random_map = baselines.explain("random", graph, image, [cls])
+    np.testing.assert_array_equal(random_map, baselines.explain("random", graph, image, [cls]))
+    segment = baselines.explain("segment_prior", graph, image, [cls])[0]
+    assert segment[labels == cls].mean() > segment[labels != cls].mean()
+    distance = baselines.explain("distance_prior", graph, image, [cls])[0]
+    assert (distance[labels == cls] == 1).all() and (distance[labels != cls] <= 0.5).all()
+
+
+def test_gradcam_layer_defaults_to_a_spatial_convolution_and_bad_input_is_named(graph, image):
+    assert baselines.default_layer(graph) == "features"
+    with pytest.raises(InputError, match="gradcam_layer=nope: no such layer"):
+        baselines.explain("gradcam", graph, image, [0], layer="nope")
+    with pytest.raises(InputError, match=r"methods: unknown \['lime'\]"):
+        baselines.check_methods(["lime"])
+
+
+def test_without_the_extra_the_gradient_methods_say_how_to_install(monkeypatch):
+    monkeypatch.setattr(baselines, "available", lambda: False)
+    with pytest.raises(InputError, match=r"gradcam, saliency needs the baselines extra: pip"):
+        baselines.check_methods(["gradcam", "saliency", "gradient_x_input"])
+    assert baselines.check_methods(["gradient_x_input", "random"]) == ["gradient_x_input", "random"]

@@ -1,0 +1,210 @@
+"""Explanation baselines beside the fixations: gradient maps from tf-keras-vis (the
+`[baselines]` extra) and three trivial references every metric must beat.
+
+    maps = explain("gradcam", graph, image, classes, layer="fc6")  # [len(classes), H, W]
+
+Every method answers the same question for a segmentation network, as Seg-Grad-CAM poses
+it: what drove class c's mean logit over its predicted region R (on the score grid, from
+the clean image)? Maps are at the image's own size, non-negative, each scaled to [0, 1].
+
+- `gradcam`, `gradcam_plus_plus` (tf-keras-vis), at a feature layer (`layer=`; by default
+  the last convolution with a kernel wider than 1 x 1 that the scores depend on: LargeFOV's
+  fc6, since at fc7 Grad-CAM of a 1 x 1 classifier is the class's own score map);
+- `saliency` (|gradient|, max over channels) and `smoothgrad` (its mean over 20 noisy
+  copies, noise 0.2 of the input range), tf-keras-vis;
+- `gradient_x_input`: |gradient x input| summed over channels, by hand (tf-keras-vis has no
+  such method);
+- `random` (a fixed-seed uniform map), `segment_prior` (the predicted segment, blurred),
+  `distance_prior` (1 / (1 + Chebyshev distance to the segment in px)).
+"""
+
+import typing
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tf_segunravel.errors import InputError
+from tf_segunravel.unravel.maps import gaussian_blur
+
+GRADIENT_METHODS = ("gradcam", "gradcam_plus_plus", "saliency", "smoothgrad", "gradient_x_input")
+REFERENCES = ("random", "segment_prior", "distance_prior")
+METHODS = GRADIENT_METHODS + REFERENCES
+# The tf-keras-vis methods; gradient x input needs only TensorFlow.
+NEEDS_EXTRA = ("gradcam", "gradcam_plus_plus", "saliency", "smoothgrad")
+INSTALL_HINT = 'needs the baselines extra: pip install -e ".[baselines]"'
+SEGMENT_SIGMA = 6.0
+SMOOTH_SAMPLES = 20
+
+
+def available() -> bool:
+    try:
+        import tf_keras_vis  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def check_methods(methods: typing.Iterable[str]) -> list[str]:
+    """The methods, checked: an unknown one, or a tf-keras-vis one without the extra, is an
+    InputError naming it."""
+    methods = list(methods)
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise InputError(f"methods: unknown {unknown}; choose from {list(METHODS)}")
+    if any(m in NEEDS_EXTRA for m in methods) and not available():
+        raise InputError(
+            f"methods: {', '.join(m for m in methods if m in NEEDS_EXTRA)} {INSTALL_HINT}"
+        )
+    return methods
+
+
+def logits_model(graph) -> keras.Model:
+    """A Keras model from the same inputs to the logits the unravel starts from (a final
+    sigmoid or softmax left out), for gradients."""
+    layer = graph.score_step.layer
+    if graph.activation_inside:  # a Conv2D's or Dense's own activation: a linear twin
+        clone = keras.models.clone_model(graph.model)
+        clone.set_weights(graph.model.get_weights())
+        clone.get_layer(layer.name).activation = keras.activations.linear
+        return keras.Model(clone.inputs, clone.get_layer(layer.name).output)
+    try:
+        return keras.Model(graph.model.inputs, layer.output)
+    except ValueError as e:  # a score layer inside a nested model
+        raise InputError(
+            f"{layer.name}: the score layer must be a layer of the model itself for gradients"
+        ) from e
+
+
+def default_layer(graph) -> str:
+    """The last Conv2D with a kernel wider than 1 x 1 among the layers the scores depend on."""
+    for step in reversed(graph.steps):
+        layer = step.layer
+        if isinstance(layer, keras.layers.Conv2D) and max(layer.kernel_size) > 1:
+            return layer.name
+    raise InputError("gradcam: the model has no convolution wider than 1 x 1; pass a layer")
+
+
+def _normalise(maps):
+    maps = np.clip(np.asarray(maps, np.float32), 0, None)
+    peak = maps.reshape(len(maps), -1).max(axis=1).reshape(-1, 1, 1)
+    return np.divide(maps, peak, out=np.zeros_like(maps), where=peak > 0)
+
+
+def _to_image(maps, height, width):
+    maps = tf.convert_to_tensor(maps, tf.float32)[..., None]
+    return tf.image.resize(maps, (height, width), method="bilinear")[..., 0].numpy()
+
+
+def _region_scores(graph, classes, grid_labels):
+    """tf-keras-vis scores: per class, the mean logit over its predicted region."""
+
+    def make(cls):
+        region = tf.constant(grid_labels == cls, tf.float32)[None]
+
+        def score(output):
+            output = tf.cast(output, tf.float32)
+            if len(output.shape) == 2:
+                output = output[:, None, None, :]
+            if graph.binary:  # the two classes' logits, -z / 2 and z / 2
+                output = tf.concat([-0.5 * output, 0.5 * output], axis=-1)
+            total = tf.reduce_sum(region)
+            return tf.reduce_sum(output[..., cls] * region, axis=[1, 2]) / total
+
+        return score
+
+    return [make(c) for c in classes]
+
+
+def explain(
+    method: str,
+    graph,
+    image: np.ndarray,
+    classes: typing.Sequence[int],
+    *,
+    layer: str | None = None,
+    seed: int = 0,
+) -> np.ndarray:
+    """float32 [len(classes), H, W]: `method`'s map of each class for one image [H, W, 3]
+    (RGB 0..255), `graph` a `unravel.graph.ModelGraph` (its input settings apply)."""
+    from tf_segunravel.unravel import ScoreMap
+
+    check_methods([method])
+    height, width = image.shape[:2]
+    batch = tf.constant(image[None], tf.float32)
+    score_map = ScoreMap(graph)
+    scores, _ = score_map(batch)
+    grid_labels = np.argmax(scores.numpy()[0], axis=-1)
+    labels = np.argmax(score_map.at_image_size(batch).numpy()[0], axis=-1)
+    classes = [int(c) for c in classes]
+    if method == "random":
+        rng = np.random.default_rng(seed)
+        return rng.random((len(classes), height, width)).astype(np.float32)
+    if method in ("segment_prior", "distance_prior"):
+        masks = np.stack([labels == c for c in classes]).astype(np.float32)
+        if method == "segment_prior":
+            return _normalise(gaussian_blur(tf.constant(masks), SEGMENT_SIGMA).numpy())
+        return _normalise(np.stack([1 / (1 + _distance(mask)) for mask in masks]))
+    fed = graph.feed(batch)  # the model's own input: resized, input settings applied
+    model = logits_model(graph)
+    scores_per_class = _region_scores(graph, classes, grid_labels)
+    maps = []
+    for score in scores_per_class:
+        maps.append(_gradient_map(method, model, graph, fed, score, layer, seed))
+    maps = np.stack(maps)
+    if maps.shape[1:] != (height, width):
+        maps = _to_image(maps, height, width)
+    return _normalise(maps)
+
+
+def _gradient_map(method, model, graph, fed, score, layer, seed):
+    if method == "gradient_x_input":
+        with tf.GradientTape() as tape:
+            tape.watch(fed)
+            value = score(model(fed, training=False))
+        gradient = tape.gradient(value, fed)
+        return np.abs(tf.reduce_sum(gradient * fed, axis=-1).numpy()[0])
+    if method in ("gradcam", "gradcam_plus_plus"):
+        from tf_keras_vis.gradcam import Gradcam
+        from tf_keras_vis.gradcam_plus_plus import GradcamPlusPlus
+
+        cls = Gradcam if method == "gradcam" else GradcamPlusPlus
+        name = layer or default_layer(graph)
+        try:
+            model.get_layer(name)
+        except ValueError as e:
+            raise InputError(f"gradcam_layer={name}: no such layer in {graph.model.name}") from e
+        if len(model.get_layer(name).output.shape) != 4:
+            raise InputError(f"gradcam_layer={name}: not a feature map [B, h, w, C]")
+        cam = cls(model, clone=False)(
+            score,
+            fed.numpy(),
+            penultimate_layer=name,
+            seek_penultimate_conv_layer=False,
+            normalize_cam=False,
+        )
+        return np.asarray(cam)[0]
+    from tf_keras_vis.saliency import Saliency
+
+    keras.utils.set_random_seed(seed)  # SmoothGrad's noise
+    samples = SMOOTH_SAMPLES if method == "smoothgrad" else 0
+    saliency = Saliency(model, clone=False)(
+        score, fed.numpy(), smooth_samples=samples, normalize_map=False
+    )
+    return np.asarray(saliency)[0]
+
+
+def _distance(mask):
+    """Chebyshev distance in px from each pixel to the nearest pixel of `mask` (inf if none):
+    grown one 3 x 3 max-pool step at a time, so TensorFlow alone computes it."""
+    if not mask.any():
+        return np.full(mask.shape, np.inf, np.float32)
+    reached = tf.constant(mask, tf.float32)[None, ..., None]
+    distance = np.where(mask, 0, np.inf).astype(np.float32)
+    step = 0
+    while np.isinf(distance).any():
+        step += 1
+        reached = tf.nn.max_pool2d(reached, 3, 1, "SAME")
+        newly = (reached.numpy()[0, ..., 0] > 0) & np.isinf(distance)
+        distance[newly] = step
+    return distance
