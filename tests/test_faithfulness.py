@@ -90,3 +90,48 @@ def test_energy_and_pointing_game():
     flat = np.ones((SIZE, SIZE))
     assert faithfulness.pointing_game(flat, truth) == pytest.approx(BOX.mean())
     assert faithfulness.energy(flat, truth) == pytest.approx(BOX.mean())
+
+
+@pytest.mark.slow
+def test_the_experiment_tool_runs_every_method(tmp_path, shapes_data_dir):
+    import json
+
+    from tests.helpers import last_line, run_tool
+    from tf_segunravel import baselines
+    from tf_segunravel.models import deeplab_largefov
+
+    if not baselines.available():
+        pytest.skip(baselines.INSTALL_HINT)
+    keras.utils.set_random_seed(7)
+    model = deeplab_largefov(num_classes=6, width=1 / 16)
+    model.save(tmp_path / "tiny.keras")
+    methods = ",".join(("fixations", "fixations_contrastive", *baselines.METHODS))
+    common = [
+        "--experiment=faithfulness",
+        f"--model={tmp_path / 'tiny.keras'}",
+        f"--data_dir={shapes_data_dir}",
+        "--max_images=1",
+        "--faithfulness_steps=4",
+    ]
+    out = tmp_path / "out"
+    proc = run_tool("experiments", *common, f"--methods={methods}", f"--output_dir={out}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    payload = json.loads((out / "faithfulness.json").read_text())
+    assert [row["method"] for row in payload["rows"]] == methods.split(",")
+    summary = payload["summary"]
+    for method in methods.split(","):
+        for metric in faithfulness.METRICS:
+            entry = summary["methods"][method][metric]
+            assert entry["n"] >= 1 and entry["low"] <= entry["mean"] <= entry["high"]
+            if method != "gradcam":
+                assert "minus_gradcam" in entry
+        assert len(summary["curves"][method]["deletion"]) == 5
+    assert summary["by_class"] and (out / "faithfulness.png").exists()
+    for flags, message in (
+        (["--methods=fixations,lime"], "--methods: unknown ['lime']"),
+        (["--methods=gradcam", "--gradcam_layer=nope"], "--gradcam_layer=nope: no such layer"),
+    ):
+        bad = tmp_path / "bad"
+        proc = run_tool("experiments", *common, *flags, f"--output_dir={bad}")
+        assert proc.returncode == 1 and message in last_line(proc.stderr), proc.stderr[-500:]
+        assert not bad.exists()

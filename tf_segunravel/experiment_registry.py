@@ -24,6 +24,7 @@ class Experiment:
     run: for MODEL experiments, the name of a function in `tf_segunravel.experiments` called
       as `run(inputs: AnalysisInputs) -> (rows, summary)`; the others run their own module.
     plot: the name of the function drawing its figure, `plot(axis, rows)`.
+    in_all: whether `--experiment=all` runs it.
     """
 
     name: str
@@ -31,6 +32,7 @@ class Experiment:
     summary: str
     run: str | None = None
     plot: str | None = None
+    in_all: bool = True
 
 
 REGISTRY = {
@@ -65,6 +67,17 @@ REGISTRY = {
             plot="plot_salient_parts",
         ),
         Experiment(
+            "faithfulness",
+            MODEL,
+            "deletion / insertion AUC (all pixels, context only), energy and pointing game of "
+            "fixations beside gradient baselines and trivial references",
+            run="run_faithfulness",
+            plot="plot_faithfulness",
+            # Hundreds of forward passes per image and class, and the baselines extra:
+            # asked for by name, not by `all`.
+            in_all=False,
+        ),
+        Experiment(
             "template_sweep",
             TRAINS,
             "Table 3.1 on segunravel_shapes: template-loss variants and weights over seeds",
@@ -77,5 +90,6 @@ REGISTRY = {
     )
 }
 
-# What `--experiment=all` runs: every experiment that analyses one model.
+# The experiments that analyse one model, and those of them `--experiment=all` runs.
 MODEL_EXPERIMENTS = tuple(name for name, e in REGISTRY.items() if e.reads == MODEL)
+ALL_EXPERIMENTS = tuple(name for name in MODEL_EXPERIMENTS if REGISTRY[name].in_all)

@@ -27,14 +27,14 @@ from tf_segunravel.atomic import make_output_dir, save_atomically, write_json, w
 from tf_segunravel.data.labels import class_name
 from tf_segunravel.data.pipeline import MEAN_RGB
 from tf_segunravel.evaluation import evaluate
-from tf_segunravel.experiment_registry import MODEL, MODEL_EXPERIMENTS, REGISTRY
+from tf_segunravel.experiment_registry import ALL_EXPERIMENTS, MODEL, REGISTRY
 from tf_segunravel.unravel.geometry import ScoreMap
 from tf_segunravel.unravel.maps import fixation_maps
 from tf_segunravel.unravel.rules import channels_to_reach
 from tf_segunravel.unravel.settings import FixationSettings
 from tf_segunravel.unravel.tracer import SegUnravel
 
-EXPERIMENTS = MODEL_EXPERIMENTS  # the experiments that analyse one model (experiment_registry)
+EXPERIMENTS = ALL_EXPERIMENTS  # what `--experiment=all` runs (experiment_registry)
 K_FRACTIONS = (0.10, 0.25, 0.50)
 
 
@@ -407,6 +407,9 @@ class AnalysisInputs:
     settings: FixationSettings
     max_images: int = 100
     pad_size: int = 513
+    methods: tuple = ("fixations", "fixations_contrastive", "gradcam", "saliency", "segment_prior")
+    gradcam_layer: str | None = None
+    faithfulness_steps: int = 50
 
 
 def _common(inputs):
@@ -446,6 +449,29 @@ def run_salient_parts(inputs):
         max_images=inputs.max_images,
     )
     return rows, {}
+
+
+def run_faithfulness(inputs):
+    from tf_segunravel import faithfulness
+
+    return faithfulness.run(
+        inputs.network,
+        inputs.examples,
+        inputs.num_classes,
+        inputs.class_names,
+        methods=inputs.methods,
+        settings=inputs.settings,
+        max_images=inputs.max_images,
+        steps=inputs.faithfulness_steps,
+        gradcam_layer=inputs.gradcam_layer,
+    )
+
+
+def plot_faithfulness(axis, rows):
+    labels = [r["method"] for r in rows]
+    keys = ("deletion_auc", "insertion_auc", "context_deletion_auc", "context_insertion_auc")
+    _bars(axis, labels, {k: [r[k] for r in rows] for k in keys})
+    axis.set_ylabel("area under the class's region score")
 
 
 def run_experiment(name, inputs):

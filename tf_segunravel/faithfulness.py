@@ -20,6 +20,7 @@ Written by hand: the explanation libraries (tf-keras-vis, xplique, Quantus) scor
 classifiers, not a class's mean over a predicted region of a segmentation network.
 """
 
+import dataclasses
 import typing
 
 import numpy as np
@@ -162,3 +163,174 @@ def pointing_game(saliency, truth) -> float:
     saliency = np.asarray(saliency)
     peaks = saliency == saliency.max()
     return float((peaks & np.asarray(truth, bool)).sum() / peaks.sum())
+
+
+METRICS = (
+    "deletion_auc",
+    "insertion_auc",
+    "context_deletion_auc",
+    "context_insertion_auc",
+    "energy",
+    "pointing_game",
+    "seconds_per_image",
+)
+FIXATION_METHODS = ("fixations", "fixations_contrastive")
+REFERENCE_METHOD = "gradcam"
+MIN_PIXELS = 64  # a class covering fewer pixels is not scored
+BOOTSTRAP_SAMPLES = 2000
+
+
+def _maps(method, graph, engines, image, classes, settings, gradcam_layer, seed):
+    """float32 [len(classes), H, W] for one method (fixations or a `baselines` method)."""
+    from tf_segunravel import baselines
+    from tf_segunravel.unravel.maps import fixation_maps
+
+    height, width = image.shape[:2]
+    if method in FIXATION_METHODS:
+        result = engines[method](image[None].astype(np.float32))
+        maps = fixation_maps(result, height, width, settings).numpy()[0]
+        return maps[list(classes)]
+    layer = gradcam_layer if method.startswith("gradcam") else None
+    return baselines.explain(method, graph, image, classes, layer=layer, seed=seed)
+
+
+def bootstrap(values, seed=0, samples=BOOTSTRAP_SAMPLES):
+    """{mean, low, high}: the mean and a 95% percentile-bootstrap interval (fixed seed)."""
+    values = np.asarray([v for v in values if v is not None], np.float64)
+    if len(values) == 0:
+        return {"mean": None, "low": None, "high": None, "n": 0}
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, len(values), (samples, len(values)))].mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return {"mean": float(values.mean()), "low": float(low), "high": float(high), "n": len(values)}
+
+
+def run(
+    network,
+    examples,
+    num_classes,
+    class_names=None,
+    *,
+    methods=(*FIXATION_METHODS, "gradcam", "saliency", "segment_prior"),
+    settings=None,
+    max_images=10,
+    steps=50,
+    fill="mean",
+    gradcam_layer=None,
+    min_pixels=MIN_PIXELS,
+    seed=0,
+):
+    """Every method's metrics over (image, predicted class) pairs; returns (rows, summary).
+
+    `network` is a Keras model or a `graph.ModelGraph`; `examples` TFDS-style examples with
+    ground truth. A pair counts when the class covers at least `min_pixels` predicted pixels.
+    rows: one per method with each metric's mean; summary: `methods.<method>.<metric>` and
+    `by_class.<class id>.<method>.<metric>`, each {mean, low, high, n} with a paired bootstrap
+    interval of its difference from Grad-CAM (`minus_gradcam`) where Grad-CAM ran, and the
+    deletion / insertion curves' means per method (`curves`)."""
+    import time
+
+    from tf_segunravel import baselines
+    from tf_segunravel.data.labels import class_name
+    from tf_segunravel.unravel import FixationSettings, ScoreMap, SegUnravel
+    from tf_segunravel.unravel.settings import RUNNER_UP
+    from tf_segunravel.unravel.tracer import as_graph
+
+    settings = settings or FixationSettings(sigma=6.0)
+    graph = as_graph(network, strict=False)
+    methods = list(methods)
+    baselines.check_methods([m for m in methods if m not in FIXATION_METHODS])
+    engines = {}
+    if "fixations" in methods:
+        engines["fixations"] = SegUnravel(graph, dataclasses.replace(settings, contrast=None))
+    if "fixations_contrastive" in methods:
+        engines["fixations_contrastive"] = SegUnravel(
+            graph, dataclasses.replace(settings, contrast=RUNNER_UP)
+        )
+    score_map = ScoreMap(graph)
+    records = []  # (image, class, method, {metric: value})
+    curves = {m: {"deletion": [], "insertion": []} for m in methods}
+    for index, example in enumerate(examples.take(max_images).as_numpy_iterator()):
+        image = example["image"]
+        truth = example["segmentation"][..., 0]
+        batch = tf.constant(image[None], tf.float32)
+        labels = np.argmax(score_map.at_image_size(batch).numpy()[0], axis=-1)
+        classes = [int(c) for c in np.unique(labels) if (labels == c).sum() >= min_pixels]
+        if not classes:
+            continue
+        for method in methods:
+            start = time.perf_counter()
+            maps = _maps(method, graph, engines, image, classes, settings, gradcam_layer, seed)
+            seconds = time.perf_counter() - start
+            for cls, saliency in zip(classes, maps, strict=True):
+                region = labels == cls
+                options = {"steps": steps, "fill": fill, "seed": seed}
+                deletion = curve(score_map, image, cls, region, saliency, **options)
+                insertion = curve(
+                    score_map, image, cls, region, saliency, mode="insertion", **options
+                )
+                curves[method]["deletion"].append(deletion)
+                curves[method]["insertion"].append(insertion)
+                values = {
+                    "deletion_auc": area(deletion),
+                    "insertion_auc": area(insertion),
+                    "energy": energy(saliency, truth == cls),
+                    "pointing_game": pointing_game(saliency, truth == cls),
+                    "seconds_per_image": seconds,
+                }
+                if context_domain(region).numpy().any():
+                    for mode in ("deletion", "insertion"):
+                        values[f"context_{mode}_auc"] = area(
+                            curve(
+                                score_map,
+                                image,
+                                cls,
+                                region,
+                                saliency,
+                                mode=mode,
+                                domain="context",
+                                **options,
+                            )
+                        )
+                records.append((index, cls, method, values))
+    summary = _summarise(records, methods)
+    summary["curves"] = {
+        m: {k: np.mean(v, axis=0).tolist() if v else [] for k, v in c.items()}
+        for m, c in curves.items()
+    }
+    summary["pairs"] = len({(i, c) for i, c, _, _ in records})
+    rows = []
+    for method in methods:
+        row = {"method": method}
+        for metric in METRICS:
+            row[metric] = summary["methods"][method][metric]["mean"]
+        rows.append(row)
+    by_class = summary["by_class"]
+    summary["class_names"] = {c: class_name(class_names, int(c)) for c in by_class}
+    return rows, summary
+
+
+def _summarise(records, methods):
+    def table(chosen):
+        values = {}  # (method, metric) -> {(image, class): value}
+        for index, cls, method, metrics in chosen:
+            for metric, value in metrics.items():
+                values.setdefault((method, metric), {})[(index, cls)] = value
+        out = {}
+        for method in methods:
+            out[method] = {}
+            for metric in METRICS:
+                mine = values.get((method, metric), {})
+                entry = bootstrap(list(mine.values()))
+                reference = values.get((REFERENCE_METHOD, metric))
+                if reference is not None and method != REFERENCE_METHOD:
+                    paired = [mine[k] - reference[k] for k in mine if k in reference]
+                    entry["minus_gradcam"] = bootstrap(paired)
+                out[method][metric] = entry
+        return out
+
+    classes = sorted({cls for _, cls, _, _ in records})
+    return {
+        "methods": table(records),
+        "by_class": {str(c): table([r for r in records if r[1] == c]) for c in classes},
+    }

@@ -18,7 +18,13 @@ reports each class kind's share with a 95% interval over the models.
 from absl import flags
 
 from tf_segunravel import cli, settings
-from tf_segunravel.experiment_registry import MODEL, MODEL_EXPERIMENTS, MODELS, REGISTRY
+from tf_segunravel.experiment_registry import (
+    ALL_EXPERIMENTS,
+    MODEL,
+    MODEL_EXPERIMENTS,
+    MODELS,
+    REGISTRY,
+)
 
 flags.DEFINE_enum(
     "experiment",
@@ -26,7 +32,7 @@ flags.DEFINE_enum(
     [*REGISTRY, "all"],
     "Which experiment to run: "
     + "; ".join(f"{name}: {e.summary}" for name, e in REGISTRY.items())
-    + "; all: every experiment that analyses one --model.",
+    + "; all: every experiment that analyses one --model, bar faithfulness.",
 )
 flags.DEFINE_string("model", None, "A training model dir, checkpoint prefix or .keras file.")
 flags.DEFINE_list("models", None, "location_over_seeds: the models, one per training seed.")
@@ -48,6 +54,20 @@ flags.DEFINE_string("data_dir", None, "TFDS data dir (default: TFDS's own).")
 flags.DEFINE_string("output_dir", None, "Directory for the tables and figures.")
 flags.DEFINE_integer("max_images", 100, "Images analysed (k_analysis: a fifth of them).")
 flags.DEFINE_integer("pad_size", 513, "Evaluation pad size for the IoU column.")
+flags.DEFINE_list(
+    "methods",
+    ["fixations", "fixations_contrastive", "gradcam", "saliency", "segment_prior"],
+    "faithfulness: explanation methods (fixations, fixations_contrastive, gradcam, "
+    "gradcam_plus_plus, saliency, smoothgrad, gradient_x_input, random, segment_prior, "
+    "distance_prior).",
+)
+flags.DEFINE_string(
+    "gradcam_layer",
+    None,
+    "faithfulness: Grad-CAM's feature layer (default: the last "
+    "convolution wider than 1 x 1, fc6 for LargeFOV).",
+)
+flags.DEFINE_integer("faithfulness_steps", 50, "faithfulness: steps of each deletion curve.")
 cli.define_fixation_flags(defaults={"sigma": 6.0})
 cli.define_model_flags()
 flags.adopt_module_key_flags(cli)  # so --help lists them with the tool's own
@@ -127,6 +147,10 @@ def main(argv):
     reads = MODEL if FLAGS.experiment == "all" else REGISTRY[FLAGS.experiment].reads
     if reads != MODEL:  # one experiment of each of the other kinds
         return location_over_seeds() if reads == MODELS else template_sweep()
+    if FLAGS.experiment == "faithfulness":  # before any model loads
+        from tf_segunravel import baselines, faithfulness
+
+        baselines.check_methods(m for m in FLAGS.methods if m not in faithfulness.FIXATION_METHODS)
     from tf_segunravel import experiments as ex
     from tf_segunravel.data import load_split
     from tf_segunravel.data.pipeline import dataset_classes
@@ -146,8 +170,11 @@ def main(argv):
         cli.fixation_settings(names, num_classes),
         max_images=FLAGS.max_images,
         pad_size=FLAGS.pad_size,
+        methods=tuple(FLAGS.methods),
+        gradcam_layer=FLAGS.gradcam_layer,
+        faithfulness_steps=FLAGS.faithfulness_steps,
     )
-    chosen = MODEL_EXPERIMENTS if FLAGS.experiment == "all" else [FLAGS.experiment]
+    chosen = ALL_EXPERIMENTS if FLAGS.experiment == "all" else [FLAGS.experiment]
     for name in chosen:
         rows, summary = ex.run_experiment(name, inputs)
         ex.write_results(rows, FLAGS.output_dir, name, summary)
