@@ -196,7 +196,8 @@ def test_fixed_size_and_multi_output_models(trained, tmp_path):
 @pytest.mark.slow
 def test_experiments_and_export_on_the_binary_model(trained, tmp_path):
     root, _, examples = trained
-    for model, extra in (("two_outputs.keras", ["--output=mask"]), ("fixed.keras", [])):
+    models = (("binary.keras", []), ("two_outputs.keras", ["--output=mask"]), ("fixed.keras", []))
+    for model, extra in models:
         out = tmp_path / model
         proc = run_tool(
             "experiments",
@@ -215,18 +216,20 @@ def test_experiments_and_export_on_the_binary_model(trained, tmp_path):
         foreground = next(row for row in rows if row["name"] == "foreground")
         assert foreground["inside_truth"] > 0.5 and foreground["iou"] > 0.5
 
-    proc = run_tool(
-        "export",
-        f"--model={root / 'two_outputs.keras'}",
-        "--output=mask",
-        *UNIT,
-        f"--export_dir={tmp_path / 'saved_two'}",
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    two = tf.saved_model.load(str(tmp_path / "saved_two")).signatures["serving_default"]
-    image = examples[1]["image"]
-    probabilities = two(images=tf.constant(image[None]))["probabilities"].numpy()[0, ..., 1]
-    np.testing.assert_allclose(probabilities, probability(trained[1], image), atol=1e-5)
+    for model, extra in models[:2]:  # the fixed-size model's export is checked below
+        proc = run_tool(
+            "export",
+            f"--model={root / model}",
+            *extra,
+            *UNIT,
+            f"--export_dir={tmp_path / ('saved_' + model)}",
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        loaded = tf.saved_model.load(str(tmp_path / ("saved_" + model)))
+        image = examples[1]["image"]
+        out = loaded.signatures["serving_default"](images=tf.constant(image[None]))
+        probabilities = out["probabilities"].numpy()[0, ..., 1]
+        np.testing.assert_allclose(probabilities, probability(trained[1], image), atol=1e-5)
 
     export_dir = tmp_path / "saved"
     proc = run_tool(
