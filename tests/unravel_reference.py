@@ -324,6 +324,33 @@ def move(layer, inputs, out, point, k, mass, max_k, shift, dense_rule, against=N
     raise NotImplementedError(type(layer).__name__)
 
 
+def _final(layer):
+    """True for a final sigmoid or softmax (a layer of its own or a layer's activation)."""
+    if isinstance(layer, keras.layers.Softmax):
+        return True
+    activation = getattr(layer, "activation", None)
+    return any(activation is keras.activations.get(name) for name in ("sigmoid", "softmax"))
+
+
+def _logits(model, value_of):
+    """The scores before a final sigmoid or softmax, where the unravel starts."""
+    tensor = model.output
+    while True:
+        layer = tensor._keras_history.operation
+        if isinstance(layer, (keras.layers.Activation, keras.layers.Softmax)) and _final(layer):
+            tensor = layer.input
+            continue
+        break
+    if not _final(layer):
+        return value_of[id(tensor)]
+    x = value_of[id(layer.input)]
+    if isinstance(layer, keras.layers.Dense):
+        logits = x @ np.asarray(layer.kernel)
+    else:
+        logits = np.asarray(layer.convolution_op(x, layer.kernel))
+    return logits + np.asarray(layer.bias) if layer.use_bias else logits
+
+
 def naive_unravel(
     model,
     images,
@@ -346,7 +373,7 @@ def naive_unravel(
     values = keras.Model(model.input, tensors)(images, training=False)
     value_of = {id(t): np.asarray(v) for t, v in zip(tensors, values, strict=True)}
     value_of[id(model.input)] = np.asarray(images, np.float32)
-    scores = value_of[id(model.output)]
+    scores = _logits(model, value_of)
     if scores.ndim == 2:
         scores = scores[:, None, None, :]
     labels = np.argmax(scores, axis=-1)
