@@ -151,3 +151,38 @@ def test_the_experiment_tool_runs_every_method(tmp_path, shapes_data_dir):
         proc = run_tool("experiments", *common, *flags, f"--output_dir={bad}")
         assert proc.returncode == 1 and message in last_line(proc.stderr), proc.stderr[-500:]
         assert not bad.exists()
+
+
+def test_spearman_shares_ranks_among_ties():
+    a = np.array([0, 0, 1, 2.0])
+    assert faithfulness.spearman(a, a) == pytest.approx(1.0)
+    assert faithfulness.spearman(a, -a) == pytest.approx(-1.0)
+    assert faithfulness.spearman(a, np.array([5, 5, 6, 7.0])) == pytest.approx(1.0)
+    assert faithfulness.spearman(np.zeros(4), a) == 0.0
+
+
+def test_cascading_randomisation_flags_a_map_that_ignores_the_weights():
+    from tf_segunravel import baselines
+    from tf_segunravel.unravel.graph import ModelGraph
+
+    keras.utils.set_random_seed(4)
+    images = keras.Input((None, None, 3))
+    x = keras.layers.Conv2D(6, 3, padding="same", activation="relu", name="features")(images)
+    model = keras.Model(images, keras.layers.Conv2D(3, 1, name="scores")(x))
+    image = np.random.default_rng(1).integers(0, 256, (16, 16, 3)).astype(np.uint8)
+    classes = [int(c) for c in np.unique(np.argmax(model(image[None].astype("float32")), -1))]
+
+    def method(name):
+        def explain_maps(network, regions):
+            return baselines.explain(name, ModelGraph(network), image, classes, regions=regions)
+
+        return explain_maps
+
+    gradient = faithfulness.cascading_randomisation(
+        method("gradient_x_input"), model, image, classes
+    )
+    assert [layer for layer, _ in gradient] == ["scores", "features"]
+    assert gradient[-1][1] < 0.5  # every weight re-drawn: the gradient map changed
+    prior = faithfulness.cascading_randomisation(method("segment_prior"), model, image, classes)
+    # The segment prior with the regions fixed ignores the weights: it stays at 1.
+    assert all(value == pytest.approx(1.0) for _, value in prior)

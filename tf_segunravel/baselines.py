@@ -124,9 +124,14 @@ def explain(
     *,
     layer: str | None = None,
     seed: int = 0,
+    regions: tuple | None = None,
 ) -> np.ndarray:
     """float32 [len(classes), H, W]: `method`'s map of each class for one image [H, W, 3]
-    (RGB 0..255), `graph` a `unravel.graph.ModelGraph` (its input settings apply)."""
+    (RGB 0..255), `graph` a `unravel.graph.ModelGraph` (its input settings apply).
+
+    `regions` = (labels on the score grid [h, w], labels at image size [H, W]) fixes the
+    classes' regions (the randomisation check keeps the clean network's); by default they
+    are the network's own prediction."""
     from tf_segunravel.unravel import ScoreMap
 
     check_methods([method])
@@ -134,8 +139,11 @@ def explain(
     batch = tf.constant(image[None], tf.float32)
     score_map = ScoreMap(graph)
     scores, _ = score_map(batch)
-    grid_labels = np.argmax(scores.numpy()[0], axis=-1)
-    labels = np.argmax(score_map.at_image_size(batch).numpy()[0], axis=-1)
+    if regions is None:
+        grid_labels = np.argmax(scores.numpy()[0], axis=-1)
+        labels = np.argmax(score_map.at_image_size(batch).numpy()[0], axis=-1)
+    else:
+        grid_labels, labels = regions
     classes = [int(c) for c in classes]
     if method == "random":
         rng = np.random.default_rng(seed)

@@ -24,6 +24,7 @@ classifiers, not a class's mean over a predicted region of a segmentation networ
 import dataclasses
 import typing
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -207,6 +208,63 @@ def road(
     ).numpy()
     morf, lerf = scores[: len(fractions)], scores[len(fractions) :]
     return float(np.mean(lerf - morf))
+
+
+def spearman(a, b) -> float:
+    """Spearman's rank correlation of two maps (ties share their mean rank)."""
+
+    def ranks(values):
+        values = np.asarray(values, np.float64).ravel()
+        _, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
+        ends = np.cumsum(counts)
+        return ((ends - counts + 1 + ends) / 2.0)[inverse]
+
+    ra, rb = ranks(a), ranks(b)
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    denominator = np.sqrt((ra * ra).sum() * (rb * rb).sum())
+    return float((ra * rb).sum() / denominator) if denominator > 0 else 0.0
+
+
+def randomised_layers(model):
+    """The names of `model`'s layers with weights, from the scores down to the image."""
+    return [layer.name for layer in reversed(model.layers) if layer.weights]
+
+
+def cascading_randomisation(explain_maps, model, image, classes, *, seed=0, layers=None):
+    """[(layer, mean rank correlation)]: re-initialise the layers with weights from the
+    scores downwards, one more at each step (each from its own initializer, seeded), and
+    compare each class's map with the clean network's (Adebayo et al. 2018's sanity check).
+
+    `explain_maps(model, regions)` returns [len(classes), H, W] maps for a model, with the
+    classes' regions fixed to `regions` (the clean network's, so the seeds stay put). A map
+    that stays correlated while the weights it claims to explain are destroyed is not
+    explaining them."""
+    from tf_segunravel.unravel import ScoreMap
+
+    batch = tf.constant(image[None], tf.float32)
+    score_map = ScoreMap(model)
+    scores, _ = score_map(batch)
+    regions = (
+        np.argmax(scores.numpy()[0], axis=-1),
+        np.argmax(score_map.at_image_size(batch).numpy()[0], axis=-1),
+    )
+    clean = explain_maps(model, regions)
+    randomised = keras.models.clone_model(model)
+    randomised.set_weights(model.get_weights())
+    rows = []
+    for step, name in enumerate(layers or randomised_layers(model)):
+        layer = randomised.get_layer(name)
+        fresh = []
+        for number, weight in enumerate(layer.weights):
+            initializer = keras.initializers.RandomNormal(
+                stddev=float(np.std(weight.numpy())) or 0.01, seed=seed * 1000 + step * 10 + number
+            )
+            fresh.append(initializer(weight.shape).numpy())
+        layer.set_weights(fresh)
+        maps = explain_maps(randomised, regions)
+        correlations = [spearman(a, b) for a, b in zip(clean, maps, strict=True)]
+        rows.append((name, float(np.mean(correlations))))
+    return rows
 
 
 def energy(saliency, truth) -> float:

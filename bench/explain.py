@@ -1,0 +1,87 @@
+"""What explaining one image costs: fixations beside the gradient baselines.
+
+    python3 -m bench.explain [--networks=largefov,unet,deeplabv3_plus --repeats=3]
+
+For each network (random weights: the cost does not depend on what it learned), one image,
+every predicted class: the median seconds of `fixation_maps` from one `SegUnravel` call
+(all classes in one walk) and of each gradient method of `tf_segunravel/baselines.py`
+(one backward pass per class), with the network's forward pass for scale; medians of
+`--explain_repeats` for the forward pass and the fixations, of `--explain_repeats` - 2 (at
+least 1, after one untimed call) for each baseline. LargeFOV is full width at 321 x 321,
+the U-Net and DeepLabV3+ of `bench/zoo.py` at 224. The ratios (method / fixations,
+measured in the same run) come last.
+"""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import app, flags
+
+from bench.timing import median_seconds
+from bench.zoo import deeplabv3_plus, unet
+from tf_segunravel import baselines
+from tf_segunravel.models import deeplab_largefov
+from tf_segunravel.unravel import FixationSettings, SegUnravel, fixation_maps
+from tf_segunravel.unravel.graph import ModelGraph
+
+flags.DEFINE_list("networks", ["largefov", "unet", "deeplabv3_plus"], "Networks to time.")
+flags.DEFINE_list(
+    "methods",
+    ["gradcam", "saliency", "gradient_x_input"],
+    "Baselines to time (smoothgrad: 20 saliency passes per class).",
+)
+flags.DEFINE_integer("explain_repeats", 3, "Timed runs per figure (median).")
+FLAGS = flags.FLAGS  # --repeats belongs to bench.zoo
+
+NETWORKS = {
+    "largefov": (lambda: deeplab_largefov(num_classes=21), 321),
+    "unet": (lambda: unet(224), 224),
+    "deeplabv3_plus": (lambda: deeplabv3_plus(224), 224),
+}
+
+
+def measure(name):
+    """Prints one network's figures; returns its [(ratio name, value)]."""
+    build, side = NETWORKS[name]
+    keras.utils.set_random_seed(0)
+    model = build()
+    graph = ModelGraph(model)
+    image = np.random.default_rng(0).integers(0, 256, (side, side, 3)).astype(np.uint8)
+    batch = tf.constant(image[None], tf.float32)
+    forward = tf.function(lambda x: model(x, training=False))
+    forward_s = median_seconds(lambda: forward(batch).numpy(), FLAGS.explain_repeats)
+    settings = FixationSettings()
+    engine = SegUnravel(graph, settings)
+
+    def fixations():
+        return fixation_maps(engine(batch), side, side, settings).numpy()
+
+    fixations_s = median_seconds(fixations, FLAGS.explain_repeats)
+    classes = [int(c) for c in np.flatnonzero(engine(batch).seeds[0])]
+    print(f"{name}_classes: {len(classes)}")
+    print(f"{name}_forward_s: {forward_s:.3f}")
+    print(f"{name}_fixations_s: {fixations_s:.3f}")
+    ratios = []
+    for method in FLAGS.methods:
+        seconds = median_seconds(
+            lambda method=method: baselines.explain(method, graph, image, classes),
+            max(1, FLAGS.explain_repeats - 2),  # each call is one backward pass per class
+        )
+        print(f"{name}_{method}_s: {seconds:.3f}")
+        ratios.append((f"{name}_{method}_over_fixations", seconds / fixations_s))
+    return ratios
+
+
+def main(_):
+    print(f"cpu_cores: {os.cpu_count()}")
+    ratios = [ratio for name in FLAGS.networks for ratio in measure(name)]
+    for label, value in ratios:
+        print(f"{label}: {value:.2f}")
+
+
+if __name__ == "__main__":
+    app.run(main)
