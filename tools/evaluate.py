@@ -3,7 +3,9 @@
     python3 tools/evaluate.py --model=runs/shapes_base --dataset=segunravel_shapes \
         --split=val --pad_size=129 --output_json=runs/shapes_base/val.json [--crf]
 
---model is a training model dir, a checkpoint prefix or a .keras file. Prints the per-class
+--model is a training model dir, a checkpoint prefix or a .keras file; --input_scale,
+--input_mean, --input_channels and --output read a model as the fixation tool does (a
+one-channel head is background / foreground). Prints the per-class
 IoU table, mean IoU and pixel accuracy; with --crf, a second column after DeepLab's fully
 connected CRF (the `crf` extra: pip install -e ".[crf]"), from the same network pass. The
 --crf_* flags default to DeepLab-LargeFOV's settings. --crf_search first cross-validates the
@@ -31,6 +33,8 @@ flags.DEFINE_list("crf_search_weights", ["3", "4", "5"], "--crf_search: bilatera
 flags.DEFINE_list("crf_search_xy_stds", ["50", "80", "121"], "--crf_search: bilateral xy stds.")
 flags.DEFINE_list("crf_search_rgb_stds", ["3", "5", "10"], "--crf_search: bilateral rgb stds.")
 flags.DEFINE_string("crf_search_json", None, "--crf_search: write the grid here.")
+cli.define_model_flags()
+flags.adopt_module_key_flags(cli)  # so --help lists them with the tool's own
 flags.mark_flag_as_required("model")
 cli.check_path_flags(output_files=["output_json", "crf_search_json"])
 flags.register_validator("pad_size", lambda v: v >= 8, "--pad_size must be >= 8")
@@ -69,10 +73,11 @@ def main(argv):
             flag = "--crf_search" if FLAGS.crf_search else "--crf"
             raise InputError(f"{flag} {crf.INSTALL_HINT}")
         crf_settings = settings.from_flags(CRFSettings, prefix="crf_")
-    network = load_network(FLAGS.model)
-    num_classes = network.output.shape[-1]
+    network = cli.model_graph(load_network(FLAGS.model))
+    num_classes = network.num_classes
     examples = load_split(FLAGS.dataset, FLAGS.split, FLAGS.data_dir, num_classes)
     names, _ = dataset_classes(FLAGS.dataset, FLAGS.data_dir, num_classes)
+    names = names or network.class_names
     if FLAGS.crf_search:
         grid = crf.search_grid(
             [float(v) for v in FLAGS.crf_search_weights],

@@ -216,6 +216,20 @@ def test_experiments_and_export_on_the_binary_model(trained, tmp_path):
         foreground = next(row for row in rows if row["name"] == "foreground")
         assert foreground["inside_truth"] > 0.5 and foreground["iou"] > 0.5
 
+    # tools/evaluate.py reads the binary model as two classes, with the same flags.
+    proc = run_tool(
+        "evaluate",
+        f"--model={root / 'binary.keras'}",
+        *UNIT,
+        f"--dataset=folder:{root / 'val'}",
+        "--pad_size=129",
+        f"--output_json={tmp_path / 'val.json'}",
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    scores = json.loads((tmp_path / "val.json").read_text())
+    assert set(scores["per_class_iou"]) == {"background", "foreground"}
+    assert scores["per_class_iou"]["foreground"] > 0.5
+
     for model, extra in models[:2]:  # the fixed-size model's export is checked below
         proc = run_tool(
             "export",
