@@ -103,17 +103,23 @@ def _region_scores(graph, classes, grid_labels):
         region = tf.constant(grid_labels == cls, tf.float32)[None]
 
         def score(output):
-            output = tf.cast(output, tf.float32)
-            if len(output.shape) == 2:
-                output = output[:, None, None, :]
-            if graph.binary:  # the two classes' logits, -z / 2 and z / 2
-                output = tf.concat([-0.5 * output, 0.5 * output], axis=-1)
-            total = tf.reduce_sum(region)
-            return tf.reduce_sum(output[..., cls] * region, axis=[1, 2]) / total
+            logits = graph.class_scores(output)[..., cls]
+            return tf.reduce_sum(logits * region, axis=[1, 2]) / tf.reduce_sum(region)
 
         return score
 
     return [make(c) for c in classes]
+
+
+def predicted_regions(graph, image):
+    """(labels on the score grid [h, w], labels at image size [H, W]): the network's own
+    prediction, from one forward pass."""
+    from tf_segunravel.grids import scores_at_size
+    from tf_segunravel.unravel import ScoreMap
+
+    scores, geometry = ScoreMap(graph)(tf.constant(image[None], tf.float32))
+    full = scores_at_size(scores, image.shape[0], image.shape[1], geometry)
+    return np.argmax(scores.numpy()[0], axis=-1), np.argmax(full.numpy()[0], axis=-1)
 
 
 def explain(
@@ -132,18 +138,10 @@ def explain(
     `regions` = (labels on the score grid [h, w], labels at image size [H, W]) fixes the
     classes' regions (the randomisation check keeps the clean network's); by default they
     are the network's own prediction."""
-    from tf_segunravel.unravel import ScoreMap
-
     check_methods([method])
     height, width = image.shape[:2]
     batch = tf.constant(image[None], tf.float32)
-    score_map = ScoreMap(graph)
-    scores, _ = score_map(batch)
-    if regions is None:
-        grid_labels = np.argmax(scores.numpy()[0], axis=-1)
-        labels = np.argmax(score_map.at_image_size(batch).numpy()[0], axis=-1)
-    else:
-        grid_labels, labels = regions
+    grid_labels, labels = regions if regions is not None else predicted_regions(graph, image)
     classes = [int(c) for c in classes]
     if method == "random":
         rng = np.random.default_rng(seed)

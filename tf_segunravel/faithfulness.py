@@ -239,15 +239,10 @@ def cascading_randomisation(explain_maps, model, image, classes, *, seed=0, laye
     classes' regions fixed to `regions` (the clean network's, so the seeds stay put). A map
     that stays correlated while the weights it claims to explain are destroyed is not
     explaining them."""
-    from tf_segunravel.unravel import ScoreMap
+    from tf_segunravel.baselines import predicted_regions
+    from tf_segunravel.unravel.graph import ModelGraph
 
-    batch = tf.constant(image[None], tf.float32)
-    score_map = ScoreMap(model)
-    scores, _ = score_map(batch)
-    regions = (
-        np.argmax(scores.numpy()[0], axis=-1),
-        np.argmax(score_map.at_image_size(batch).numpy()[0], axis=-1),
-    )
+    regions = predicted_regions(ModelGraph(model, strict=False), image)
     clean = explain_maps(model, regions)
     randomised = keras.models.clone_model(model)
     randomised.set_weights(model.get_weights())
@@ -298,7 +293,7 @@ MIN_PIXELS = 64  # a class covering fewer pixels is not scored
 BOOTSTRAP_SAMPLES = 2000
 
 
-def _maps(method, graph, engines, image, classes, settings, gradcam_layer, seed):
+def _maps(method, graph, engines, image, classes, settings, gradcam_layer, seed, regions):
     """float32 [len(classes), H, W] for one method (fixations or a `baselines` method)."""
     from tf_segunravel import baselines
     from tf_segunravel.unravel.maps import fixation_maps
@@ -309,7 +304,7 @@ def _maps(method, graph, engines, image, classes, settings, gradcam_layer, seed)
         maps = fixation_maps(result, height, width, settings).numpy()[0]
         return maps[list(classes)]
     layer = gradcam_layer if method.startswith("gradcam") else None
-    return baselines.explain(method, graph, image, classes, layer=layer, seed=seed)
+    return baselines.explain(method, graph, image, classes, layer=layer, seed=seed, regions=regions)
 
 
 def bootstrap(values, seed=0, samples=BOOTSTRAP_SAMPLES):
@@ -371,14 +366,16 @@ def run(
     for index, example in enumerate(examples.take(max_images).as_numpy_iterator()):
         image = example["image"]
         truth = example["segmentation"][..., 0]
-        batch = tf.constant(image[None], tf.float32)
-        labels = np.argmax(score_map.at_image_size(batch).numpy()[0], axis=-1)
+        regions = baselines.predicted_regions(graph, image)  # one pass, every method
+        labels = regions[1]
         classes = [int(c) for c in np.unique(labels) if (labels == c).sum() >= min_pixels]
         if not classes:
             continue
         for method in methods:
             start = time.perf_counter()
-            maps = _maps(method, graph, engines, image, classes, settings, gradcam_layer, seed)
+            maps = _maps(
+                method, graph, engines, image, classes, settings, gradcam_layer, seed, regions
+            )
             seconds = time.perf_counter() - start
             for cls, saliency in zip(classes, maps, strict=True):
                 region = labels == cls

@@ -22,7 +22,7 @@ from tf_segunravel.atomic import check_output_dir, make_output_dir, save_atomica
 from tf_segunravel.data.labels import class_name, read_image, read_label_png
 from tf_segunravel.errors import InputError
 from tf_segunravel.grids import first_argmax, scores_at_size
-from tf_segunravel.unravel.maps import fixation_maps, inlier_mask
+from tf_segunravel.unravel.maps import heatmaps, inlier_mask
 from tf_segunravel.unravel.settings import FixationSettings
 from tf_segunravel.unravel.tracer import MAX_COUNT, SegUnravel, UnravelResult
 from tf_segunravel.viz import flow_gif, overlay_figure
@@ -230,11 +230,23 @@ class FixationWriter:
         if counts.size and counts.max() > np.iinfo(np.int32).max:
             raise InputError(f"{image_path}: path counts overflow int32; use a smaller k=")
         classes = np.flatnonzero(seeds).astype(np.int32)
-        class_maps = fixation_maps(result, height, width, self.settings).numpy()[0][classes]
+        # The outlier removal runs once: its mask both draws the maps (as `fixation_maps`
+        # would) and counts what it dropped for the statistics.
+        rows = np.concatenate([np.zeros((len(points), 1), np.int32), points], axis=1)
         inliers = np.ones(len(points), bool)
         if self.settings.outlier_radius > 0 and len(points):
-            rows = np.concatenate([np.zeros((len(points), 1), np.int32), points], axis=1)
             inliers = inlier_mask(rows, height, width, self.settings.outlier_radius).numpy()
+        class_maps = heatmaps(
+            rows[inliers],
+            counts[inliers],
+            batch=1,
+            num_classes=len(seeds),
+            height=height,
+            width=width,
+            sigma=self.settings.sigma,
+            outlier_radius=0,
+            weighted=self.settings.weighted,
+        ).numpy()[0][classes]
         stats = class_statistics(classes, seeds, points, counts, labels, truth, inliers)
         if self.class_names:
             for key, entry in stats.items():

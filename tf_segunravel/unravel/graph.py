@@ -11,6 +11,7 @@ import dataclasses
 import typing
 
 import keras
+import tensorflow as tf
 
 if typing.TYPE_CHECKING:
     from tf_segunravel.unravel.rules import LayerKind
@@ -254,8 +255,6 @@ class ModelGraph:
     def feed(self, images):
         """The model's input from RGB 0..255 images: resized to a fixed input size where the
         model has one (bilinear), then `InputSettings` applied."""
-        import tensorflow as tf
-
         x = tf.cast(images, tf.float32)
         if self.input_size is not None and tuple(x.shape[1:3]) != self.input_size:
             x = tf.image.resize(x, self.input_size, method="bilinear")
@@ -271,12 +270,17 @@ class ModelGraph:
     def scores(self, values):
         """float32 [B, h, w, classes]: the logits the unravel starts from (see the class
         docstring), from a recorded pass; a classifier's are one position."""
-        import tensorflow as tf
-
         if self.activation_inside:
             scores = _linear_part(self.score_step.layer, values[self.score_step.inputs[0]])
         else:
             scores = values[self.output_id]
+        return self.class_scores(scores)
+
+    def class_scores(self, scores):
+        """The score tensor's values (before any final activation) as per-class logits
+        [B, h, w, classes]: a classifier's as one position, a one-channel head's as its two
+        classes (-z / 2, z / 2). Gradient baselines read a logits model's output through it
+        too, so every method sees the same classes."""
         scores = tf.cast(scores, tf.float32)
         if len(scores.shape) == 2:
             scores = scores[:, None, None, :]
@@ -287,8 +291,6 @@ class ModelGraph:
     def score_kernel(self):
         """The score layer's kernel as the walk reads it: for a binary head, the two classes'
         filters (-w / 2, w / 2); else the layer's own (None: the rule reads `layer.kernel`)."""
-        import tensorflow as tf
-
         if not self.binary:
             return None
         kernel = tf.convert_to_tensor(self.score_step.layer.kernel)
@@ -296,20 +298,14 @@ class ModelGraph:
 
     def image_size(self, values):
         """int32 [2]: the (height, width) of the images as given."""
-        import tensorflow as tf
-
         return tf.shape(values[IMAGES])[1:3]
 
     def fed_size(self, values):
-        import tensorflow as tf
-
         return tf.shape(values[self.input_id])[1:3]
 
     def geometry(self, values):
         """float32 [2, 2] (`geometry.score_geometry`) on the images' own pixels: composed
         with the resize to a fixed input size, pixel centres matched."""
-        import tensorflow as tf
-
         from tf_segunravel.unravel.geometry import score_geometry
 
         geometry = score_geometry(self, values)
