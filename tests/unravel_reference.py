@@ -7,6 +7,7 @@ it for the speed-up figure.
 
 import collections
 import math
+import typing
 
 import keras
 import numpy as np
@@ -26,26 +27,68 @@ PASS = (
 )
 
 
-def same_before(size_in, size_out, kernel, stride, dilation):
+class Options(typing.NamedTuple):
+    """The unravel settings the reference implements (FixationSettings' unravel fields)."""
+
+    k: int = 1
+    mass: float | None = None
+    max_k: int = 16
+    shift: str = "partial"
+    dense_rule: str = "topk"
+    ties: str = "first"
+    padded_taps: bool = False
+    resize_mapping: str = "centres"
+
+    def full(self, dilation):
+        return self.shift == "full" or (self.shift == "partial" and max(dilation) == 1)
+
+    def better(self, value, best):
+        """Whether a candidate met later in index order replaces the best so far."""
+        return value >= best if self.ties == "last" else value > best
+
+
+def same_padding(size_in, size_out, kernel, stride, dilation):
+    """(before, after) padding of one axis under 'same'."""
     effective = (kernel - 1) * dilation + 1
-    return max((size_out - 1) * stride + effective - size_in, 0) // 2
+    total = max((size_out - 1) * stride + effective - size_in, 0)
+    return total // 2, total - total // 2
 
 
-def keep_channels(scores, k, mass, max_k, positive=False):
-    order = sorted(range(len(scores)), key=lambda c: (-scores[c], c))
+def same_before(size_in, size_out, kernel, stride, dilation):
+    return same_padding(size_in, size_out, kernel, stride, dilation)[0]
+
+
+def keep_channels(scores, opt, positive=False):
+    if opt.ties == "last":
+        order = sorted(range(len(scores)), key=lambda c: (-scores[c], -c))
+    else:
+        order = sorted(range(len(scores)), key=lambda c: (-scores[c], c))
     if positive:
         kept = [c for c in range(len(scores)) if scores[c] > 0]
         return kept or [order[0]]
-    if mass is None:
-        return order[:k]
+    if opt.mass is None:
+        return order[: opt.k]
     total = sum(max(s, 0.0) for s in scores)
     kept, running = [], 0.0
-    for c in order[: min(max_k, len(scores))]:
+    for c in order[: min(opt.max_k, len(scores))]:
         kept.append(c)
         running += scores[c]
-        if running >= mass * total:
+        if running >= opt.mass * total:
             break
     return kept
+
+
+def best_of(values, opt):
+    """Index of the largest of `values` (None entries are no candidates), ties by `opt`."""
+    best, where = -math.inf, None
+    for index, value in enumerate(values):
+        if value is not None and (where is None or opt.better(value, best)):
+            best, where = value, index
+    return where
+
+
+def clamp(yy, xj, h, w):
+    return min(max(yy, 0), h - 1), min(max(xj, 0), w - 1)
 
 
 def margin_kernel(layer, ch, against):
@@ -56,7 +99,7 @@ def margin_kernel(layer, ch, against):
     return kernel
 
 
-def conv_point(layer, x, out, point, k, mass, max_k, shift, against=None):
+def conv_point(layer, x, out, point, opt, against=None):
     b, y, xx, ch = point
     kernel = margin_kernel(layer, ch, against)
     kh, kw, group_in, filters = kernel.shape
@@ -66,42 +109,41 @@ def conv_point(layer, x, out, point, k, mass, max_k, shift, against=None):
     left = same_before(w, out.shape[2], kw, sw, dw) if layer.padding == "same" else 0
     group = ch // (filters // layer.groups)
     channel_scores = [0.0] * group_in
-    taps = {}
+    taps = []
     for i in range(kh):
         for j in range(kw):
             yy, xj = y * sh - top + i * dh, xx * sw - left + j * dw
             inside = 0 <= yy < h and 0 <= xj < w
-            taps[(i, j)] = (yy, xj, inside)
+            taps.append((i, j, yy, xj, inside))
             for c in range(group_in):
                 value = x[b, yy, xj, group * group_in + c] if inside else 0.0
                 contribution = float(value) * float(kernel[i, j, c, ch])
                 channel_scores[c] += contribution
-    full = shift == "full" or (shift == "partial" and max(dh, dw) == 1)
     moved = []
-    for c in keep_channels(channel_scores, k, mass, max_k):
-        if full:
-            best, best_tap = -math.inf, None
-            for i in range(kh):
-                for j in range(kw):
-                    yy, xj, inside = taps[(i, j)]
-                    if not inside:
-                        continue
+    for c in keep_channels(channel_scores, opt):
+        if opt.full((dh, dw)):
+            values = []
+            for i, j, yy, xj, inside in taps:
+                if inside:
                     p = float(x[b, yy, xj, group * group_in + c]) * float(kernel[i, j, c, ch])
-                    if p > best:
-                        best, best_tap = p, (yy, xj)
-            yy, xj = best_tap
+                    values.append(p)
+                else:  # a padded zero
+                    values.append(0.0 if opt.padded_taps else None)
+            _, _, yy, xj, _ = taps[best_of(values, opt)]
+            yy, xj = clamp(yy, xj, h, w)
         else:
-            yy, xj, _ = taps[((kh - 1) // 2, (kw - 1) // 2)]
+            _, _, yy, xj, _ = taps[((kh - 1) // 2) * kw + (kw - 1) // 2]
         moved.append((0, (b, yy, xj, group * group_in + c)))
     return moved
 
 
-def dense_point(layer, x, point, k, mass, max_k, positive, against=None):
+def dense_point(layer, x, point, opt, against=None):
     b, y, xx, ch = point
     kernel = margin_kernel(layer, ch, against)
     vector = x[b, y, xx] if x.ndim == 4 else x[b]
     scores = [float(vector[c]) * float(kernel[c, ch]) for c in range(len(vector))]
-    return [(0, (b, y, xx, c)) for c in keep_channels(scores, k, mass, max_k, positive)]
+    positive = opt.dense_rule == "positive"
+    return [(0, (b, y, xx, c)) for c in keep_channels(scores, opt, positive)]
 
 
 def depthwise_taps(x, out, point, kernel, strides, dilation, padding):
@@ -125,23 +167,25 @@ def depthwise_taps(x, out, point, kernel, strides, dilation, padding):
     return taps, channel
 
 
-def depthwise_point(x, out, point, kernel, strides, dilation, padding, k, mass, max_k, shift):
-    """One input channel per output channel: K picks taps (full shift) or the centre."""
+def depthwise_point(x, out, point, kernel, strides, dilation, padding, opt):
+    """One input channel per output channel: K picks taps (full shift) or the centre; with
+    padded taps, taps on the padding compete with a zero contribution and are clamped."""
     b = point[0]
     taps, channel = depthwise_taps(x, out, point, kernel, strides, dilation, padding)
     kh, kw = kernel.shape[:2]
-    full = shift == "full" or (shift == "partial" and max(dilation) == 1)
-    if not full:
+    if not opt.full(dilation):
         _, yy, xj, _, _ = taps[((kh - 1) // 2) * kw + (kw - 1) // 2]
         return [(0, (b, yy, xj, channel))]
-    inside = [t for t in taps if t[3]]
-    scores = [t[4] for t in inside]
+    candidates = taps if opt.padded_taps else [t for t in taps if t[3]]
+    scores = [t[4] if t[3] else 0.0 for t in candidates]
+    h, w = x.shape[1:3]
     return [
-        (0, (b, inside[c][1], inside[c][2], channel)) for c in keep_channels(scores, k, mass, max_k)
+        (0, (b, *clamp(candidates[c][1], candidates[c][2], h, w), channel))
+        for c in keep_channels(scores, opt)
     ]
 
 
-def separable_point(layer, x, out, point, k, mass, max_k, shift):
+def separable_point(layer, x, out, point, opt):
     """Pointwise 1x1 step on the depthwise output (computed at this position only), then
     the depthwise step; the depthwise output has the layer output's spatial size."""
     b, y, xx, ch = point
@@ -154,12 +198,12 @@ def separable_point(layer, x, out, point, k, mass, max_k, shift):
     ]
     scores = [middle[c] * float(pointwise[0, 0, c, ch]) for c in range(len(middle))]
     moved = []
-    for c in keep_channels(scores, k, mass, max_k):
-        moved += depthwise_point(x, out, (b, y, xx, c), depthwise, *args, k, mass, max_k, shift)
+    for c in keep_channels(scores, opt):
+        moved += depthwise_point(x, out, (b, y, xx, c), depthwise, *args, opt)
     return moved
 
 
-def transpose_point(layer, x, out, point, k, mass, max_k, shift):
+def transpose_point(layer, x, out, point, opt):
     """Input i feeds output i * s - pad + t * d: the candidates of an output position."""
     b, y, xx, ch = point
     kernel = layer.kernel.numpy()  # [kh, kw, filters, C_in]
@@ -181,18 +225,17 @@ def transpose_point(layer, x, out, point, k, mass, max_k, shift):
         sum(float(x[b, iy, ix, c]) * float(kernel[i, j, ch, c]) for i, j, iy, ix in candidates)
         for c in range(channels)
     ]
-    full = shift == "full" or (shift == "partial" and max(dh, dw) == 1)
     moved = []
-    for c in keep_channels(scores, k, mass, max_k):
-        if full:
-            best = max(
-                candidates,
-                key=lambda t: float(x[b, t[2], t[3], c]) * float(kernel[t[0], t[1], ch, c]),
-            )
+    for c in keep_channels(scores, opt):
+        if opt.full((dh, dw)):
+            values = [
+                float(x[b, t[2], t[3], c]) * float(kernel[t[0], t[1], ch, c]) for t in candidates
+            ]
         else:
-            best = min(
-                candidates, key=lambda t: (t[0] - (kh - 1) // 2) ** 2 + (t[1] - (kw - 1) // 2) ** 2
-            )
+            values = [
+                -((t[0] - (kh - 1) // 2) ** 2 + (t[1] - (kw - 1) // 2) ** 2) for t in candidates
+            ]
+        best = candidates[best_of(values, opt)]
         moved.append((0, (b, best[2], best[3], c)))
     return moved
 
@@ -211,7 +254,7 @@ def broadcast_value(tensor, point):
     )
 
 
-def merge_point(layer, inputs, out, point):
+def merge_point(layer, inputs, out, point, opt):
     """The input a merge routes the point to: larger value (sum, average, maximum, product
     among full-size factors), smaller (minimum), larger contribution (a - b)."""
     values = [broadcast_value(t, point) for t in inputs]
@@ -222,30 +265,45 @@ def merge_point(layer, inputs, out, point):
     full = [t.shape[1:] == out.shape[1:] for t in inputs]
     if not any(full):
         full = [True] * len(inputs)
-    best = max((v, -i) for i, v in enumerate(values) if full[i])
-    return [(-best[1], point)]
+    return [(best_of([v if full[i] else None for i, v in enumerate(values)], opt), point)]
 
 
-def pool_point(layer, x, out, point):
+def pool_point(layer, x, out, point, opt):
+    """The window's largest input; with padded taps, the taps on the padding (not those a
+    Caffe ceil-mode window reaches beyond it) hold zeros that compete, then are clamped."""
     b, y, xx, ch = point
+    h, w = x.shape[1:3]
     if isinstance(layer, CaffePooling2D):
         (kh, kw), (sh, sw) = (layer.pool_size,) * 2, (layer.strides,) * 2
-        top = left = layer.padding
+        (top, bottom), (left, right) = (layer.padding,) * 2, (layer.padding,) * 2
     else:
         (kh, kw), (sh, sw) = layer.pool_size, layer.strides
-        same = layer.padding == "same"
-        top = same_before(x.shape[1], out.shape[1], kh, sh, 1) if same else 0
-        left = same_before(x.shape[2], out.shape[2], kw, sw, 1) if same else 0
-    best, where = -math.inf, None
+        if layer.padding == "same":
+            top, bottom = same_padding(h, out.shape[1], kh, sh, 1)
+            left, right = same_padding(w, out.shape[2], kw, sw, 1)
+        else:
+            top = bottom = left = right = 0
+    values, where = [], []
     for i in range(kh):
         for j in range(kw):
             yy, xj = y * sh - top + i, xx * sw - left + j
-            if 0 <= yy < x.shape[1] and 0 <= xj < x.shape[2] and x[b, yy, xj, ch] > best:
-                best, where = x[b, yy, xj, ch], (yy, xj)
-    return [(0, (b, *where, ch))]
+            where.append((yy, xj))
+            if 0 <= yy < h and 0 <= xj < w:
+                values.append(float(x[b, yy, xj, ch]))
+            elif opt.padded_taps and -top <= yy < h + bottom and -left <= xj < w + right:
+                values.append(0.0)
+            else:
+                values.append(None)
+    return [(0, (b, *clamp(*where[best_of(values, opt)], h, w), ch))]
 
 
-def move(layer, inputs, out, point, k, mass, max_k, shift, dense_rule, against=None):
+def resize_position(p, size_in, size_out, opt):
+    if opt.resize_mapping == "corners":  # Caffe's Interp: first to first, last to last
+        return min(math.floor(p * (size_in - 1) / max(size_out - 1, 1)), size_in - 1)
+    return min(math.floor((p + 0.5) * size_in / size_out), size_in - 1)
+
+
+def move(layer, inputs, out, point, opt, against=None):
     """[(input index, new point)] for one point at the layer's output; `against`, at the score
     layer of a contrastive unravel, is the class whose score the seed's margin subtracts."""
     b, y, xx, ch = point
@@ -253,22 +311,20 @@ def move(layer, inputs, out, point, k, mass, max_k, shift, dense_rule, against=N
     if against is not None:
         assert isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)), layer
         if isinstance(layer, keras.layers.Conv2D):
-            return conv_point(layer, x, out, point, k, mass, max_k, shift, against)
-        return dense_point(layer, x, point, k, mass, max_k, dense_rule == "positive", against)
+            return conv_point(layer, x, out, point, opt, against)
+        return dense_point(layer, x, point, opt, against)
     if isinstance(layer, PASS):
         return [(0, point)]
     if isinstance(layer, keras.layers.Conv2DTranspose):
-        return transpose_point(layer, x, out, point, k, mass, max_k, shift)
+        return transpose_point(layer, x, out, point, opt)
     if isinstance(layer, keras.layers.DepthwiseConv2D):
         args = (tuple(layer.strides), tuple(layer.dilation_rate), layer.padding)
-        return depthwise_point(x, out, point, layer.kernel.numpy(), *args, k, mass, max_k, shift)
+        return depthwise_point(x, out, point, layer.kernel.numpy(), *args, opt)
     if isinstance(layer, keras.layers.SeparableConv2D):
-        return separable_point(layer, x, out, point, k, mass, max_k, shift)
+        return separable_point(layer, x, out, point, opt)
     if isinstance(layer, keras.layers.ZeroPadding2D):
         (top, _), (left, _) = layer.padding
-        yy = min(max(y - top, 0), x.shape[1] - 1)
-        xj = min(max(xx - left, 0), x.shape[2] - 1)
-        return [(0, (b, yy, xj, ch))]
+        return [(0, (b, *clamp(y - top, xx - left, x.shape[1], x.shape[2]), ch))]
     if isinstance(layer, keras.layers.Cropping2D):
         (top, _), (left, _) = layer.cropping
         return [(0, (b, y + top, xx + left, ch))]
@@ -292,25 +348,25 @@ def move(layer, inputs, out, point, k, mass, max_k, shift, dense_rule, against=N
             keras.layers.Minimum,
         ),
     ):
-        return merge_point(layer, inputs, out, point)
+        return merge_point(layer, inputs, out, point, opt)
     if isinstance(layer, keras.layers.Conv2D):
-        return conv_point(layer, x, out, point, k, mass, max_k, shift)
+        return conv_point(layer, x, out, point, opt)
     if isinstance(layer, keras.layers.Dense):
-        return dense_point(layer, x, point, k, mass, max_k, dense_rule == "positive")
+        return dense_point(layer, x, point, opt)
     if isinstance(
         layer, (keras.layers.MaxPooling2D, keras.layers.AveragePooling2D, CaffePooling2D)
     ):
-        return pool_point(layer, x, out, point)
+        return pool_point(layer, x, out, point, opt)
     if isinstance(layer, (keras.layers.GlobalAveragePooling2D, keras.layers.GlobalMaxPooling2D)):
         plane = x[b, :, :, ch]
-        flat = int(np.argmax(plane))
+        flat = best_of([float(v) for v in plane.ravel()], opt)
         return [(0, (b, flat // plane.shape[1], flat % plane.shape[1], ch))]
     if isinstance(layer, keras.layers.Flatten):
         _, _, width, channels = x.shape
         return [(0, (b, ch // (width * channels), (ch // channels) % width, ch % channels))]
     if isinstance(layer, keras.layers.Add):
-        values = [t[b, y, xx, ch] if t.ndim == 4 else t[b, ch] for t in inputs]
-        return [(int(np.argmax(values)), point)]
+        values = [float(t[b, y, xx, ch] if t.ndim == 4 else t[b, ch]) for t in inputs]
+        return [(best_of(values, opt), point)]
     if isinstance(layer, keras.layers.Concatenate):
         offset = 0
         for index, t in enumerate(inputs):
@@ -318,8 +374,8 @@ def move(layer, inputs, out, point, k, mass, max_k, shift, dense_rule, against=N
                 return [(index, (b, y, xx, ch - offset))]
             offset += t.shape[-1]
     if isinstance(layer, (keras.layers.UpSampling2D, keras.layers.Resizing)):
-        yy = min(math.floor((y + 0.5) * x.shape[1] / out.shape[1]), x.shape[1] - 1)
-        xj = min(math.floor((xx + 0.5) * x.shape[2] / out.shape[2]), x.shape[2] - 1)
+        yy = resize_position(y, x.shape[1], out.shape[1], opt)
+        xj = resize_position(xx, x.shape[2], out.shape[2], opt)
         return [(0, (b, yy, xj, ch))]
     raise NotImplementedError(type(layer).__name__)
 
@@ -351,6 +407,33 @@ def _logits(model, value_of):
     return logits + np.asarray(layer.bias) if layer.use_bias else logits
 
 
+def upsampled_seeds(scores, height, width):
+    """{(b, y, x, class)} as Seg-Unravel's code seeds: the scores upsampled to the input by
+    Caffe's aligned-corner Interp (zoom (H - 1) / (h - 1), a whole number), each pixel's
+    argmax seeding the score position floor(p / zoom)."""
+    batch, h, w = scores.shape[:3]
+
+    def axis(size, cells):
+        zoom = 1 if cells == 1 else (size - 1) // (cells - 1)
+        assert cells == 1 or (size - 1) % (cells - 1) == 0, (size, cells)
+        rows = []
+        for p in range(size):
+            low = min(p // zoom, cells - 1)
+            high = min(low + 1, cells - 1)
+            rows.append((low, high, (p - low * zoom) / zoom))
+        return rows
+
+    seeds = set()
+    for b in range(batch):
+        for y0, y1, fy in axis(height, h):
+            for x0, x1, fx in axis(width, w):
+                top = scores[b, y0, x0] * (1 - fx) + scores[b, y0, x1] * fx
+                bottom = scores[b, y1, x0] * (1 - fx) + scores[b, y1, x1] * fx
+                value = top * (1 - fy) + bottom * fy
+                seeds.add((b, y0, x0, int(np.argmax(value))))
+    return seeds
+
+
 def naive_unravel(
     model,
     images,
@@ -359,16 +442,22 @@ def naive_unravel(
     max_k=16,
     shift="partial",
     dense_rule="topk",
+    seeds="grid",
+    ties="first",
+    padded_taps=False,
+    resize_mapping="centres",
     seed_limit=None,
     contrast=None,
 ):
     """{(b, class, y, x): count} at the image, for a functional model of single-use layers.
 
-    `seed_limit` keeps only the first seeds (row-major), for timing on full-size networks.
-    `contrast` ("runner_up" or a class id) unravels each seed's margin over that class: the
-    seed carries the other class down to the score layer, whose kernel column becomes the
-    difference; seeds of the contrast class itself are skipped.
+    The keyword arguments are FixationSettings' unravel fields. `seed_limit` keeps only the
+    first seeds (row-major), for timing on full-size networks. `contrast` ("runner_up" or a
+    class id) unravels each seed's margin over that class: the seed carries the other class
+    down to the score layer, whose kernel column becomes the difference; seeds of the
+    contrast class itself are skipped.
     """
+    opt = Options(k, mass, max_k, shift, dense_rule, ties, padded_taps, resize_mapping)
     tensors = [layer.output for layer in model.layers]
     values = keras.Model(model.input, tensors)(images, training=False)
     value_of = {id(t): np.asarray(v) for t, v in zip(tensors, values, strict=True)}
@@ -376,12 +465,16 @@ def naive_unravel(
     scores = _logits(model, value_of)
     if scores.ndim == 2:
         scores = scores[:, None, None, :]
-    labels = np.argmax(scores, axis=-1)
+    if seeds == "upsampled":
+        height, width = np.asarray(images).shape[1:3]
+        start = sorted(upsampled_seeds(scores.astype(np.float64), height, width))
+    else:
+        labels = np.argmax(scores, axis=-1)
+        start = [(b, y, xx, int(labels[b, y, xx])) for b, y, xx in np.ndindex(labels.shape)]
     points = collections.defaultdict(collections.Counter)
-    for number, (b, y, xx) in enumerate(np.ndindex(labels.shape)):
+    for number, (b, y, xx, c) in enumerate(start):
         if seed_limit is not None and number >= seed_limit:
             break
-        c = int(labels[b, y, xx])
         against = None
         if contrast == "runner_up":
             others = scores[b, y, xx].astype(np.float64).copy()
@@ -404,8 +497,7 @@ def naive_unravel(
         for (cls, point, *against), count in arrived.items():
             if out.ndim == 2:
                 point = (point[0], 0, 0, point[3])
-            args = (k, mass, max_k, shift, dense_rule, *against)
-            for index, new in move(layer, in_values, out, point, *args):
+            for index, new in move(layer, in_values, out, point, opt, *against):
                 if in_values[index].ndim == 2:
                     new = (new[0], 0, 0, new[3])
                 points[id(inputs[index])][(cls, new)] += count

@@ -16,7 +16,24 @@ from tf_segunravel.settings import positive_integer, setting
 SHIFTS = ("none", "partial", "full")
 CHANNEL_ORDERS = ("rgb", "bgr")
 DENSE_RULES = ("topk", "positive")
+SEED_RULES = ("grid", "upsampled")
+TIE_RULES = ("first", "last")
+RESIZE_RULES = ("centres", "corners")
 RUNNER_UP = "runner_up"
+
+# Named sets of fields (`FixationSettings.from_preset`, `--preset`). "seg_unravel_code" is
+# what Seg-Unravel's released code does where it changes which points come out
+# (docs/method.md, "Against the authors' code"); the heat maps keep the package's rendering.
+PRESETS = {
+    "seg_unravel_code": {
+        "shift": "full",
+        "seeds": "upsampled",
+        "ties": "last",
+        "padded_taps": True,
+        "resize_mapping": "corners",
+        "weighted": False,
+    },
+}
 
 
 def _contrast_ok(value):
@@ -56,6 +73,31 @@ class FixationSettings:
         "Unravel: Dense layers keep the top K inputs, or every positive one (CNN-Fixations).",
         choices=DENSE_RULES,
     )
+    seeds: str = setting(
+        "grid",
+        "Unravel: seed every score position on its predicted class (grid), or, as "
+        "Seg-Unravel's code, every score position under a pixel of the class in the scores "
+        "upsampled to the input (upsampled: a superset that spills over class borders).",
+        choices=SEED_RULES,
+    )
+    ties: str = setting(
+        "first",
+        "Unravel: among tied channels or taps take the lowest index (first), or the highest "
+        "(last, what Seg-Unravel's code does on its kernels).",
+        choices=TIE_RULES,
+    )
+    padded_taps: bool = setting(
+        False,
+        "Unravel: zero-padded taps compete for the full-shift tap and in pooling windows, a "
+        "winner outside the map clamped back into it (as Seg-Unravel's code).",
+    )
+    resize_mapping: str = setting(
+        "centres",
+        "Unravel: a resizing layer maps output position p to floor((p + 0.5) in / out) "
+        "(centres), or to floor(p (in - 1) / (out - 1)) as Caffe's aligned-corner Interp "
+        "(corners).",
+        choices=RESIZE_RULES,
+    )
     contrast: str | None = setting(
         None,
         "Unravel: trace the margin of each seed's class over 'runner_up' (the best other "
@@ -84,6 +126,14 @@ class FixationSettings:
     def as_dict(self):
         return dataclasses.asdict(self)
 
+    @classmethod
+    def from_preset(cls, name, **fields):
+        """The settings of preset `name` (`PRESETS`), with `fields` replacing single ones:
+        `FixationSettings.from_preset("seg_unravel_code", k=3)`."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}")
+        return cls(**{**PRESETS[name], **fields})
+
     def contrast_class(self, class_names=None, num_classes=None):
         """The contrast as the engine takes it: None, "runner_up", or a class id (names are
         looked up in `class_names`; ids are checked against `num_classes` when given)."""
@@ -102,7 +152,18 @@ class FixationSettings:
             raise ValueError(f"contrast={value!r} is not a class of this {num_classes}-class model")
         return index
 
-    UNRAVEL_FIELDS = ("k", "mass", "max_k", "shift", "dense_rule", "contrast")
+    UNRAVEL_FIELDS = (
+        "k",
+        "mass",
+        "max_k",
+        "shift",
+        "dense_rule",
+        "seeds",
+        "ties",
+        "padded_taps",
+        "resize_mapping",
+        "contrast",
+    )
 
 
 def _floats(items):

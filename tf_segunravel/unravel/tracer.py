@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_segunravel.data.labels import IGNORE_LABEL
-from tf_segunravel.grids import first_argmax, shrink_labels
+from tf_segunravel.grids import first_argmax, labels_at_size, shrink_labels
 from tf_segunravel.unravel import graph
 from tf_segunravel.unravel.rules import Moved, Points
 from tf_segunravel.unravel.rules.convolution import conv_rule, dense_rule
@@ -72,6 +72,38 @@ def seeds_from_labels(labels, classes=None):
     label = tf.gather_nd(labels, where)
     count = tf.ones_like(label, tf.int64)
     return Points(where[:, 0], label, where[:, 1], where[:, 2], label, count)
+
+
+def seeds_from_pixels(labels, grid_size, geometry, classes=None):
+    """Seeds as Seg-Unravel's code takes them: every score position under at least one
+    pixel of class c in `labels` [B, H, W] (the scores upsampled to the input, or given
+    labels) seeds class c once. Pixel p lies under position floor((p - offset) / scale) of
+    the map `geometry` (DeepLab-LargeFOV: floor(p / 8)), clamped to the grid. Near a class
+    border a position can seed several classes: a superset of the grid's seeds."""
+    labels = tf.cast(labels, tf.int32)
+    keep = tf.not_equal(labels, IGNORE_LABEL)
+    if classes is not None:
+        wanted = tf.reshape(tf.cast(classes, labels.dtype), [-1])
+        keep = keep & tf.reduce_any(tf.equal(labels[..., None], wanted), axis=-1)
+    where = tf.cast(tf.where(keep), tf.int32)
+    label = tf.gather_nd(labels, where)
+    geometry = tf.cast(geometry, tf.float32)
+
+    def cell(pixel, axis):
+        position = (tf.cast(pixel, tf.float32) - geometry[axis, 1]) / geometry[axis, 0]
+        return tf.clip_by_value(tf.cast(tf.floor(position), tf.int32), 0, grid_size[axis] - 1)
+
+    points = Points(
+        where[:, 0],
+        label,
+        cell(where[:, 1], 0),
+        cell(where[:, 2], 1),
+        label,
+        tf.ones_like(label, tf.int64),
+    )
+    label_bound = IGNORE_LABEL + 1  # every label (and the seed's channel) is below it
+    merged = merge(points, (tf.shape(labels)[0], label_bound, *tf.unstack(grid_size), label_bound))
+    return merged.replace(count=tf.ones_like(merged.count))  # a set: one seed per position
 
 
 def contrast_seeds(points, scores, contrast):
@@ -303,13 +335,18 @@ class SegUnravel:
         """The walk's start (`Seeds`): every score position on its label's channel, from the
         predicted `labels` or from `seed_labels` at image size; with `contrast`, each seed's
         channel becomes the index of its (class, against) pair in the margin kernel."""
-        if seed_labels is not None:  # each score position takes the label under its centre
+        if self.settings.seeds == "upsampled":  # every position under a pixel of the class
+            if seed_labels is None:
+                size = tf.shape(values[graph.IMAGES])[1:3]
+                seed_labels = labels_at_size(scores, size[0], size[1], geometry)
+            points = seeds_from_pixels(seed_labels, tf.shape(scores)[1:3], geometry, classes)
+        elif seed_labels is not None:  # each score position takes the label under its centre
             seed_grid = shrink_labels(
                 tf.cast(seed_labels, tf.int32), tf.shape(scores)[1:3], geometry
             )
+            points = seeds_from_labels(seed_grid, classes)
         else:
-            seed_grid = labels
-        points = seeds_from_labels(seed_grid, classes)
+            points = seeds_from_labels(labels, classes)
         kernel = self.graph.score_kernel()
         if self.contrast is not None:
             points, against = contrast_seeds(points, scores, self.contrast)

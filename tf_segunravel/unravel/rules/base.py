@@ -9,7 +9,8 @@ layer that chooses channels (for the K analysis). docs/method.md section 2 state
 Every rule moves a batch of points in a handful of vectorised TensorFlow ops: gather every
 point's input window at once, score, pick. A point is (image b, seed class, y, x, channel,
 count); rank-2 tensors (Dense inputs) use y = x = 0. Ties go to the lowest index (row-major
-taps, then channel order), as numpy.argmax does.
+taps, then channel order), as numpy.argmax does, or with `ties="last"` to the highest (as
+Seg-Unravel's code; `best_index` and `top_indices` are the only places a rule breaks ties).
 """
 
 import typing
@@ -53,6 +54,25 @@ class UntraceableLayerError(ValueError):
     """A layer type the unravel rules do not cover."""
 
 
+def best_index(values, ties="first"):
+    """Index of the largest value along the last axis: the lowest among tied maxima
+    (ties="first"), or the highest (ties="last")."""
+    if ties == "first":
+        return first_argmax(values)
+    best = tf.reduce_max(values, axis=-1, keepdims=True)
+    positions = tf.range(tf.shape(values)[-1])
+    return tf.reduce_max(tf.where(tf.equal(values, best), positions, -1), axis=-1)
+
+
+def top_indices(scores, k, ties="first"):
+    """(values, indices) of the k largest of each row of `scores` [N, C], largest first; equal
+    values in index order (ties="first") or in reverse index order (ties="last")."""
+    if ties == "first":
+        return tf.math.top_k(scores, k)  # stable: equal values keep channel order
+    values, top = tf.math.top_k(tf.reverse(scores, axis=[1]), k)
+    return values, tf.shape(scores)[1] - 1 - top
+
+
 def spatial_size(tensor):
     """(height, width) of a [B, H, W, C] tensor as scalar tensors, from one Shape op
     (indexing `tf.shape` builds four ops per axis, and graph building costs per op)."""
@@ -60,13 +80,17 @@ def spatial_size(tensor):
     return height, width
 
 
-def pad_before(in_size, out_size, kernel, stride, dilation, padding):
-    """Leading padding of one axis: Keras/TF 'same' puts the smaller half first."""
+def pad_total(in_size, out_size, kernel, stride, dilation, padding):
+    """Padding of one axis, both sides together (0 for 'valid')."""
     if padding == "valid":
         return tf.constant(0, tf.int32)
     effective = (kernel - 1) * dilation + 1
-    total = tf.maximum((out_size - 1) * stride + effective - in_size, 0)
-    return total // 2
+    return tf.maximum((out_size - 1) * stride + effective - in_size, 0)
+
+
+def pad_before(in_size, out_size, kernel, stride, dilation, padding):
+    """Leading padding of one axis: Keras/TF 'same' puts the smaller half first."""
+    return pad_total(in_size, out_size, kernel, stride, dilation, padding) // 2
 
 
 def window_taps(points, in_h, in_w, kernel, stride, dilation, before):
@@ -79,6 +103,11 @@ def window_taps(points, in_h, in_w, kernel, stride, dilation, before):
     xs = points.x[:, None] * sw - before[1] + tj[None, :]
     inside = (ys >= 0) & (ys < in_h) & (xs >= 0) & (xs < in_w)
     return ys, xs, inside
+
+
+def clamp_taps(ys, xs, in_h, in_w):
+    """Tap coordinates moved into the input (a padded tap chosen under `padded_taps`)."""
+    return tf.clip_by_value(ys, 0, in_h - 1), tf.clip_by_value(xs, 0, in_w - 1)
 
 
 def gather_pixels(tensor, b, ys, xs, ch=None):
@@ -94,17 +123,18 @@ def gather_pixels(tensor, b, ys, xs, ch=None):
     return tf.gather_nd(tensor, tf.stack(index, axis=-1))
 
 
-def channels_to_reach(scores, fraction, cap=None):
+def channels_to_reach(scores, fraction, cap=None, ties="first"):
     """Per row of channel contributions [N, C], the fewest channels that, taken largest
     first, reach `fraction` of the row's positive total ("mass" K, docs/method.md).
 
     Returns (needed int32 [N], the channels largest first int32 [N, cap]). A row that never
     reaches it (later negative contributions can pull the running sum back under) needs all
     `cap` (default: every channel). Both the mass rule and the K analysis count with this.
+    `ties` orders equal contributions as `top_indices` does.
     """
     channels = tf.shape(scores)[1]
     cap = channels if cap is None else tf.minimum(cap, channels)
-    values, top = tf.math.top_k(scores, cap)  # stable: equal values keep channel order
+    values, top = top_indices(scores, cap, ties)
     total = tf.reduce_sum(tf.maximum(scores, 0.0), axis=1, keepdims=True)
     reached = tf.cumsum(values, axis=1) >= fraction * total
     first = tf.cast(first_argmax(tf.cast(reached, tf.int32)), tf.int32) + 1
@@ -114,18 +144,19 @@ def channels_to_reach(scores, fraction, cap=None):
 def select_channels(scores, settings, rule="topk"):
     """Channels to keep per point from channel scores [N, C]: (parent index, channel) [M]."""
     channels = tf.shape(scores)[1]
+    ties = settings.ties
     if rule == "positive":  # CNN-Fixations' FC rule; the best channel when none is positive
         keep = (scores > 0) | (
-            tf.one_hot(first_argmax(scores), channels, on_value=True, off_value=False)
+            tf.one_hot(best_index(scores, ties), channels, on_value=True, off_value=False)
         )
         where = tf.cast(tf.where(keep), tf.int32)
         return where[:, 0], where[:, 1]
     if settings.mass is None:
         k = tf.minimum(settings.k, channels)
-        _, top = tf.math.top_k(scores, k)  # stable: equal values keep channel order
+        _, top = top_indices(scores, k, ties)
         rows = tf.range(tf.shape(scores)[0])[:, None]  # (tf.repeat builds a dozen ops)
         return tf.reshape(tf.broadcast_to(rows, tf.shape(top)), [-1]), tf.reshape(top, [-1])
-    needed, top = channels_to_reach(scores, settings.mass, settings.max_k)
+    needed, top = channels_to_reach(scores, settings.mass, settings.max_k, ties)
     keep = tf.range(tf.shape(top)[1])[None, :] < needed[:, None]
     where = tf.cast(tf.where(keep), tf.int32)
     return where[:, 0], tf.gather_nd(top, where)

@@ -2,9 +2,10 @@
 
 import tensorflow as tf
 
-from tf_segunravel.grids import first_argmax
 from tf_segunravel.unravel.rules.base import (
     Moved,
+    best_index,
+    clamp_taps,
     gather_pixels,
     pad_before,
     select_channels,
@@ -85,17 +86,20 @@ def convolve(x, output, points, settings, kernel, strides, dilation, padding, gr
 
     if _full_shift(settings, dilation):
         per_tap = tap_values(contributions, parents, channels)  # [M, T]
-        per_tap = tf.where(tf.gather(inside, parents), per_tap, float("-inf"))
-        tap = first_argmax(per_tap)
+        # A tap on the padding contributes a padded zero: a candidate only with padded_taps.
+        outside = 0.0 if settings.padded_taps else float("-inf")
+        per_tap = tf.where(tf.gather(inside, parents), per_tap, outside)
+        tap = best_index(per_tap, settings.ties)
     else:  # the kernel centre
         tap = tf.fill(tf.shape(parents), ((kh - 1) // 2) * kw + (kw - 1) // 2)
     taps = tf.stack([parents, tap], axis=-1)
     in_channel = tf.gather_nd(
         tf.broadcast_to(in_channels, [tf.shape(ys)[0], group_in]), tf.stack([parents, channels], -1)
     )
-    moved = points.take(parents).replace(
-        y=tf.gather_nd(ys, taps), x=tf.gather_nd(xs, taps), ch=in_channel
-    )
+    y, x_ = tf.gather_nd(ys, taps), tf.gather_nd(xs, taps)
+    if settings.padded_taps:
+        y, x_ = clamp_taps(y, x_, *spatial_size(x))
+    moved = points.take(parents).replace(y=y, x=x_, ch=in_channel)
     return Moved([moved], channel_scores)
 
 
@@ -129,7 +133,10 @@ def depthwise(x, output, points, settings, kernel, strides, dilation, padding):
     values = gather_pixels(x, points.b, ys, xs, in_channel)  # [N, T]
     weights = filter_rows(tf.reshape(kernel, [kh * kw, channels * multiplier]), points.ch)
     contributions = values * weights  # [N, T]
-    if _full_shift(settings, dilation):
+    if _full_shift(settings, dilation) and settings.padded_taps:
+        # Padded taps contribute zeros and compete; a chosen one is clamped below.
+        parents, tap = select_channels(tf.where(inside, contributions, 0.0), settings)
+    elif _full_shift(settings, dilation):
         # Taps outside the input score below every inside tap, so they are picked last.
         lowest = tf.reduce_min(contributions) - 1.0
         scores = tf.where(inside, contributions, lowest)
@@ -140,9 +147,10 @@ def depthwise(x, output, points, settings, kernel, strides, dilation, padding):
         parents = tf.range(tf.shape(points.b)[0])
         tap = tf.fill(tf.shape(parents), ((kh - 1) // 2) * kw + (kw - 1) // 2)
     taps = tf.stack([parents, tap], axis=-1)
-    moved = points.take(parents).replace(
-        y=tf.gather_nd(ys, taps), x=tf.gather_nd(xs, taps), ch=tf.gather(in_channel, parents)
-    )
+    y, x_ = tf.gather_nd(ys, taps), tf.gather_nd(xs, taps)
+    if settings.padded_taps:
+        y, x_ = clamp_taps(y, x_, *spatial_size(x))
+    moved = points.take(parents).replace(y=y, x=x_, ch=tf.gather(in_channel, parents))
     return Moved([moved])
 
 
@@ -217,7 +225,7 @@ def transpose_rule(layer, x, output, points, settings):
     else:  # the candidate nearest the kernel centre
         centre = tf.cast((ty - (kh - 1) // 2) ** 2 + (tx - (kw - 1) // 2) ** 2, tf.float32)
         per_tap = tf.where(tf.gather(inside, parents), -centre[None, :], float("-inf"))
-    tap = first_argmax(per_tap)
+    tap = best_index(per_tap, settings.ties)
     taps = tf.stack([parents, tap], axis=-1)
     moved = points.take(parents).replace(
         y=tf.gather_nd(ys, taps), x=tf.gather_nd(xs, taps), ch=channels

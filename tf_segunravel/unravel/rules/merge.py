@@ -2,8 +2,7 @@
 
 import tensorflow as tf
 
-from tf_segunravel.grids import first_argmax
-from tf_segunravel.unravel.rules.base import UntraceableLayerError
+from tf_segunravel.unravel.rules.base import UntraceableLayerError, best_index
 
 
 def value_at(tensor, points):
@@ -22,39 +21,45 @@ def value_at(tensor, points):
     return tf.gather_nd(tensor, tf.stack(index, axis=-1))
 
 
-def _route(points, inputs, scores, eligible=None):
-    """Each point to the input with the highest score there (lowest index on ties), among
-    the `eligible` inputs (default: all)."""
+def _route(points, inputs, scores, settings, eligible=None):
+    """Each point to the input with the highest score there (ties broken by
+    `settings.ties`), among the `eligible` inputs (default: all)."""
     scores = tf.stack(scores, axis=-1)
     if eligible is not None:
         scores = tf.where(tf.constant(eligible)[None, :], scores, float("-inf"))
-    winner = first_argmax(scores)
+    winner = best_index(scores, settings.ties)
     return [points.where(tf.equal(winner, i)) for i in range(len(inputs))]
 
 
 def add_rule(layer, inputs, output, points, settings):
     """Element-wise sum, average or maximum: each point goes to the input with the larger
     value there."""
-    return _route(points, inputs, [value_at(t, points) for t in inputs], _full(inputs, output))
+    return _route(
+        points, inputs, [value_at(t, points) for t in inputs], settings, _full(inputs, output)
+    )
 
 
 def minimum_rule(layer, inputs, output, points, settings):
     """Element-wise minimum: each point goes to the input that gave the minimum."""
-    return _route(points, inputs, [-value_at(t, points) for t in inputs], _full(inputs, output))
+    return _route(
+        points, inputs, [-value_at(t, points) for t in inputs], settings, _full(inputs, output)
+    )
 
 
 def subtract_rule(layer, inputs, output, points, settings):
     """a - b: each point goes to the operand with the larger contribution, a or -b."""
     first, second = inputs
     scores = [value_at(first, points), -value_at(second, points)]
-    return _route(points, inputs, scores, _full(inputs, output))
+    return _route(points, inputs, scores, settings, _full(inputs, output))
 
 
 def multiply_rule(layer, inputs, output, points, settings):
     """Element-wise product. A broadcast factor (a squeeze-and-excite gate [B, 1, 1, C], a
     vector) scales the map but holds no position, so the point stays on the full-size
     input(s); among those, it goes to the larger factor there."""
-    return _route(points, inputs, [value_at(t, points) for t in inputs], _full(inputs, output))
+    return _route(
+        points, inputs, [value_at(t, points) for t in inputs], settings, _full(inputs, output)
+    )
 
 
 def _full(inputs, output):
@@ -68,7 +73,7 @@ def scaled_sum_rule(layer, inputs, output, points, settings):
     to the larger of the two contributions there."""
     scale = float(layer.scale)
     scores = [value_at(inputs[0], points), scale * value_at(inputs[1], points)]
-    return _route(points, inputs, scores)
+    return _route(points, inputs, scores, settings)
 
 
 def concatenate_rule(layer, inputs, output, points, settings):

@@ -2,36 +2,53 @@
 
 import tensorflow as tf
 
-from tf_segunravel.grids import first_argmax
 from tf_segunravel.models.layers import CaffePooling2D
 from tf_segunravel.unravel.rules.base import (
     UntraceableLayerError,
+    best_index,
+    clamp_taps,
     gather_pixels,
-    pad_before,
+    pad_total,
     window_taps,
 )
 
 
 def pooling_rule(layer, x, output, points, settings):
-    """Max or average pooling: the largest input of the same channel in the window."""
+    """Max or average pooling: the largest input of the same channel in the window. With
+    `padded_taps`, the window's taps on the padding hold zeros that compete (Seg-Unravel's
+    code pads with zeros; the forward pass never picks them), a winner there clamped into
+    the map."""
     kernel, stride = layer.pool_size, layer.strides
+    in_size = (tf.shape(x)[1], tf.shape(x)[2])
     if isinstance(layer, CaffePooling2D):
         kernel, stride = (kernel, kernel), (stride, stride)
         before = [tf.constant(layer.padding), tf.constant(layer.padding)]
+        after = before  # a ceil-mode window may reach past it: those taps are no candidates
     else:
-        before = [
-            pad_before(
-                tf.shape(x)[a], tf.shape(output)[a], kernel[a - 1], stride[a - 1], 1, layer.padding
+        before, after = [], []
+        for a in (1, 2):
+            total = pad_total(
+                in_size[a - 1], tf.shape(output)[a], kernel[a - 1], stride[a - 1], 1, layer.padding
             )
-            for a in (1, 2)
-        ]
-    ys, xs, inside = window_taps(
-        points, tf.shape(x)[1], tf.shape(x)[2], kernel, stride, (1, 1), before
-    )
+            before.append(total // 2)
+            after.append(total - total // 2)
+    ys, xs, inside = window_taps(points, *in_size, kernel, stride, (1, 1), before)
     values = gather_pixels(x, points.b, ys, xs, points.ch)  # [N, T]
-    tap = first_argmax(tf.where(inside, values, float("-inf")))
+    scores = tf.where(inside, values, float("-inf"))
+    if settings.padded_taps:
+        padded = (
+            (ys >= -before[0])
+            & (ys < in_size[0] + after[0])
+            & (xs >= -before[1])
+            & (xs < in_size[1] + after[1])
+        )
+        scores = tf.where(inside, values, tf.where(padded, 0.0, float("-inf")))
+    tap = best_index(scores, settings.ties)
     taps = tf.stack([tf.range(tf.shape(tap)[0]), tap], axis=-1)
-    return [points.replace(y=tf.gather_nd(ys, taps), x=tf.gather_nd(xs, taps))]
+    y, x_ = tf.gather_nd(ys, taps), tf.gather_nd(xs, taps)
+    if settings.padded_taps:
+        y, x_ = clamp_taps(y, x_, *in_size)
+    return [points.replace(y=y, x=x_)]
 
 
 def global_pooling_rule(layer, x, output, points, settings):
@@ -40,7 +57,7 @@ def global_pooling_rule(layer, x, output, points, settings):
     width = tf.shape(x)[2]
     planes = tf.reshape(tf.transpose(x, [0, 3, 1, 2]), [tf.shape(x)[0], tf.shape(x)[3], -1])
     plane = tf.gather_nd(planes, tf.stack([points.b, points.ch], axis=-1))  # [N, H * W]
-    flat = first_argmax(plane)
+    flat = best_index(plane, settings.ties)
     return [points.replace(y=flat // width, x=flat % width)]
 
 
@@ -99,13 +116,22 @@ def permute_rule(layer, x, output, points, settings):
 
 
 def resize_rule(layer, x, output, points, settings):
-    """Resizing / UpSampling2D: coordinates scaled to the input's grid."""
+    """Resizing / UpSampling2D: coordinates scaled to the input's grid, pixel centres to
+    pixel centres (resize_mapping="centres"), or first to first and last to last as Caffe's
+    aligned-corner Interp ("corners")."""
 
     def scale(position, axis):
         size_in, size_out = tf.shape(x)[axis], tf.shape(output)[axis]
-        ratio = tf.cast(size_in, tf.float32) / tf.cast(size_out, tf.float32)
-        mapped = tf.cast(tf.floor((tf.cast(position, tf.float32) + 0.5) * ratio), tf.int32)
-        return tf.minimum(mapped, size_in - 1)
+        position = tf.cast(position, tf.float32)
+        if settings.resize_mapping == "corners":
+            step = tf.cast(size_in - 1, tf.float32) / tf.cast(
+                tf.maximum(size_out - 1, 1), tf.float32
+            )
+            mapped = tf.floor(position * step)
+        else:
+            ratio = tf.cast(size_in, tf.float32) / tf.cast(size_out, tf.float32)
+            mapped = tf.floor((position + 0.5) * ratio)
+        return tf.minimum(tf.cast(mapped, tf.int32), size_in - 1)
 
     return [points.replace(y=scale(points.y, 1), x=scale(points.x, 2))]
 
