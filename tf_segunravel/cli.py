@@ -148,9 +148,16 @@ def check_path_flags(
 def define_fixation_flags(defaults=None):
     """The flags of every `FixationSettings` field (unravel and heat maps), shared by
     tools/fixations.py, tools/export.py and tools/experiments.py."""
-    from tf_segunravel.unravel.settings import FixationSettings
+    from tf_segunravel.unravel.settings import PRESETS, FixationSettings
 
     settings.define_flags(FixationSettings, defaults=defaults)
+    flags.DEFINE_enum(
+        "preset",
+        None,
+        list(PRESETS),
+        "A named set of the fields above (seg_unravel_code: as Seg-Unravel's released code "
+        "traces, docs/method.md); flags given on the command line still replace single fields.",
+    )
 
 
 def fixation_settings(class_names=None, num_classes=None):
@@ -158,9 +165,17 @@ def fixation_settings(class_names=None, num_classes=None):
     into its id (looked up in `class_names`) and checked against `num_classes`."""
     import dataclasses
 
-    from tf_segunravel.unravel.settings import FixationSettings
+    from tf_segunravel.unravel.settings import PRESETS, FixationSettings
 
     parsed = settings.from_flags(FixationSettings)
+    if flags.FLAGS.preset is not None:
+        # The preset replaces the binary's defaults, never a flag the user gave.
+        preset = {
+            name: value
+            for name, value in PRESETS[flags.FLAGS.preset].items()
+            if not flags.FLAGS[name].present
+        }
+        parsed = dataclasses.replace(parsed, **preset)
     try:
         contrast = parsed.contrast_class(class_names, num_classes)
     except ValueError as e:

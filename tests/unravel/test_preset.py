@@ -1,10 +1,15 @@
 """The `seg_unravel_code` preset and each of its fields, point for point against the naive
 reference (tests/unravel_reference.py), on integer weights so that ties are real ties."""
 
+import dataclasses
+
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
+from PIL import Image
 
+from tests.helpers import last_line, run_tool, save_tiny_largefov
 from tests.unravel.test_engine import CONVS, as_counter, conv_model, images, integer_weights
 from tests.unravel_reference import naive_unravel
 from tf_segunravel.models import deeplab_largefov
@@ -150,3 +155,86 @@ def test_preset_on_largefov():
     got, want = both(model, batch, **UNRAVEL)
     assert got == want
     assert got != as_counter(SegUnravel(model)(batch))
+
+
+@pytest.fixture(scope="module")
+def tool_models(tmp_path_factory):
+    """A tiny LargeFOV and a keras.applications network (MobileNetV2, weights=None, a fixed
+    64 x 64 input), saved as .keras, and one test image."""
+    root = tmp_path_factory.mktemp("preset")
+    largefov = save_tiny_largefov(root / "largefov.keras", num_classes=3)
+    keras.utils.set_random_seed(0)
+    zoo = keras.applications.MobileNetV2(
+        weights=None, input_shape=(64, 64, 3), alpha=0.35, classes=5
+    )
+    zoo.save(root / "mobilenet.keras")
+    image = np.random.default_rng(3).integers(0, 256, (33, 41, 3), dtype=np.uint8)
+    Image.fromarray(image).save(root / "a.png")
+    return root, largefov, zoo, image
+
+
+@pytest.mark.slow
+def test_fixation_tool_preset_on_largefov_and_a_zoo_model(tool_models):
+    root, largefov, zoo, image = tool_models
+    batch = image[None].astype(np.float32)
+    runs = [
+        ("largefov", largefov, [], PRESET),
+        (
+            "largefov",
+            largefov,
+            ["--ties=first", "--k=2"],
+            dataclasses.replace(PRESET, ties="first", k=2),
+        ),
+        ("mobilenet", zoo, [], PRESET),
+    ]
+    for number, (name, model, extra, settings) in enumerate(runs):
+        out = root / f"out{number}"
+        proc = run_tool(
+            "fixations",
+            f"--model={root / name}.keras",
+            f"--images={root / 'a.png'}",
+            f"--output_dir={out}",
+            "--preset=seg_unravel_code",
+            *extra,
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        data = np.load(out / "a.npz")
+        engine = SegUnravel(model, settings)(batch)
+        np.testing.assert_array_equal(data["points"], engine.for_image(0)[0])
+        np.testing.assert_array_equal(data["counts"], engine.for_image(0)[1])
+
+
+@pytest.mark.slow
+def test_export_records_the_preset_and_the_tool_holds_to_it(tool_models):
+    root, largefov, _, image = tool_models
+    common = [f"--model={root / 'largefov.keras'}"]
+    for name, extra in (("preset_sm", ["--preset=seg_unravel_code"]), ("plain_sm", [])):
+        proc = run_tool("export", *common, f"--export_dir={root / name}", *extra)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    loaded = tf.saved_model.load(str(root / "preset_sm"))
+    metadata = {k: v.numpy().decode() for k, v in loaded.signatures["metadata"]().items()}
+    for field, value in PRESETS["seg_unravel_code"].items():
+        assert metadata[field] == str(value), field
+    fixations = loaded.signatures["fixations"](images=tf.constant(image[None]))
+    engine = SegUnravel(largefov, PRESET)(image[None].astype(np.float32))
+    np.testing.assert_array_equal(fixations["points"].numpy(), engine.points)
+    images = [f"--images={root / 'a.png'}"]
+    proc = run_tool(
+        "fixations",
+        f"--model={root / 'preset_sm'}",
+        *images,
+        f"--output_dir={root / 'from_preset_sm'}",
+        "--preset=seg_unravel_code",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_tool(
+        "fixations",
+        f"--model={root / 'plain_sm'}",
+        *images,
+        f"--output_dir={root / 'refused'}",
+        "--preset=seg_unravel_code",
+    )
+    assert proc.returncode == 1
+    assert "--preset=seg_unravel_code: " in last_line(proc.stderr)
+    assert "was exported with --shift=partial" in last_line(proc.stderr)
+    assert not (root / "refused").exists()
