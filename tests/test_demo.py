@@ -104,6 +104,10 @@ def test_reduced_demo_writes_every_artefact_and_reruns_bit_for_bit(tmp_path, sha
     assert set(summary["arms"]) == set(demo.ARMS)
     assert set(summary["fixations_inside_truth"]) == {"plain", "contrastive"}
     assert "template_cosine minus control" in (out / "summary.md").read_text()
+    explained = summary["faithfulness"]
+    assert list(explained["methods"]) == list(demo.FAITHFULNESS_METHODS)
+    assert explained["pairs"] >= 1 and 0 <= explained["methods"]["fixations"]["energy"] <= 1
+    assert "| gradcam |" in (out / "summary.md").read_text()
 
     # A fresh directory gives the same summary, bit for bit (the prepared dataset is shared).
     fresh = tmp_path / "fresh"
@@ -117,6 +121,6 @@ def test_reduced_demo_writes_every_artefact_and_reruns_bit_for_bit(tmp_path, sha
     assert again.returncode == 0, again.stderr[-3000:]
     assert len(re.findall("done before, reused", again.stdout)) == 3
     assert len(re.findall(r"\] evaluate: ", again.stdout)) == 3
-    for stage in ("export", "fixations", "experiments"):
+    for stage in ("export", "fixations", "experiments", "faithfulness"):
         assert f"] {stage}: " not in again.stdout
     assert json.loads((out / "summary.json").read_text())["val_images"] == 20

@@ -128,6 +128,7 @@ def test_the_experiment_tool_runs_every_method(tmp_path, shapes_data_dir):
         f"--data_dir={shapes_data_dir}",
         "--max_images=1",
         "--faithfulness_steps=4",
+        "--randomisation_layers=3",
     ]
     out = tmp_path / "out"
     proc = run_tool("experiments", *common, f"--methods={methods}", f"--output_dir={out}")
@@ -142,10 +143,20 @@ def test_the_experiment_tool_runs_every_method(tmp_path, shapes_data_dir):
             if method != "gradcam":
                 assert "minus_gradcam" in entry
         assert len(summary["curves"][method]["deletion"]) == 5
+        cascade = summary["randomisation"][method]
+        assert [step["layer"] for step in cascade] == ["fc8", "fc7", "fc6"]
+    # Seeds and regions are fixed, so the segment prior ignores every weight; a gradient does not.
+    prior = summary["methods"]["segment_prior"]["randomisation_rank_correlation"]["mean"]
+    gradient = summary["methods"]["gradient_x_input"]["randomisation_rank_correlation"]["mean"]
+    assert prior == pytest.approx(1.0) and gradient < prior
     assert summary["by_class"] and (out / "faithfulness.png").exists()
     for flags, message in (
         (["--methods=fixations,lime"], "--methods: unknown ['lime']"),
         (["--methods=gradcam", "--gradcam_layer=nope"], "--gradcam_layer=nope: no such layer"),
+        (
+            ["--methods=segment_prior", "--min_pixels=100000"],
+            "--min_pixels=100000: no predicted class covers 100000 pixels in the 1 images read",
+        ),
     ):
         bad = tmp_path / "bad"
         proc = run_tool("experiments", *common, *flags, f"--output_dir={bad}")

@@ -442,7 +442,7 @@ def naive_unravel(
     max_k=16,
     shift="partial",
     dense_rule="topk",
-    seeds="grid",
+    seeding="grid",
     ties="first",
     padded_taps=False,
     resize_mapping="centres",
@@ -465,7 +465,7 @@ def naive_unravel(
     scores = _logits(model, value_of)
     if scores.ndim == 2:
         scores = scores[:, None, None, :]
-    if seeds == "upsampled":
+    if seeding == "upsampled":
         height, width = np.asarray(images).shape[1:3]
         start = sorted(upsampled_seeds(scores.astype(np.float64), height, width))
     else:

@@ -45,16 +45,16 @@ def available() -> bool:
     return True
 
 
-def check_methods(methods: typing.Iterable[str]) -> list[str]:
+def check_methods(methods: typing.Iterable[str], flag: str = "methods") -> list[str]:
     """The methods, checked: an unknown one, or a tf-keras-vis one without the extra, is an
-    InputError naming it."""
+    InputError naming it (and `flag`, the option that listed them)."""
     methods = list(methods)
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
-        raise InputError(f"methods: unknown {unknown}; choose from {list(METHODS)}")
+        raise InputError(f"{flag}: unknown {unknown}; choose from {list(METHODS)}")
     if any(m in NEEDS_EXTRA for m in methods) and not available():
         raise InputError(
-            f"methods: {', '.join(m for m in methods if m in NEEDS_EXTRA)} {INSTALL_HINT}"
+            f"{flag}: {', '.join(m for m in methods if m in NEEDS_EXTRA)} {INSTALL_HINT}"
         )
     return methods
 

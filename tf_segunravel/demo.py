@@ -51,6 +51,13 @@ ARMS = {
 FINETUNED = ("control", "template_cosine")
 # Heat maps for 129-pixel images: a 6-pixel blur instead of the default 20.
 FIXATIONS = FixationSettings(sigma=6.0)
+# The small faithfulness comparison (docs/faithfulness.md has the full one): a few val
+# images, fixations against Grad-CAM, saliency and the segment prior, 20-step curves, no
+# randomisation check (it costs one map per weighted layer).
+FAITHFULNESS_IMAGES = 4
+FAITHFULNESS_METHODS = ("fixations", "gradcam", "saliency", "segment_prior")
+FAITHFULNESS_STEPS = 20
+FAITHFULNESS_COLUMNS = ("deletion_auc", "insertion_auc", "context_deletion_auc", "road", "energy")
 
 
 def _banner(stage, message):
@@ -216,11 +223,60 @@ def _experiments(job):
     stages.once(job.record("experiments"), inputs, make)
 
 
+def _faithfulness_methods():
+    """The demo's methods; without the baselines extra (the tf-keras-vis methods), gradient
+    x input (TensorFlow only) stands in for Grad-CAM and saliency."""
+    from tf_segunravel import baselines
+
+    if baselines.available():
+        return FAITHFULNESS_METHODS
+    print(f"faithfulness: Grad-CAM and saliency {baselines.INSTALL_HINT}; gradient x input instead")
+    return ("fixations", "gradient_x_input", "segment_prior")
+
+
+def _faithfulness(job):
+    from tf_segunravel import experiments, faithfulness
+    from tf_segunravel.training import load_network
+
+    methods = _faithfulness_methods()
+    seed = job.seeds[0]
+
+    def make():
+        _banner("faithfulness", f"{', '.join(methods)} on {FAITHFULNESS_IMAGES} val images")
+        rows, summary = faithfulness.run(
+            load_network(job.model_dir("baseline", seed)),
+            job.val,
+            6,
+            job.names,
+            methods=methods,
+            settings=FIXATIONS,
+            max_images=FAITHFULNESS_IMAGES,
+            steps=FAITHFULNESS_STEPS,
+            randomisation_images=0,
+        )
+        experiments.write_results(
+            rows, os.path.join(job.output_dir, "experiments"), "faithfulness", summary
+        )
+        return {}
+
+    inputs = {"images": FAITHFULNESS_IMAGES, "methods": list(methods), "seed": seed}
+    stages.once(job.record("faithfulness"), inputs, make)
+
+
 def _report(job):
     _banner("report", os.path.join(job.output_dir, "summary.md"))
     location = _read_json(os.path.join(job.output_dir, "experiments", "location_over_seeds.json"))
     runs = {key: config.model_dir for key, config in job.configs.items()}
     summary = _summarise(job.results, location, job.seeds, job.names)
+    explained = _read_json(os.path.join(job.output_dir, "experiments", "faithfulness.json"))
+    summary["faithfulness"] = {
+        "images": FAITHFULNESS_IMAGES,
+        "pairs": explained["summary"]["pairs"],
+        "methods": {
+            row["method"]: {column: row[column] for column in FAITHFULNESS_COLUMNS}
+            for row in explained["rows"]
+        },
+    }
     _plot_curves(runs, os.path.join(job.output_dir, "training_curves.png"))
     _plot_iou(job.results, job.seeds, job.names, os.path.join(job.output_dir, "per_class_iou.png"))
     write_json(os.path.join(job.output_dir, "summary.json"), summary)
@@ -239,6 +295,7 @@ STAGES = {
     "export": _export,
     "fixations": _fixations,
     "experiments": _experiments,
+    "faithfulness": _faithfulness,
     "report": _report,
 }
 
@@ -388,6 +445,20 @@ def _markdown(summary, names):
         cells = [p["by_class"].get(name) for p in passes.values()]
         cells = ["-" if v is None else f"{v:.3f}" for v in cells]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    explained = summary.get("faithfulness")
+    if explained:
+        lines += [
+            "",
+            f"Faithfulness, baseline seed {summary['seeds'][0]}, {explained['pairs']} (image, "
+            f"class) pairs of {explained['images']} val images (deletion: lower is better; the "
+            "rest: higher; docs/faithfulness.md):",
+            "",
+            "| method | " + " | ".join(FAITHFULNESS_COLUMNS) + " |",
+            "| --- |" + " --- |" * len(FAITHFULNESS_COLUMNS),
+        ]
+        for method, values in explained["methods"].items():
+            cells = ["-" if values[c] is None else f"{values[c]:.3f}" for c in FAITHFULNESS_COLUMNS]
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

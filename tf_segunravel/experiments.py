@@ -410,6 +410,9 @@ class AnalysisInputs:
     methods: tuple = ("fixations", "fixations_contrastive", "gradcam", "saliency", "segment_prior")
     gradcam_layer: str | None = None
     faithfulness_steps: int = 50
+    min_pixels: int = 64
+    randomisation_images: int = 2
+    randomisation_layers: int | None = None
 
 
 def _common(inputs):
@@ -464,6 +467,9 @@ def run_faithfulness(inputs):
         max_images=inputs.max_images,
         steps=inputs.faithfulness_steps,
         gradcam_layer=inputs.gradcam_layer,
+        min_pixels=inputs.min_pixels,
+        randomisation_images=inputs.randomisation_images,
+        randomisation_layers=inputs.randomisation_layers,
     )
 
 

@@ -230,24 +230,28 @@ def randomised_layers(model):
     return [layer.name for layer in reversed(model.layers) if layer.weights]
 
 
-def cascading_randomisation(explain_maps, model, image, classes, *, seed=0, layers=None):
-    """[(layer, mean rank correlation)]: re-initialise the layers with weights from the
-    scores downwards, one more at each step (each from its own initializer, seeded), and
-    compare each class's map with the clean network's (Adebayo et al. 2018's sanity check).
+def cascade_correlations(
+    explain_maps, model, image, classes, *, seed=0, layers=None, input=None, output=None
+):
+    """(layer names, float [steps, len(classes)]): re-initialise the layers with weights from
+    the scores downwards, one more at each step (each weight drawn from a normal with the
+    clean weight's own std, seeded), and rank-correlate each class's map with the clean
+    network's (Adebayo et al. 2018's cascading randomisation).
 
     `explain_maps(model, regions)` returns [len(classes), H, W] maps for a model, with the
-    classes' regions fixed to `regions` (the clean network's, so the seeds stay put). A map
-    that stays correlated while the weights it claims to explain are destroyed is not
-    explaining them."""
+    classes' regions fixed to `regions` (the clean network's, so the seeds stay put); `input`
+    and `output` read the network as `graph.ModelGraph` does. A map that stays correlated
+    while the weights it claims to explain are destroyed is not explaining them."""
     from tf_segunravel.baselines import predicted_regions
     from tf_segunravel.unravel.graph import ModelGraph
 
-    regions = predicted_regions(ModelGraph(model, strict=False), image)
+    regions = predicted_regions(ModelGraph(model, input=input, output=output, strict=False), image)
     clean = explain_maps(model, regions)
     randomised = keras.models.clone_model(model)
     randomised.set_weights(model.get_weights())
-    rows = []
-    for step, name in enumerate(layers or randomised_layers(model)):
+    names = list(layers or randomised_layers(model))
+    table = []
+    for step, name in enumerate(names):
         layer = randomised.get_layer(name)
         fresh = []
         for number, weight in enumerate(layer.weights):
@@ -257,9 +261,19 @@ def cascading_randomisation(explain_maps, model, image, classes, *, seed=0, laye
             fresh.append(initializer(weight.shape).numpy())
         layer.set_weights(fresh)
         maps = explain_maps(randomised, regions)
-        correlations = [spearman(a, b) for a, b in zip(clean, maps, strict=True)]
-        rows.append((name, float(np.mean(correlations))))
-    return rows
+        table.append([spearman(a, b) for a, b in zip(clean, maps, strict=True)])
+    return names, np.asarray(table, np.float64).reshape(len(names), len(classes))
+
+
+def cascading_randomisation(
+    explain_maps, model, image, classes, *, seed=0, layers=None, input=None
+):
+    """[(layer, mean rank correlation over the classes)] at each step of
+    `cascade_correlations` (same arguments)."""
+    names, table = cascade_correlations(
+        explain_maps, model, image, classes, seed=seed, layers=layers, input=input
+    )
+    return [(name, float(row.mean())) for name, row in zip(names, table, strict=True)]
 
 
 def energy(saliency, truth) -> float:
@@ -285,11 +299,20 @@ METRICS = (
     "road",
     "energy",
     "pointing_game",
+    "randomisation_rank_correlation",
     "seconds_per_image",
 )
+PER_IMAGE = ("seconds_per_image",)  # one value per image, not per (image, class)
 FIXATION_METHODS = ("fixations", "fixations_contrastive")
 REFERENCE_METHOD = "gradcam"
 MIN_PIXELS = 64  # a class covering fewer pixels is not scored
+RANDOMISATION_IMAGES = 2  # each costs one map per weighted layer per method
+
+
+class NoPairsError(ValueError):
+    """No (image, class) pair covers enough predicted pixels to be scored."""
+
+
 BOOTSTRAP_SAMPLES = 2000
 
 
@@ -305,6 +328,35 @@ def _maps(method, graph, engines, image, classes, settings, gradcam_layer, seed,
         return maps[list(classes)]
     layer = gradcam_layer if method.startswith("gradcam") else None
     return baselines.explain(method, graph, image, classes, layer=layer, seed=seed, regions=regions)
+
+
+def _explainer(method, graph, image, classes, settings, gradcam_layer, seed):
+    """explain_maps(model, regions) for `cascade_correlations`: `method`'s maps on another
+    model of the same graph (input settings and output kept), the seeds or regions fixed."""
+    from tf_segunravel import baselines
+    from tf_segunravel.unravel import SegUnravel
+    from tf_segunravel.unravel.graph import ModelGraph
+    from tf_segunravel.unravel.maps import fixation_maps
+    from tf_segunravel.unravel.settings import RUNNER_UP
+
+    height, width = image.shape[:2]
+
+    def explain_maps(model, regions):
+        other = ModelGraph(
+            model, input=graph.input_settings, output=graph.output_name, strict=False
+        )
+        if method in FIXATION_METHODS:
+            contrast = RUNNER_UP if method == "fixations_contrastive" else None
+            engine = SegUnravel(other, dataclasses.replace(settings, contrast=contrast))
+            # The clean network's labels seed: the walk starts where it did.
+            result = engine(image[None].astype(np.float32), seed_labels=regions[1][None])
+            return fixation_maps(result, height, width, settings).numpy()[0][list(classes)]
+        layer = gradcam_layer if method.startswith("gradcam") else None
+        return baselines.explain(
+            method, other, image, classes, layer=layer, seed=seed, regions=regions
+        )
+
+    return explain_maps
 
 
 def bootstrap(values, seed=0, samples=BOOTSTRAP_SAMPLES):
@@ -331,12 +383,19 @@ def run(
     fill="mean",
     gradcam_layer=None,
     min_pixels=MIN_PIXELS,
+    randomisation_images=RANDOMISATION_IMAGES,
+    randomisation_layers=None,
     seed=0,
 ):
     """Every method's metrics over (image, predicted class) pairs; returns (rows, summary).
 
     `network` is a Keras model or a `graph.ModelGraph`; `examples` TFDS-style examples with
-    ground truth. A pair counts when the class covers at least `min_pixels` predicted pixels.
+    ground truth. A pair counts when the class covers at least `min_pixels` predicted pixels;
+    `NoPairsError` when none does. `randomisation_rank_correlation` (the mean over the
+    cascade's steps of the rank correlation with the clean map, lower: the map depends more on
+    the weights) is measured on the first `randomisation_images` scored images, over the
+    first `randomisation_layers` weighted layers from the scores down (default: all); the
+    per-layer cascade is in `summary["randomisation"]`.
     rows: one per method with each metric's mean; summary: `methods.<method>.<metric>` and
     `by_class.<class id>.<method>.<metric>`, each {mean, low, high, n} with a paired bootstrap
     interval of its difference from Grad-CAM (`minus_gradcam`) where Grad-CAM ran, and the
@@ -363,7 +422,10 @@ def run(
     score_map = ScoreMap(graph)
     records = []  # (image, class, method, {metric: value})
     curves = {m: {"deletion": [], "insertion": []} for m in methods}
+    cascades = {m: [] for m in methods}  # per method: [steps, classes] tables
+    layer_names, scored, read = None, 0, 0
     for index, example in enumerate(examples.take(max_images).as_numpy_iterator()):
+        read += 1
         image = example["image"]
         truth = example["segmentation"][..., 0]
         regions = baselines.predicted_regions(graph, image)  # one pass, every method
@@ -371,13 +433,30 @@ def run(
         classes = [int(c) for c in np.unique(labels) if (labels == c).sum() >= min_pixels]
         if not classes:
             continue
+        scored += 1
         for method in methods:
             start = time.perf_counter()
             maps = _maps(
                 method, graph, engines, image, classes, settings, gradcam_layer, seed, regions
             )
             seconds = time.perf_counter() - start
-            for cls, saliency in zip(classes, maps, strict=True):
+            correlations = None
+            if scored <= randomisation_images:
+                explain_maps = _explainer(
+                    method, graph, image, classes, settings, gradcam_layer, seed
+                )
+                layer_names, correlations = cascade_correlations(
+                    explain_maps,
+                    graph.model,
+                    image,
+                    classes,
+                    seed=seed,
+                    layers=randomised_layers(graph.model)[:randomisation_layers],
+                    input=graph.input_settings,
+                    output=graph.output_name,
+                )
+                cascades[method].append(correlations)
+            for number, (cls, saliency) in enumerate(zip(classes, maps, strict=True)):
                 region = labels == cls
                 options = {"steps": steps, "fill": fill, "seed": seed}
                 deletion = curve(score_map, image, cls, region, saliency, **options)
@@ -394,6 +473,8 @@ def run(
                     "pointing_game": pointing_game(saliency, truth == cls),
                     "seconds_per_image": seconds,
                 }
+                if correlations is not None:
+                    values["randomisation_rank_correlation"] = float(correlations[:, number].mean())
                 if context_domain(region).numpy().any():
                     for mode in ("deletion", "insertion"):
                         values[f"context_{mode}_auc"] = area(
@@ -409,7 +490,19 @@ def run(
                             )
                         )
                 records.append((index, cls, method, values))
+    if not records:
+        raise NoPairsError(
+            f"no predicted class covers {min_pixels} pixels in the {read} images read"
+        )
     summary = _summarise(records, methods)
+    summary["randomisation"] = {
+        m: [
+            {"layer": name, "rank_correlation": float(np.mean([t[step].mean() for t in tables]))}
+            for step, name in enumerate(layer_names or [])
+        ]
+        for m, tables in cascades.items()
+        if tables
+    }
     summary["curves"] = {
         m: {k: np.mean(v, axis=0).tolist() if v else [] for k, v in c.items()}
         for m, c in curves.items()
@@ -431,7 +524,8 @@ def _summarise(records, methods):
         values = {}  # (method, metric) -> {(image, class): value}
         for index, cls, method, metrics in chosen:
             for metric, value in metrics.items():
-                values.setdefault((method, metric), {})[(index, cls)] = value
+                key = (index, None) if metric in PER_IMAGE else (index, cls)
+                values.setdefault((method, metric), {})[key] = value
         out = {}
         for method in methods:
             out[method] = {}

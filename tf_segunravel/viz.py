@@ -72,6 +72,29 @@ def overlay_figure(image, labels, classes, maps, points, counts, class_names, pa
     plt.close(figure)
 
 
+def comparison_figure(image, classes, maps_by_method, class_names, path):
+    """One row per class, one column per method: each method's heat map of that class over
+    the image, side by side (`tools/fixations.py --compare`).
+
+    maps_by_method: {method: [len(classes), H, W] in [0, 1]}, fixations first.
+    """
+    methods = list(maps_by_method)
+    rows, columns = max(1, len(classes)), len(methods)
+    figure, axes = plt.subplots(rows, columns, figsize=(2.8 * columns, 2.9 * rows), squeeze=False)
+    for axis in axes.ravel():
+        axis.axis("off")
+    for row, cls in enumerate(classes):
+        for column, method in enumerate(methods):
+            axis = axes[row, column]
+            axis.imshow(image)
+            heat = maps_by_method[method][row]
+            axis.imshow(np.ma.masked_less(heat, 0.02), cmap="jet", alpha=0.5, vmin=0, vmax=1)
+            axis.set_title(f"{class_name(class_names, cls)}: {method}", fontsize=8)
+    figure.tight_layout()
+    save_atomically(path, lambda p: figure.savefig(p, dpi=80, format="png"))
+    plt.close(figure)
+
+
 def flow_gif(image, flow, path, frame_ms=600):
     """One frame per layer: the fixation points on the image at that layer's resolution.
 

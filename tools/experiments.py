@@ -68,6 +68,28 @@ flags.DEFINE_string(
     "convolution wider than 1 x 1, fc6 for LargeFOV).",
 )
 flags.DEFINE_integer("faithfulness_steps", 50, "faithfulness: steps of each deletion curve.")
+flags.DEFINE_integer(
+    "min_pixels", 64, "faithfulness: a predicted class is scored where it covers this many pixels."
+)
+flags.DEFINE_integer(
+    "randomisation_images",
+    2,
+    "faithfulness: images of the cascading randomisation check (one map per weighted layer "
+    "per method each; 0 skips it).",
+)
+flags.DEFINE_integer(
+    "randomisation_layers",
+    None,
+    "faithfulness: how many weighted layers the randomisation check re-draws, from the "
+    "scores down (default: every one).",
+)
+flags.register_validator("min_pixels", lambda v: v >= 1, "--min_pixels must be >= 1")
+flags.register_validator(
+    "randomisation_layers", lambda v: v is None or v >= 1, "--randomisation_layers must be >= 1"
+)
+flags.register_validator(
+    "randomisation_images", lambda v: v >= 0, "--randomisation_images must be >= 0"
+)
 cli.define_fixation_flags(defaults={"sigma": 6.0})
 cli.define_model_flags()
 flags.adopt_module_key_flags(cli)  # so --help lists them with the tool's own
@@ -154,6 +176,8 @@ def main(argv):
     from tf_segunravel import experiments as ex
     from tf_segunravel.data import load_split
     from tf_segunravel.data.pipeline import dataset_classes
+    from tf_segunravel.errors import InputError
+    from tf_segunravel.faithfulness import NoPairsError
     from tf_segunravel.training import load_network
 
     network = cli.model_graph(load_network(FLAGS.model))
@@ -173,10 +197,19 @@ def main(argv):
         methods=tuple(FLAGS.methods),
         gradcam_layer=FLAGS.gradcam_layer,
         faithfulness_steps=FLAGS.faithfulness_steps,
+        min_pixels=FLAGS.min_pixels,
+        randomisation_images=FLAGS.randomisation_images,
+        randomisation_layers=FLAGS.randomisation_layers,
     )
     chosen = ALL_EXPERIMENTS if FLAGS.experiment == "all" else [FLAGS.experiment]
     for name in chosen:
-        rows, summary = ex.run_experiment(name, inputs)
+        try:
+            rows, summary = ex.run_experiment(name, inputs)
+        except NoPairsError as e:
+            raise InputError(
+                f"--min_pixels={FLAGS.min_pixels}: {e} (--max_images={FLAGS.max_images}); "
+                f"lower --min_pixels or read more images"
+            ) from e
         ex.write_results(rows, FLAGS.output_dir, name, summary)
         print(f"{name}: wrote {FLAGS.output_dir}/{name}.csv .json .png {summary or ''}")
 

@@ -36,6 +36,18 @@ flags.DEFINE_boolean("seed_from_masks", False, "Seed from the --masks instead of
 flags.DEFINE_integer("max_side", None, "Downsize larger images to this side first.")
 flags.DEFINE_boolean("flow", False, "Also write <stem>_flow.gif.")
 flags.DEFINE_boolean("keep_going", False, "Report bad images and go on; exit 1 at the end.")
+flags.DEFINE_list(
+    "compare",
+    [],
+    "Baselines drawn beside the fixations in <stem>_compare.png and saved in the .npz as "
+    "compare_<method> (gradcam, gradcam_plus_plus, saliency, smoothgrad, gradient_x_input, "
+    "random, segment_prior, distance_prior; the tf-keras-vis ones need the baselines extra).",
+)
+flags.DEFINE_string(
+    "gradcam_layer",
+    None,
+    "--compare: Grad-CAM's feature layer (default: the last convolution wider than 1 x 1).",
+)
 flags.DEFINE_boolean(
     "crf",
     False,
@@ -118,6 +130,10 @@ def main(argv):
     from tf_segunravel.training import load_network
     from tf_segunravel.unravel.files import FixationWriter, expand_images
 
+    if FLAGS.compare:  # before any model loads
+        from tf_segunravel import baselines
+
+        baselines.check_methods(FLAGS.compare, flag="compare")
     crf_settings = None
     if FLAGS.crf:
         from tf_segunravel import crf
@@ -150,6 +166,8 @@ def main(argv):
         flow=FLAGS.flow,
         seed_from_masks=FLAGS.seed_from_masks,
         crf_settings=crf_settings,
+        compare=FLAGS.compare,
+        gradcam_layer=FLAGS.gradcam_layer,
     )
     import keras
 

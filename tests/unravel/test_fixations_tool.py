@@ -219,3 +219,43 @@ def test_rescaled_counts_add_up_and_saturate():
     rescaled = rescale_points(result, (4, 4), (2, 2))
     np.testing.assert_array_equal(rescaled.points, [[0, 1, 0, 0], [0, 2, 1, 1]])
     np.testing.assert_array_equal(rescaled.counts, [5, MAX_COUNT])
+
+
+@pytest.mark.slow
+def test_compare_draws_baselines_beside_the_fixations(tmp_path, tiny_model):
+    from tf_segunravel import baselines
+    from tf_segunravel.export import export_saved_model
+    from tf_segunravel.unravel.graph import ModelGraph
+
+    if not baselines.available():
+        pytest.skip(baselines.INSTALL_HINT)
+    model_path, model = tiny_model
+    rgb = np.random.default_rng(4).integers(0, 256, (37, 45, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "a.png")
+    common = [f"--model={model_path}", f"--images={tmp_path / 'a.png'}", "--sigma=3"]
+    out = tmp_path / "out"
+    proc = run_tool(
+        "fixations", *common, f"--output_dir={out}", "--compare=gradcam,saliency,segment_prior"
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = np.load(out / "a.npz")
+    classes = [int(c) for c in data["classes"]]
+    for method in ("gradcam", "saliency", "segment_prior"):
+        maps = data[f"compare_{method}"]
+        assert maps.shape == data["maps"].shape
+        want = baselines.explain(method, ModelGraph(model, strict=False), rgb, classes)
+        np.testing.assert_allclose(maps, want, atol=1e-5)
+    with Image.open(out / "a_compare.png") as figure:
+        figure.verify()
+    # Bad input: one line naming the flag, nothing written.
+    saved = tmp_path / "sm"
+    export_saved_model(model, str(saved))
+    for extra, message in [
+        (["--compare=lime"], "--compare: unknown ['lime']"),
+        ([f"--model={saved}", "--compare=saliency"], "--compare: needs a Keras model"),
+        (["--compare=gradcam", "--gradcam_layer=nope"], "--gradcam_layer=nope: no such layer"),
+    ]:
+        bad = tmp_path / "bad"
+        proc = run_tool("fixations", *common, f"--output_dir={bad}", *extra)
+        assert proc.returncode == 1 and message in last_line(proc.stderr), proc.stderr[-2000:]
+        assert "Traceback" not in proc.stderr and not bad.exists()

@@ -42,10 +42,10 @@ def pooled_model(pool_mode="max"):
 
 def test_preset_fields_and_overrides():
     assert PRESETS["seg_unravel_code"]["shift"] == "full"
-    assert (PRESET.seeds, PRESET.ties, PRESET.padded_taps) == ("upsampled", "last", True)
+    assert (PRESET.seeding, PRESET.ties, PRESET.padded_taps) == ("upsampled", "last", True)
     assert PRESET.resize_mapping == "corners" and not PRESET.weighted
     mixed = FixationSettings.from_preset("seg_unravel_code", k=3, ties="first")
-    assert (mixed.k, mixed.ties, mixed.seeds) == (3, "first", "upsampled")
+    assert (mixed.k, mixed.ties, mixed.seeding) == (3, "first", "upsampled")
     with pytest.raises(ValueError, match="unknown preset 'nope'; presets: seg_unravel_code"):
         FixationSettings.from_preset("nope")
     with pytest.raises(ValueError, match="ties must be one of"):
@@ -83,7 +83,7 @@ def test_each_option_moves_points():
     )
     pooled, canvas = pooled_model(), images(shape=(2, 17, 21, 3))
     grid = SegUnravel(pooled)(canvas)
-    upsampled = SegUnravel(pooled, seeds="upsampled")(canvas)
+    upsampled = SegUnravel(pooled, seeding="upsampled")(canvas)
     assert (upsampled.seeds >= grid.seeds).all() and upsampled.seeds.sum() > grid.seeds.sum()
 
 
@@ -134,7 +134,7 @@ def test_resize_corners(layer):
 @pytest.mark.parametrize("pool_mode", ["max", "avg"])
 def test_upsampled_seeds(pool_mode):
     model = pooled_model(pool_mode)
-    got, want = both(model, images(shape=(2, 17, 21, 3)), seeds="upsampled")
+    got, want = both(model, images(shape=(2, 17, 21, 3)), seeding="upsampled")
     assert got == want
 
 

@@ -25,7 +25,7 @@ from tf_segunravel.grids import first_argmax, scores_at_size
 from tf_segunravel.unravel.maps import heatmaps, inlier_mask
 from tf_segunravel.unravel.settings import FixationSettings
 from tf_segunravel.unravel.tracer import MAX_COUNT, SegUnravel, UnravelResult
-from tf_segunravel.viz import flow_gif, overlay_figure
+from tf_segunravel.viz import comparison_figure, flow_gif, overlay_figure
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 
@@ -160,8 +160,12 @@ class FixationWriter:
         flow=False,
         seed_from_masks=False,
         crf_settings=None,
+        compare=(),
+        gradcam_layer=None,
     ):
         self.settings = settings or FixationSettings()
+        self.compare = tuple(compare)
+        self.gradcam_layer = gradcam_layer
         self.crf_settings = crf_settings
         if isinstance(model, str):
             if flow:
@@ -169,6 +173,15 @@ class FixationWriter:
             self.fixations = SavedModelFixations(model)
         else:
             self.fixations = KerasFixations(model, self.settings, flow)
+        if self.compare:
+            from tf_segunravel import baselines
+
+            if isinstance(model, str):
+                raise InputError(
+                    "compare needs a Keras model (a .keras file or a training dir): a SavedModel "
+                    "keeps no gradients"
+                )
+            baselines.check_methods(self.compare, flag="compare")
         self.output_dir = output_dir
         self.classes = classes
         if class_names is None and isinstance(self.fixations, KerasFixations):
@@ -247,6 +260,10 @@ class FixationWriter:
             outlier_radius=0,
             weighted=self.settings.weighted,
         ).numpy()[0][classes]
+        compared = {
+            method: self._baseline_maps(method, small, classes, (height, width))
+            for method in self.compare
+        }
         stats = class_statistics(classes, seeds, points, counts, labels, truth, inliers)
         if self.class_names:
             for key, entry in stats.items():
@@ -262,7 +279,20 @@ class FixationWriter:
             maps=class_maps.astype(np.float32),
             statistics=stats,
             flow=flow if self.flow else None,
+            compared=compared,
         )
+
+    def _baseline_maps(self, method, fed, classes, size):
+        """A baseline's maps of `classes` [C, H, W] on the image's own pixels: computed on
+        the pixels the model saw, the regions from the same network, resized bilinearly."""
+        from tf_segunravel import baselines
+
+        layer = self.gradcam_layer if method.startswith("gradcam") else None
+        graph = self.fixations.engine.graph
+        maps = baselines.explain(method, graph, fed, [int(c) for c in classes], layer=layer)
+        if maps.shape[1:] != size:
+            maps = tf.image.resize(maps[..., None], size, method="bilinear").numpy()[..., 0]
+        return maps.astype(np.float32)
 
     def write(self, fixations: "ImageFixations") -> dict:
         """Writes one image's files (`<stem>.npz`, `.png`, `.json`, `_flow.gif` with flow),
@@ -278,8 +308,17 @@ class FixationWriter:
             "labels": fixations.labels,
             "classes": fixations.classes,
             "maps": fixations.maps,
+            **{f"compare_{method}": maps for method, maps in fixations.compared.items()},
         }
         save_atomically(base + ".npz", lambda p: np.savez_compressed(p, **arrays))
+        if fixations.compared:
+            comparison_figure(
+                fixations.image,
+                fixations.classes,
+                {"fixations": fixations.maps, **fixations.compared},
+                self.class_names,
+                base + "_compare.png",
+            )
         overlay_figure(
             fixations.image,
             fixations.labels,
@@ -311,7 +350,8 @@ class ImageFixations:
     saw (resized by `max_side`); labels int32 [H, W] (after the CRF when on); classes int32
     [C] the classes with seeds; points int32 [N, 3] (class, y, x) and counts int64 [N] in
     the image's own pixels; maps float32 [C, H, W], the heat maps of `classes`; statistics
-    the per-class numbers the JSON holds; flow the flow steps (with flow=True).
+    the per-class numbers the JSON holds; flow the flow steps (with flow=True); compared
+    {method: float32 [C, H, W]}, the baselines' maps of `classes` (with compare=).
     """
 
     path: str
@@ -324,3 +364,4 @@ class ImageFixations:
     maps: np.ndarray
     statistics: dict
     flow: tuple | None = None
+    compared: dict = dataclasses.field(default_factory=dict)

@@ -27,7 +27,7 @@ RUNNER_UP = "runner_up"
 PRESETS = {
     "seg_unravel_code": {
         "shift": "full",
-        "seeds": "upsampled",
+        "seeding": "upsampled",
         "ties": "last",
         "padded_taps": True,
         "resize_mapping": "corners",
@@ -73,7 +73,7 @@ class FixationSettings:
         "Unravel: Dense layers keep the top K inputs, or every positive one (CNN-Fixations).",
         choices=DENSE_RULES,
     )
-    seeds: str = setting(
+    seeding: str = setting(
         "grid",
         "Unravel: seed every score position on its predicted class (grid), or, as "
         "Seg-Unravel's code, every score position under a pixel of the class in the scores "
@@ -158,7 +158,7 @@ class FixationSettings:
         "max_k",
         "shift",
         "dense_rule",
-        "seeds",
+        "seeding",
         "ties",
         "padded_taps",
         "resize_mapping",

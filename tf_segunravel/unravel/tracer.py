@@ -335,7 +335,7 @@ class SegUnravel:
         """The walk's start (`Seeds`): every score position on its label's channel, from the
         predicted `labels` or from `seed_labels` at image size; with `contrast`, each seed's
         channel becomes the index of its (class, against) pair in the margin kernel."""
-        if self.settings.seeds == "upsampled":  # every position under a pixel of the class
+        if self.settings.seeding == "upsampled":  # every position under a pixel of the class
             if seed_labels is None:
                 size = tf.shape(values[graph.IMAGES])[1:3]
                 seed_labels = labels_at_size(scores, size[0], size[1], geometry)
