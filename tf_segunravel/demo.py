@@ -45,8 +45,8 @@ from tf_segunravel.unravel.settings import RUNNER_UP, FixationSettings
 # the same seed's baseline.
 ARMS = {
     "baseline": "shapes_demo.cfg",
-    "control": "shapes_finetune.cfg",
-    "template_cosine": "shapes_finetune_cosine.cfg",
+    "control": "shapes_demo_finetune.cfg",
+    "template_cosine": "shapes_demo_finetune_cosine.cfg",
 }
 FINETUNED = ("control", "template_cosine")
 # Heat maps for 129-pixel images: a 6-pixel blur instead of the default 20.
