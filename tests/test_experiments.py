@@ -162,3 +162,18 @@ def test_every_registered_experiment_is_runnable_and_drawn():
             assert spec.run is None, name
     with pytest.raises(ValueError, match="does not analyse one model"):
         experiments.run_experiment("template_sweep", None)
+
+
+def test_location_difference_pairs_by_model():
+    def summary(shares):
+        per_model = [{"plain": {"by_kind": {"intrinsic": v, "contextual": None}}} for v in shares]
+        return {"models": ["a", "b", "c"], "passes": {"plain": {}}, "per_model": per_model}
+
+    difference = experiments.location_difference(summary([0.5, 0.7, 0.9]), summary([0.4, 0.5, 0.9]))
+    intrinsic = difference["plain"]["intrinsic"]
+    assert intrinsic["values"] == pytest.approx([0.1, 0.2, 0.0]) and intrinsic["n"] == 3
+    assert intrinsic["mean"] == pytest.approx(0.1)
+    assert intrinsic["low"] < intrinsic["mean"] < intrinsic["high"]
+    assert difference["plain"]["contextual"]["n"] == 0  # no share on either side
+    with pytest.raises(ValueError, match="different models"):
+        experiments.location_difference(summary([0.5] * 3), {**summary([0.5] * 3), "models": ["x"]})

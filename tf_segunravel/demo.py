@@ -94,7 +94,7 @@ class _Job:
     def model_dir(self, arm, seed):
         return self.configs[(arm, seed)].model_dir
 
-    def record(self, stage):
+    def stage_file(self, stage):
         """Where a whole-stage unit keeps its record (see `tf_segunravel.stages`)."""
         return os.path.join(self.output_dir, "stages", f"{stage}.json")
 
@@ -158,7 +158,7 @@ def _export(job):
         export_saved_model(network, export_dir, FIXATIONS, overwrite=True)
         return {}
 
-    stages.once(job.record("export"), {"model": _baseline_dir(job)}, make)
+    stages.once(job.stage_file("export"), {"model": _baseline_dir(job)}, make)
 
 
 def _write_fixations(job, fixation_dir, contrast):
@@ -193,7 +193,7 @@ def _fixations(job):
         make = functools.partial(
             _write_fixations, job, os.path.join(job.output_dir, folder), contrast
         )
-        stages.once(job.record(folder), {"images": job.fixation_images}, make)
+        stages.once(job.stage_file(folder), {"images": job.fixation_images}, make)
 
 
 def _experiments(job):
@@ -220,7 +220,7 @@ def _experiments(job):
         return {}
 
     inputs = {"images": job.experiment_images, "seeds": list(job.seeds)}
-    stages.once(job.record("experiments"), inputs, make)
+    stages.once(job.stage_file("experiments"), inputs, make)
 
 
 def _faithfulness_methods():
@@ -260,7 +260,7 @@ def _faithfulness(job):
         return {}
 
     inputs = {"images": FAITHFULNESS_IMAGES, "methods": list(methods), "seed": seed}
-    stages.once(job.record("faithfulness"), inputs, make)
+    stages.once(job.stage_file("faithfulness"), inputs, make)
 
 
 def _report(job):

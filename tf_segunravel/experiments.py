@@ -188,6 +188,30 @@ def location_over_seeds(
     return summary
 
 
+def location_difference(first, second):
+    """{pass: {kind: t interval}} of first minus second, paired by model: two
+    `location_over_seeds` summaries of the same models (in the same order) under other
+    settings, for example the `seg_unravel_code` preset against the defaults."""
+    if first["models"] != second["models"]:
+        raise ValueError(f"different models: {first['models']} and {second['models']}")
+    out = {}
+    for label in first["passes"]:
+        pairs = list(zip(first["per_model"], second["per_model"], strict=True))
+        kinds = sorted(
+            {k for a, b in pairs for k in a[label]["by_kind"] if k in b[label]["by_kind"]}
+        )
+        out[label] = {
+            kind: stats.mean_interval([_minus(a, b, label, kind) for a, b in pairs])
+            for kind in kinds
+        }
+    return out
+
+
+def _minus(first, second, label, kind):
+    a, b = first[label]["by_kind"].get(kind), second[label]["by_kind"].get(kind)
+    return None if a is None or b is None else a - b
+
+
 def location_markdown(summary):
     """The kinds-by-pass table of `location_over_seeds`."""
     passes = summary["passes"]
