@@ -197,3 +197,15 @@ def test_cascading_randomisation_flags_a_map_that_ignores_the_weights():
     prior = faithfulness.cascading_randomisation(method("segment_prior"), model, image, classes)
     # The segment prior with the regions fixed ignores the weights: it stays at 1.
     assert all(value == pytest.approx(1.0) for _, value in prior)
+
+
+def test_over_seeds_pairs_methods_within_each_seed():
+    def summary(fixations, gradcam):
+        entry = lambda v: {m: {"mean": v} for m in faithfulness.METRICS}  # noqa: E731
+        return {"methods": {"fixations": entry(fixations), "gradcam": entry(gradcam)}}
+
+    table = faithfulness.over_seeds([summary(0.5, 0.4), summary(0.7, 0.5), summary(0.6, 0.6)])
+    deletion = table["gradcam"]["deletion_auc"]
+    assert deletion["values"] == pytest.approx([0.1, 0.2, 0.0]) and deletion["n"] == 3
+    text = faithfulness.over_seeds_markdown(table, metrics=("deletion_auc",))
+    assert "| gradcam | +0.100 [" in text and "(includes 0)" in text

@@ -544,3 +544,56 @@ def _summarise(records, methods):
         "methods": table(records),
         "by_class": {str(c): table([r for r in records if r[1] == c]) for c in classes},
     }
+
+
+# What "better" means for each metric, for reading a difference (None: no direction).
+HIGHER_IS_BETTER = {
+    "deletion_auc": False,
+    "insertion_auc": True,
+    "context_deletion_auc": False,
+    "context_insertion_auc": True,
+    "road": True,
+    "energy": True,
+    "pointing_game": True,
+    "randomisation_rank_correlation": False,
+    "seconds_per_image": False,
+}
+
+
+def over_seeds(summaries, method="fixations"):
+    """{baseline: {metric: t interval}} of `method` minus each other method, one value per
+    seed: the difference of the two methods' means in that seed's `faithfulness.json`
+    summary (every method is scored on the same pairs, so it is the mean paired difference).
+    With `stats.verdict` each interval says whether `method` is ahead, behind or not
+    resolved; `HIGHER_IS_BETTER` says which sign is ahead."""
+    from tf_segunravel import stats
+
+    others = [m for m in summaries[0]["methods"] if m != method]
+    table = {}
+    for other in others:
+        table[other] = {}
+        for metric in METRICS:
+            values = []
+            for summary in summaries:
+                mine = summary["methods"][method][metric]["mean"]
+                theirs = summary["methods"][other][metric]["mean"]
+                values.append(None if mine is None or theirs is None else mine - theirs)
+            table[other][metric] = stats.mean_interval(values)
+    return table
+
+
+def over_seeds_markdown(table, method="fixations", metrics=METRICS):
+    """The `over_seeds` table: one row per other method, `method` minus it per metric."""
+    from tf_segunravel import stats
+
+    lines = [
+        f"| {method} minus | " + " | ".join(metrics) + " |",
+        "| --- |" + " --- |" * len(metrics),
+    ]
+    for other, row in table.items():
+        cells = []
+        for metric in metrics:
+            interval = row[metric]
+            cells.append(f"{stats.describe(interval, 3, signed=True)} ({stats.verdict(interval)})")
+        lines.append(f"| {other} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
