@@ -185,6 +185,19 @@ def fixation_settings(class_names=None, num_classes=None):
     return parsed
 
 
+def fixation_flag_given(name):
+    """How the command line set FixationSettings field `name`: "--name=value" for a flag
+    given, "--preset=<name>" for a field the preset set, None where the default stands."""
+    from tf_segunravel.unravel.settings import PRESETS
+
+    if flags.FLAGS[name].present:
+        return f"--{name}={flags.FLAGS[name].value}"
+    preset = flags.FLAGS.preset
+    if preset is not None and name in PRESETS[preset]:
+        return f"--preset={preset}"
+    return None
+
+
 def define_model_flags():
     """How the tools read a model: `--input_scale`, `--input_mean`, `--input_channels` (the
     `InputSettings` fields) and `--output`, shared by tools/fixations.py, tools/export.py and

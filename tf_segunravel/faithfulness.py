@@ -231,7 +231,16 @@ def randomised_layers(model):
 
 
 def cascade_correlations(
-    explain_maps, model, image, classes, *, seed=0, layers=None, input=None, output=None
+    explain_maps,
+    model,
+    image,
+    classes,
+    *,
+    seed=0,
+    layers=None,
+    input=None,
+    output=None,
+    regions=None,
 ):
     """(layer names, float [steps, len(classes)]): re-initialise the layers with weights from
     the scores downwards, one more at each step (each weight drawn from a normal with the
@@ -240,12 +249,16 @@ def cascade_correlations(
 
     `explain_maps(model, regions)` returns [len(classes), H, W] maps for a model, with the
     classes' regions fixed to `regions` (the clean network's, so the seeds stay put); `input`
-    and `output` read the network as `graph.ModelGraph` does. A map that stays correlated
-    while the weights it claims to explain are destroyed is not explaining them."""
+    and `output` read the network as `graph.ModelGraph` does; `regions`, when the caller has
+    the clean network's `baselines.predicted_regions` already, saves that pass. A map that
+    stays correlated while the weights it claims to explain are destroyed is not explaining
+    them."""
     from tf_segunravel.baselines import predicted_regions
     from tf_segunravel.unravel.graph import ModelGraph
 
-    regions = predicted_regions(ModelGraph(model, input=input, output=output, strict=False), image)
+    if regions is None:
+        graph = ModelGraph(model, input=input, output=output, strict=False)
+        regions = predicted_regions(graph, image)
     clean = explain_maps(model, regions)
     randomised = keras.models.clone_model(model)
     randomised.set_weights(model.get_weights())
@@ -265,14 +278,10 @@ def cascade_correlations(
     return names, np.asarray(table, np.float64).reshape(len(names), len(classes))
 
 
-def cascading_randomisation(
-    explain_maps, model, image, classes, *, seed=0, layers=None, input=None
-):
+def cascading_randomisation(explain_maps, model, image, classes, **options):
     """[(layer, mean rank correlation over the classes)] at each step of
     `cascade_correlations` (same arguments)."""
-    names, table = cascade_correlations(
-        explain_maps, model, image, classes, seed=seed, layers=layers, input=input
-    )
+    names, table = cascade_correlations(explain_maps, model, image, classes, **options)
     return [(name, float(row.mean())) for name, row in zip(names, table, strict=True)]
 
 
@@ -454,6 +463,7 @@ def run(
                     layers=randomised_layers(graph.model)[:randomisation_layers],
                     input=graph.input_settings,
                     output=graph.output_name,
+                    regions=regions,
                 )
                 cascades[method].append(correlations)
             for number, (cls, saliency) in enumerate(zip(classes, maps, strict=True)):
@@ -546,7 +556,7 @@ def _summarise(records, methods):
     }
 
 
-# What "better" means for each metric, for reading a difference (None: no direction).
+# Whether a larger value of each metric is better, for reading a difference.
 HIGHER_IS_BETTER = {
     "deletion_auc": False,
     "insertion_auc": True,
@@ -594,6 +604,10 @@ def over_seeds_markdown(table, method="fixations", metrics=METRICS):
         cells = []
         for metric in metrics:
             interval = row[metric]
-            cells.append(f"{stats.describe(interval, 3, signed=True)} ({stats.verdict(interval)})")
+            verdict = stats.verdict(interval)
+            if verdict in ("above 0", "below 0"):
+                ahead = (verdict == "above 0") == HIGHER_IS_BETTER[metric]
+                verdict += f": {method} {'better' if ahead else 'worse'}"
+            cells.append(f"{stats.describe(interval, 3, signed=True)} ({verdict})")
         lines.append(f"| {other} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -107,18 +107,18 @@ def check_export_settings(path, fixation_settings):
     """A SavedModel's `fixations` signature traces with the unravel and input settings it was
     exported with; a flag given here that differs would be silently ignored, so refuse it."""
     from tf_segunravel.export import saved_model_metadata
-    from tf_segunravel.unravel.settings import PRESETS
 
     recorded = saved_model_metadata(path)
-    from_preset = PRESETS[FLAGS.preset] if FLAGS.preset else {}
     given = {name: getattr(fixation_settings, name) for name in fixation_settings.UNRAVEL_FIELDS}
     given.update((f"input_{name}", value) for name, value in cli.input_settings().as_dict().items())
     given["output"] = FLAGS.output
     for name, value in given.items():
-        if not (FLAGS[name].present or name in from_preset):
-            continue
-        if str(recorded.get(name)) != str(value):
-            given_as = f"--{name}={value}" if FLAGS[name].present else f"--preset={FLAGS.preset}"
+        given_as = (
+            cli.fixation_flag_given(name)
+            if name in fixation_settings.UNRAVEL_FIELDS
+            else (f"--{name}={value}" if FLAGS[name].present else None)
+        )
+        if given_as is not None and str(recorded.get(name)) != str(value):
             raise InputError(
                 f"{given_as}: {path} was exported with {name}={recorded.get(name)}, "
                 f"fixed in its fixations signature; re-export with tools/export.py {given_as}"

@@ -178,8 +178,8 @@ class FixationWriter:
 
             if isinstance(model, str):
                 raise InputError(
-                    "compare needs a Keras model (a .keras file or a training dir): a SavedModel "
-                    "keeps no gradients"
+                    "compare: needs a Keras model (a .keras file or a training dir); a "
+                    "SavedModel keeps no gradients"
                 )
             baselines.check_methods(self.compare, flag="compare")
         self.output_dir = output_dir
@@ -260,10 +260,15 @@ class FixationWriter:
             outlier_radius=0,
             weighted=self.settings.weighted,
         ).numpy()[0][classes]
-        compared = {
-            method: self._baseline_maps(method, small, classes, (height, width))
-            for method in self.compare
-        }
+        compared = {}
+        if self.compare:
+            from tf_segunravel.baselines import predicted_regions
+
+            regions = predicted_regions(self.fixations.engine.graph, small)  # once, every method
+            compared = {
+                method: self._baseline_maps(method, small, classes, (height, width), regions)
+                for method in self.compare
+            }
         stats = class_statistics(classes, seeds, points, counts, labels, truth, inliers)
         if self.class_names:
             for key, entry in stats.items():
@@ -282,14 +287,16 @@ class FixationWriter:
             compared=compared,
         )
 
-    def _baseline_maps(self, method, fed, classes, size):
+    def _baseline_maps(self, method, fed, classes, size, regions):
         """A baseline's maps of `classes` [C, H, W] on the image's own pixels: computed on
         the pixels the model saw, the regions from the same network, resized bilinearly."""
         from tf_segunravel import baselines
 
         layer = self.gradcam_layer if method.startswith("gradcam") else None
         graph = self.fixations.engine.graph
-        maps = baselines.explain(method, graph, fed, [int(c) for c in classes], layer=layer)
+        maps = baselines.explain(
+            method, graph, fed, [int(c) for c in classes], layer=layer, regions=regions
+        )
         if maps.shape[1:] != size:
             maps = tf.image.resize(maps[..., None], size, method="bilinear").numpy()[..., 0]
         return maps.astype(np.float32)
