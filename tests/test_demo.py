@@ -19,7 +19,7 @@ def test_demo_trains_what_the_flagfiles_say(tmp_path):
     baseline = demo.arm_config("baseline", model_dir="m")
     control = demo.arm_config("control", model_dir="m", init_path="b")
     template = demo.arm_config("template_cosine", model_dir="m", init_path="b")
-    assert (baseline.width, baseline.steps, baseline.lr_policy) == (0.125, 1000, "poly")
+    assert (baseline.width, baseline.steps, baseline.lr_policy) == (0.0625, 2000, "poly")
     assert baseline.deterministic and baseline.init == "scratch"
     assert (control.init, control.train_layers, control.template_weight) == ("model", 3, 0.0)
     assert template.template_weight == 0.01 and template.similarity == "cosine"
@@ -33,8 +33,8 @@ def test_demo_trains_what_the_flagfiles_say(tmp_path):
     # The files are the source: an edited copy changes what the demo trains.
     flags_dir = tmp_path / "flags"
     shutil.copytree(os.path.join(REPO_ROOT, "flags"), flags_dir)
-    path = flags_dir / "shapes_baseline.cfg"
-    path.write_text(path.read_text().replace("--crop_size=97", "--crop_size=65"))
+    path = flags_dir / "shapes_demo_finetune.cfg"
+    path.write_text(path.read_text().replace("--crop_size=129", "--crop_size=65"))
     edited = demo.arm_config(
         "template_cosine", flags_dir=str(flags_dir), model_dir="m", init_path="b"
     )

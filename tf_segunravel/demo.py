@@ -332,7 +332,11 @@ def run(
                 if finetune_steps:
                     overrides["steps"] = finetune_steps
             elif steps:
-                overrides["steps"] = steps
+                # A baseline shorter than its flagfile's warm-up (250 steps) spends all but
+                # its last step warming up: a shorter warm-up to lr 0.03 diverges (tried: 5
+                # warm-up steps of 20 blew up at step 11).
+                warmup = arm_config(arm, **overrides).warmup_steps
+                overrides.update(steps=steps, warmup_steps=min(warmup, steps - 1))
             if checkpoint_every:
                 overrides["checkpoint_every"] = checkpoint_every
             configs[(arm, seed)] = arm_config(arm, **overrides)

@@ -16,7 +16,12 @@ from tf_segunravel import cli, demo
 
 flags.DEFINE_string("output_dir", "runs/demo", "Directory that receives every artefact.")
 flags.DEFINE_list("seeds", ["0"], "Training seeds; each trains both arms.")
-flags.DEFINE_integer("steps", None, "Override the baseline's steps (default: its flagfile's).")
+flags.DEFINE_integer(
+    "steps",
+    None,
+    "Override the baseline's steps (default: its flagfile's); a run shorter than the "
+    "flagfile's warm-up warms up for all but its last step.",
+)
 flags.DEFINE_integer(
     "finetune_steps", None, "Override the fine-tuning steps (default: the flagfiles')."
 )
