@@ -45,6 +45,7 @@ def test_non_editable_install_runs_the_tools_outside_the_checkout(tmp_path, shap
             bin_dir / "segunravel-train",
             "--flagfile=flags/shapes_demo.cfg",
             "--steps=2",
+            "--warmup_steps=0",  # the flagfile's 250-step warm-up needs more steps
             "--checkpoint_every=1",
             "--model_dir=model",
             f"--data_dir={shapes_data_dir}",
@@ -52,8 +53,10 @@ def test_non_editable_install_runs_the_tools_outside_the_checkout(tmp_path, shap
         work,
     )
     config = json.loads((work / "model" / "config.json").read_text())
-    # The shipped flagfile and the one it includes were read: the baseline's width.
-    assert (config["steps"], config["width"]) == (2, 0.125)
+    # The shipped flagfile and the ones it includes were read: its own width, the crop of
+    # shapes_stable.cfg and the schedule of shapes_baseline.cfg.
+    assert (config["steps"], config["width"]) == (2, 0.0625)
+    assert (config["crop_size"], config["lr_policy"]) == (129, "poly")
     assert (work / "model" / "model.keras").is_file()
 
     demo = _run(
