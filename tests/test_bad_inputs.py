@@ -151,6 +151,21 @@ CASES = [
         ["--experiment=location_over_seeds", "--models={root}/tiny.keras,{root}/garbage.keras"],
         "garbage.keras: cannot load the .keras model",
     ),
+    (
+        "experiments",
+        ["--experiment=faithfulness_over_seeds", "--models={root}/tiny.keras,{root}/garbage.keras"],
+        "garbage.keras: cannot load the .keras model",
+    ),
+    (
+        "experiments",
+        ["--experiment=faithfulness_over_seeds"],
+        "--models is required by --experiment=location_over_seeds and faithfulness_over_seeds",
+    ),
+    (
+        "experiments",
+        ["--experiment=faithfulness_over_seeds", "--models={root}/tiny.keras", "--methods=lime"],
+        "--methods: unknown ['lime']",
+    ),
     # ----------------------------------------------------------------------------- demo
     (
         "demo",

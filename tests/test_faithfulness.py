@@ -2,6 +2,9 @@
 score reads only the pixels of one box, so a map that ranks the box first must beat a random
 map and the inverted map."""
 
+import dataclasses
+import json
+
 import keras
 import numpy as np
 import pytest
@@ -150,6 +153,8 @@ def test_the_experiment_tool_runs_every_method(tmp_path, shapes_data_dir):
     gradient = summary["methods"]["gradient_x_input"]["randomisation_rank_correlation"]["mean"]
     assert prior == pytest.approx(1.0) and gradient < prior
     assert summary["by_class"] and (out / "faithfulness.png").exists()
+    assert (out / "faithfulness_curves.png").exists()
+    assert (out / "faithfulness_example0.png").exists()
     for flags, message in (
         (["--methods=fixations,lime"], "--methods: unknown ['lime']"),
         (["--methods=gradcam", "--gradcam_layer=nope"], "--gradcam_layer=nope: no such layer"),
@@ -209,3 +214,79 @@ def test_over_seeds_pairs_methods_within_each_seed():
     assert deletion["values"] == pytest.approx([0.1, 0.2, 0.0]) and deletion["n"] == 3
     text = faithfulness.over_seeds_markdown(table, metrics=("deletion_auc",))
     assert "| gradcam | +0.100 [" in text and "(includes 0)" in text
+
+
+@pytest.mark.slow  # two models through the whole experiment: a few minutes on 2 cores
+def test_faithfulness_over_seeds_pairs_each_model_and_resumes(
+    tmp_path, shapes_data_dir, monkeypatch
+):
+    from tests.helpers import save_tiny_largefov
+    from tf_segunravel import experiments
+    from tf_segunravel.data import load_split
+    from tf_segunravel.data.shapes import CLASS_KINDS, CLASS_NAMES
+    from tf_segunravel.unravel.graph import ModelGraph
+
+    seeds = (3, 4)
+    names = [str(tmp_path / f"seed{seed}.keras") for seed in seeds]
+    networks = [ModelGraph(save_tiny_largefov(tmp_path / f"seed{s}.keras", 6, s)) for s in seeds]
+    methods = ("fixations", "random", "segment_prior")  # no [baselines] extra needed
+    inputs = experiments.AnalysisInputs(
+        networks[0],
+        load_split("segunravel_shapes", "val", shapes_data_dir),
+        6,
+        list(CLASS_NAMES),
+        list(CLASS_KINDS),
+        experiments.FixationSettings(sigma=6.0),
+        max_images=2,
+        pad_size=129,
+        methods=methods,
+        faithfulness_steps=4,
+        min_pixels=16,
+        randomisation_images=1,
+        randomisation_layers=2,
+    )
+    out = tmp_path / "out"
+    result = experiments.faithfulness_over_seeds(networks, names, inputs, str(out))
+    per_model = [
+        json.loads(
+            (out / "per_model" / experiments._model_key(n) / "faithfulness.json").read_text()
+        )
+        for n in names
+    ]
+    for name in names:  # each model's own figures
+        model_dir = out / "per_model" / experiments._model_key(name)
+        assert (model_dir / "faithfulness_curves.png").exists()
+        assert (model_dir / "faithfulness_example0.png").exists()
+    assert result["models"] == names and result["pairs"] == [
+        p["summary"]["pairs"] for p in per_model
+    ]
+    for method in methods:
+        for metric in faithfulness.METRICS:
+            means = [p["summary"]["methods"][method][metric]["mean"] for p in per_model]
+            assert result["methods"][method][metric]["values"] == pytest.approx(means)
+    # Fixations minus each other method, one value per model, paired within the model.
+    deletion = result["over_seeds"]["fixations"]["random"]["deletion_auc"]
+    expected = [
+        p["summary"]["methods"]["fixations"]["deletion_auc"]["mean"]
+        - p["summary"]["methods"]["random"]["deletion_auc"]["mean"]
+        for p in per_model
+    ]
+    assert deletion["values"] == pytest.approx(expected) and deletion["n"] == 2
+    assert len(result["curves"]["fixations"]["deletion"]) == 5
+    assert "| fixations minus |" in (out / "faithfulness_over_seeds.md").read_text()
+    assert (out / "faithfulness_over_seeds_curves.png").exists()
+    assert json.loads((out / "faithfulness_over_seeds.json").read_text()) == json.loads(
+        json.dumps(result)
+    )
+
+    # A second call with the same settings reuses both models' results.
+    def refuse(_):
+        raise AssertionError("a cached model was run again")
+
+    monkeypatch.setattr(experiments, "run_faithfulness", refuse)
+    again = experiments.faithfulness_over_seeds(networks, names, inputs, str(out))
+    assert json.loads(json.dumps(again)) == json.loads(json.dumps(result))
+    # Other settings do not match the cache: the models run again.
+    with pytest.raises(AssertionError, match="run again"):
+        changed = dataclasses.replace(inputs, faithfulness_steps=5)
+        experiments.faithfulness_over_seeds(networks, names, changed, str(out))

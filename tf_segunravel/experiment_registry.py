@@ -87,6 +87,13 @@ REGISTRY = {
             MODELS,
             "fixation location, plain and contrastive, over one model per seed (95% intervals)",
         ),
+        Experiment(
+            "faithfulness_over_seeds",
+            MODELS,
+            "the faithfulness experiment over one model per seed: each fixation method minus "
+            "every other method per metric, with 95% t intervals over the seeds",
+            in_all=False,
+        ),
     )
 }
 

@@ -131,8 +131,7 @@ def location_over_seeds(
     for network, name in zip(networks, model_names, strict=True):
         cache = None
         if output_dir:  # one model's result is kept, so an interrupted run resumes
-            key = "".join(c if c.isalnum() or c in "-_." else "_" for c in name.strip("/"))
-            cache = os.path.join(output_dir, "per_model", f"{key}.json")
+            cache = os.path.join(output_dir, "per_model", f"{_model_key(name)}.json")
             if os.path.exists(cache):
                 with open(cache) as f:
                     cached = json.load(f)
@@ -186,6 +185,109 @@ def location_over_seeds(
         write_json(os.path.join(output_dir, "location_over_seeds.json"), summary)
         write_text(os.path.join(output_dir, "location_over_seeds.md"), location_markdown(summary))
     return summary
+
+
+def _model_key(name):
+    """A file name for a model's path: its characters outside [A-Za-z0-9-_.] as '_'."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name.strip("/"))
+
+
+def faithfulness_over_seeds(networks, model_names, inputs, output_dir=None):
+    """The faithfulness experiment on models trained with different seeds.
+
+    `inputs` is an `AnalysisInputs` whose network is replaced by each of `networks` in turn.
+    With `output_dir`, each model's `faithfulness.csv/.json/.png`, curves and example panels
+    go to `per_model/<model path>/`, and a later call with the same settings reuses them, so
+    an interrupted run resumes. Returns, for each fixation method that ran, `over_seeds`: its
+    difference from every other method per metric, one value per seed (the seed's mean paired
+    difference), with a 95% t interval over the seeds; `methods`: each method's per-seed means
+    with their interval; and the curves averaged over the seeds. Writes
+    faithfulness_over_seeds.json, .md and _curves.png into `output_dir` when given."""
+    from tf_segunravel import faithfulness, viz
+
+    record = {
+        "settings": inputs.settings.as_dict(),
+        "images": inputs.max_images,
+        "methods": list(inputs.methods),
+        "gradcam_layer": inputs.gradcam_layer,
+        "steps": inputs.faithfulness_steps,
+        "min_pixels": inputs.min_pixels,
+        "randomisation_images": inputs.randomisation_images,
+        "randomisation_layers": inputs.randomisation_layers,
+    }
+    summaries = []
+    for network, name in zip(networks, model_names, strict=True):
+        model_dir = os.path.join(output_dir, "per_model", _model_key(name)) if output_dir else None
+        cache = model_dir and os.path.join(model_dir, "faithfulness.json")
+        if cache and os.path.exists(cache):
+            with open(cache) as f:
+                cached = json.load(f)["summary"]
+            if cached.get("run") == record:
+                summaries.append(cached)
+                continue
+        chosen = dataclasses.replace(inputs, network=network, figure_dir=model_dir)
+        rows, summary = run_faithfulness(chosen)
+        summary["run"] = record
+        if model_dir:
+            write_results(rows, model_dir, "faithfulness", summary)
+        summaries.append(summary)
+    methods = list(inputs.methods)
+    result = {
+        "models": list(model_names),
+        "run": record,
+        "pairs": [s["pairs"] for s in summaries],
+        "methods": {
+            m: {
+                metric: stats.mean_interval([s["methods"][m][metric]["mean"] for s in summaries])
+                for metric in faithfulness.METRICS
+            }
+            for m in methods
+        },
+        "over_seeds": {
+            m: faithfulness.over_seeds(summaries, m)
+            for m in faithfulness.FIXATION_METHODS
+            if m in methods and len(methods) > 1
+        },
+        "curves": {
+            m: {
+                mode: np.mean([s["curves"][m][mode] for s in summaries], axis=0).tolist()
+                for mode in ("deletion", "insertion")
+            }
+            for m in methods
+        },
+    }
+    if output_dir:
+        make_output_dir(output_dir)
+        write_json(os.path.join(output_dir, "faithfulness_over_seeds.json"), result)
+        write_text(
+            os.path.join(output_dir, "faithfulness_over_seeds.md"), faithfulness_markdown(result)
+        )
+        viz.curves_figure(
+            result["curves"], os.path.join(output_dir, "faithfulness_over_seeds_curves.png")
+        )
+    return result
+
+
+def faithfulness_markdown(result):
+    """The `faithfulness_over_seeds` tables: every method's means over the seeds, then each
+    fixation method minus every other method."""
+    from tf_segunravel import faithfulness
+
+    metrics = faithfulness.METRICS
+    lines = [
+        f"{len(result['models'])} models, {result['run']['images']} images each, "
+        f"{min(result['pairs'])}-{max(result['pairs'])} scored (image, class) pairs per model; "
+        "means over the models with 95% t intervals.",
+        "",
+        "| method | " + " | ".join(metrics) + " |",
+        "| --- |" + " --- |" * len(metrics),
+    ]
+    for method, row in result["methods"].items():
+        cells = [stats.describe(row[metric], 3) for metric in metrics]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    for method, table in result["over_seeds"].items():
+        lines += ["", faithfulness.over_seeds_markdown(table, method).rstrip()]
+    return "\n".join(lines) + "\n"
 
 
 def location_difference(first, second):
@@ -437,6 +539,7 @@ class AnalysisInputs:
     min_pixels: int = 64
     randomisation_images: int = 2
     randomisation_layers: int | None = None
+    figure_dir: str | None = None  # faithfulness: where its curves and example panels go
 
 
 def _common(inputs):
@@ -494,6 +597,7 @@ def run_faithfulness(inputs):
         min_pixels=inputs.min_pixels,
         randomisation_images=inputs.randomisation_images,
         randomisation_layers=inputs.randomisation_layers,
+        figure_dir=inputs.figure_dir,
     )
 
 

@@ -395,6 +395,8 @@ def run(
     randomisation_images=RANDOMISATION_IMAGES,
     randomisation_layers=None,
     seed=0,
+    figure_dir=None,
+    panels=2,
 ):
     """Every method's metrics over (image, predicted class) pairs; returns (rows, summary).
 
@@ -408,7 +410,10 @@ def run(
     rows: one per method with each metric's mean; summary: `methods.<method>.<metric>` and
     `by_class.<class id>.<method>.<metric>`, each {mean, low, high, n} with a paired bootstrap
     interval of its difference from Grad-CAM (`minus_gradcam`) where Grad-CAM ran, and the
-    deletion / insertion curves' means per method (`curves`)."""
+    deletion / insertion curves' means per method (`curves`).
+    With `figure_dir`, also writes `faithfulness_curves.png` (those mean curves) and, for the
+    first `panels` scored images, `faithfulness_example<N>.png`: every method's map of every
+    scored class side by side. Nothing is written when no pair is scored."""
     import time
 
     from tf_segunravel import baselines
@@ -433,6 +438,7 @@ def run(
     curves = {m: {"deletion": [], "insertion": []} for m in methods}
     cascades = {m: [] for m in methods}  # per method: [steps, classes] tables
     layer_names, scored, read = None, 0, 0
+    examples_shown = []  # (image index, image, classes, {method: maps}) for the panels
     for index, example in enumerate(examples.take(max_images).as_numpy_iterator()):
         read += 1
         image = example["image"]
@@ -443,12 +449,15 @@ def run(
         if not classes:
             continue
         scored += 1
+        shown = {} if scored <= panels else None
         for method in methods:
             start = time.perf_counter()
             maps = _maps(
                 method, graph, engines, image, classes, settings, gradcam_layer, seed, regions
             )
             seconds = time.perf_counter() - start
+            if shown is not None:
+                shown[method] = np.asarray(maps)
             correlations = None
             if scored <= randomisation_images:
                 explain_maps = _explainer(
@@ -500,6 +509,8 @@ def run(
                             )
                         )
                 records.append((index, cls, method, values))
+        if shown is not None:
+            examples_shown.append((index, image, classes, shown))
     if not records:
         raise NoPairsError(
             f"no predicted class covers {min_pixels} pixels in the {read} images read"
@@ -526,7 +537,30 @@ def run(
         rows.append(row)
     by_class = summary["by_class"]
     summary["class_names"] = {c: class_name(class_names, int(c)) for c in by_class}
+    if figure_dir:
+        write_figures(figure_dir, summary["curves"], examples_shown, class_names)
     return rows, summary
+
+
+def write_figures(figure_dir, curves, examples_shown=(), class_names=None):
+    """`faithfulness_curves.png` from {method: {"deletion": [...], "insertion": [...]}}, and
+    one `faithfulness_example<N>.png` per (image index, image, classes, {method: maps})."""
+    import os
+
+    from tf_segunravel import viz
+    from tf_segunravel.atomic import make_output_dir
+
+    make_output_dir(figure_dir)
+    viz.curves_figure(curves, os.path.join(figure_dir, "faithfulness_curves.png"))
+    for number, (index, image, classes, maps) in enumerate(examples_shown):
+        viz.comparison_figure(
+            np.asarray(image, np.uint8),
+            classes,
+            maps,
+            class_names,
+            os.path.join(figure_dir, f"faithfulness_example{number}.png"),
+            title=f"image {index}",
+        )
 
 
 def _summarise(records, methods):

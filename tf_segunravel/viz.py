@@ -72,9 +72,9 @@ def overlay_figure(image, labels, classes, maps, points, counts, class_names, pa
     plt.close(figure)
 
 
-def comparison_figure(image, classes, maps_by_method, class_names, path):
+def comparison_figure(image, classes, maps_by_method, class_names, path, title=None):
     """One row per class, one column per method: each method's heat map of that class over
-    the image, side by side (`tools/fixations.py --compare`).
+    the image, side by side (`tools/fixations.py --compare`, the faithfulness experiment).
 
     maps_by_method: {method: [len(classes), H, W] in [0, 1]}, fixations first.
     """
@@ -90,8 +90,32 @@ def comparison_figure(image, classes, maps_by_method, class_names, path):
             heat = maps_by_method[method][row]
             axis.imshow(np.ma.masked_less(heat, 0.02), cmap="jet", alpha=0.5, vmin=0, vmax=1)
             axis.set_title(f"{class_name(class_names, cls)}: {method}", fontsize=8)
+    if title:
+        figure.suptitle(title, fontsize=9)
     figure.tight_layout()
     save_atomically(path, lambda p: figure.savefig(p, dpi=80, format="png"))
+    plt.close(figure)
+
+
+def curves_figure(curves, path):
+    """Deletion and insertion curves side by side, one line per method: the class's region
+    score against the fraction of pixels removed (or given back).
+
+    curves: {method: {"deletion": [f at each step], "insertion": [...]}}.
+    """
+    figure, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for axis, mode in zip(axes, ("deletion", "insertion"), strict=True):
+        for method, by_mode in curves.items():
+            values = by_mode.get(mode) or []
+            if len(values):
+                axis.plot(np.linspace(0, 1, len(values)), values, label=method)
+        axis.set_xlabel(f"fraction of pixels {'removed' if mode == 'deletion' else 'given back'}")
+        axis.set_ylabel("class's region score")
+        axis.set_title(mode)
+        axis.set_ylim(0, 1)
+    axes[1].legend(fontsize=7, loc="lower right")
+    figure.tight_layout()
+    save_atomically(path, lambda p: figure.savefig(p, dpi=90, format="png"))
     plt.close(figure)
 
 

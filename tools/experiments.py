@@ -12,7 +12,10 @@ four) and write <name>.csv, <name>.json and <name>.png into --output_dir. templa
 trains and fine-tunes on segunravel_shapes (tf_segunravel/template_sweep.py) and writes
 template_sweep.json and .md; it resumes when run again. location_over_seeds runs
 fixation_location, plain and contrastive (--contrast=runner_up), on each of --models and
-reports each class kind's share with a 95% interval over the models.
+reports each class kind's share with a 95% interval over the models. faithfulness (asked for
+by name) scores --methods with deletion, insertion, ROAD, energy, pointing game and the
+randomisation check, and faithfulness_over_seeds runs it on each of --models (resuming) and
+reports each fixation method minus every other method with a 95% interval over the models.
 """
 
 from absl import flags
@@ -35,7 +38,11 @@ flags.DEFINE_enum(
     + "; all: every experiment that analyses one --model, bar faithfulness.",
 )
 flags.DEFINE_string("model", None, "A training model dir, checkpoint prefix or .keras file.")
-flags.DEFINE_list("models", None, "location_over_seeds: the models, one per training seed.")
+flags.DEFINE_list(
+    "models",
+    None,
+    "location_over_seeds, faithfulness_over_seeds: the models, one per training seed.",
+)
 flags.DEFINE_list("seeds", ["0", "1", "2", "3", "4"], "template_sweep: training seeds.")
 flags.DEFINE_list(
     "weights", ["0.01", "0.05", "0.1", "0.5", "1", "5"], "template_sweep: template weights."
@@ -109,7 +116,8 @@ flags.register_multi_flags_validator(
     lambda f: (
         f["experiment"] == "all" or REGISTRY[f["experiment"]].reads != MODELS or bool(f["models"])
     ),
-    "--models is required by --experiment=location_over_seeds (one model per seed)",
+    "--models is required by --experiment=location_over_seeds and faithfulness_over_seeds "
+    "(one model per seed)",
 )
 # Flags generated from settings classes are declared by tf_segunravel.settings; list them
 # with the tool's own in --help.
@@ -164,28 +172,17 @@ def location_over_seeds():
     print(ex.location_markdown(summary))
 
 
-def main(argv):
-    del argv  # cli.run rejects positional arguments
-    reads = MODEL if FLAGS.experiment == "all" else REGISTRY[FLAGS.experiment].reads
-    if reads != MODEL:  # one experiment of each of the other kinds
-        return location_over_seeds() if reads == MODELS else template_sweep()
-    if FLAGS.experiment == "faithfulness":  # before any model loads
-        from tf_segunravel import baselines, faithfulness
-
-        baselines.check_methods(m for m in FLAGS.methods if m not in faithfulness.FIXATION_METHODS)
+def analysis_inputs(network):
+    """The one-model experiments' inputs, on `network` (a checked ModelGraph)."""
     from tf_segunravel import experiments as ex
     from tf_segunravel.data import load_split
     from tf_segunravel.data.pipeline import dataset_classes
-    from tf_segunravel.errors import InputError
-    from tf_segunravel.faithfulness import NoPairsError
-    from tf_segunravel.training import load_network
 
-    network = cli.model_graph(load_network(FLAGS.model))
     num_classes = network.num_classes
     examples = load_split(FLAGS.dataset, FLAGS.split, FLAGS.data_dir, num_classes)
     names, kinds = dataset_classes(FLAGS.dataset, FLAGS.data_dir, num_classes)
     names = names or network.class_names
-    inputs = ex.AnalysisInputs(
+    return ex.AnalysisInputs(
         network,
         examples,
         num_classes,
@@ -200,16 +197,64 @@ def main(argv):
         min_pixels=FLAGS.min_pixels,
         randomisation_images=FLAGS.randomisation_images,
         randomisation_layers=FLAGS.randomisation_layers,
+        figure_dir=FLAGS.output_dir,
     )
+
+
+def check_methods():
+    """A missing baselines extra or an unknown method fails before any model loads."""
+    from tf_segunravel import baselines, faithfulness
+
+    baselines.check_methods(m for m in FLAGS.methods if m not in faithfulness.FIXATION_METHODS)
+
+
+def no_pairs(error):
+    from tf_segunravel.errors import InputError
+
+    return InputError(
+        f"--min_pixels={FLAGS.min_pixels}: {error} (--max_images={FLAGS.max_images}); "
+        f"lower --min_pixels or read more images"
+    )
+
+
+def faithfulness_over_seeds():
+    check_methods()
+    from tf_segunravel import experiments as ex
+    from tf_segunravel.faithfulness import NoPairsError
+    from tf_segunravel.training import load_network
+
+    # every model checked first
+    networks = [cli.model_graph(load_network(path), "models") for path in FLAGS.models]
+    inputs = analysis_inputs(networks[0])
+    try:
+        result = ex.faithfulness_over_seeds(networks, FLAGS.models, inputs, FLAGS.output_dir)
+    except NoPairsError as e:
+        raise no_pairs(e) from e
+    print(ex.faithfulness_markdown(result))
+
+
+def main(argv):
+    del argv  # cli.run rejects positional arguments
+    reads = MODEL if FLAGS.experiment == "all" else REGISTRY[FLAGS.experiment].reads
+    if reads == MODELS:
+        if FLAGS.experiment == "faithfulness_over_seeds":
+            return faithfulness_over_seeds()
+        return location_over_seeds()
+    if reads != MODEL:
+        return template_sweep()
+    if FLAGS.experiment == "faithfulness":  # before any model loads
+        check_methods()
+    from tf_segunravel import experiments as ex
+    from tf_segunravel.faithfulness import NoPairsError
+    from tf_segunravel.training import load_network
+
+    inputs = analysis_inputs(cli.model_graph(load_network(FLAGS.model)))
     chosen = ALL_EXPERIMENTS if FLAGS.experiment == "all" else [FLAGS.experiment]
     for name in chosen:
         try:
             rows, summary = ex.run_experiment(name, inputs)
         except NoPairsError as e:
-            raise InputError(
-                f"--min_pixels={FLAGS.min_pixels}: {e} (--max_images={FLAGS.max_images}); "
-                f"lower --min_pixels or read more images"
-            ) from e
+            raise no_pairs(e) from e
         ex.write_results(rows, FLAGS.output_dir, name, summary)
         print(f"{name}: wrote {FLAGS.output_dir}/{name}.csv .json .png {summary or ''}")
 
