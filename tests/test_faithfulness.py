@@ -169,6 +169,45 @@ def test_the_experiment_tool_runs_every_method(tmp_path, shapes_data_dir):
         assert not bad.exists()
 
 
+@pytest.mark.slow
+def test_the_experiment_runs_every_method_on_a_zoo_unet(tmp_path, shapes_data_dir):
+    """A network of another shape than LargeFOV: the zoo's U-Net (strided encoder, transposed
+    convolutions, skip concatenations), padded to a size its four poolings divide."""
+    import json
+
+    from bench.zoo import unet
+    from tests.helpers import run_tool
+    from tf_segunravel import baselines
+
+    if not baselines.available():
+        pytest.skip(baselines.INSTALL_HINT)
+    keras.utils.set_random_seed(5)
+    unet(144, classes=6, base=4).save(tmp_path / "unet.keras")
+    methods = ("fixations", "fixations_contrastive", *baselines.METHODS)
+    out = tmp_path / "out"
+    proc = run_tool(
+        "experiments",
+        "--experiment=faithfulness",
+        f"--model={tmp_path / 'unet.keras'}",
+        f"--data_dir={shapes_data_dir}",
+        "--pad_size=144",
+        "--max_images=1",
+        "--faithfulness_steps=4",
+        "--min_pixels=16",
+        "--randomisation_layers=2",
+        f"--methods={','.join(methods)}",
+        f"--output_dir={out}",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((out / "faithfulness.json").read_text())["summary"]
+    for method in methods:
+        deletion = summary["methods"][method]["deletion_auc"]
+        assert deletion["n"] >= 1 and 0.0 <= deletion["mean"] <= 1.0
+        assert len(summary["randomisation"][method]) == 2
+    assert (out / "faithfulness_curves.png").exists()
+    assert (out / "faithfulness_example0.png").exists()
+
+
 def test_spearman_shares_ranks_among_ties():
     a = np.array([0, 0, 1, 2.0])
     assert faithfulness.spearman(a, a) == pytest.approx(1.0)
