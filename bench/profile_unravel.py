@@ -1,0 +1,177 @@
+"""Where the unravel's time goes, per layer kind.
+
+    python3 -m bench.profile_unravel --model=LargeFOV --size=321 [--repeats=5]
+    python3 -m bench.profile_unravel --model=ResNet50 --size=224
+
+One walk runs eagerly with every rule of the layer table and every merge wrapped, so that
+each call's arguments are kept. Each call is then run again on its own as a compiled
+`tf.function` (its tensors passed as arguments, so nothing is folded at trace time) and
+timed (median of --repeats after one untimed call). The figures are per layer type: the
+summed rule time, the summed time of the merges run before those layers, the number of
+layers and of points arriving. The parts add up to more than the compiled whole walk, which
+is printed beside them: each separate function pays its own call overhead
+(`call_overhead_s`, an empty function's, measured in the same run; `calls` of them).
+
+`--model` is LargeFOV (full width, 21 classes, random weights) or a name of bench/zoo.py.
+"""
+
+import collections
+import dataclasses
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import app, flags, logging
+
+from bench import zoo
+from bench.timing import median_seconds
+from tf_segunravel.models import deeplab_largefov
+from tf_segunravel.unravel import SegUnravel, tracer
+
+flags.DEFINE_string("model", "LargeFOV", "LargeFOV or a bench/zoo.py model name.")
+# --size (default 224) and --repeats are bench/zoo.py's flags, shared.
+flags.DEFINE_integer("top", 12, "Layer types printed, slowest first.")
+FLAGS = flags.FLAGS
+
+
+def build(name, size):
+    if name == "LargeFOV":
+        return deeplab_largefov(num_classes=21)
+    return zoo.build(name, size)
+
+
+def record_calls(engine, values):
+    """Runs one eager walk and returns [(layer type, rule or 'merge', fn, args, points in)]:
+    `fn(*args)` repeats the call."""
+    calls, merges = [], []
+    original_merge = tracer.merge
+
+    def merge(points, sizes):
+        merges.append((points, sizes))
+        return original_merge(points, sizes)
+
+    def wrap(step, kind):
+        def rule(layer, x, output, points, settings, **extra):
+            kind_name = type(layer).__name__
+            for merged, sizes in merges:  # the merges the walk ran before this layer
+                calls.append(
+                    (
+                        kind_name,
+                        "merge",
+                        lambda p, sizes=sizes: original_merge(tracer.Points(*p), sizes),
+                        (tuple(merged),),
+                        int(tf.size(merged.b)),
+                    )
+                )
+            merges.clear()
+            names = sorted(extra)
+
+            def again(x, output, p, *extra_values, layer=layer, kind=kind, names=names):
+                return kind.rule(
+                    layer,
+                    x,
+                    output,
+                    tracer.Points(*p),
+                    settings,
+                    **dict(zip(names, extra_values, strict=True)),
+                )
+
+            args = (x, output, tuple(points), *(extra[n] for n in names))
+            calls.append((kind_name, "rule", again, args, int(tf.size(points.b))))
+            return kind.rule(layer, x, output, points, settings, **extra)
+
+        return rule
+
+    kinds = engine.graph.kinds
+    saved = dict(kinds)
+    for step in engine.graph.steps:
+        kind = kinds.get(id(step))
+        if kind is not None:
+            kinds[id(step)] = dataclasses.replace(kind, rule=wrap(step, kind))
+    tracer.merge = merge
+    try:
+        engine.walk(values)
+    finally:
+        tracer.merge = original_merge
+        kinds.clear()
+        kinds.update(saved)
+    for merged, sizes in merges:  # the image's merges, after the last layer
+        calls.append(
+            (
+                "ImageMerge",
+                "merge",
+                lambda p, sizes=sizes: original_merge(tracer.Points(*p), sizes),
+                (tuple(merged),),
+                int(tf.size(merged.b)),
+            )
+        )
+    return calls
+
+
+def main(_):
+    logging.set_verbosity(logging.ERROR)  # one tf.function per call retraces by design
+    keras.utils.set_random_seed(0)
+    model = build(FLAGS.model, FLAGS.size)
+    engine = SegUnravel(model)
+    image = tf.constant(
+        np.random.default_rng(0).uniform(0, 255, (1, FLAGS.size, FLAGS.size, 3)), tf.float32
+    )
+    forward = tf.function(lambda x: model(x, training=False))
+    forward_s = median_seconds(lambda: forward(image).numpy(), FLAGS.repeats)
+    record = tf.function(lambda x: {str(k): v for k, v in engine.record(x).items()})
+    walk = tf.function(lambda values: engine.walk({int(k): v for k, v in values.items()}))
+    compiled = record(image)
+    walk_s = median_seconds(lambda: walk(compiled).counts.numpy(), FLAGS.repeats)
+
+    values = {int(k): v for k, v in compiled.items()}
+    per_kind = collections.defaultdict(lambda: {"rule_s": 0.0, "merge_s": 0.0, "layers": 0})
+    points_in = collections.Counter()
+    recorded = record_calls(engine, values)
+    calls = len(recorded)
+    for kind_name, what, fn, args, arriving in recorded:
+        compiled_fn = tf.function(fn)
+        seconds = median_seconds(
+            lambda f=compiled_fn, a=args: [
+                t.numpy() for t in tf.nest.flatten(f(*a)) if t is not None
+            ],
+            FLAGS.repeats,
+        )
+        entry = per_kind[kind_name]
+        entry[f"{what}_s"] += seconds
+        if what == "rule":
+            entry["layers"] += 1
+            points_in[kind_name] += arriving
+    print(f"model: {FLAGS.model}")
+    print(f"size: {FLAGS.size}")
+    print(f"cpu_cores: {os.cpu_count()}")
+    total = 0.0
+    ranked = sorted(per_kind.items(), key=lambda kv: -(kv[1]["rule_s"] + kv[1]["merge_s"]))
+    for kind_name, entry in ranked[: FLAGS.top]:
+        key = kind_name.lower()
+        print(f"{key}_layers: {entry['layers']}")
+        print(f"{key}_points_in: {points_in[kind_name]}")
+        print(f"{key}_rule_s: {entry['rule_s']:.4f}")
+        print(f"{key}_merge_s: {entry['merge_s']:.4f}")
+    for entry in per_kind.values():
+        total += entry["rule_s"] + entry["merge_s"]
+    empty = tf.function(lambda t: t + 1)
+    one = tf.constant([1])
+    call_s = median_seconds(lambda: empty(one).numpy(), 20)
+    print(f"call_overhead_s: {call_s:.5f}")
+    print(f"calls: {calls}")
+    print(f"forward_s: {forward_s:.4f}")
+    print(f"walk_s: {walk_s:.4f}")
+    print(f"parts_s: {total:.4f}")
+    for kind_name, entry in ranked[: FLAGS.top]:
+        share = (entry["rule_s"] + entry["merge_s"]) / total
+        print(f"{kind_name.lower()}_share_of_parts: {share:.3f}")
+    print(f"parts_over_walk: {total / walk_s:.3f}")
+    print(f"parts_less_call_overhead_over_walk: {(total - calls * call_s) / walk_s:.3f}")
+    print(f"walk_over_forward: {walk_s / forward_s:.3f}")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,35 @@
+"""bench/profile_unravel.py re-runs each rule of a walk on its own: the repeats must be the
+walk's own calls, or the profile times something else."""
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from bench.profile_unravel import record_calls
+from tf_segunravel.models import deeplab_largefov
+from tf_segunravel.unravel import SegUnravel
+
+
+def test_the_profile_repeats_every_rule_and_merge_of_the_walk():
+    keras.utils.set_random_seed(0)
+    model = deeplab_largefov(num_classes=4, width=1 / 16)
+    engine = SegUnravel(model)
+    image = tf.constant(np.random.default_rng(0).uniform(0, 255, (1, 49, 49, 3)), tf.float32)
+    values = engine.record(image)
+    calls = record_calls(engine, values)
+    rules = [c for c in calls if c[1] == "rule"]
+    walked = [s for s in engine.graph.steps if engine.graph.kind(s) is not None]
+    assert len(rules) == len(walked)  # one call per layer, each layer once
+    assert {c[0] for c in rules} >= {"Conv2D", "CaffePooling2D"}
+    assert calls[-1][:2] == ("ImageMerge", "merge")
+    # The score layer's rule, repeated compiled, moves the seeds as the walk did.
+    kind, _, again, args, arriving = rules[0]
+    assert kind == "Conv2D" and arriving == int(tf.size(args[2][0]))
+    moved = tf.function(again)(*args)
+    direct = again(*args)
+    for a, b in zip(tf.nest.flatten(moved), tf.nest.flatten(direct), strict=True):
+        if a is not None:
+            np.testing.assert_array_equal(a.numpy(), b.numpy())
+    # The engine is left as it was: its table holds the original rules again.
+    assert engine.walk(values).counts.numpy().sum() == engine.walk(values).seeds.numpy().sum()
+    assert all("record_calls" not in engine.graph.kind(s).rule.__qualname__ for s in walked)
