@@ -329,3 +329,34 @@ def test_faithfulness_over_seeds_pairs_each_model_and_resumes(
     with pytest.raises(AssertionError, match="run again"):
         changed = dataclasses.replace(inputs, faithfulness_steps=5)
         experiments.faithfulness_over_seeds(networks, names, changed, str(out))
+
+
+@pytest.mark.slow
+def test_cost_leaves_the_first_calls_tracing_out(tmp_path, shapes_data_dir, monkeypatch):
+    """`seconds_per_image` times a method's maps, not the tracing of its compiled walk: each
+    method is called once untimed on the first scored image, then once per image."""
+    from tests.helpers import save_tiny_largefov
+    from tf_segunravel.data import load_split
+
+    model = save_tiny_largefov(tmp_path / "tiny.keras", 6)
+    calls = []
+    maps = faithfulness._maps
+
+    def counted(method, *args):
+        calls.append(method)
+        return maps(method, *args)
+
+    monkeypatch.setattr(faithfulness, "_maps", counted)
+    _, summary = faithfulness.run(
+        model,
+        load_split("segunravel_shapes", "val", shapes_data_dir),
+        6,
+        methods=("fixations", "random"),
+        max_images=2,
+        steps=2,
+        min_pixels=16,
+        randomisation_images=0,
+    )
+    images = summary["methods"]["fixations"]["seconds_per_image"]["n"]
+    assert images == 2
+    assert calls.count("fixations") == calls.count("random") == images + 1
