@@ -192,11 +192,19 @@ def _gradient_map(method, model, graph, fed, score, layer, seed):
         return np.asarray(cam)[0]
     from tf_keras_vis.saliency import Saliency
 
-    keras.utils.set_random_seed(seed)  # SmoothGrad's noise
     samples = SMOOTH_SAMPLES if method == "smoothgrad" else 0
-    saliency = Saliency(model, clone=False)(
-        score, fed.numpy(), smooth_samples=samples, normalize_map=False
-    )
+    # tf-keras-vis draws SmoothGrad's noise from numpy's global generator: seed it for this
+    # call and restore it after. Not keras.utils.set_random_seed: resetting TensorFlow's
+    # global seed changes tf.function's trace key, and every compiled unravel traced again
+    # on its next call (seconds per image).
+    state = np.random.get_state()  # noqa: NPY002 (the legacy generator is what it reads)
+    np.random.seed(seed)  # noqa: NPY002
+    try:
+        saliency = Saliency(model, clone=False)(
+            score, fed.numpy(), smooth_samples=samples, normalize_map=False
+        )
+    finally:
+        np.random.set_state(state)  # noqa: NPY002
     return np.asarray(saliency)[0]
 
 
