@@ -19,7 +19,7 @@ def test_demo_trains_what_the_flagfiles_say(tmp_path):
     baseline = demo.arm_config("baseline", model_dir="m")
     control = demo.arm_config("control", model_dir="m", init_path="b")
     template = demo.arm_config("template_cosine", model_dir="m", init_path="b")
-    assert (baseline.width, baseline.steps, baseline.lr_policy) == (0.0625, 2000, "poly")
+    assert (baseline.width, baseline.steps, baseline.lr_policy) == (0.0625, 4000, "poly")
     assert baseline.deterministic and baseline.init == "scratch"
     assert (control.init, control.train_layers, control.template_weight) == ("model", 3, 0.0)
     assert template.template_weight == 0.01 and template.similarity == "cosine"
