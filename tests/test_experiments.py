@@ -145,6 +145,8 @@ def test_location_over_seeds_tool_reports_intervals_and_resumes(tmp_path, shapes
     # Per-model results are kept: a second run reuses them and writes the same summary.
     cached = sorted(p.name for p in (out / "per_model").iterdir())
     assert len(cached) == 2
+    kept = json.loads((out / "per_model" / cached[0]).read_text())  # keyed on the images too
+    assert kept["source"].startswith("segunravel_shapes/val in ") and kept["pad_size"] == 129
     proc = run_tool("experiments", *args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((out / "location_over_seeds.json").read_text()) == summary

@@ -329,6 +329,9 @@ def test_faithfulness_over_seeds_pairs_each_model_and_resumes(
     with pytest.raises(AssertionError, match="run again"):
         changed = dataclasses.replace(inputs, faithfulness_steps=5)
         experiments.faithfulness_over_seeds(networks, names, changed, str(out))
+    with pytest.raises(AssertionError, match="run again"):  # nor do other images
+        other_images = dataclasses.replace(inputs, source="segunravel_shapes/train")
+        experiments.faithfulness_over_seeds(networks, names, other_images, str(out))
 
 
 @pytest.mark.slow

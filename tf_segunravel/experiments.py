@@ -110,11 +110,13 @@ def location_over_seeds(
     max_images=500,
     pad_size=513,
     output_dir=None,
+    source="",
 ):
     """`fixation_location`, plain and contrastive, on models trained with different seeds.
 
     With `output_dir`, each model's result is also kept in `per_model/` and reused by a later
-    call with the same settings and image count.
+    call with the same settings, images (`source`, e.g. "segunravel_shapes/val"), image count
+    and pad size.
 
     The contrastive pass uses `settings.contrast`, or "runner_up" when it is unset. Returns
     per model and pass the rows and the by-kind shares, each kind's mean over the models with
@@ -136,7 +138,8 @@ def location_over_seeds(
                 with open(cache) as f:
                     cached = json.load(f)
                 if cached.get("settings") == {k: p.as_dict() for k, p in passes.items()} and (
-                    cached.get("images") == max_images
+                    (cached.get("images"), cached.get("pad_size"), cached.get("source"))
+                    == (max_images, pad_size, source)
                 ):
                     per_model.append(cached["entry"])
                     continue
@@ -158,7 +161,16 @@ def location_over_seeds(
         if cache:
             make_output_dir(os.path.dirname(cache))
             settings_used = {k: p.as_dict() for k, p in passes.items()}
-            write_json(cache, {"settings": settings_used, "images": max_images, "entry": entry})
+            write_json(
+                cache,
+                {
+                    "settings": settings_used,
+                    "images": max_images,
+                    "pad_size": pad_size,
+                    "source": source,
+                    "entry": entry,
+                },
+            )
     summary = {"models": list(model_names), "images": max_images, "passes": {}}
     for label in passes:
         kinds = sorted({k for e in per_model for k in e[label]["by_kind"]})
@@ -207,6 +219,7 @@ def faithfulness_over_seeds(networks, model_names, inputs, output_dir=None):
 
     record = {
         "settings": inputs.settings.as_dict(),
+        "source": inputs.source,
         "images": inputs.max_images,
         "methods": list(inputs.methods),
         "gradcam_layer": inputs.gradcam_layer,
@@ -540,6 +553,9 @@ class AnalysisInputs:
     randomisation_images: int = 2
     randomisation_layers: int | None = None
     figure_dir: str | None = None  # faithfulness: where its curves and example panels go
+    # Which images `examples` are (e.g. "segunravel_shapes/val"): part of the over-seeds
+    # caches' key, so a cached model result is never reused for other images.
+    source: str = ""
 
 
 def _common(inputs):

@@ -147,27 +147,23 @@ def template_sweep():
 
 def location_over_seeds():
     from tf_segunravel import experiments as ex
-    from tf_segunravel.data import load_split
-    from tf_segunravel.data.pipeline import dataset_classes
     from tf_segunravel.training import load_network
 
     # every model checked first
     networks = [cli.model_graph(load_network(path), "models") for path in FLAGS.models]
-    num_classes = networks[0].num_classes
-    examples = load_split(FLAGS.dataset, FLAGS.split, FLAGS.data_dir, num_classes)
-    names, kinds = dataset_classes(FLAGS.dataset, FLAGS.data_dir, num_classes)
-    names = names or networks[0].class_names
+    inputs = analysis_inputs(networks[0])
     summary = ex.location_over_seeds(
         networks,
         FLAGS.models,
-        examples,
-        num_classes,
-        names,
-        kinds,
-        settings=cli.fixation_settings(names, num_classes),
-        max_images=FLAGS.max_images,
-        pad_size=FLAGS.pad_size,
+        inputs.examples,
+        inputs.num_classes,
+        inputs.class_names,
+        inputs.class_kinds,
+        settings=inputs.settings,
+        max_images=inputs.max_images,
+        pad_size=inputs.pad_size,
         output_dir=FLAGS.output_dir,
+        source=inputs.source,
     )
     print(ex.location_markdown(summary))
 
@@ -198,6 +194,7 @@ def analysis_inputs(network):
         randomisation_images=FLAGS.randomisation_images,
         randomisation_layers=FLAGS.randomisation_layers,
         figure_dir=FLAGS.output_dir,
+        source=f"{FLAGS.dataset}/{FLAGS.split} in {FLAGS.data_dir or 'the default data dir'}",
     )
 
 
