@@ -18,26 +18,28 @@ from tf_segunravel.errors import InputError
 def test_demo_trains_what_the_flagfiles_say(tmp_path):
     baseline = demo.arm_config("baseline", model_dir="m")
     control = demo.arm_config("control", model_dir="m", init_path="b")
-    template = demo.arm_config("template_cosine", model_dir="m", init_path="b")
+    template = demo.arm_config("template", model_dir="m", init_path="b")
     assert (baseline.width, baseline.steps, baseline.lr_policy) == (0.0625, 4000, "poly")
     assert baseline.deterministic and baseline.init == "scratch"
     assert (control.init, control.train_layers, control.template_weight) == ("model", 3, 0.0)
-    assert template.template_weight == 0.01 and template.similarity == "cosine"
+    assert (template.template_weight, template.similarity, template.selective) == (
+        0.01,
+        "cosine",
+        True,
+    )
     # The template arm is the control's flagfile plus its own lines, nothing else.
     differing = {
         name
         for name, value in dataclasses.asdict(template).items()
         if dataclasses.asdict(control)[name] != value
     }
-    assert differing == {"template_weight"}
+    assert differing == {"template_weight", "selective"}
     # The files are the source: an edited copy changes what the demo trains.
     flags_dir = tmp_path / "flags"
     shutil.copytree(os.path.join(REPO_ROOT, "flags"), flags_dir)
     path = flags_dir / "shapes_demo_finetune.cfg"
     path.write_text(path.read_text().replace("--crop_size=129", "--crop_size=65"))
-    edited = demo.arm_config(
-        "template_cosine", flags_dir=str(flags_dir), model_dir="m", init_path="b"
-    )
+    edited = demo.arm_config("template", flags_dir=str(flags_dir), model_dir="m", init_path="b")
     assert edited.crop_size == 65 and edited.template_weight == 0.01
 
 
@@ -103,7 +105,7 @@ def test_reduced_demo_writes_every_artefact_and_reruns_bit_for_bit(tmp_path, sha
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["arms"]) == set(demo.ARMS)
     assert set(summary["fixations_inside_truth"]) == {"plain", "contrastive"}
-    assert "template_cosine minus control" in (out / "summary.md").read_text()
+    assert "template minus control" in (out / "summary.md").read_text()
     explained = summary["faithfulness"]
     assert list(explained["methods"]) == list(demo.FAITHFULNESS_METHODS)
     assert explained["pairs"] >= 1 and 0 <= explained["methods"]["fixations"]["energy"] <= 1

@@ -5,7 +5,7 @@ from the same inputs (`tf_segunravel.stages`), so a re-run reuses finished work:
   data         prepare segunravel_shapes into <out>/tfds
   train        per seed: the cross-entropy baseline from scratch, then fc6..fc8 fine-tuned
                from it in a pair of arms, cross-entropy only (the control) and with the
-               cosine template loss (the dissertation's protocol, in small)
+               selective cosine template loss (the dissertation's protocol, in small)
   evaluate     per-class IoU tables on val (DeepLab's protocol)
   export       the baseline as a SavedModel
   fixations    the fixation tool on the first val images, plain and contrastive
@@ -46,9 +46,9 @@ from tf_segunravel.unravel.settings import RUNNER_UP, FixationSettings
 ARMS = {
     "baseline": "shapes_demo.cfg",
     "control": "shapes_demo_finetune.cfg",
-    "template_cosine": "shapes_demo_finetune_cosine.cfg",
+    "template": "shapes_demo_finetune_selective.cfg",
 }
-FINETUNED = ("control", "template_cosine")
+FINETUNED = ("control", "template")
 # Heat maps for 129-pixel images: a 6-pixel blur instead of the default 20.
 FIXATIONS = FixationSettings(sigma=6.0)
 # The small faithfulness comparison (docs/faithfulness.md has the full one): a few val
@@ -380,7 +380,7 @@ def _summarise(results, location, seeds, names):
             "interval": stats.mean_interval(values),
             "per_class_iou": {n: _mean_iou_over_seeds(results, arm, n, seeds) for n in names},
         }
-    tuned, control = arms["template_cosine"]["mean_iou"], arms["control"]["mean_iou"]
+    tuned, control = arms["template"]["mean_iou"], arms["control"]["mean_iou"]
     paired = stats.mean_interval([a - b for a, b in zip(tuned, control, strict=True)])
     passes = {}
     for label, entry in location["passes"].items():
@@ -395,7 +395,7 @@ def _summarise(results, location, seeds, names):
         "seeds": list(seeds),
         "val_images": results[("baseline", seeds[0])]["images"],
         "arms": arms,
-        "template_cosine_minus_control": paired,
+        "template_minus_control": paired,
         "fixations_inside_truth": passes,
     }
 
@@ -413,10 +413,10 @@ def _markdown(summary, names):
     for arm, entry in summary["arms"].items():
         per_seed = ", ".join(f"{v:.2f}" for v in entry["mean_iou"])
         lines.append(f"| {arm} | {per_seed} | {describe(entry['interval'])} |")
-    paired = summary["template_cosine_minus_control"]
+    paired = summary["template_minus_control"]
     lines += [
         "",
-        f"template_cosine minus control (paired by seed): {describe(paired, signed=True)} "
+        f"template minus control (paired by seed): {describe(paired, signed=True)} "
         f"mIoU points ({stats.verdict(paired)}).",
         "",
         "Per-class IoU (%, mean over seeds):",
