@@ -12,6 +12,12 @@ layers and of points arriving. The parts add up to more than the compiled whole 
 is printed beside them: each separate function pays its own call overhead
 (`call_overhead_s`, an empty function's, measured in the same run; `calls` of them).
 
+It also counts the ops the compiled walk runs, per layer type (`<type>_ops`, the layer's
+merge and rule together; `walk_ops` in all): the graph after TensorFlow's optimiser
+(Grappler: shapes known at trace time and constants folded away), constants not counted.
+A walk of few points costs about its op count times the per-op cost of the executor
+(`walk_s_per_op`), whatever the work inside each op; that count is the same on every machine.
+
 `--model` is LargeFOV (full width, 21 classes, random weights) or a name of bench/zoo.py.
 """
 
@@ -49,24 +55,24 @@ def record_calls(engine, values):
     calls, merges = [], []
     original_merge = tracer.merge
 
-    def merge(points, sizes):
-        merges.append((points, sizes))
-        return original_merge(points, sizes)
+    def merge(points, sizes, sort=True):
+        merges.append((points, sizes, sort))
+        return original_merge(points, sizes, sort)
+
+    def take_merges(kind_name):
+        """The merges recorded since the last rule, as calls charged to `kind_name`."""
+        for merged, sizes, sort in merges:
+
+            def again(p, sizes=sizes, sort=sort):
+                return original_merge(tracer.Points(*p), sizes, sort)
+
+            calls.append((kind_name, "merge", again, (tuple(merged),), int(tf.size(merged.b))))
+        merges.clear()
 
     def wrap(step, kind):
         def rule(layer, x, output, points, settings, **extra):
             kind_name = type(layer).__name__
-            for merged, sizes in merges:  # the merges the walk ran before this layer
-                calls.append(
-                    (
-                        kind_name,
-                        "merge",
-                        lambda p, sizes=sizes: original_merge(tracer.Points(*p), sizes),
-                        (tuple(merged),),
-                        int(tf.size(merged.b)),
-                    )
-                )
-            merges.clear()
+            take_merges(kind_name)  # the merges the walk ran before this layer
             names = sorted(extra)
 
             def again(x, output, p, *extra_values, layer=layer, kind=kind, names=names):
@@ -98,17 +104,29 @@ def record_calls(engine, values):
         tracer.merge = original_merge
         kinds.clear()
         kinds.update(saved)
-    for merged, sizes in merges:  # the image's merges, after the last layer
-        calls.append(
-            (
-                "ImageMerge",
-                "merge",
-                lambda p, sizes=sizes: original_merge(tracer.Points(*p), sizes),
-                (tuple(merged),),
-                int(tf.size(merged.b)),
-            )
-        )
+    take_merges("ImageMerge")  # the image's merge, after the last layer
     return calls
+
+
+def op_counts(engine, walk, values):
+    """{layer type: ops} of the compiled walk after Grappler, constants left out. Ops are
+    attributed by the name scope the walk opens per layer; the seeding and the image's merge
+    are under "other"."""
+    from tensorflow.core.protobuf import config_pb2
+    from tensorflow.python.grappler import tf_optimizer  # the optimiser tf.function runs
+
+    concrete = walk.get_concrete_function(values)
+    graph = concrete.graph
+    meta = tf.compat.v1.train.export_meta_graph(graph_def=graph.as_graph_def(), graph=graph)
+    fetch = meta.collection_def["train_op"].node_list.value
+    fetch.extend(t.name for t in concrete.outputs)
+    optimized = tf_optimizer.OptimizeGraph(config_pb2.ConfigProto(), meta)
+    kinds = {tracer._scope_name(s.layer.name): type(s.layer).__name__ for s in engine.graph.steps}
+    counts = collections.Counter()
+    for node in optimized.node:
+        if node.op not in ("Const", "Placeholder", "NoOp"):
+            counts[kinds.get(node.name.split("/")[0], "other")] += 1
+    return counts
 
 
 def main(_):
@@ -126,6 +144,7 @@ def main(_):
     compiled = record(image)
     walk_s = median_seconds(lambda: walk(compiled).counts.numpy(), FLAGS.repeats)
 
+    ops = op_counts(engine, walk, compiled)
     values = {int(k): v for k, v in compiled.items()}
     per_kind = collections.defaultdict(lambda: {"rule_s": 0.0, "merge_s": 0.0, "layers": 0})
     points_in = collections.Counter()
@@ -155,6 +174,7 @@ def main(_):
         print(f"{key}_points_in: {points_in[kind_name]}")
         print(f"{key}_rule_s: {entry['rule_s']:.4f}")
         print(f"{key}_merge_s: {entry['merge_s']:.4f}")
+        print(f"{key}_ops: {ops[kind_name]}")
     for entry in per_kind.values():
         total += entry["rule_s"] + entry["merge_s"]
     empty = tf.function(lambda t: t + 1)
@@ -164,6 +184,9 @@ def main(_):
     print(f"calls: {calls}")
     print(f"forward_s: {forward_s:.4f}")
     print(f"walk_s: {walk_s:.4f}")
+    print(f"walk_ops: {sum(ops.values())}")
+    print(f"other_ops: {ops['other']}")
+    print(f"walk_s_per_op: {walk_s / sum(ops.values()):.2e}")
     print(f"parts_s: {total:.4f}")
     for kind_name, entry in ranked[: FLAGS.top]:
         share = (entry["rule_s"] + entry["merge_s"]) / total

@@ -10,6 +10,7 @@ identical points merged and their counts added after each layer.
 """
 
 import dataclasses
+import re
 import typing
 
 import keras
@@ -24,8 +25,9 @@ from tf_segunravel.unravel.rules.convolution import conv_rule, dense_rule
 from tf_segunravel.unravel.settings import RUNNER_UP, FixationSettings, InputSettings
 
 
-def merge(points, sizes):
-    """Merges identical (b, cls, y, x, ch) points, adding counts; sorted by that key.
+def merge(points, sizes, sort=True):
+    """Merges identical (b, cls, y, x, ch) points, adding counts; sorted by that key, or with
+    `sort=False` in the order of each key's first occurrence.
 
     `sizes` = (B, classes, H, W, C) bound each field, so the five pack into one int64 key.
     """
@@ -37,8 +39,9 @@ def merge(points, sizes):
     key = tf.reduce_sum(tf.cast(fields, tf.int64) * strides, axis=1)
     unique, index = tf.unique(key)
     counts = _saturating_sum(points.count, index, tf.shape(unique)[0])
-    order = tf.argsort(unique)
-    unique, counts = tf.gather(unique, order), tf.gather(counts, order)
+    if sort:
+        order = tf.argsort(unique)
+        unique, counts = tf.gather(unique, order), tf.gather(counts, order)
     b, cls, y, x, ch = tf.unstack(tf.cast(unique[:, None] // strides % sizes, tf.int32), axis=1)
     return Points(b, cls, y, x, ch, counts)
 
@@ -264,6 +267,11 @@ class SegUnravel:
         self.contrast = self.settings.contrast_class(class_names, self.num_classes)
         self.keep_flow = keep_flow
         self.keep_channel_scores = keep_channel_scores
+        # Every rule moves each point on its own and counts add exactly, so the order in
+        # which points reach a layer changes nothing but the order of its outputs; only the
+        # image's merge (`finish`) sorts. The flow and channel scores list points in arrival
+        # order, so when they are kept every merge sorts, as it always did.
+        self._sort_every_merge = keep_flow or keep_channel_scores
         if self.contrast is not None:
             self._check_contrast()
         self._traced = tf.function(self.trace, reduce_retracing=True)
@@ -379,14 +387,18 @@ class SegUnravel:
             if seeds.kernel is not None and step is self.graph.score_step:
                 extra = {"kernel": seeds.kernel}
                 sizes = (*sizes[:4], tf.shape(seeds.kernel)[-1])
-            if len(arrived) == 1 and arrived[0][1]:
-                points = arrived[0][0]  # distinct and sorted already: merging changes nothing
-            else:
-                points = merge(_concat([part for part, _ in arrived]), sizes)
-            kind = self.graph.kind(step)
-            inputs = [values[i] for i in step.inputs]
-            x = inputs if kind.multi_input else inputs[0]
-            moved = kind.rule(step.layer, x, output, points, self.settings, **extra)
+            # One name scope per layer (its merge and rule): profiles and op counts of the
+            # compiled walk attribute every op to its layer (bench/profile_unravel.py).
+            with tf.name_scope(_scope_name(step.layer.name)):
+                if len(arrived) == 1 and arrived[0][1]:
+                    points = arrived[0][0]  # distinct already: merging changes nothing
+                else:
+                    parts = _concat([part for part, _ in arrived])
+                    points = merge(parts, sizes, sort=self._sort_every_merge)
+                kind = self.graph.kind(step)
+                inputs = [values[i] for i in step.inputs]
+                x = inputs if kind.multi_input else inputs[0]
+                moved = kind.rule(step.layer, x, output, points, self.settings, **extra)
             if isinstance(moved, Moved):
                 if self.keep_channel_scores and moved.channel_scores is not None:
                     channel_scores.append(
@@ -454,6 +466,13 @@ def _rescale(positions, from_size, to_size):
         / tf.cast(from_size, tf.float32)
     )
     return tf.minimum(tf.cast(moved, tf.int32), to_size - 1)
+
+
+def _scope_name(name):
+    """A layer's name as a valid name scope (Keras allows characters TensorFlow's scopes
+    refuse)."""
+    name = re.sub(r"[^A-Za-z0-9_.\-]", "_", name)
+    return name if re.match(r"[A-Za-z0-9.]", name) else "layer_" + name
 
 
 def _rows(points):

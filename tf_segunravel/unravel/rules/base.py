@@ -34,6 +34,17 @@ class Points(typing.NamedTuple):
     def take(self, indices):
         return Points(*(tf.gather(field, indices) for field in self))
 
+    def moved(self, parents, **fields):
+        """Points `parents` with the named fields replaced: the others are gathered, the
+        replaced ones are not (a rule that moves y, x and ch gathers three fields, not six;
+        a one-seed walk's cost is its op count)."""
+        kept = {
+            name: tf.gather(value, parents)
+            for name, value in self._asdict().items()
+            if name not in fields
+        }
+        return Points(**kept, **fields)
+
     def where(self, mask):
         # One index for every field (tf.boolean_mask per field builds several ops each).
         return self.take(tf.reshape(tf.where(mask), [-1]))

@@ -82,25 +82,45 @@ def convolve(x, output, points, settings, kernel, strides, dilation, padding, gr
     weights = tf.reshape(filter_rows(kernel, points.ch), [-1, kh * kw, group_in])
     contributions = window * weights  # [N, T, C_in]
     channel_scores = inside_sum(contributions, inside)
-    parents, channels = select_channels(channel_scores, settings)
+    if one_channel(settings):
+        # Each point keeps one channel and is its own parent: one argmax, no rows gathered.
+        parents, channels = None, tf.cast(best_index(channel_scores, settings.ties), tf.int32)
+    else:
+        parents, channels = select_channels(channel_scores, settings)
 
     if _full_shift(settings, dilation):
-        per_tap = tap_values(contributions, parents, channels)  # [M, T]
+        if parents is None:
+            per_tap = tf.gather(contributions, channels, axis=2, batch_dims=1)  # [N, T]
+        else:
+            per_tap = tap_values(contributions, parents, channels)  # [M, T]
+            inside = tf.gather(inside, parents)
         # A tap on the padding contributes a padded zero: a candidate only with padded_taps.
         outside = 0.0 if settings.padded_taps else float("-inf")
-        per_tap = tf.where(tf.gather(inside, parents), per_tap, outside)
+        per_tap = tf.where(inside, per_tap, outside)
         tap = best_index(per_tap, settings.ties)
     else:  # the kernel centre
-        tap = tf.fill(tf.shape(parents), ((kh - 1) // 2) * kw + (kw - 1) // 2)
-    taps = tf.stack([parents, tap], axis=-1)
-    in_channel = tf.gather_nd(
-        tf.broadcast_to(in_channels, [tf.shape(ys)[0], group_in]), tf.stack([parents, channels], -1)
-    )
-    y, x_ = tf.gather_nd(ys, taps), tf.gather_nd(xs, taps)
+        tap = tf.fill(tf.shape(channels), ((kh - 1) // 2) * kw + (kw - 1) // 2)
+    if parents is not None:
+        ys, xs = tf.gather(ys, parents), tf.gather(xs, parents)
+        if groups > 1:
+            in_channels = tf.gather(in_channels, parents)
+    # Without groups the input channel is the chosen one; with them, its group's offset.
+    in_channel = channels if groups == 1 else tf.gather(in_channels, channels, axis=1, batch_dims=1)
+    y = tf.gather(ys, tap, axis=1, batch_dims=1)
+    x_ = tf.gather(xs, tap, axis=1, batch_dims=1)
     if settings.padded_taps:
         y, x_ = clamp_taps(y, x_, *spatial_size(x))
-    moved = points.take(parents).replace(y=y, x=x_, ch=in_channel)
+    if parents is None:
+        moved = points.replace(y=y, x=x_, ch=in_channel)
+    else:
+        moved = points.moved(parents, y=y, x=x_, ch=in_channel)
     return Moved([moved], channel_scores)
+
+
+def one_channel(settings):
+    """Whether every point keeps exactly one channel (K = 1, no mass): the argmax the top-1
+    choice would make, ties broken alike (the lowest index, or with ties="last" the highest)."""
+    return settings.k == 1 and settings.mass is None
 
 
 def conv_rule(layer, x, output, points, settings, kernel=None):
@@ -133,6 +153,16 @@ def depthwise(x, output, points, settings, kernel, strides, dilation, padding):
     values = gather_pixels(x, points.b, ys, xs, in_channel)  # [N, T]
     weights = filter_rows(tf.reshape(kernel, [kh * kw, channels * multiplier]), points.ch)
     contributions = values * weights  # [N, T]
+    if _full_shift(settings, dilation) and one_channel(settings):
+        # One tap per point (as below, without the parents' gathers): padded taps compete
+        # with zeros under padded_taps, else every inside tap beats every outside one.
+        outside = 0.0 if settings.padded_taps else float("-inf")
+        tap = best_index(tf.where(inside, contributions, outside), settings.ties)
+        y = tf.gather(ys, tap, axis=1, batch_dims=1)
+        x_ = tf.gather(xs, tap, axis=1, batch_dims=1)
+        if settings.padded_taps:
+            y, x_ = clamp_taps(y, x_, *spatial_size(x))
+        return Moved([points.replace(y=y, x=x_, ch=in_channel)])
     if _full_shift(settings, dilation) and settings.padded_taps:
         # Padded taps contribute zeros and compete; a chosen one is clamped below.
         parents, tap = select_channels(tf.where(inside, contributions, 0.0), settings)
@@ -150,7 +180,7 @@ def depthwise(x, output, points, settings, kernel, strides, dilation, padding):
     y, x_ = tf.gather_nd(ys, taps), tf.gather_nd(xs, taps)
     if settings.padded_taps:
         y, x_ = clamp_taps(y, x_, *spatial_size(x))
-    moved = points.take(parents).replace(y=y, x=x_, ch=tf.gather(in_channel, parents))
+    moved = points.moved(parents, y=y, x=x_, ch=tf.gather(in_channel, parents))
     return Moved([moved])
 
 
@@ -227,9 +257,7 @@ def transpose_rule(layer, x, output, points, settings):
         per_tap = tf.where(tf.gather(inside, parents), -centre[None, :], float("-inf"))
     tap = best_index(per_tap, settings.ties)
     taps = tf.stack([parents, tap], axis=-1)
-    moved = points.take(parents).replace(
-        y=tf.gather_nd(ys, taps), x=tf.gather_nd(xs, taps), ch=channels
-    )
+    moved = points.moved(parents, y=tf.gather_nd(ys, taps), x=tf.gather_nd(xs, taps), ch=channels)
     return Moved([moved], channel_scores)
 
 
@@ -243,4 +271,4 @@ def dense_rule(layer, x, output, points, settings, kernel=None):
         window = tf.gather(x, points.b)
     contributions = window * tf.transpose(tf.gather(kernel, points.ch, axis=1))
     parents, channels = select_channels(contributions, settings, settings.dense_rule)
-    return Moved([points.take(parents).replace(ch=channels)], contributions)
+    return Moved([points.moved(parents, ch=channels)], contributions)
