@@ -33,3 +33,20 @@ def test_the_profile_repeats_every_rule_and_merge_of_the_walk():
     # The engine is left as it was: its table holds the original rules again.
     assert engine.walk(values).counts.numpy().sum() == engine.walk(values).seeds.numpy().sum()
     assert all("record_calls" not in engine.graph.kind(s).rule.__qualname__ for s in walked)
+
+
+def test_the_op_count_charges_the_walks_ops_to_its_layers():
+    from bench.profile_unravel import op_counts
+
+    keras.utils.set_random_seed(0)
+    model = deeplab_largefov(num_classes=4, width=1 / 16)
+    engine = SegUnravel(model)
+    image = tf.constant(np.random.default_rng(0).uniform(0, 255, (1, 49, 49, 3)), tf.float32)
+    record = tf.function(lambda x: {str(k): v for k, v in engine.record(x).items()})
+    walk = tf.function(lambda values: engine.walk({int(k): v for k, v in values.items()}))
+    counts = op_counts(engine, walk, record(image))
+    convolutions = sum(1 for layer in model.layers if type(layer).__name__ == "Conv2D")
+    # Every convolution rule is dozens of ops; the seeding and the image's merge are "other".
+    assert counts["Conv2D"] > 20 * convolutions
+    assert counts["CaffePooling2D"] > 0
+    assert 0 < counts["other"] < counts["Conv2D"]
