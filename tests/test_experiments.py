@@ -1,6 +1,7 @@
 """The dissertation's analyses on a tiny model and the shapes dataset."""
 
 import json
+import os
 
 import keras
 import numpy as np
@@ -179,3 +180,22 @@ def test_location_difference_pairs_by_model():
     assert difference["plain"]["contextual"]["n"] == 0  # no share on either side
     with pytest.raises(ValueError, match="different models"):
         experiments.location_difference(summary([0.5] * 3), {**summary([0.5] * 3), "models": ["x"]})
+
+
+def test_model_stamp_changes_when_the_model_is_saved_again(tmp_path):
+    model = tmp_path / "model.keras"
+    model.write_bytes(b"weights")
+    stamp = experiments.model_stamp(str(model))
+    assert stamp[0] == 7
+    run = tmp_path / "run"
+    (run / "variables").mkdir(parents=True)
+    (run / "saved_model.pb").write_bytes(b"abc")
+    (run / "variables" / "v").write_bytes(b"de")
+    assert experiments.model_stamp(str(run))[0] == 5
+    assert experiments.model_stamp("no/such/model") is None
+    info = os.stat(model)
+    os.utime(model, ns=(info.st_atime_ns, info.st_mtime_ns + 10**9))
+    assert experiments.model_stamp(str(model)) != stamp
+    before = experiments.model_stamp(str(run))
+    (run / "variables" / "v").write_bytes(b"def")
+    assert experiments.model_stamp(str(run)) != before

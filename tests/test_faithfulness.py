@@ -4,6 +4,7 @@ map and the inverted map."""
 
 import dataclasses
 import json
+import os
 
 import keras
 import numpy as np
@@ -332,6 +333,11 @@ def test_faithfulness_over_seeds_pairs_each_model_and_resumes(
     with pytest.raises(AssertionError, match="run again"):  # nor do other images
         other_images = dataclasses.replace(inputs, source="segunravel_shapes/train")
         experiments.faithfulness_over_seeds(networks, names, other_images, str(out))
+    # Nor does a model saved again at the same path (retrained: a newer file).
+    info = os.stat(names[1])
+    os.utime(names[1], ns=(info.st_atime_ns, info.st_mtime_ns + 10**9))
+    with pytest.raises(AssertionError, match="run again"):
+        experiments.faithfulness_over_seeds(networks, names, inputs, str(out))
 
 
 @pytest.mark.slow

@@ -36,3 +36,12 @@ def test_t_quantiles():
     assert stats.t_quantile(100) == 1.960
     with pytest.raises(ValueError):
         stats.t_quantile(0)
+
+
+def test_markdown_table_lines():
+    assert stats.markdown_table(["a", "b"], [["1", "2"], ["x", "-"]]) == [
+        "| a | b |",
+        "| --- | --- |",
+        "| 1 | 2 |",
+        "| x | - |",
+    ]

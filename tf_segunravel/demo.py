@@ -407,12 +407,14 @@ def _markdown(summary, names):
         f"Seeds: {summary['seeds']}. Val mIoU (%) over {summary['val_images']} images; with"
         " several seeds, mean [95% interval].",
         "",
-        "| arm | val mIoU per seed | mean |",
-        "| --- | --- | --- |",
     ]
-    for arm, entry in summary["arms"].items():
-        per_seed = ", ".join(f"{v:.2f}" for v in entry["mean_iou"])
-        lines.append(f"| {arm} | {per_seed} | {describe(entry['interval'])} |")
+    lines += stats.markdown_table(
+        ["arm", "val mIoU per seed", "mean"],
+        [
+            [arm, ", ".join(f"{v:.2f}" for v in entry["mean_iou"]), describe(entry["interval"])]
+            for arm, entry in summary["arms"].items()
+        ],
+    )
     paired = summary["template_minus_control"]
     lines += [
         "",
@@ -421,15 +423,14 @@ def _markdown(summary, names):
         "",
         "Per-class IoU (%, mean over seeds):",
         "",
-        "| class | " + " | ".join(summary["arms"]) + " |",
-        "| --- |" + " --- |" * len(summary["arms"]),
     ]
-    for name in names:
-        values = " | ".join(
-            "-" if e["per_class_iou"][name] is None else f"{e['per_class_iou'][name]:.2f}"
-            for e in summary["arms"].values()
-        )
-        lines.append(f"| {name} | {values} |")
+    lines += stats.markdown_table(
+        ["class", *summary["arms"]],
+        [
+            [name, *(_cell(e["per_class_iou"][name], 2) for e in summary["arms"].values())]
+            for name in names
+        ],
+    )
     passes = summary["fixations_inside_truth"]
     kinds = sorted({k for p in passes.values() for k in p["by_kind"]})
     lines += [
@@ -437,18 +438,16 @@ def _markdown(summary, names):
         "Share of fixations inside the class's own ground-truth object (baseline; contrastive:",
         "the margin over the runner-up class):",
         "",
-        "| kind | " + " | ".join(passes) + " |",
-        "| --- |" + " --- |" * len(passes),
     ]
-    for kind in kinds:
-        cells = [describe(p["by_kind"][kind], 3) for p in passes.values()]
-        lines.append(f"| {kind} | " + " | ".join(cells) + " |")
-    lines += ["", f"| class (seed {summary['seeds'][0]}) | " + " | ".join(passes) + " |"]
-    lines.append("| --- |" + " --- |" * len(passes))
-    for name in names:
-        cells = [p["by_class"].get(name) for p in passes.values()]
-        cells = ["-" if v is None else f"{v:.3f}" for v in cells]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += stats.markdown_table(
+        ["kind", *passes],
+        [[kind, *(describe(p["by_kind"][kind], 3) for p in passes.values())] for kind in kinds],
+    )
+    lines.append("")
+    lines += stats.markdown_table(
+        [f"class (seed {summary['seeds'][0]})", *passes],
+        [[name, *(_cell(p["by_class"].get(name), 3) for p in passes.values())] for name in names],
+    )
     explained = summary.get("faithfulness")
     if explained:
         lines += [
@@ -457,13 +456,20 @@ def _markdown(summary, names):
             f"class) pairs of {explained['images']} val images (deletion: lower is better; the "
             "rest: higher; docs/faithfulness.md):",
             "",
-            "| method | " + " | ".join(FAITHFULNESS_COLUMNS) + " |",
-            "| --- |" + " --- |" * len(FAITHFULNESS_COLUMNS),
         ]
-        for method, values in explained["methods"].items():
-            cells = ["-" if values[c] is None else f"{values[c]:.3f}" for c in FAITHFULNESS_COLUMNS]
-            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        lines += stats.markdown_table(
+            ["method", *FAITHFULNESS_COLUMNS],
+            [
+                [method, *(_cell(values[c], 3) for c in FAITHFULNESS_COLUMNS)]
+                for method, values in explained["methods"].items()
+            ],
+        )
     return "\n".join(lines) + "\n"
+
+
+def _cell(value, digits):
+    """A table cell: the value to `digits` decimals, or "-" where there is none."""
+    return "-" if value is None else f"{value:.{digits}f}"
 
 
 def _plot_curves(runs, path):

@@ -115,8 +115,8 @@ def location_over_seeds(
     """`fixation_location`, plain and contrastive, on models trained with different seeds.
 
     With `output_dir`, each model's result is also kept in `per_model/` and reused by a later
-    call with the same settings, images (`source`, e.g. "segunravel_shapes/val"), image count
-    and pad size.
+    call with the same settings, images (`source`, e.g. "segunravel_shapes/val"), image count,
+    pad size and model file (`model_stamp`).
 
     The contrastive pass uses `settings.contrast`, or "runner_up" when it is unset. Returns
     per model and pass the rows and the by-kind shares, each kind's mean over the models with
@@ -138,8 +138,13 @@ def location_over_seeds(
                 with open(cache) as f:
                     cached = json.load(f)
                 if cached.get("settings") == {k: p.as_dict() for k, p in passes.items()} and (
-                    (cached.get("images"), cached.get("pad_size"), cached.get("source"))
-                    == (max_images, pad_size, source)
+                    (
+                        cached.get("images"),
+                        cached.get("pad_size"),
+                        cached.get("source"),
+                        cached.get("model_stamp"),
+                    )
+                    == (max_images, pad_size, source, model_stamp(name))
                 ):
                     per_model.append(cached["entry"])
                     continue
@@ -168,6 +173,7 @@ def location_over_seeds(
                     "images": max_images,
                     "pad_size": pad_size,
                     "source": source,
+                    "model_stamp": model_stamp(name),
                     "entry": entry,
                 },
             )
@@ -199,6 +205,23 @@ def location_over_seeds(
     return summary
 
 
+def model_stamp(name):
+    """[bytes, newest modification time in ns] of the model saved at path `name` (a file, or a
+    directory such as a SavedModel or a training run), or None when `name` is no path. Part of
+    the over-seeds caches' key: a model retrained at the same path is run again."""
+    if os.path.isfile(name):
+        info = os.stat(name)
+        return [info.st_size, info.st_mtime_ns]
+    if not os.path.isdir(name):
+        return None
+    size, newest = 0, 0
+    for root, _, files in os.walk(name):
+        for file in files:
+            info = os.stat(os.path.join(root, file))
+            size, newest = size + info.st_size, max(newest, info.st_mtime_ns)
+    return [size, newest]
+
+
 def _model_key(name):
     """A file name for a model's path: its characters outside [A-Za-z0-9-_.] as '_'."""
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name.strip("/"))
@@ -209,12 +232,13 @@ def faithfulness_over_seeds(networks, model_names, inputs, output_dir=None):
 
     `inputs` is an `AnalysisInputs` whose network is replaced by each of `networks` in turn.
     With `output_dir`, each model's `faithfulness.csv/.json/.png`, curves and example panels
-    go to `per_model/<model path>/`, and a later call with the same settings reuses them, so
-    an interrupted run resumes. Returns, for each fixation method that ran, `over_seeds`: its
-    difference from every other method per metric, one value per seed (the seed's mean paired
-    difference), with a 95% t interval over the seeds; `methods`: each method's per-seed means
-    with their interval; and the curves averaged over the seeds. Writes
-    faithfulness_over_seeds.json, .md and _curves.png into `output_dir` when given."""
+    go to `per_model/<model path>/`, and a later call with the same settings and model files
+    (`model_stamp`) reuses them, so an interrupted run resumes. Returns, for each fixation
+    method that ran, `over_seeds`: its difference from every other method per metric, one
+    value per seed (the seed's mean paired difference), with a 95% t interval over the
+    seeds; `methods`: each method's per-seed means with their interval; and the curves
+    averaged over the seeds. Writes faithfulness_over_seeds.json, .md and _curves.png into
+    `output_dir` when given."""
     from tf_segunravel import faithfulness, viz
 
     record = {
@@ -235,12 +259,13 @@ def faithfulness_over_seeds(networks, model_names, inputs, output_dir=None):
         if cache and os.path.exists(cache):
             with open(cache) as f:
                 cached = json.load(f)["summary"]
-            if cached.get("run") == record:
+            if cached.get("run") == record and cached.get("model_stamp") == model_stamp(name):
                 summaries.append(cached)
                 continue
         chosen = dataclasses.replace(inputs, network=network, figure_dir=model_dir)
         rows, summary = run_faithfulness(chosen)
         summary["run"] = record
+        summary["model_stamp"] = model_stamp(name)
         if model_dir:
             write_results(rows, model_dir, "faithfulness", summary)
         summaries.append(summary)
@@ -292,12 +317,14 @@ def faithfulness_markdown(result):
         f"{min(result['pairs'])}-{max(result['pairs'])} scored (image, class) pairs per model; "
         "means over the models with 95% t intervals.",
         "",
-        "| method | " + " | ".join(metrics) + " |",
-        "| --- |" + " --- |" * len(metrics),
     ]
-    for method, row in result["methods"].items():
-        cells = [stats.describe(row[metric], 3) for metric in metrics]
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    lines += stats.markdown_table(
+        ["method", *metrics],
+        [
+            [method, *(stats.describe(row[metric], 3) for metric in metrics)]
+            for method, row in result["methods"].items()
+        ],
+    )
     for method, table in result["over_seeds"].items():
         lines += ["", faithfulness.over_seeds_markdown(table, method).rstrip()]
     return "\n".join(lines) + "\n"
@@ -335,17 +362,16 @@ def location_markdown(summary):
         f"Share of each class's fixations inside its own ground-truth object; mean over "
         f"{len(summary['models'])} models [95% interval], {summary['images']} images.",
         "",
-        "| class kind | " + " | ".join(passes) + " |",
-        "| --- |" + " --- |" * len(passes),
     ]
-    for kind in kinds:
-        cells = [stats.describe(p["by_kind"][kind], 3) for p in passes.values()]
-        lines.append(f"| {kind} | " + " | ".join(cells) + " |")
-    cells = [
+    rows = [
+        [kind, *(stats.describe(p["by_kind"][kind], 3) for p in passes.values())] for kind in kinds
+    ]
+    difference = [
         f"{stats.describe(p['intrinsic_minus_contextual'], 3, signed=True)} ({p['verdict']})"
         for p in passes.values()
     ]
-    lines.append("| intrinsic minus contextual | " + " | ".join(cells) + " |")
+    rows.append(["intrinsic minus contextual", *difference])
+    lines += stats.markdown_table(["class kind", *passes], rows)
     return "\n".join(lines) + "\n"
 
 

@@ -631,12 +631,9 @@ def over_seeds_markdown(table, method="fixations", metrics=METRICS):
     """The `over_seeds` table: one row per other method, `method` minus it per metric."""
     from tf_segunravel import stats
 
-    lines = [
-        f"| {method} minus | " + " | ".join(metrics) + " |",
-        "| --- |" + " --- |" * len(metrics),
-    ]
+    rows = []
     for other, row in table.items():
-        cells = []
+        cells = [other]
         for metric in metrics:
             interval = row[metric]
             verdict = stats.verdict(interval)
@@ -644,5 +641,6 @@ def over_seeds_markdown(table, method="fixations", metrics=METRICS):
                 ahead = (verdict == "above 0") == HIGHER_IS_BETTER[metric]
                 verdict += f": {method} {'better' if ahead else 'worse'}"
             cells.append(f"{stats.describe(interval, 3, signed=True)} ({verdict})")
-        lines.append(f"| {other} | " + " | ".join(cells) + " |")
+        rows.append(cells)
+    lines = stats.markdown_table([f"{method} minus", *metrics], rows)
     return "\n".join(lines) + "\n"

@@ -46,6 +46,13 @@ def mean_interval(values):
     }
 
 
+def markdown_table(header, rows):
+    """The lines of a Markdown table: `header` the column titles, `rows` lists of cells
+    (strings), one per column."""
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]
+
+
 def describe(interval, digits=2, signed=False):
     """'mean [low, high]' (or 'mean' with one value, '-' with none); `signed` writes the
     sign of every figure, for differences."""

@@ -219,15 +219,23 @@ def markdown(summary):
         f"{stats.describe(summary['base_miou'])}, fine-tuned control "
         f"{stats.describe(summary['control_miou'])} (mean [95% interval], %).",
         "",
-        "| arm | minus | mean paired difference, mIoU points [95% interval] | interval | "
-        "diverged |",
-        "| --- | --- | --- | --- | --- |",
     ]
-    for row in summary["rows"]:
-        diverged = ", ".join(str(s) for s in row["diverged_seeds"]) or "-"
-        lines.append(
-            f"| {row['arm']} | {row['reference']} | "
-            f"{stats.describe(row['difference'], signed=True)} | {row['verdict']} | "
-            f"{diverged} |"
-        )
+    header = [
+        "arm",
+        "minus",
+        "mean paired difference, mIoU points [95% interval]",
+        "interval",
+        "diverged",
+    ]
+    rows = [
+        [
+            row["arm"],
+            row["reference"],
+            stats.describe(row["difference"], signed=True),
+            row["verdict"],
+            ", ".join(str(s) for s in row["diverged_seeds"]) or "-",
+        ]
+        for row in summary["rows"]
+    ]
+    lines += stats.markdown_table(header, rows)
     return "\n".join(lines) + "\n"
