@@ -16,7 +16,7 @@ It also counts the ops the compiled walk runs, per layer type (`<type>_ops`, the
 merge and rule together; `walk_ops` in all): the graph after TensorFlow's optimiser
 (Grappler: shapes known at trace time and constants folded away), constants not counted.
 A walk of few points costs about its op count times the per-op cost of the executor
-(`walk_s_per_op`), whatever the work inside each op; that count is the same on every machine.
+(`walk_s_per_op`), whatever the work inside each op; that count does not depend on the load.
 
 `--model` is LargeFOV (full width, 21 classes, random weights) or a name of bench/zoo.py.
 """

@@ -7,7 +7,7 @@ engine change leaves them bit-identical:
     python3 bench/unravel_snapshot.py . /tmp/after.npz
     python3 bench/unravel_snapshot.py --compare /tmp/before.npz /tmp/after.npz
 
-The first argument is the source tree whose package is imported. A few minutes on 2 cores.
+The first argument is the source tree whose package is imported. About a minute on 2 cores.
 """
 
 import sys

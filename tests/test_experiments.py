@@ -199,3 +199,29 @@ def test_model_stamp_changes_when_the_model_is_saved_again(tmp_path):
     before = experiments.model_stamp(str(run))
     (run / "variables" / "v").write_bytes(b"def")
     assert experiments.model_stamp(str(run)) != before
+
+
+def test_model_stamp_follows_the_files_the_model_loads_from(tmp_path):
+    """A training model dir is stamped by the model it loads (model.keras, else its latest
+    checkpoint), so an evaluation written beside it leaves the cache valid."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model.keras").write_bytes(b"weights")
+    (run / "val.json").write_text("{}")
+    stamp = experiments.model_stamp(str(run))
+    assert stamp[0] == 7
+    (run / "val.json").write_text('{"mean_iou": 50.0}')
+    assert experiments.model_stamp(str(run)) == stamp
+    (run / "model.keras").write_bytes(b"weights, retrained")
+    assert experiments.model_stamp(str(run)) != stamp
+
+    trained = tmp_path / "trained"
+    manager = tf.train.CheckpointManager(
+        tf.train.Checkpoint(v=tf.Variable(1.0)), str(trained / "checkpoints"), max_to_keep=2
+    )
+    first = manager.save()
+    at_first = experiments.model_stamp(str(trained))
+    assert at_first == experiments.model_stamp(first)  # the dir's latest is that prefix
+    manager.save()
+    assert experiments.model_stamp(str(trained)) != at_first
+    assert experiments.model_stamp(first) == at_first  # a named checkpoint stays as it was

@@ -131,9 +131,10 @@ def location_over_seeds(
     }
     per_model = []
     for network, name in zip(networks, model_names, strict=True):
-        cache = None
+        cache, stamp = None, None
         if output_dir:  # one model's result is kept, so an interrupted run resumes
             cache = os.path.join(output_dir, "per_model", f"{_model_key(name)}.json")
+            stamp = model_stamp(name)
             if os.path.exists(cache):
                 with open(cache) as f:
                     cached = json.load(f)
@@ -144,7 +145,7 @@ def location_over_seeds(
                         cached.get("source"),
                         cached.get("model_stamp"),
                     )
-                    == (max_images, pad_size, source, model_stamp(name))
+                    == (max_images, pad_size, source, stamp)
                 ):
                     per_model.append(cached["entry"])
                     continue
@@ -173,7 +174,7 @@ def location_over_seeds(
                     "images": max_images,
                     "pad_size": pad_size,
                     "source": source,
-                    "model_stamp": model_stamp(name),
+                    "model_stamp": stamp,
                     "entry": entry,
                 },
             )
@@ -206,20 +207,22 @@ def location_over_seeds(
 
 
 def model_stamp(name):
-    """[bytes, newest modification time in ns] of the model saved at path `name` (a file, or a
-    directory such as a SavedModel or a training run), or None when `name` is no path. Part of
-    the over-seeds caches' key: a model retrained at the same path is run again."""
-    if os.path.isfile(name):
-        info = os.stat(name)
-        return [info.st_size, info.st_mtime_ns]
-    if not os.path.isdir(name):
-        return None
-    size, newest = 0, 0
-    for root, _, files in os.walk(name):
-        for file in files:
-            info = os.stat(os.path.join(root, file))
-            size, newest = size + info.st_size, max(newest, info.st_mtime_ns)
-    return [size, newest]
+    """[bytes, newest modification time in ns] of the files the model at path `name` is
+    loaded from (`training.checkpoints.network_files`: a .keras file, a model dir's
+    model.keras or latest checkpoint), of every file of another directory (a SavedModel), or
+    None when `name` is no path. Part of the over-seeds caches' key: a model retrained at the
+    same path is run again, and a model dir that only gained an evaluation is not."""
+    from tf_segunravel.errors import InputError
+    from tf_segunravel.training.checkpoints import network_files
+
+    try:
+        files = network_files(name)
+    except InputError:
+        if not os.path.isdir(name):
+            return None
+        files = [os.path.join(root, f) for root, _, names in os.walk(name) for f in names]
+    infos = [os.stat(f) for f in files]
+    return [sum(i.st_size for i in infos), max((i.st_mtime_ns for i in infos), default=0)]
 
 
 def _model_key(name):
@@ -256,16 +259,17 @@ def faithfulness_over_seeds(networks, model_names, inputs, output_dir=None):
     for network, name in zip(networks, model_names, strict=True):
         model_dir = os.path.join(output_dir, "per_model", _model_key(name)) if output_dir else None
         cache = model_dir and os.path.join(model_dir, "faithfulness.json")
+        stamp = model_stamp(name) if model_dir else None
         if cache and os.path.exists(cache):
             with open(cache) as f:
                 cached = json.load(f)["summary"]
-            if cached.get("run") == record and cached.get("model_stamp") == model_stamp(name):
+            if cached.get("run") == record and cached.get("model_stamp") == stamp:
                 summaries.append(cached)
                 continue
         chosen = dataclasses.replace(inputs, network=network, figure_dir=model_dir)
         rows, summary = run_faithfulness(chosen)
         summary["run"] = record
-        summary["model_stamp"] = model_stamp(name)
+        summary["model_stamp"] = stamp
         if model_dir:
             write_results(rows, model_dir, "faithfulness", summary)
         summaries.append(summary)

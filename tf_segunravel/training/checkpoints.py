@@ -63,28 +63,43 @@ def _restore(network, prefix):
     return network
 
 
+def resolve_network(path):
+    """What `load_network(path)` reads: ("keras", the .keras file) or ("checkpoint", the
+    prefix, its model dir). InputError, naming `path`, when it is none of them."""
+    path = os.fspath(path)
+    if path.endswith(".keras"):
+        if not os.path.isfile(path):
+            raise InputError(f"{path}: no such file")
+        return "keras", path
+    if os.path.isdir(path):
+        if os.path.isfile(os.path.join(path, FINAL_MODEL)):
+            return "keras", os.path.join(path, FINAL_MODEL)
+        prefix = tf.train.latest_checkpoint(os.path.join(path, CHECKPOINT_DIR))
+        if prefix is None:
+            raise InputError(f"{path}: model dir has neither {FINAL_MODEL} nor a checkpoint")
+        return "checkpoint", prefix, path
+    if tf.io.gfile.exists(path + ".index"):
+        return "checkpoint", path, os.path.dirname(os.path.dirname(os.path.abspath(path)))
+    raise InputError(f"{path}: not a .keras file, a model dir or a checkpoint prefix")
+
+
+def network_files(path):
+    """The files `load_network(path)` reads: the .keras file, or the checkpoint's index and
+    data files."""
+    kind, target, *_ = resolve_network(path)
+    return [target] if kind == "keras" else sorted(tf.io.gfile.glob(target + ".*"))
+
+
 def load_network(path):
     """The segmentation network stored at `path`.
 
     `path` may be a `.keras` file, a training model dir (its `model.keras`, else its latest
     checkpoint), or a checkpoint prefix inside a model dir (`.../checkpoints/ckpt-300`).
     """
-    path = os.fspath(path)
-    if path.endswith(".keras"):
-        if not os.path.isfile(path):
-            raise InputError(f"{path}: no such file")
+    kind, target, *model_dir = resolve_network(path)
+    if kind == "keras":
         try:
-            return keras.models.load_model(path)
+            return keras.models.load_model(target)
         except (ValueError, OSError, TypeError) as e:
-            raise InputError(f"{path}: cannot load the .keras model ({e})") from e
-    if os.path.isdir(path):
-        if os.path.isfile(os.path.join(path, FINAL_MODEL)):
-            return load_network(os.path.join(path, FINAL_MODEL))
-        prefix = tf.train.latest_checkpoint(os.path.join(path, CHECKPOINT_DIR))
-        if prefix is None:
-            raise InputError(f"{path}: model dir has neither {FINAL_MODEL} nor a checkpoint")
-        return _restore(network_from_config(read_config(path)), prefix)
-    if tf.io.gfile.exists(path + ".index"):
-        model_dir = os.path.dirname(os.path.dirname(os.path.abspath(path)))
-        return _restore(network_from_config(read_config(model_dir)), path)
-    raise InputError(f"{path}: not a .keras file, a model dir or a checkpoint prefix")
+            raise InputError(f"{target}: cannot load the .keras model ({e})") from e
+    return _restore(network_from_config(read_config(model_dir[0])), target)

@@ -104,10 +104,10 @@ class LayerKind:
       undeclared (a registered layer that keeps the spatial size is then taken to keep the
       map, one that changes it is refused by the geometry).
     keeps_merged: the rule returns the merged points it receives unchanged, or subsets of
-      them with coordinates shifted by a constant, so its outputs stay distinct (and in
-      order) and the walk need not merge them again when they are all that reaches a layer (half
-      the layers of a ResNet or MobileNet are normalisations and activations, and a merge is
-      a score of graph ops).
+      them with coordinates shifted by a constant, so its outputs stay distinct and the walk
+      need not merge them again when they are all that reaches a layer (half the layers of a
+      ResNet or MobileNet are normalisations and activations, and a merge is a score of graph
+      ops).
     """
 
     rule: Callable

@@ -100,21 +100,31 @@ def convolve(x, output, points, settings, kernel, strides, dilation, padding, gr
         tap = best_index(per_tap, settings.ties)
     else:  # the kernel centre
         tap = tf.fill(tf.shape(channels), ((kh - 1) // 2) * kw + (kw - 1) // 2)
-    if parents is not None:
-        ys, xs = tf.gather(ys, parents), tf.gather(xs, parents)
-        if groups > 1:
-            in_channels = tf.gather(in_channels, parents)
-    # Without groups the input channel is the chosen one; with them, its group's offset.
-    in_channel = channels if groups == 1 else tf.gather(in_channels, channels, axis=1, batch_dims=1)
-    y = tf.gather(ys, tap, axis=1, batch_dims=1)
-    x_ = tf.gather(xs, tap, axis=1, batch_dims=1)
+    if groups == 1:  # the input channel is the chosen one
+        in_channel = channels
+    else:  # the chosen one within the point's group
+        rows = in_channels if parents is None else tf.gather(in_channels, parents)
+        in_channel = tf.gather(rows, channels, axis=1, batch_dims=1)
+    moved = to_taps(points, parents, ys, xs, tap, in_channel, x, settings)
+    return Moved([moved], channel_scores)
+
+
+def to_taps(points, parents, ys, xs, tap, channel, x, settings):
+    """The moved points of a window rule: point m, child of `parents[m]` (or point m itself
+    when `parents` is None, saving the parents' gathers), to tap `tap[m]` of its parent's
+    window (`ys`, `xs` [N, T]) on input channel `channel[m]`; a padded tap chosen under
+    `padded_taps` is clamped into the input `x`."""
+    if parents is None:
+        y = tf.gather(ys, tap, axis=1, batch_dims=1)
+        x_ = tf.gather(xs, tap, axis=1, batch_dims=1)
+    else:
+        taps = tf.stack([parents, tap], axis=-1)
+        y, x_ = tf.gather_nd(ys, taps), tf.gather_nd(xs, taps)
     if settings.padded_taps:
         y, x_ = clamp_taps(y, x_, *spatial_size(x))
     if parents is None:
-        moved = points.replace(y=y, x=x_, ch=in_channel)
-    else:
-        moved = points.moved(parents, y=y, x=x_, ch=in_channel)
-    return Moved([moved], channel_scores)
+        return points.replace(y=y, x=x_, ch=channel)
+    return points.moved(parents, y=y, x=x_, ch=channel)
 
 
 def one_channel(settings):
@@ -154,16 +164,12 @@ def depthwise(x, output, points, settings, kernel, strides, dilation, padding):
     weights = filter_rows(tf.reshape(kernel, [kh * kw, channels * multiplier]), points.ch)
     contributions = values * weights  # [N, T]
     if _full_shift(settings, dilation) and one_channel(settings):
-        # One tap per point (as below, without the parents' gathers): padded taps compete
-        # with zeros under padded_taps, else every inside tap beats every outside one.
+        # One tap per point, its own parent: padded taps compete with zeros under
+        # padded_taps, else every inside tap beats every outside one.
         outside = 0.0 if settings.padded_taps else float("-inf")
+        parents = None
         tap = best_index(tf.where(inside, contributions, outside), settings.ties)
-        y = tf.gather(ys, tap, axis=1, batch_dims=1)
-        x_ = tf.gather(xs, tap, axis=1, batch_dims=1)
-        if settings.padded_taps:
-            y, x_ = clamp_taps(y, x_, *spatial_size(x))
-        return Moved([points.replace(y=y, x=x_, ch=in_channel)])
-    if _full_shift(settings, dilation) and settings.padded_taps:
+    elif _full_shift(settings, dilation) and settings.padded_taps:
         # Padded taps contribute zeros and compete; a chosen one is clamped below.
         parents, tap = select_channels(tf.where(inside, contributions, 0.0), settings)
     elif _full_shift(settings, dilation):
@@ -173,15 +179,11 @@ def depthwise(x, output, points, settings, kernel, strides, dilation, padding):
         parents, tap = select_channels(scores, settings)
         keep = tf.gather_nd(inside, tf.stack([parents, tap], axis=-1))
         parents, tap = tf.boolean_mask(parents, keep), tf.boolean_mask(tap, keep)
-    else:
-        parents = tf.range(tf.shape(points.b)[0])
-        tap = tf.fill(tf.shape(parents), ((kh - 1) // 2) * kw + (kw - 1) // 2)
-    taps = tf.stack([parents, tap], axis=-1)
-    y, x_ = tf.gather_nd(ys, taps), tf.gather_nd(xs, taps)
-    if settings.padded_taps:
-        y, x_ = clamp_taps(y, x_, *spatial_size(x))
-    moved = points.moved(parents, y=y, x=x_, ch=tf.gather(in_channel, parents))
-    return Moved([moved])
+    else:  # the kernel centre, one child per point
+        parents = None
+        tap = tf.fill(tf.shape(points.b), ((kh - 1) // 2) * kw + (kw - 1) // 2)
+    channel = in_channel if parents is None else tf.gather(in_channel, parents)
+    return Moved([to_taps(points, parents, ys, xs, tap, channel, x, settings)])
 
 
 def depthwise_rule(layer, x, output, points, settings):
