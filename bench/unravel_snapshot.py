@@ -31,6 +31,7 @@ from tests.unravel.test_zoo import FAMILIES
 from tf_segunravel.models import deeplab_largefov
 from tf_segunravel.unravel import SegUnravel
 from tf_segunravel.unravel.geometry import ScoreMap
+from tf_segunravel.unravel.settings import PRESETS
 
 out = {}
 
@@ -60,6 +61,8 @@ for tag, kw in {
     "k3full": dict(k=3, shift="full"),
     "mass": dict(mass=0.5),
     "contrast": dict(contrast="runner_up"),
+    # Seg-Unravel's code: ties to the highest index, padded taps competing.
+    **{f"code_k{k}": dict(PRESETS["seg_unravel_code"], k=k) for k in (1, 3)},
 }.items():
     dump("largefov/" + tag, lf, b, **kw)
 s, g = ScoreMap(lf)(b)

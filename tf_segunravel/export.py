@@ -28,6 +28,7 @@ from tf_segunravel.errors import InputError
 from tf_segunravel.grids import first_argmax, labels_at_size, scores_at_size
 from tf_segunravel.unravel.geometry import ScoreMap
 from tf_segunravel.unravel.maps import fixation_maps
+from tf_segunravel.unravel.rules import kernel_rows
 from tf_segunravel.unravel.settings import FixationSettings
 from tf_segunravel.unravel.tracer import SegUnravel, as_graph
 
@@ -72,7 +73,8 @@ def build_archive(network, settings=None):
     def fixations(images):
         images = _checked(images)
         height, width = tf.shape(images)[1], tf.shape(images)[2]
-        result = engine.trace(images)
+        with kernel_rows.disabled():  # the SavedModel would carry two copies of each kernel
+            result = engine.trace(images)
         return {
             "points": result.points,
             "counts": result.counts,

@@ -20,8 +20,8 @@ import tensorflow as tf
 from tf_segunravel.data.labels import IGNORE_LABEL
 from tf_segunravel.grids import first_argmax, labels_at_size, shrink_labels
 from tf_segunravel.unravel import graph
-from tf_segunravel.unravel.rules import Moved, Points
-from tf_segunravel.unravel.rules.convolution import conv_rule, dense_rule
+from tf_segunravel.unravel.rules import Moved, Points, kernel_rows
+from tf_segunravel.unravel.rules.convolution import HELD_KERNELS, conv_rule, dense_rule
 from tf_segunravel.unravel.settings import RUNNER_UP, FixationSettings, InputSettings
 
 
@@ -234,6 +234,10 @@ class SegUnravel:
       class_names: names by class id, for a `contrast` given as a class name.
       input: an `InputSettings`, how RGB 0..255 pixels become the model's input.
       output: the score output of a multi-output model (an output's or a layer's name).
+      cache_kernels: keep each convolution's kernel transposed between walks
+        (`rules/kernel_rows.py`: two extra copies of every kernel, checked bit for bit
+        against the weights on every walk, so results never change). Default: on where
+        the scores are a map wider than one position.
 
     `model` may also be a `graph.ModelGraph` (then `input` and `output` are its own). The
     unravel starts from the logits: a final sigmoid or softmax is stepped over; a one-channel
@@ -256,6 +260,7 @@ class SegUnravel:
         class_names: typing.Sequence[str] | None = None,
         input: InputSettings | None = None,
         output: str | None = None,
+        cache_kernels: bool | None = None,
         **fields: typing.Any,
     ) -> None:
         settings = settings or FixationSettings()
@@ -274,7 +279,31 @@ class SegUnravel:
         self._sort_every_merge = keep_flow or keep_channel_scores
         if self.contrast is not None:
             self._check_contrast()
+        if cache_kernels is None:  # worth its memory where many points reach each layer
+            cache_kernels = self._score_map_is_spatial()
+        self.cache_kernels = bool(cache_kernels)
+        if self.cache_kernels:
+            self._hold_kernels()
         self._traced = tf.function(self.trace, reduce_retracing=True)
+
+    def _score_map_is_spatial(self):
+        """Whether the scores are a map with more than one position (segmentation): a
+        classifier's one seed per image never reads a kernel by rows."""
+        step = self.graph.score_step
+        shape = step.shapes[step.outputs.index(self.graph.output_id)]
+        return len(shape) == 4 and tuple(shape[1:3]) != (1, 1)
+
+    def _hold_kernels(self):
+        """Makes the transposed kernel tables (`kernel_rows`) of every convolution the walk
+        reads by rows, before any trace. The score layer's own kernel is not read where a
+        margin or binary kernel replaces it."""
+        replaced = self.contrast is not None or self.graph.score_kernel() is not None
+        for step in self.graph.steps:
+            if replaced and step is self.graph.score_step:
+                continue
+            kind = self.graph.kind(step)
+            for name in HELD_KERNELS.get(kind.rule, ()) if kind else ():
+                kernel_rows.hold(step.layer, name)
 
     def _check_contrast(self):
         layer = self.graph.score_step.layer
@@ -375,6 +404,10 @@ class SegUnravel:
         points that reach a tensor before its layer's rule runs. Returns (the unmerged parts
         that reached the image, flow steps, channel scores)."""
         # pending: tensor id -> [(points, already merged)], the parts that reached it.
+        with kernel_rows.enabled(self.cache_kernels):
+            return self._propagate(values, seeds)
+
+    def _propagate(self, values, seeds):
         pending = {self.graph.output_id: [(seeds.points, False)]}
         flow, channel_scores = [], []
         for step in reversed(self.graph.steps):

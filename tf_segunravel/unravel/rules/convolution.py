@@ -2,6 +2,7 @@
 
 import tensorflow as tf
 
+from tf_segunravel.unravel.rules import kernel_rows
 from tf_segunravel.unravel.rules.base import (
     Moved,
     best_index,
@@ -39,6 +40,36 @@ def filter_rows(kernel, filters):
     )
 
 
+def window_weights(kernel, filters, inside, held=None):
+    """Each point's filter over its window [N, T, C_in] from a kernel [kh, kw, C_in, F], zero
+    at the taps outside the input (`inside` [N, T]): the window's products then sum to the
+    channel scores without a mask. With `held` (the layer's `kernel_rows.KernelRows`) and
+    past about F / 8 points, each tap's weights are one row of its table, and an outside
+    tap reads the table's zero row, so masking costs nothing; otherwise as `filter_rows`,
+    masked. The same values as masking the products (up to the sign of a zero)."""
+    kh, kw, channels, filters_total = kernel.shape
+    taps = kh * kw
+
+    def masked(rows):
+        weights = tf.reshape(rows, [-1, taps, channels])
+        return weights * tf.cast(inside, weights.dtype)[..., None]
+
+    if held is None:
+        return masked(filter_rows(kernel, filters))
+    flat = tf.reshape(kernel, [-1, filters_total])
+
+    def by_rows():
+        row = filters[:, None] * taps + tf.range(taps)[None, :]
+        row = tf.where(inside, row, filters_total * taps)  # outside: the zero row
+        return tf.cast(tf.gather(held.rows(), row), kernel.dtype)  # cast: same values
+
+    return tf.cond(
+        tf.size(filters) * 8 < filters_total,
+        lambda: masked(tf.transpose(tf.gather(flat, filters, axis=1))),
+        by_rows,
+    )
+
+
 def inside_sum(contributions, inside):
     """Contributions [N, T, C] summed over the taps inside the input: [N, C]. (The same
     products and sum as masking the window first, so results are unchanged bit for bit; a
@@ -67,9 +98,10 @@ def _full_shift(settings, dilation):
     return settings.shift == "full" or (settings.shift == "partial" and max(dilation) == 1)
 
 
-def convolve(x, output, points, settings, kernel, strides, dilation, padding, groups=1):
+def convolve(x, output, points, settings, kernel, strides, dilation, padding, groups=1, held=None):
     """The convolution rule on a kernel [kh, kw, C_in / groups, filters]: top-K input
-    channels by summed contribution, then the position by the shift setting."""
+    channels by summed contribution, then the position by the shift setting. `held`: the
+    kernel's `KernelRows`, when it is a layer's variable."""
     kernel = tf.cast(kernel, x.dtype)
     kh, kw, group_in, filters = kernel.shape
     before = _before(x, output, (kh, kw), strides, dilation, padding)
@@ -79,9 +111,12 @@ def convolve(x, output, points, settings, kernel, strides, dilation, padding, gr
     if groups > 1:
         in_channels += (points.ch // (filters // groups))[:, None] * group_in
         window = tf.gather(window, in_channels, axis=2, batch_dims=1)
-    weights = tf.reshape(filter_rows(kernel, points.ch), [-1, kh * kw, group_in])
+    weights = window_weights(kernel, points.ch, inside, held)  # zero outside the input
     contributions = window * weights  # [N, T, C_in]
-    channel_scores = inside_sum(contributions, inside)
+    if kh * kw == 1:  # a sum over one tap is that tap (TensorFlow copies it): no sum
+        channel_scores = contributions[:, 0]
+    else:
+        channel_scores = tf.reduce_sum(contributions, axis=1)
     if one_channel(settings):
         # Each point keeps one channel and is its own parent: one argmax, no rows gathered.
         parents, channels = None, tf.cast(best_index(channel_scores, settings.ties), tf.int32)
@@ -147,6 +182,7 @@ def conv_rule(layer, x, output, points, settings, kernel=None):
         layer.dilation_rate,
         layer.padding,
         getattr(layer, "groups", 1),
+        held=kernel_rows.for_layer(layer) if kernel is None else None,
     )
 
 
@@ -213,7 +249,15 @@ def separable_rule(layer, x, output, points, settings):
         dilations=dilation,
     )
     pointwise = convolve(
-        middle, output, points, settings, layer.pointwise_kernel, (1, 1), (1, 1), "valid"
+        middle,
+        output,
+        points,
+        settings,
+        layer.pointwise_kernel,
+        (1, 1),
+        (1, 1),
+        "valid",
+        held=kernel_rows.for_layer(layer, "pointwise_kernel"),
     )
     (between,) = pointwise.points
     moved = depthwise(
@@ -274,3 +318,7 @@ def dense_rule(layer, x, output, points, settings, kernel=None):
     contributions = window * tf.transpose(tf.gather(kernel, points.ch, axis=1))
     parents, channels = select_channels(contributions, settings, settings.dense_rule)
     return Moved([points.moved(parents, ch=channels)], contributions)
+
+
+# The kernels each rule reads by rows through `kernel_rows` (an engine holds their tables).
+HELD_KERNELS = {conv_rule: ("kernel",), separable_rule: ("pointwise_kernel",)}
