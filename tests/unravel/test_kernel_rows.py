@@ -109,6 +109,8 @@ def test_tables_are_made_once_before_any_trace_and_shared():
     assert SegUnravel(model, k=3) and kernel_rows.for_layer(conv) is table  # shared
     with kernel_rows.disabled():
         assert kernel_rows.for_layer(conv) is None
+        with kernel_rows.enabled(True):  # the enclosing block wins
+            assert kernel_rows.for_layer(conv) is None
 
 
 def test_classifiers_hold_no_tables():
@@ -126,6 +128,9 @@ def test_saved_models_carry_no_tables(tmp_path):
     model = integer_weights(mixed_model())
     SegUnravel(model)(images())  # tables held for the model's layers
     export_saved_model(model, str(tmp_path / "saved"))
+    for written in tmp_path.glob("saved/**/*"):
+        if written.is_file():
+            assert b"kernel_rows" not in written.read_bytes(), written
     loaded = tf.saved_model.load(str(tmp_path / "saved"))
     names = [v.name for v in loaded.variables]
     assert names and not any("kernel_rows" in name for name in names)

@@ -38,11 +38,15 @@ def merge(points, sizes, sort=True):
     fields = tf.stack([points.b, points.cls, points.y, points.x, points.ch], axis=1)
     key = tf.reduce_sum(tf.cast(fields, tf.int64) * strides, axis=1)
     unique, index = tf.unique(key)
-    counts = _saturating_sum(points.count, index, tf.shape(unique)[0])
+    segments = tf.shape(unique)[0]
+    counts = _saturating_sum(points.count, index, segments)
+    # Each key's fields are read back from its first occurrence (decoding the int64 keys
+    # by division cost more, in the walks of dense networks).
+    first = tf.math.unsorted_segment_min(tf.range(tf.shape(key)[0]), index, segments)
     if sort:
         order = tf.argsort(unique)
-        unique, counts = tf.gather(unique, order), tf.gather(counts, order)
-    b, cls, y, x, ch = tf.unstack(tf.cast(unique[:, None] // strides % sizes, tf.int32), axis=1)
+        first, counts = tf.gather(first, order), tf.gather(counts, order)
+    b, cls, y, x, ch = tf.unstack(tf.gather(fields, first), axis=1)
     return Points(b, cls, y, x, ch, counts)
 
 

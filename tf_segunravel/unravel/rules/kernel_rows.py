@@ -35,8 +35,10 @@ _held: "weakref.WeakKeyDictionary[object, dict[str, KernelRows]]" = weakref.Weak
 @contextlib.contextmanager
 def enabled(flag=True):
     """Whether walks traced inside this block read the held tables (`for_layer`); with
-    False they transpose their kernels on every call, as without a cache."""
-    token = _enabled.set(bool(flag))
+    False they transpose their kernels on every call, as without a cache. An enclosing
+    `disabled()` wins (an engine's own setting cannot turn the tables back on inside an
+    export)."""
+    token = _enabled.set(_enabled.get() and bool(flag))
     try:
         yield
     finally:
