@@ -2,12 +2,13 @@
 
     python3 -m bench.unravel [--sizes=321,513 --repeats=3 --naive_seeds=12]
 
-Full-size DeepLab-LargeFOV (width 1, 21 classes, random weights; --weights loads converted
-Caffe weights), one image per size, every detected class unravelled. `forward_s` is a
-compiled forward pass, `unravel_s` the engine's walk from the scores to the image on the
-recorded activations of that pass (medians of --repeats). The naive per-point loop
-(tests/unravel_reference.py) is timed on the first --naive_seeds seeds and scaled to all
-seeds. Peak resident memory of the process is printed before the ratios, which come last.
+Full-size DeepLab-LargeFOV (width 1, 21 classes, random weights drawn with seed 0;
+--weights loads converted Caffe weights), one image per size, every detected class
+unravelled. `forward_s` is a compiled forward pass, `unravel_s` the engine's walk from the
+scores to the image on the recorded activations of that pass (medians of --repeats). The
+naive per-point loop (tests/unravel_reference.py) is timed on the first --naive_seeds seeds
+and scaled to all seeds. Peak resident memory of the process is printed before the
+ratios, which come last.
 """
 
 import os
@@ -16,6 +17,7 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import keras
 import numpy as np
 import tensorflow as tf
 from absl import app, flags
@@ -33,6 +35,7 @@ FLAGS = flags.FLAGS
 
 
 def main(_):
+    keras.utils.set_random_seed(0)  # the same weights, so the same points, on every run
     model = deeplab_largefov(num_classes=21)
     if FLAGS.weights:
         model.load_weights(FLAGS.weights)
