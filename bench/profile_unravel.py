@@ -18,12 +18,18 @@ merge and rule together; `walk_ops` in all): the graph after TensorFlow's optimi
 A walk of few points costs about its op count times the per-op cost of the executor
 (`walk_s_per_op`), whatever the work inside each op; that count does not depend on the load.
 
+With `--op_times`, TensorFlow's profiler also records --repeats compiled walks and the
+time of each op type is printed per walk (`op_<type>_s`, the ops' own time on both cores
+added, the executor's idle time as `op_idle_s`): where a walk's time goes by kind of work
+(gathers, products, sums, the argmax, the held tables' checks as `op_equal_s`).
+
 `--model` is LargeFOV (full width, 21 classes, random weights) or a name of bench/zoo.py.
 """
 
 import collections
 import dataclasses
 import os
+import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -39,7 +45,10 @@ from tf_segunravel.unravel import SegUnravel, tracer
 
 flags.DEFINE_string("model", "LargeFOV", "LargeFOV or a bench/zoo.py model name.")
 # --size (default 224) and --repeats are bench/zoo.py's flags, shared.
-flags.DEFINE_integer("top", 12, "Layer types printed, slowest first.")
+flags.DEFINE_integer("top", 12, "Layer types (and op types) printed, slowest first.")
+flags.DEFINE_bool(
+    "op_times", False, "Also profile the compiled walk per op type (TensorFlow's profiler)."
+)
 FLAGS = flags.FLAGS
 
 
@@ -129,6 +138,38 @@ def op_counts(engine, walk, values):
     return counts
 
 
+def op_times(walk, values, repeats, logdir):
+    """[(op type, seconds per walk)], largest first: `repeats` compiled walks traced by
+    TensorFlow's profiler into `logdir`, each op's own time summed by type (over both
+    cores, so the sum exceeds the wall time; "IDLE" is the executor's idle time). The
+    profiler's summary lists the 500 costliest ops, so a walk of many cheap ops is
+    undercounted. It is read through the profiler's private converter, the one
+    TensorBoard's profile plugin calls."""
+    import glob
+    import json
+
+    from tensorflow.python.profiler.internal import _pywrap_profiler_plugin
+
+    walk(values).counts.numpy()  # traced and warm before the profile
+    tf.profiler.experimental.start(logdir)
+    try:
+        for _ in range(repeats):
+            walk(values).counts.numpy()
+    finally:
+        tf.profiler.experimental.stop()
+    (path,) = glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True)
+    data, ok = _pywrap_profiler_plugin.xspace_to_tools_data([path], "framework_op_stats", {})
+    if not ok:
+        raise RuntimeError(f"{path}: the profiler could not summarise it: {data[:200]!r}")
+    table = json.loads(data)[0]  # the table with the idle time (the next one leaves it out)
+    columns = [column["id"] for column in table["cols"]]
+    by_type = collections.Counter()
+    for row in table["rows"]:
+        cells = dict(zip(columns, (cell["v"] if cell else None for cell in row["c"]), strict=True))
+        by_type[cells["type"]] += cells["total_self_time"] * 1e-6 / repeats  # us -> s
+    return by_type.most_common()
+
+
 def main(_):
     logging.set_verbosity(logging.ERROR)  # one tf.function per call retraces by design
     keras.utils.set_random_seed(0)
@@ -193,6 +234,10 @@ def main(_):
         print(f"{kind_name.lower()}_share_of_parts: {share:.3f}")
     print(f"parts_over_walk: {total / walk_s:.3f}")
     print(f"parts_less_call_overhead_over_walk: {(total - calls * call_s) / walk_s:.3f}")
+    if FLAGS.op_times:
+        with tempfile.TemporaryDirectory() as logdir:
+            for op_type, seconds in op_times(walk, compiled, FLAGS.repeats, logdir)[: FLAGS.top]:
+                print(f"op_{op_type.lower()}_s: {seconds:.4f}")
     print(f"walk_over_forward: {walk_s / forward_s:.3f}")
 
 

@@ -50,3 +50,19 @@ def test_the_op_count_charges_the_walks_ops_to_its_layers():
     assert counts["Conv2D"] > 20 * convolutions
     assert counts["CaffePooling2D"] > 0
     assert 0 < counts["other"] < counts["Conv2D"]
+
+
+def test_the_op_times_profile_the_compiled_walk(tmp_path):
+    from bench.profile_unravel import op_times
+
+    keras.utils.set_random_seed(0)
+    model = deeplab_largefov(num_classes=4, width=1 / 16)
+    engine = SegUnravel(model)
+    image = tf.constant(np.random.default_rng(0).uniform(0, 255, (1, 49, 49, 3)), tf.float32)
+    record = tf.function(lambda x: {str(k): v for k, v in engine.record(x).items()})
+    walk = tf.function(lambda values: engine.walk({int(k): v for k, v in values.items()}))
+    times = dict(op_times(walk, record(image), 2, str(tmp_path)))
+    # The convolution rules gather windows and filters: the walk's gathers are timed.
+    assert times["GatherV2"] > 0
+    assert all(seconds >= 0 for seconds in times.values())
+    assert list(times) == sorted(times, key=lambda t: -times[t])

@@ -57,15 +57,13 @@ def window_weights(kernel, filters, inside, held=None):
     if held is None:
         return masked(filter_rows(kernel, filters))
     flat = tf.reshape(kernel, [-1, filters_total])
-    # Outside the branch: the table's check depends on no point, so it can run while the
-    # layers above are still being walked (a walk leaves one of two cores idle a third of
-    # its time).
-    table = held.rows()
 
     def by_rows():
+        # The table's check runs here, only where the table is read: a layer that few
+        # points reach (deep in a DeepLabV3+ backbone) reads columns and checks nothing.
         row = filters[:, None] * taps + tf.range(taps)[None, :]
         row = tf.where(inside, row, filters_total * taps)  # outside: the zero row
-        return tf.cast(tf.gather(table, row), kernel.dtype)  # cast: same values
+        return tf.cast(tf.gather(held.rows(), row), kernel.dtype)  # cast: same values
 
     return tf.cond(
         tf.size(filters) * 8 < filters_total,

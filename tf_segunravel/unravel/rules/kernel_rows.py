@@ -1,21 +1,25 @@
-"""Each convolution kernel's filters as contiguous rows, transposed once and kept between walks.
+"""Each convolution kernel as a table of filter-tap rows, made once and kept between walks.
 
-A convolution rule reads one filter per point. Keras keeps a kernel as [kh, kw, C_in, F],
-so a filter is a strided column; past a few points the rule reads rows of the transposed
-kernel instead (`convolution.filter_rows`), and transposing it on every walk cost more
-than a quarter of DeepLab-LargeFOV's unravel (docs/benchmarks.md). `KernelRows` keeps the
-transposed copy in a variable, with a copy of the kernel it came from: every walk that
-reads the rows first compares the kernel with that copy bit for bit and transposes again
-if anything changed (training, `set_weights`, `assign`), so the rows are always those of
-the current weights. The comparison reads the kernel twice as fast as a transpose does
-(bench/profile_unravel.py's figures in docs/benchmarks.md).
+A convolution rule reads each point's filter over its window. Keras keeps a kernel as
+[kh, kw, C_in, F], so a filter is a strided column; past a few points the rule reads rows of
+the transposed kernel instead (`convolution.window_weights`), and transposing every kernel
+on every walk was a large share of DeepLab-LargeFOV's unravel (docs/benchmarks.md).
+`KernelRows` keeps the transposed kernel in a variable, one row per (filter, tap) and a row
+of zeros that taps outside the input read (so the products need no mask), with a copy of
+the kernel it was made from. Every walk that reads the table first compares the kernel
+with that copy bit for bit and makes the table again if anything changed (training,
+`set_weights`, `assign`, a checkpoint restored), so the table is always the current
+weights'. The comparison reads the kernel and the copy, about a third of a transpose's
+time (docs/benchmarks.md).
 
-The memory cost is two extra copies of each kernel that a traced walk may read by rows,
-held until the layer is freed. `disabled()` turns the cache off for what is traced inside
-it (a SavedModel export, whose file would otherwise carry both copies).
+An engine holds the tables of the convolutions it walks when it is built (`SegUnravel`'s
+`cache_kernels`: on by default where the scores are a map), two extra copies of each kernel
+in memory, shared by every engine on the same layers and freed with them. `disabled()` keeps
+them out of what is traced inside it (a SavedModel export, whose files would otherwise carry
+both copies).
 
-No TensorFlow or Keras facility caches a derived value of a variable and invalidates it on
-assignment, hence this module.
+No TensorFlow or Keras facility keeps a value derived from a variable and notices when the
+variable is assigned, hence this module.
 """
 
 import contextlib
