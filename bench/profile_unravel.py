@@ -8,7 +8,8 @@ each call's arguments are kept. Each call is then run again on its own as a comp
 `tf.function` (its tensors passed as arguments, so nothing is folded at trace time) and
 timed (median of --repeats after one untimed call). The figures are per layer type: the
 summed rule time, the summed time of the merges run before those layers, the number of
-layers and of points arriving. The parts add up to more than the compiled whole walk, which
+layers, of those that no point reached (whose rules run all their ops on nothing) and of
+points arriving. The parts add up to more than the compiled whole walk, which
 is printed beside them: each separate function pays its own call overhead
 (`call_overhead_s`, an empty function's, measured in the same run; `calls` of them).
 
@@ -187,7 +188,9 @@ def main(_):
 
     ops = op_counts(engine, walk, compiled)
     values = {int(k): v for k, v in compiled.items()}
-    per_kind = collections.defaultdict(lambda: {"rule_s": 0.0, "merge_s": 0.0, "layers": 0})
+    per_kind = collections.defaultdict(
+        lambda: {"rule_s": 0.0, "merge_s": 0.0, "layers": 0, "empty": 0}
+    )
     points_in = collections.Counter()
     recorded = record_calls(engine, values)
     calls = len(recorded)
@@ -203,6 +206,7 @@ def main(_):
         entry[f"{what}_s"] += seconds
         if what == "rule":
             entry["layers"] += 1
+            entry["empty"] += arriving == 0
             points_in[kind_name] += arriving
     print(f"model: {FLAGS.model}")
     print(f"size: {FLAGS.size}")
@@ -213,6 +217,7 @@ def main(_):
         key = kind_name.lower()
         print(f"{key}_layers: {entry['layers']}")
         print(f"{key}_points_in: {points_in[kind_name]}")
+        print(f"{key}_layers_without_points: {entry['empty']}")
         print(f"{key}_rule_s: {entry['rule_s']:.4f}")
         print(f"{key}_merge_s: {entry['merge_s']:.4f}")
         print(f"{key}_ops: {ops[kind_name]}")
