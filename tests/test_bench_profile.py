@@ -35,16 +35,23 @@ def test_the_profile_repeats_every_rule_and_merge_of_the_walk():
     assert all("record_calls" not in engine.graph.kind(s).rule.__qualname__ for s in walked)
 
 
-def test_the_op_count_charges_the_walks_ops_to_its_layers():
-    from bench.profile_unravel import op_counts
-
+def _compiled_walk():
+    """(model, engine, compiled walk, its recorded values) of a tiny LargeFOV, as the
+    profile compiles them."""
     keras.utils.set_random_seed(0)
     model = deeplab_largefov(num_classes=4, width=1 / 16)
     engine = SegUnravel(model)
     image = tf.constant(np.random.default_rng(0).uniform(0, 255, (1, 49, 49, 3)), tf.float32)
     record = tf.function(lambda x: {str(k): v for k, v in engine.record(x).items()})
     walk = tf.function(lambda values: engine.walk({int(k): v for k, v in values.items()}))
-    counts = op_counts(engine, walk, record(image))
+    return model, engine, walk, record(image)
+
+
+def test_the_op_count_charges_the_walks_ops_to_its_layers():
+    from bench.profile_unravel import op_counts
+
+    model, engine, walk, values = _compiled_walk()
+    counts = op_counts(engine, walk, values)
     convolutions = sum(1 for layer in model.layers if type(layer).__name__ == "Conv2D")
     # Every convolution rule is dozens of ops; the seeding and the image's merge are "other".
     assert counts["Conv2D"] > 20 * convolutions
@@ -55,13 +62,8 @@ def test_the_op_count_charges_the_walks_ops_to_its_layers():
 def test_the_op_times_profile_the_compiled_walk(tmp_path):
     from bench.profile_unravel import op_times
 
-    keras.utils.set_random_seed(0)
-    model = deeplab_largefov(num_classes=4, width=1 / 16)
-    engine = SegUnravel(model)
-    image = tf.constant(np.random.default_rng(0).uniform(0, 255, (1, 49, 49, 3)), tf.float32)
-    record = tf.function(lambda x: {str(k): v for k, v in engine.record(x).items()})
-    walk = tf.function(lambda values: engine.walk({int(k): v for k, v in values.items()}))
-    times = dict(op_times(walk, record(image), 2, str(tmp_path)))
+    _, _, walk, values = _compiled_walk()
+    times = dict(op_times(walk, values, 2, str(tmp_path)))
     # The convolution rules gather windows and filters: the walk's gathers are timed.
     assert times["GatherV2"] > 0
     assert all(seconds >= 0 for seconds in times.values())

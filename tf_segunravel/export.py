@@ -28,7 +28,6 @@ from tf_segunravel.errors import InputError
 from tf_segunravel.grids import first_argmax, labels_at_size, scores_at_size
 from tf_segunravel.unravel.geometry import ScoreMap
 from tf_segunravel.unravel.maps import fixation_maps
-from tf_segunravel.unravel.rules import kernel_rows
 from tf_segunravel.unravel.settings import FixationSettings
 from tf_segunravel.unravel.tracer import SegUnravel, as_graph
 
@@ -52,7 +51,8 @@ def build_archive(network, settings=None):
     settings = settings or FixationSettings()
     graph = as_graph(network, strict=False)
     try:
-        engine = SegUnravel(graph, settings)
+        # No held kernel tables: the SavedModel would carry two copies of every kernel.
+        engine = SegUnravel(graph, settings, cache_kernels=False)
     except ValueError as error:  # a contrast this model's score layer cannot take, ...
         raise InputError(f"{graph.model.name}: {error}") from error
     score_map = ScoreMap(graph)
@@ -73,8 +73,7 @@ def build_archive(network, settings=None):
     def fixations(images):
         images = _checked(images)
         height, width = tf.shape(images)[1], tf.shape(images)[2]
-        with kernel_rows.disabled():  # the SavedModel would carry two copies of each kernel
-            result = engine.trace(images)
+        result = engine.trace(images)
         return {
             "points": result.points,
             "counts": result.counts,

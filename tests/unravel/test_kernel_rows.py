@@ -90,6 +90,27 @@ def test_tables_follow_new_weights_inside_one_compiled_function():
     assert not np.any(rows[-1])  # the zero row of taps outside the input
 
 
+def test_tables_follow_a_restored_checkpoint(tmp_path):
+    """A checkpoint's restore writes the variables without Keras's `assign`: the bit check
+    sees it too."""
+    model = integer_weights(mixed_model())
+    batch = tf.constant(images())
+    engine = SegUnravel(model)
+    want = _points(engine(batch))
+    path = tf.train.Checkpoint(model=model).write(str(tmp_path / "ckpt"))
+    rng = np.random.default_rng(3)
+    for layer in model.layers:
+        if isinstance(layer, L.Conv2D):
+            layer.kernel.assign(rng.integers(-4, 5, layer.kernel.shape).astype("float32"))
+    changed = _points(engine(batch))  # the tables now hold the new weights
+    _assert_same(changed, _points(SegUnravel(model, cache_kernels=False)(batch)))
+    tf.train.Checkpoint(model=model).read(path).assert_consumed()
+    restored = _points(engine(batch))
+    _assert_same(restored, want)
+    _assert_same(restored, _points(SegUnravel(model, cache_kernels=False)(batch)))
+    assert len(changed[0]) != len(want[0]) or np.any(changed[0] != want[0])
+
+
 def test_tables_are_made_once_before_any_trace_and_shared():
     model = integer_weights(mixed_model())
     traces = []

@@ -14,9 +14,9 @@ time (docs/benchmarks.md).
 
 An engine holds the tables of the convolutions it walks when it is built (`SegUnravel`'s
 `cache_kernels`: on by default where the scores are a map), two extra copies of each kernel
-in memory, shared by every engine on the same layers and freed with them. `disabled()` keeps
-them out of what is traced inside it (a SavedModel export, whose files would otherwise carry
-both copies).
+in memory, shared by every engine on the same layers and freed with them. An engine built
+with `cache_kernels=False` reads none (the SavedModel export's, whose files would otherwise
+carry both copies), and `disabled()` keeps them out of whatever is traced inside it.
 
 No TensorFlow or Keras facility keeps a value derived from a variable and notices when the
 variable is assigned, hence this module.
@@ -40,8 +40,7 @@ _held: "weakref.WeakKeyDictionary[object, dict[str, KernelRows]]" = weakref.Weak
 def enabled(flag=True):
     """Whether walks traced inside this block read the held tables (`for_layer`); with
     False they transpose their kernels on every call, as without a cache. An enclosing
-    `disabled()` wins (an engine's own setting cannot turn the tables back on inside an
-    export)."""
+    `disabled()` wins (an engine's own setting cannot turn the tables back on inside it)."""
     token = _enabled.set(_enabled.get() and bool(flag))
     try:
         yield
@@ -50,8 +49,7 @@ def enabled(flag=True):
 
 
 def disabled():
-    """`enabled(False)`: for what must not capture the tables (a SavedModel export, whose
-    file would otherwise carry both copies of every kernel)."""
+    """`enabled(False)`: for what must not capture the tables, whichever engine traces it."""
     return enabled(False)
 
 
