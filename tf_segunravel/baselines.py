@@ -63,7 +63,7 @@ def logits_model(graph) -> keras.Model:
     """A Keras model from the same inputs to the logits the unravel starts from (a final
     sigmoid or softmax left out), for gradients."""
     layer = graph.score_step.layer
-    if graph.activation_inside:  # a Conv2D's or Dense's own activation: a linear twin
+    if graph.activation_inside:  # the score layer's own activation: a linear twin
         clone = keras.models.clone_model(graph.model)
         clone.set_weights(graph.model.get_weights())
         clone.get_layer(layer.name).activation = keras.activations.linear

@@ -9,7 +9,9 @@ Signatures (all take uint8 RGB images of any size; preprocessing lives inside th
                    contrastive when exported with a `contrast` setting
   serving_bytes    encoded JPEG/PNG strings [N] (same size) -> as serving_default
   metadata         () -> the unravel and input settings fixed at export time, the score
-                   output, num_classes, class_names (a binary head's two)
+                   output, num_classes, class_names (a binary head's two) and, for a
+                   one-channel head, binary_head (the layer it is split at, the per-element
+                   layers seen through, the sign)
 
 The settings are also written to `assets.extra/tf_segunravel.json`. The SavedModel needs
 only TensorFlow to load and run.
@@ -96,6 +98,8 @@ def build_archive(network, settings=None):
         "num_classes": int(num_classes),
         "class_names": list(graph.class_names) if graph.class_names else None,
     }
+    if graph.split is not None:  # where a one-channel head is split, and with which sign
+        recorded["binary_head"] = graph.split.describe()
 
     def metadata():
         return {key: tf.constant(str(value)) for key, value in recorded.items()}
@@ -119,10 +123,11 @@ def export_saved_model(network, export_dir, settings=None, overwrite=False):
     if os.path.exists(export_dir) and not overwrite:
         raise InputError(f"{export_dir}: already exists; pass overwrite=True to replace it")
     parent = os.path.dirname(export_dir)
+    # Built first: a model the unravel refuses leaves no directory behind.
+    archive, recorded = build_archive(network, settings)
     make_output_dir(parent, "export_dir", shown=export_dir)
     staging = tempfile.mkdtemp(prefix=".export-", dir=parent)
     try:
-        archive, recorded = build_archive(network, settings)
         archive.write_out(staging, verbose=False)
         extra = os.path.join(staging, "assets.extra")
         os.makedirs(extra, exist_ok=True)

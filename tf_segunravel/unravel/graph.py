@@ -14,6 +14,7 @@ import keras
 import tensorflow as tf
 
 if typing.TYPE_CHECKING:
+    from tf_segunravel.unravel.binary_head import BinarySplit
     from tf_segunravel.unravel.rules import LayerKind
 
 
@@ -120,10 +121,52 @@ def _final_activation(layer):
     return None
 
 
+# The layers that weigh input channels: a final sigmoid or softmax of their own is stepped
+# over by recomputing their output without it (`_linear_part`).
+WEIGHTED_LAYERS = (
+    keras.layers.Conv2D,
+    keras.layers.Conv2DTranspose,
+    keras.layers.DepthwiseConv2D,
+    keras.layers.SeparableConv2D,
+    keras.layers.Dense,
+)
+
+
 def _linear_part(layer, x):
-    """A Conv2D's or Dense's output before its activation (Keras' own ops, as its `call`)."""
+    """A weighted layer's output before its activation: Keras' own ops, as its `call` runs
+    them up to the activation (the layer itself is left untouched)."""
+    ops = keras.ops
     if isinstance(layer, keras.layers.Dense):
-        y = keras.ops.matmul(x, layer.kernel)
+        y = ops.matmul(x, layer.kernel)
+    elif isinstance(layer, keras.layers.Conv2DTranspose):
+        y = ops.conv_transpose(
+            x,
+            layer.kernel,
+            strides=list(layer.strides),
+            padding=layer.padding,
+            output_padding=layer.output_padding,
+            dilation_rate=layer.dilation_rate,
+            data_format=layer.data_format,
+        )
+    elif isinstance(layer, keras.layers.DepthwiseConv2D):
+        y = ops.depthwise_conv(
+            x,
+            layer.kernel,
+            strides=layer.strides,
+            padding=layer.padding,
+            dilation_rate=layer.dilation_rate,
+            data_format=layer.data_format,
+        )
+    elif isinstance(layer, keras.layers.SeparableConv2D):
+        y = ops.separable_conv(
+            x,
+            layer.depthwise_kernel,
+            layer.pointwise_kernel,
+            strides=layer.strides,
+            padding=layer.padding,
+            dilation_rate=layer.dilation_rate,
+            data_format=layer.data_format,
+        )
     else:
         y = layer.convolution_op(x, layer.kernel)
     return y + layer.bias if layer.use_bias else y
@@ -148,12 +191,14 @@ class ModelGraph:
     or the score layer's own activation) is stepped over, so the unravel starts from the
     logits before it. A score map with one channel (a sigmoid head) is a two-class problem,
     background and foreground split at logit 0: its scores become (-z / 2, z / 2), whose
-    softmax is (1 - sigmoid(z), sigmoid(z)). A model built for a fixed input size gets
-    images of any size resized to it, and everything it returns is mapped back onto the
-    images' own pixels.
+    softmax is (1 - sigmoid(z), sigmoid(z)), and its last channel-mixing layer's kernel is
+    split into the two classes' (`binary_head.py`; `split`). A model built for a fixed input
+    size gets images of any size resized to it, and everything it returns is mapped back
+    onto the images' own pixels.
     """
 
     def __init__(self, model, *, strict: bool = True, input=None, output: str | None = None):
+        from tf_segunravel.unravel.binary_head import find_split
         from tf_segunravel.unravel.rules import UntraceableLayerError, kind_for
         from tf_segunravel.unravel.settings import InputSettings
 
@@ -175,11 +220,11 @@ class ModelGraph:
                 self.stepped_over.append(step.layer.name)
                 score_id = step.inputs[0]
                 continue
-            if not isinstance(step.layer, (keras.layers.Conv2D, keras.layers.Dense)):
+            if not isinstance(step.layer, WEIGHTED_LAYERS):
                 raise ValueError(
                     f"the score layer {step.layer.name!r} ({type(step.layer).__name__}) ends "
                     f"in a {activation}; the unravel starts from the logits before it, which "
-                    f"only a Conv2D's or Dense's own activation can be stepped over for"
+                    f"only a convolution's or Dense's own activation can be stepped over for"
                 )
             self.stepped_over.append(f"{step.layer.name}.activation")
             self.activation_inside = True
@@ -199,13 +244,6 @@ class ModelGraph:
         self.binary = channels == 1
         self.num_classes = 2 if self.binary else channels
         self.class_names = BINARY_CLASS_NAMES if self.binary else None
-        is_linear = isinstance(self.score_step.layer, (keras.layers.Conv2D, keras.layers.Dense))
-        if strict and self.binary and not is_linear:  # only the walk needs the kernel
-            raise ValueError(
-                f"a one-channel score output is unravelled as two classes through its score "
-                f"layer's kernel, which needs a Conv2D or Dense; {self.score_step.layer.name!r}"
-                f" is a {type(self.score_step.layer).__name__}"
-            )
         input_shape = tuple(model.inputs[0].shape[1:3]) if hasattr(model, "inputs") else ()
         self.input_size = input_shape if len(input_shape) == 2 and None not in input_shape else None
         self.kinds: dict[int, LayerKind | None] = {}
@@ -216,6 +254,28 @@ class ModelGraph:
                 if strict:
                     raise
                 self.kinds[id(step)] = None
+        # A one-channel head's split (binary_head.py); only the walk needs it, so a
+        # non-strict graph keeps the refusal for `require_kinds`.
+        self.split: BinarySplit | None = None
+        self._split_error: ValueError | None = None
+        if self.binary:
+            try:
+                self.split = find_split(
+                    {o: step for step in self.steps for o in step.outputs},
+                    self.output_id,
+                    self.kind,
+                    self.activation_inside,
+                )
+            except UntraceableLayerError as error:
+                if strict:
+                    raise
+                self._split_error = error
+        # The step whose rule reads a replaced kernel (a binary split's, or a contrastive
+        # margin's), and the steps from it to the scores, whose points carry class channels.
+        self.kernel_step = self.split.step if self.split else self.score_step
+        self.head_steps = (
+            (self.kernel_step, *self.split.through) if self.split else (self.score_step,)
+        )
 
     def _output_label(self):
         return repr(self.output_name) if self.output_name else "the model's output"
@@ -240,13 +300,16 @@ class ModelGraph:
         )
 
     def require_kinds(self):
-        """Raises `UntraceableLayerError` for the first step without a kind (a graph built
-        with strict=False, handed to the engine)."""
+        """Raises `UntraceableLayerError` for the first step without a kind, or the reason
+        a one-channel head cannot be split (a graph built with strict=False, handed to the
+        engine)."""
         from tf_segunravel.unravel.rules import kind_for
 
         for step in self.steps:
             if self.kinds[id(step)] is None:
                 kind_for(step.layer, len(step.inputs))
+        if self._split_error is not None:
+            raise self._split_error
 
     def kind(self, step: Step) -> "LayerKind | None":
         """The step's `LayerKind` (None only in a non-strict graph)."""
@@ -289,12 +352,23 @@ class ModelGraph:
         return scores
 
     def score_kernel(self):
-        """The score layer's kernel as the walk reads it: for a binary head, the two classes'
-        filters (-w / 2, w / 2); else the layer's own (None: the rule reads `layer.kernel`)."""
+        """The kernel `kernel_step`'s rule reads: for a binary head, the two classes'
+        filters (-s w / 2, s w / 2) of its split layer (`BinarySplit.kernel`); else None
+        (the rule reads the layer's own)."""
         if not self.binary:
             return None
-        kernel = tf.convert_to_tensor(self.score_step.layer.kernel)
-        return tf.concat([-0.5 * kernel, 0.5 * kernel], axis=-1)
+        if self.split is None:
+            self.require_kinds()  # raises the reason
+        assert self.split is not None
+        return self.split.kernel()
+
+    def kernel_kind(self) -> "LayerKind":
+        """The kind of `kernel_step` (its `kernel` and `kernel_axis`)."""
+        kind = self.kind(self.kernel_step)
+        if kind is None:
+            self.require_kinds()
+        assert kind is not None
+        return kind
 
     def image_size(self, values):
         """int32 [2]: the (height, width) of the images as given."""

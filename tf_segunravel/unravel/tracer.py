@@ -21,7 +21,7 @@ from tf_segunravel.data.labels import IGNORE_LABEL
 from tf_segunravel.grids import first_argmax, labels_at_size, shrink_labels
 from tf_segunravel.unravel import graph
 from tf_segunravel.unravel.rules import Moved, Points, kernel_rows
-from tf_segunravel.unravel.rules.convolution import HELD_KERNELS, conv_rule, dense_rule
+from tf_segunravel.unravel.rules.convolution import HELD_KERNELS
 from tf_segunravel.unravel.settings import RUNNER_UP, FixationSettings, InputSettings
 
 
@@ -129,14 +129,14 @@ def contrast_seeds(points, scores, contrast):
     return points, tf.fill(tf.shape(points.cls), tf.constant(contrast, tf.int32))
 
 
-def margin_kernel(kernel, classes, against):
+def margin_kernel(kernel, classes, against, axis=-1):
     """The score layer's kernel as the contrastive unravel sees it: filter p is the margin
     between the classes of pair p, w_c - w_c'. Only the pairs the seeds use are built (a
     1000-class head would need 10^6 filters for every pair); the biases cancel in a
     difference of contributions. The layer's usual rule then runs on it unchanged
-    (docs/method.md, "Contrastive unravel")."""
+    (docs/method.md, "Contrastive unravel"). `axis`: the kernel's output-channel axis."""
     kernel = tf.convert_to_tensor(kernel)
-    return tf.gather(kernel, classes, axis=-1) - tf.gather(kernel, against, axis=-1)
+    return tf.gather(kernel, classes, axis=axis) - tf.gather(kernel, against, axis=axis)
 
 
 class Seeds(typing.NamedTuple):
@@ -299,24 +299,25 @@ class SegUnravel:
 
     def _hold_kernels(self):
         """Makes the transposed kernel tables (`kernel_rows`) of every convolution the walk
-        reads by rows, before any trace. The score layer's own kernel is not read where a
+        reads by rows, before any trace. The kernel step's own kernel is not read where a
         margin or binary kernel replaces it."""
-        replaced = self.contrast is not None or self.graph.score_kernel() is not None
+        replaced = self.contrast is not None or self.graph.binary
         for step in self.graph.steps:
-            if replaced and step is self.graph.score_step:
-                continue
             kind = self.graph.kind(step)
             for name in HELD_KERNELS.get(kind.rule, ()) if kind else ():
-                kernel_rows.hold(step.layer, name)
+                if not (replaced and step is self.graph.kernel_step and name == kind.kernel):
+                    kernel_rows.hold(step.layer, name)
 
     def _check_contrast(self):
-        layer = self.graph.score_step.layer
-        rule = self.graph.kind(self.graph.score_step).rule
-        if (
-            not isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense))
-            or getattr(layer, "groups", 1) != 1
-            or rule not in (conv_rule, dense_rule)
-        ):
+        """The margin kernel replaces the kernel step's. A one-channel head's split layer
+        takes it wherever it takes the split (the margin is s w, the foreground's own
+        ranking); a multi-class score layer must be a Conv2D (groups=1) or Dense, the kinds
+        the margin is checked for against the naive reference."""
+        layer = self.graph.kernel_step.layer
+        multi_class = isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)) and (
+            getattr(layer, "groups", 1) == 1
+        )
+        if not (self.graph.binary or multi_class) or self.graph.kernel_kind().kernel is None:
             raise ValueError(
                 f"contrast needs the model's output layer to be the score layer, a Conv2D "
                 f"(groups=1) or Dense; {layer.name!r} is a {type(layer).__name__}"
@@ -392,8 +393,11 @@ class SegUnravel:
         if self.contrast is not None:
             points, against = contrast_seeds(points, scores, self.contrast)
             pairs, pair_index = tf.unique(points.cls * self.num_classes + against)
-            own = self.graph.score_step.layer.kernel if kernel is None else kernel
-            kernel = margin_kernel(own, pairs // self.num_classes, pairs % self.num_classes)
+            kind = self.graph.kernel_kind()
+            own = getattr(self.graph.kernel_step.layer, kind.kernel) if kernel is None else kernel
+            kernel = margin_kernel(
+                own, pairs // self.num_classes, pairs % self.num_classes, kind.kernel_axis
+            )
             points = points.replace(ch=pair_index)
         batch = tf.shape(values[self.graph.input_id])[0]
         per_class = tf.math.bincount(
@@ -414,6 +418,11 @@ class SegUnravel:
     def _propagate(self, values, seeds):
         pending = {self.graph.output_id: [(seeds.points, False)]}
         flow, channel_scores = [], []
+        # Where a kernel replaces the kernel step's, the points from the scores down to it
+        # carry that kernel's channels (a binary head's two classes, a margin's pairs).
+        head = {id(step) for step in self.graph.head_steps} if seeds.kernel is not None else ()
+        if head:
+            head_channels = tf.shape(seeds.kernel)[self.graph.kernel_kind().kernel_axis]
         for step in reversed(self.graph.steps):
             arrived = pending.pop(step.outputs[0], None)
             if not arrived:
@@ -421,9 +430,10 @@ class SegUnravel:
             output = values[step.outputs[0]]
             sizes = _sizes(output, self.num_classes)
             extra = {}
-            if seeds.kernel is not None and step is self.graph.score_step:
+            if id(step) in head:
+                sizes = (*sizes[:4], head_channels)
+            if seeds.kernel is not None and step is self.graph.kernel_step:
                 extra = {"kernel": seeds.kernel}
-                sizes = (*sizes[:4], tf.shape(seeds.kernel)[-1])
             # One name scope per layer (its merge and rule): profiles and op counts of the
             # compiled walk attribute every op to its layer (bench/profile_unravel.py).
             with tf.name_scope(_scope_name(step.layer.name)):

@@ -76,6 +76,7 @@ from tf_segunravel.unravel.rules.spatial import (
 
 __all__ = [
     "KEEPS_MAP",
+    "PASS_THROUGH",
     "LayerKind",
     "Moved",
     "Points",
@@ -108,12 +109,19 @@ class LayerKind:
       need not merge them again when they are all that reaches a layer (half the layers of a
       ResNet or MobileNet are normalisations and activations, and a merge is a score of graph
       ops).
+    kernel: the name of the layer's weight that the rule's `kernel=` argument replaces, or
+      None where the rule takes no `kernel=`. The contrastive unravel hands a margin kernel
+      there, and a one-channel head its two classes' kernel (`binary_head.py`), so a head
+      may end in this layer only where it is declared.
+    kernel_axis: the axis of that weight that holds the layer's output channels.
     """
 
     rule: Callable
     multi_input: bool = False
     geometry: StepMap | str | None = KEEPS_MAP
     keeps_merged: bool = False
+    kernel: str | None = None
+    kernel_axis: int = -1
 
 
 PASS_THROUGH_LAYERS = (
@@ -171,15 +179,21 @@ def _application_layers():
 POOLING_LAYERS = (L.MaxPooling2D, L.AveragePooling2D, CaffePooling2D)
 GLOBAL_POOLING_LAYERS = (L.GlobalMaxPooling2D, L.GlobalAveragePooling2D)
 
+_KERNEL_AXIS_2: dict[str, typing.Any] = {"kernel": "kernel", "kernel_axis": 2}
+
 # Most specific first: Conv2DTranspose, DepthwiseConv2D and SeparableConv2D are not Conv2D
 # subclasses in Keras 3, but the order keeps that safe if they become ones.
 LAYER_KINDS = [
     (PASS_THROUGH_LAYERS, PASS_THROUGH),
-    (L.Conv2DTranspose, LayerKind(transpose_rule, geometry=transpose_map)),
-    (L.DepthwiseConv2D, LayerKind(depthwise_rule, geometry=conv_window_map)),
-    (L.SeparableConv2D, LayerKind(separable_rule, geometry=conv_window_map)),
-    (L.Conv2D, LayerKind(conv_rule, geometry=conv_window_map)),
-    (L.Dense, LayerKind(dense_rule, geometry=collapse_map)),
+    # Conv2DTranspose's kernel is [kh, kw, filters, C_in]: its output channels are axis 2.
+    (L.Conv2DTranspose, LayerKind(transpose_rule, geometry=transpose_map, **_KERNEL_AXIS_2)),
+    (L.DepthwiseConv2D, LayerKind(depthwise_rule, geometry=conv_window_map, kernel="kernel")),
+    (
+        L.SeparableConv2D,
+        LayerKind(separable_rule, geometry=conv_window_map, kernel="pointwise_kernel"),
+    ),
+    (L.Conv2D, LayerKind(conv_rule, geometry=conv_window_map, kernel="kernel")),
+    (L.Dense, LayerKind(dense_rule, geometry=collapse_map, kernel="kernel")),
     (POOLING_LAYERS, LayerKind(pooling_rule, geometry=pooling_map)),
     (GLOBAL_POOLING_LAYERS, LayerKind(global_pooling_rule, geometry=collapse_map)),
     (L.Flatten, LayerKind(flatten_rule, geometry=collapse_map)),
@@ -242,6 +256,8 @@ def register_rule(
     *,
     geometry: StepMap | str | None = None,
     keeps_merged: bool = False,
+    kernel: str | None = None,
+    kernel_axis: int = -1,
 ) -> Registration:
     """Traces `layer_class` (and its subclasses) with `rule` from now on; a registered rule
     wins over the built-in ones. See the module docstring for the rule's signature.
@@ -256,6 +272,11 @@ def register_rule(
         refused when traced (never assumed to keep the map).
       keeps_merged: the rule hands on the points it receives unchanged or as ordered subsets
         (`LayerKind`); False is always safe.
+      kernel: the rule takes `kernel=`, a replacement for the layer's weight of this name
+        (whose output channels lie on `kernel_axis`). Declaring it lets a one-channel head
+        end in this layer (it is split there into two classes) and the contrastive unravel
+        start from it.
+      kernel_axis: the output-channel axis of that weight.
 
     Returns a `Registration`: `remove()` it, or use it as a context manager, to undo.
     """
@@ -265,10 +286,15 @@ def register_rule(
         raise TypeError(
             f"geometry must be None, {KEEPS_MAP!r} or a step map function, got {geometry!r}"
         )
+    if kernel is not None and not isinstance(kernel, str):
+        raise TypeError(f"kernel must be the name of the layer's weight, got {kernel!r}")
     types = layer_class if isinstance(layer_class, tuple) else (layer_class,)
     if not types or not all(isinstance(t, type) for t in types):
         raise TypeError(f"layer_class must be a class or a tuple of classes, got {layer_class!r}")
-    entry = (types, LayerKind(rule, bool(multi_input), geometry, bool(keeps_merged)))
+    entry = (
+        types,
+        LayerKind(rule, bool(multi_input), geometry, bool(keeps_merged), kernel, int(kernel_axis)),
+    )
     _registered.insert(0, entry)
     return Registration(entry)
 

@@ -230,24 +230,26 @@ def depthwise(x, output, points, settings, kernel, strides, dilation, padding):
     return Moved([to_taps(points, parents, ys, xs, tap, channel, x, settings)])
 
 
-def depthwise_rule(layer, x, output, points, settings):
-    """DepthwiseConv2D, with any depth multiplier."""
+def depthwise_rule(layer, x, output, points, settings, kernel=None):
+    """DepthwiseConv2D, with any depth multiplier. `kernel` replaces the layer's own (a
+    one-channel head's two classes: one input channel, multiplier 2)."""
     return depthwise(
         x,
         output,
         points,
         settings,
-        layer.kernel,
+        layer.kernel if kernel is None else kernel,
         layer.strides,
         layer.dilation_rate,
         layer.padding,
     )
 
 
-def separable_rule(layer, x, output, points, settings):
+def separable_rule(layer, x, output, points, settings, kernel=None):
     """SeparableConv2D, traced as its two steps: the pointwise 1x1 convolution (top-K
     channels of the depthwise output), then the depthwise step to the input. The depthwise
-    output is not a tensor of the graph, so it is computed here from the recorded input."""
+    output is not a tensor of the graph, so it is computed here from the recorded input.
+    `kernel` replaces the pointwise kernel, as in `conv_rule`."""
     strides, dilation = tuple(layer.strides), tuple(layer.dilation_rate)
     middle = tf.nn.depthwise_conv2d(
         x,
@@ -261,11 +263,11 @@ def separable_rule(layer, x, output, points, settings):
         output,
         points,
         settings,
-        layer.pointwise_kernel,
+        layer.pointwise_kernel if kernel is None else kernel,
         (1, 1),
         (1, 1),
         "valid",
-        held=kernel_rows.for_layer(layer, "pointwise_kernel"),
+        held=kernel_rows.for_layer(layer, "pointwise_kernel") if kernel is None else None,
     )
     (between,) = pointwise.points
     moved = depthwise(
@@ -274,12 +276,13 @@ def separable_rule(layer, x, output, points, settings):
     return Moved(moved.points, pointwise.channel_scores)
 
 
-def transpose_rule(layer, x, output, points, settings):
+def transpose_rule(layer, x, output, points, settings, kernel=None):
     """Conv2DTranspose: input position i feeds output i s - p + t d for each tap t, so an
     output point's candidates are the taps t with (o + p - t d) / s a whole position inside
     the input. Top-K input channels by summed contribution; position by the shift setting
-    (no shift: the candidate tap nearest the kernel centre)."""
-    kernel = tf.cast(layer.kernel, x.dtype)  # [kh, kw, filters, C_in]
+    (no shift: the candidate tap nearest the kernel centre). `kernel` replaces the layer's
+    own, as in `conv_rule` (its filters on axis 2)."""
+    kernel = tf.cast(layer.kernel if kernel is None else kernel, x.dtype)  # [kh, kw, F, C_in]
     kh, kw, _, in_channels = kernel.shape
     (sh, sw), (dh, dw) = layer.strides, layer.dilation_rate
     in_h, in_w = tf.shape(x)[1], tf.shape(x)[2]
