@@ -48,7 +48,7 @@ setup(
         "scipy",
     ],
     extras_require={
-        "test": ["pytest>=7", "pytest-xdist>=3", "ruff>=0.4", "mypy>=1.10"],
+        "test": ["pytest>=7", "pytest-xdist>=3", "ruff>=0.4", "mypy>=1.10", "import-linter>=2.1"],
         # DeepLab's dense CRF (tf_segunravel/crf.py); built from source, needs a C++ compiler.
         "crf": ["pydensecrf2>=1.1"],
         # Gradient baselines beside the fixations (tf_segunravel/baselines.py).

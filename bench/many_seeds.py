@@ -25,7 +25,7 @@ from PIL import Image
 
 from bench.timing import median_seconds
 from bench.zoo import unet
-from tf_segunravel.unravel.files import FixationWriter
+from tf_segunravel.fixation_files import FixationWriter
 from tf_segunravel.unravel.settings import FixationSettings
 
 flags.DEFINE_integer("side", 512, "Square image side.")

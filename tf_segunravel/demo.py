@@ -162,8 +162,8 @@ def _export(job):
 
 
 def _write_fixations(job, fixation_dir, contrast):
+    from tf_segunravel.fixation_files import FixationWriter
     from tf_segunravel.training import load_network
-    from tf_segunravel.unravel.files import FixationWriter
 
     _banner("fixations", f"{job.fixation_images} val images -> {fixation_dir}")
     shutil.rmtree(fixation_dir, ignore_errors=True)  # no files left from other inputs

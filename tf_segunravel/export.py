@@ -29,9 +29,10 @@ from tf_segunravel.atomic import make_output_dir
 from tf_segunravel.errors import InputError
 from tf_segunravel.grids import first_argmax, labels_at_size, scores_at_size
 from tf_segunravel.unravel.geometry import ScoreMap
+from tf_segunravel.unravel.graph import as_graph
 from tf_segunravel.unravel.maps import fixation_maps
 from tf_segunravel.unravel.settings import FixationSettings
-from tf_segunravel.unravel.tracer import SegUnravel, as_graph
+from tf_segunravel.unravel.tracer import SegUnravel
 
 METADATA_FILE = "tf_segunravel.json"
 

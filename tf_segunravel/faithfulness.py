@@ -419,8 +419,8 @@ def run(
     from tf_segunravel import baselines
     from tf_segunravel.data.labels import class_name
     from tf_segunravel.unravel import FixationSettings, ScoreMap, SegUnravel
+    from tf_segunravel.unravel.graph import as_graph
     from tf_segunravel.unravel.settings import RUNNER_UP
-    from tf_segunravel.unravel.tracer import as_graph
 
     settings = settings or FixationSettings(sigma=6.0)
     graph = as_graph(network, strict=False)

@@ -9,7 +9,7 @@ say what input it expects, --output which output holds the scores), a training m
 or a SavedModel from tools/export.py (its `fixations` signature, whose unravel and input
 settings were fixed at export; the heat-map flags still apply).
 For each image <stem> it writes <stem>.npz, <stem>.png and <stem>.json (and
-<stem>_flow.gif with --flow) into --output_dir; see tf_segunravel/unravel/files.py.
+<stem>_flow.gif with --flow) into --output_dir; see tf_segunravel/fixation_files.py.
 """
 
 import os
@@ -127,8 +127,8 @@ def check_export_settings(path, fixation_settings):
 
 def main(argv):
     del argv  # cli.run rejects positional arguments
+    from tf_segunravel.fixation_files import FixationWriter, expand_images
     from tf_segunravel.training import load_network
-    from tf_segunravel.unravel.files import FixationWriter, expand_images
 
     if FLAGS.compare:  # before any model loads
         from tf_segunravel import baselines

@@ -210,7 +210,7 @@ def test_impossible_output_dir_is_one_line(tmp_path, tiny_model):
 def test_rescaled_counts_add_up_and_saturate():
     """Points merged by the --max_side rescale add their counts; a sum past int64 saturates
     at its largest value, as the engine's counts do, instead of wrapping to negative."""
-    from tf_segunravel.unravel.files import rescale_points
+    from tf_segunravel.fixation_files import rescale_points
     from tf_segunravel.unravel.tracer import MAX_COUNT, UnravelResult
 
     points = np.array([[0, 1, 0, 0], [0, 1, 0, 1], [0, 2, 3, 3], [0, 2, 3, 2]], np.int32)

@@ -28,7 +28,7 @@ def _unknown_dataset(dataset, error):
 
 def dataset_metadata(dataset, data_dir=None):
     """The TFDS metadata of `dataset` (class_names, class_kinds, ...); {} for folders."""
-    import tf_segunravel.data  # noqa: F401  (registers the package's TFDS builders)
+    from tf_segunravel.data import shapes, voc  # noqa: F401  (registers the TFDS builders)
 
     if dataset.startswith(FOLDER_PREFIX):
         return {}
@@ -62,7 +62,7 @@ def load_split(
     `folder:<dir>` for a directory with `images/` and `masks/` (then `split` names a
     sub-directory of `<dir>` when it has one, and `num_classes` bounds the label values).
     """
-    import tf_segunravel.data  # noqa: F401  (registers the package's TFDS builders)
+    from tf_segunravel.data import shapes, voc  # noqa: F401  (registers the TFDS builders)
 
     if dataset.startswith(FOLDER_PREFIX):
         from tf_segunravel.data.folder import folder_dataset

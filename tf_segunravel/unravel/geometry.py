@@ -14,6 +14,7 @@ is (8, 0) on both axes: score i over pixel 8i, DeepLab's aligned-corner rule (te
 
 import tensorflow as tf
 
+from tf_segunravel.unravel.graph import as_graph
 from tf_segunravel.unravel.rules import KEEPS_MAP, refuse
 from tf_segunravel.unravel.rules.base import spatial_size
 
@@ -88,6 +89,19 @@ def score_geometry(model_graph, values):
         return tf.stack([tf.stack([scale_y, offset_y]), tf.stack([scale_x, offset_x])])
 
 
+def image_geometry(model_graph, values):
+    """float32 [2, 2] (`score_geometry`) on the images' own pixels: composed with the resize
+    to a fixed input size, pixel centres matched."""
+    geometry = score_geometry(model_graph, values)
+    if model_graph.input_size is None:
+        return geometry
+    ratio = tf.cast(model_graph.image_size(values), tf.float32) / tf.cast(
+        model_graph.fed_size(values), tf.float32
+    )
+    scale, offset = geometry[:, 0] * ratio, (geometry[:, 1] + 0.5) * ratio - 0.5
+    return tf.stack([scale, offset], axis=1)
+
+
 class ScoreMap:
     """A model's scores together with where they sit on the image.
 
@@ -100,15 +114,13 @@ class ScoreMap:
     """
 
     def __init__(self, model, *, input=None, output=None):
-        from tf_segunravel.unravel.tracer import as_graph
-
         self.graph = as_graph(model, input=input, output=output, strict=False)
 
     @tf.autograph.experimental.do_not_convert  # static Python over the graph (see tracer)
     def __call__(self, images):
         """(logits [B, h, w, classes], geometry [2, 2]) as `graph.ModelGraph` reads them."""
         values = self.graph.record(images)
-        return self.graph.scores(values), self.graph.geometry(values)
+        return self.graph.scores(values), image_geometry(self.graph, values)
 
     def at_image_size(self, images):
         """Scores [B, H, W, C] on the images' own pixels (`grids.scores_at_size`)."""

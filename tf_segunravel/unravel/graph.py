@@ -377,20 +377,6 @@ class ModelGraph:
     def fed_size(self, values):
         return tf.shape(values[self.input_id])[1:3]
 
-    def geometry(self, values):
-        """float32 [2, 2] (`geometry.score_geometry`) on the images' own pixels: composed
-        with the resize to a fixed input size, pixel centres matched."""
-        from tf_segunravel.unravel.geometry import score_geometry
-
-        geometry = score_geometry(self, values)
-        if self.input_size is None:
-            return geometry
-        ratio = tf.cast(self.image_size(values), tf.float32) / tf.cast(
-            self.fed_size(values), tf.float32
-        )
-        scale, offset = geometry[:, 0] * ratio, (geometry[:, 1] + 0.5) * ratio - 0.5
-        return tf.stack([scale, offset], axis=1)
-
 
 def _ancestors(steps, output_id):
     """The steps the tensor `output_id` depends on, in their topological order."""
@@ -400,3 +386,14 @@ def _ancestors(steps, output_id):
             kept.append(step)
             needed.update(step.inputs)
     return kept[::-1]
+
+
+def as_graph(model, *, input=None, output=None, strict=True):
+    """`model` as a `graph.ModelGraph` (a graph is taken as it is)."""
+    if isinstance(model, ModelGraph):
+        if input is not None or output is not None:
+            raise ValueError("input= and output= belong to the ModelGraph already given")
+        if strict:
+            model.require_kinds()
+        return model
+    return ModelGraph(model, input=input, output=output, strict=strict)

@@ -20,6 +20,7 @@ import tensorflow as tf
 from tf_segunravel.data.labels import IGNORE_LABEL
 from tf_segunravel.grids import first_argmax, labels_at_size, shrink_labels
 from tf_segunravel.unravel import graph
+from tf_segunravel.unravel.geometry import image_geometry
 from tf_segunravel.unravel.rules import Moved, Points, kernel_rows
 from tf_segunravel.unravel.rules.convolution import HELD_KERNELS
 from tf_segunravel.unravel.settings import RUNNER_UP, FixationSettings, InputSettings
@@ -269,7 +270,7 @@ class SegUnravel:
     ) -> None:
         settings = settings or FixationSettings()
         self.settings = dataclasses.replace(settings, **fields) if fields else settings
-        self.graph = as_graph(model, input=input, output=output, strict=True)
+        self.graph = graph.as_graph(model, input=input, output=output, strict=True)
         self.model = self.graph.model
         self.num_classes = self.graph.num_classes
         class_names = class_names or self.graph.class_names
@@ -358,7 +359,7 @@ class SegUnravel:
         seeding on the score grid, propagation down the layers, then the image's points."""
         scores = self.graph.scores(values)
         labels = tf.cast(first_argmax(scores, axis=-1), tf.int32)
-        geometry = self.graph.geometry(values)
+        geometry = image_geometry(self.graph, values)
         seeds = self.seed(values, scores, labels, geometry, seed_labels, classes)
         at_input, flow, channel_scores = self.propagate(values, seeds)
         points = self.finish(values, at_input)
@@ -492,17 +493,6 @@ class SegUnravel:
         seed_labels = None if seed_labels is None else tf.convert_to_tensor(seed_labels)
         classes = None if classes is None else tf.constant(list(classes), tf.int32)
         return self._traced(images, seed_labels, classes).numpy()
-
-
-def as_graph(model, *, input=None, output=None, strict=True):
-    """`model` as a `graph.ModelGraph` (a graph is taken as it is)."""
-    if isinstance(model, graph.ModelGraph):
-        if input is not None or output is not None:
-            raise ValueError("input= and output= belong to the ModelGraph already given")
-        if strict:
-            model.require_kinds()
-        return model
-    return graph.ModelGraph(model, input=input, output=output, strict=strict)
 
 
 def _rescale(positions, from_size, to_size):

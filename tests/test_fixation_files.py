@@ -7,8 +7,8 @@ import keras
 import numpy as np
 from PIL import Image
 
+from tf_segunravel.fixation_files import FixationWriter, ImageFixations
 from tf_segunravel.unravel import FixationSettings
-from tf_segunravel.unravel.files import FixationWriter, ImageFixations
 
 L = keras.layers
 
