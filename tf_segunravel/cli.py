@@ -220,12 +220,16 @@ def input_settings():
     return settings.from_flags(InputSettings, prefix="input_")
 
 
-def model_graph(network, flag="model"):
-    """`network` (a Keras model) as the parsed --input_* and --output flags read it: a
-    `ModelGraph`, or an InputError naming the flag."""
-    from tf_segunravel.unravel.graph import ModelGraph
+def load_model(path=None, flag="model"):
+    """The model at `path` (default: the --`flag` flag's value) as `loading.load_model`
+    reads it, fed and read as the parsed --input_* and --output flags say; a model the
+    unravel's graph cannot read is an InputError naming the flag."""
+    from tf_segunravel.loading import load_model as load
 
+    path = flags.FLAGS[flag].value if path is None else path
     try:
-        return ModelGraph(network, input=input_settings(), output=flags.FLAGS.output, strict=False)
+        return load(path, input=input_settings(), output=flags.FLAGS.output)
+    except InputError:
+        raise
     except ValueError as e:
-        raise InputError(f"--{flag}={flags.FLAGS[flag].value}: {flag_message(str(e))}") from e
+        raise InputError(f"--{flag}={path}: {flag_message(str(e))}") from e

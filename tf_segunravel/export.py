@@ -14,7 +14,8 @@ Signatures (all take uint8 RGB images of any size; preprocessing lives inside th
                    layers seen through, the sign)
 
 The settings are also written to `assets.extra/tf_segunravel.json`. The SavedModel needs
-only TensorFlow to load and run.
+only TensorFlow to load and run. `SavedModelReader` reads one back as the fixation tool does
+(`loading.load_model` picks it for a SavedModel directory).
 """
 
 import json
@@ -23,6 +24,7 @@ import shutil
 import tempfile
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from tf_segunravel.atomic import make_output_dir
@@ -32,7 +34,7 @@ from tf_segunravel.unravel.geometry import ScoreMap
 from tf_segunravel.unravel.graph import as_graph
 from tf_segunravel.unravel.maps import fixation_maps
 from tf_segunravel.unravel.settings import FixationSettings
-from tf_segunravel.unravel.tracer import SegUnravel
+from tf_segunravel.unravel.tracer import SegUnravel, UnravelResult
 
 METADATA_FILE = "tf_segunravel.json"
 
@@ -162,11 +164,35 @@ def saved_model_metadata(path):
         raise InputError(f"{path}: SavedModel lacks assets.extra/{METADATA_FILE}") from e
 
 
-def saved_model_classes(path):
-    """The class count recorded in an exported SavedModel."""
-    return int(saved_model_metadata(path)["num_classes"])
+class SavedModelReader:
+    """An exported SavedModel read back: its recorded settings, and fixations from its
+    `fixations` signature (the unravel and input settings fixed there at export)."""
 
+    def __init__(self, path: str):
+        self.path = path
+        self.metadata = saved_model_metadata(path)
+        self.num_classes = int(self.metadata["num_classes"])
+        self.class_names = self.metadata.get("class_names")
+        try:
+            self._loaded = tf.saved_model.load(path)  # keeps the variables alive
+            self.signature = self._loaded.signatures["fixations"]
+        except (OSError, ValueError, KeyError) as e:
+            raise InputError(f"{path}: not a SavedModel with a 'fixations' signature") from e
 
-def saved_model_class_names(path):
-    """The class names recorded at export (a binary head's two), or None."""
-    return saved_model_metadata(path).get("class_names")
+    def __call__(self, image, seed_labels=None, classes=None, probabilities=False):
+        """As `fixation_files.KerasFixations`: (`UnravelResult` of a batch of one, labels
+        [H, W], softmax [H, W, C] with `probabilities`, else None)."""
+        if seed_labels is not None:
+            raise InputError("seeding from masks needs a Keras model, not a SavedModel")
+        out = {k: v.numpy() for k, v in self.signature(images=tf.constant(image[None])).items()}
+        points, counts, seeds = out["points"], out["counts"], out["seeds"]
+        if classes is not None:  # each class's points come from its own seeds only
+            keep = np.isin(points[:, 1], classes)
+            points, counts = points[keep], counts[keep]
+            seeds = np.where(np.isin(np.arange(seeds.shape[1]), classes), seeds, 0)
+        result = UnravelResult(points, counts, labels=None, seeds=seeds, scores=None)
+        softmax = None
+        if probabilities:  # the fixations signature has labels only; one more forward pass
+            segment = self._loaded.signatures["serving_default"]
+            softmax = segment(images=tf.constant(image[None]))["probabilities"].numpy()[0]
+        return result, out["labels"][0], softmax

@@ -22,9 +22,10 @@ from tf_segunravel.atomic import check_output_dir, make_output_dir, save_atomica
 from tf_segunravel.data.labels import class_name, read_image, read_label_png
 from tf_segunravel.errors import InputError
 from tf_segunravel.grids import first_argmax, scores_at_size
+from tf_segunravel.loading import as_loaded
 from tf_segunravel.unravel.maps import heatmaps, inlier_mask
 from tf_segunravel.unravel.settings import FixationSettings
-from tf_segunravel.unravel.tracer import MAX_COUNT, SegUnravel, UnravelResult
+from tf_segunravel.unravel.tracer import MAX_COUNT, SegUnravel
 from tf_segunravel.viz import comparison_figure, flow_gif, overlay_figure
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
@@ -96,33 +97,6 @@ class KerasFixations:
         return result, first_argmax(full, axis=-1).numpy().astype(np.int32), softmax
 
 
-class SavedModelFixations:
-    """Fixations from an exported SavedModel's `fixations` signature (settings fixed there)."""
-
-    def __init__(self, path):
-        try:
-            self._loaded = tf.saved_model.load(path)  # keeps the variables alive
-            self.signature = self._loaded.signatures["fixations"]
-        except (OSError, ValueError, KeyError) as e:
-            raise InputError(f"{path}: not a SavedModel with a 'fixations' signature") from e
-
-    def __call__(self, image, seed_labels=None, classes=None, probabilities=False):
-        if seed_labels is not None:
-            raise InputError("seeding from masks needs a Keras model, not a SavedModel")
-        out = {k: v.numpy() for k, v in self.signature(images=tf.constant(image[None])).items()}
-        points, counts, seeds = out["points"], out["counts"], out["seeds"]
-        if classes is not None:  # each class's points come from its own seeds only
-            keep = np.isin(points[:, 1], classes)
-            points, counts = points[keep], counts[keep]
-            seeds = np.where(np.isin(np.arange(seeds.shape[1]), classes), seeds, 0)
-        result = UnravelResult(points, counts, labels=None, seeds=seeds, scores=None)
-        softmax = None
-        if probabilities:  # the fixations signature has labels only; one more forward pass
-            segment = self._loaded.signatures["serving_default"]
-            softmax = segment(images=tf.constant(image[None]))["probabilities"].numpy()[0]
-        return result, out["labels"][0], softmax
-
-
 def rescale_points(result, from_size, to_size):
     """`result` with its points moved from an image of `from_size` to one of `to_size`
     (pixel centres scaled), identical points merged and their counts added."""
@@ -144,8 +118,9 @@ def rescale_points(result, from_size, to_size):
 class FixationWriter:
     """Unravels image files one by one and writes their fixation files.
 
-    `model` is a Keras model, or the path of a SavedModel with a `fixations` signature
-    (whose settings were fixed at export; then only `settings`' heat-map fields apply).
+    `model` is a `loading.LoadedModel`, a Keras model or `ModelGraph`, or a path
+    `loading.load_model` reads (a SavedModel's settings were fixed at export; then only
+    `settings`' heat-map fields apply).
     """
 
     def __init__(
@@ -167,26 +142,21 @@ class FixationWriter:
         self.compare = tuple(compare)
         self.gradcam_layer = gradcam_layer
         self.crf_settings = crf_settings
-        if isinstance(model, str):
+        loaded = as_loaded(model)
+        if loaded.saved_model is not None:
             if flow:
                 raise InputError("flow=True needs a Keras model, not a SavedModel")
-            self.fixations = SavedModelFixations(model)
+            self.fixations = loaded.saved_model
         else:
-            self.fixations = KerasFixations(model, self.settings, flow)
+            self.fixations = KerasFixations(loaded.graph, self.settings, flow)
         if self.compare:
             from tf_segunravel import baselines
 
-            if isinstance(model, str):
-                raise InputError(
-                    "compare: needs a Keras model (a .keras file or a training dir); a "
-                    "SavedModel keeps no gradients"
-                )
+            loaded.keras("compare: the gradient methods (a SavedModel keeps no gradients)")
             baselines.check_methods(self.compare, flag="compare")
         self.output_dir = output_dir
         self.classes = classes
-        if class_names is None and isinstance(self.fixations, KerasFixations):
-            class_names = self.fixations.engine.graph.class_names  # a binary head's two
-        self.class_names = class_names
+        self.class_names = class_names or loaded.class_names
         self.max_side = max_side
         self.flow = flow
         self.seed_from_masks = seed_from_masks

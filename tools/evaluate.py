@@ -65,7 +65,6 @@ def main(argv):
     from tf_segunravel.data import load_split
     from tf_segunravel.data.pipeline import dataset_classes
     from tf_segunravel.evaluation import crf_search, evaluate, format_table
-    from tf_segunravel.training import load_network
 
     crf_settings = None
     if FLAGS.crf or FLAGS.crf_search:
@@ -73,7 +72,7 @@ def main(argv):
             flag = "--crf_search" if FLAGS.crf_search else "--crf"
             raise InputError(f"{flag} {crf.INSTALL_HINT}")
         crf_settings = settings.from_flags(CRFSettings, prefix="crf_")
-    network = cli.model_graph(load_network(FLAGS.model))
+    network = cli.load_model().keras("tools/evaluate.py")
     num_classes = network.num_classes
     examples = load_split(FLAGS.dataset, FLAGS.split, FLAGS.data_dir, num_classes)
     names, _ = dataset_classes(FLAGS.dataset, FLAGS.data_dir, num_classes)

@@ -147,10 +147,9 @@ def template_sweep():
 
 def location_over_seeds():
     from tf_segunravel import experiments as ex
-    from tf_segunravel.training import load_network
 
     # every model checked first
-    networks = [cli.model_graph(load_network(path), "models") for path in FLAGS.models]
+    networks = [cli.load_model(path, "models").keras("--models") for path in FLAGS.models]
     inputs = analysis_inputs(networks[0])
     summary = ex.location_over_seeds(
         networks,
@@ -218,10 +217,9 @@ def faithfulness_over_seeds():
     check_methods()
     from tf_segunravel import experiments as ex
     from tf_segunravel.faithfulness import NoPairsError
-    from tf_segunravel.training import load_network
 
     # every model checked first
-    networks = [cli.model_graph(load_network(path), "models") for path in FLAGS.models]
+    networks = [cli.load_model(path, "models").keras("--models") for path in FLAGS.models]
     inputs = analysis_inputs(networks[0])
     try:
         result = ex.faithfulness_over_seeds(networks, FLAGS.models, inputs, FLAGS.output_dir)
@@ -243,9 +241,8 @@ def main(argv):
         check_methods()
     from tf_segunravel import experiments as ex
     from tf_segunravel.faithfulness import NoPairsError
-    from tf_segunravel.training import load_network
 
-    inputs = analysis_inputs(cli.model_graph(load_network(FLAGS.model)))
+    inputs = analysis_inputs(cli.load_model().keras("--experiment"))
     chosen = ALL_EXPERIMENTS if FLAGS.experiment == "all" else [FLAGS.experiment]
     for name in chosen:
         try:

@@ -37,9 +37,8 @@ FLAGS = flags.FLAGS
 def main(argv):
     del argv  # cli.run rejects positional arguments
     from tf_segunravel.export import export_saved_model
-    from tf_segunravel.training import load_network
 
-    network = cli.model_graph(load_network(FLAGS.model))
+    network = cli.load_model().keras("tools/export.py")
     fixation_settings = cli.fixation_settings(network.class_names, network.num_classes)
     settings = export_saved_model(
         network, FLAGS.export_dir, fixation_settings, overwrite=FLAGS.overwrite

@@ -103,12 +103,11 @@ def resolve_classes(spec, names, num_classes):
     return classes
 
 
-def check_export_settings(path, fixation_settings):
+def check_export_settings(recorded, fixation_settings):
     """A SavedModel's `fixations` signature traces with the unravel and input settings it was
-    exported with; a flag given here that differs would be silently ignored, so refuse it."""
-    from tf_segunravel.export import saved_model_metadata
-
-    recorded = saved_model_metadata(path)
+    exported with (`recorded`, its metadata); a flag given here that differs would be
+    silently ignored, so refuse it."""
+    path = FLAGS.model
     given = {name: getattr(fixation_settings, name) for name in fixation_settings.UNRAVEL_FIELDS}
     given.update((f"input_{name}", value) for name, value in cli.input_settings().as_dict().items())
     given["output"] = FLAGS.output
@@ -128,7 +127,6 @@ def check_export_settings(path, fixation_settings):
 def main(argv):
     del argv  # cli.run rejects positional arguments
     from tf_segunravel.fixation_files import FixationWriter, expand_images
-    from tf_segunravel.training import load_network
 
     if FLAGS.compare:  # before any model loads
         from tf_segunravel import baselines
@@ -142,22 +140,14 @@ def main(argv):
             raise InputError(f"--crf {crf.INSTALL_HINT}")
         crf_settings = settings.from_flags(CRFSettings, prefix="crf_")
     paths = expand_images(FLAGS.images)
-    from tf_segunravel.export import is_saved_model, saved_model_class_names, saved_model_classes
-
-    names = resolve_class_names(FLAGS.class_names)
-    if os.path.isdir(FLAGS.model) and is_saved_model(FLAGS.model):
-        network, num_classes = FLAGS.model, saved_model_classes(FLAGS.model)
-        names = names or saved_model_class_names(FLAGS.model)
-    else:
-        network = cli.model_graph(load_network(FLAGS.model))
-        num_classes = network.num_classes
-        names = names or network.class_names
-    classes = resolve_classes(FLAGS.classes, names, num_classes)
-    fixation_settings = cli.fixation_settings(names, num_classes)
-    if isinstance(network, str):
-        check_export_settings(network, fixation_settings)
+    loaded = cli.load_model()
+    names = resolve_class_names(FLAGS.class_names) or loaded.class_names
+    classes = resolve_classes(FLAGS.classes, names, loaded.num_classes)
+    fixation_settings = cli.fixation_settings(names, loaded.num_classes)
+    if loaded.saved_model is not None:
+        check_export_settings(loaded.saved_model.metadata, fixation_settings)
     writer = FixationWriter(
-        network,
+        loaded,
         FLAGS.output_dir,
         fixation_settings,
         classes=classes,

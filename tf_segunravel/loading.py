@@ -1,0 +1,86 @@
+"""One loader of models: every path the tools accept, read once.
+
+    from tf_segunravel.loading import load_model
+
+    loaded = load_model("runs/shapes_base", input=InputSettings(scale=1 / 255))
+    loaded.graph          # a Keras model as the unravel reads it (None for a SavedModel)
+    loaded.saved_model    # an exported SavedModel's reader (None for a Keras model)
+
+A path is a training model dir (its `model.keras`, else its latest checkpoint), a checkpoint
+prefix, a `.keras` file, or an exported SavedModel directory. Whether it is a SavedModel or
+a Keras model is decided here and nowhere else: everything downstream (the fixation files,
+the tools) reads `LoadedModel`.
+"""
+
+import dataclasses
+import os
+import typing
+
+from tf_segunravel.errors import InputError
+from tf_segunravel.export import SavedModelReader, is_saved_model
+from tf_segunravel.training.checkpoints import load_network
+from tf_segunravel.unravel.graph import ModelGraph, as_graph
+from tf_segunravel.unravel.settings import InputSettings
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedModel:
+    """A model as the tools read it: exactly one of `graph` (a Keras model, with its input
+    settings and score output) and `saved_model` (an exported SavedModel, whose settings
+    were fixed at export) is set."""
+
+    path: str | None
+    graph: ModelGraph | None = None
+    saved_model: SavedModelReader | None = None
+
+    @property
+    def num_classes(self) -> int:
+        if self.graph is not None:
+            return int(self.graph.num_classes)
+        assert self.saved_model is not None
+        return self.saved_model.num_classes
+
+    @property
+    def class_names(self) -> list[str] | None:
+        """The names the model itself gives (a binary head's two, or those recorded at
+        export), else None."""
+        if self.graph is not None:
+            return list(self.graph.class_names) if self.graph.class_names else None
+        assert self.saved_model is not None
+        return self.saved_model.class_names
+
+    def keras(self, needed_for: str) -> ModelGraph:
+        """The Keras model's graph, or an InputError saying what `needed_for` needs."""
+        if self.graph is None:
+            raise InputError(
+                f"{needed_for} needs a Keras model (a .keras file or a training dir), not the "
+                f"SavedModel {self.path}"
+            )
+        return self.graph
+
+
+def load_model(
+    path: str | os.PathLike,
+    *,
+    input: InputSettings | None = None,
+    output: str | None = None,
+) -> LoadedModel:
+    """The model at `path` (see the module docstring). `input` and `output` say how a Keras
+    model is fed and which output holds the scores; a SavedModel has its own, fixed at
+    export. A model the unravel's graph cannot read is a ValueError naming what is wrong;
+    a missing or unreadable file an InputError naming it."""
+    path = os.fspath(path)
+    if os.path.isdir(path) and is_saved_model(path):
+        return LoadedModel(path, saved_model=SavedModelReader(path))
+    network = load_network(path)
+    return LoadedModel(path, graph=ModelGraph(network, input=input, output=output, strict=False))
+
+
+def as_loaded(model: typing.Any) -> LoadedModel:
+    """`model` as a `LoadedModel`: one as it is, a Keras model or `ModelGraph` wrapped, a
+    path loaded with the default settings."""
+    if isinstance(model, LoadedModel):
+        return model
+    if isinstance(model, (str, os.PathLike)):
+        return load_model(model)
+    return LoadedModel(None, graph=as_graph(model, strict=False))
