@@ -14,8 +14,9 @@ the clean image)? Maps are at the image's own size, non-negative, each scaled to
   copies, noise 0.2 of the input range), tf-keras-vis;
 - `gradient_x_input`: |gradient x input| summed over channels, by hand (tf-keras-vis has no
   such method);
-- `random` (a fixed-seed uniform map), `segment_prior` (the predicted segment, blurred),
-  `distance_prior` (1 / (1 + Chebyshev distance to the segment in px)).
+- `random` (a uniform map, fixed by the seed and the class), `segment_prior` (the
+  predicted segment, blurred), `distance_prior` (1 / (1 + Chebyshev distance to the
+  segment in px)).
 """
 
 import typing
@@ -144,8 +145,11 @@ def explain(
     grid_labels, labels = regions if regions is not None else predicted_regions(graph, image)
     classes = [int(c) for c in classes]
     if method == "random":
-        rng = np.random.default_rng(seed)
-        return rng.random((len(classes), height, width)).astype(np.float32)
+        # One stream per (seed, class): a class's map does not depend on which other
+        # classes are asked for, or in what order (tests/test_methods.py).
+        return np.stack(
+            [np.random.default_rng([seed, c]).random((height, width)) for c in classes]
+        ).astype(np.float32)
     if method in ("segment_prior", "distance_prior"):
         masks = np.stack([labels == c for c in classes]).astype(np.float32)
         if method == "segment_prior":

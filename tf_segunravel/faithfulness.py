@@ -21,7 +21,6 @@ Written by hand: the explanation libraries (tf-keras-vis, xplique, Quantus) scor
 classifiers, not a class's mean over a predicted region of a segmentation network.
 """
 
-import dataclasses
 import typing
 
 import keras
@@ -325,45 +324,25 @@ class NoPairsError(ValueError):
 BOOTSTRAP_SAMPLES = 2000
 
 
-def _maps(method, graph, engines, image, classes, settings, gradcam_layer, seed, regions):
-    """float32 [len(classes), H, W] for one method (fixations or a `baselines` method)."""
-    from tf_segunravel import baselines
-    from tf_segunravel.unravel.maps import fixation_maps
+def _maps(method, graph, image, classes, options, seed, regions):
+    """float32 [len(classes), H, W]: `method`'s maps (an entry of `methods`) for one image."""
+    from tf_segunravel import methods
 
-    height, width = image.shape[:2]
-    if method in FIXATION_METHODS:
-        result = engines[method](image[None].astype(np.float32))
-        maps = fixation_maps(result, height, width, settings).numpy()[0]
-        return maps[list(classes)]
-    layer = gradcam_layer if method.startswith("gradcam") else None
-    return baselines.explain(method, graph, image, classes, layer=layer, seed=seed, regions=regions)
+    batch = (regions[0][None], regions[1][None])
+    return methods.get(method).maps(graph, image[None], classes, batch, seed, options)[0]
 
 
-def _explainer(method, graph, image, classes, settings, gradcam_layer, seed):
+def _explainer(method, graph, image, classes, options, seed):
     """explain_maps(model, regions) for `cascade_correlations`: `method`'s maps on another
-    model of the same graph (input settings and output kept), the seeds or regions fixed."""
-    from tf_segunravel import baselines
-    from tf_segunravel.unravel import SegUnravel
+    model of the same graph (input settings and output kept), the regions fixed (they seed
+    the fixations: the walk starts where it did)."""
     from tf_segunravel.unravel.graph import ModelGraph
-    from tf_segunravel.unravel.maps import fixation_maps
-    from tf_segunravel.unravel.settings import RUNNER_UP
-
-    height, width = image.shape[:2]
 
     def explain_maps(model, regions):
         other = ModelGraph(
             model, input=graph.input_settings, output=graph.output_name, strict=False
         )
-        if method in FIXATION_METHODS:
-            contrast = RUNNER_UP if method == "fixations_contrastive" else None
-            engine = SegUnravel(other, dataclasses.replace(settings, contrast=contrast))
-            # The clean network's labels seed: the walk starts where it did.
-            result = engine(image[None].astype(np.float32), seed_labels=regions[1][None])
-            return fixation_maps(result, height, width, settings).numpy()[0][list(classes)]
-        layer = gradcam_layer if method.startswith("gradcam") else None
-        return baselines.explain(
-            method, other, image, classes, layer=layer, seed=seed, regions=regions
-        )
+        return _maps(method, other, image, classes, options, seed, regions)
 
     return explain_maps
 
@@ -417,22 +396,15 @@ def run(
     import time
 
     from tf_segunravel import baselines
+    from tf_segunravel import methods as method_table
     from tf_segunravel.data.labels import class_name
-    from tf_segunravel.unravel import FixationSettings, ScoreMap, SegUnravel
+    from tf_segunravel.unravel import FixationSettings, ScoreMap
     from tf_segunravel.unravel.graph import as_graph
-    from tf_segunravel.unravel.settings import RUNNER_UP
 
     settings = settings or FixationSettings(sigma=6.0)
     graph = as_graph(network, strict=False)
-    methods = list(methods)
-    baselines.check_methods([m for m in methods if m not in FIXATION_METHODS])
-    engines = {}
-    if "fixations" in methods:
-        engines["fixations"] = SegUnravel(graph, dataclasses.replace(settings, contrast=None))
-    if "fixations_contrastive" in methods:
-        engines["fixations_contrastive"] = SegUnravel(
-            graph, dataclasses.replace(settings, contrast=RUNNER_UP)
-        )
+    methods = method_table.check(methods)
+    options = method_table.MethodOptions(settings, gradcam_layer)
     score_map = ScoreMap(graph)
     records = []  # (image, class, method, {metric: value})
     curves = {m: {"deletion": [], "insertion": []} for m in methods}
@@ -451,7 +423,7 @@ def run(
         scored += 1
         shown = {} if scored <= panels else None
         for method in methods:
-            arguments = (method, graph, engines, image, classes, settings, gradcam_layer, seed)
+            arguments = (method, graph, image, classes, options, seed)
             if scored == 1:  # untimed: the first call traces the engine's compiled functions
                 _maps(*arguments, regions)
             start = time.perf_counter()
@@ -461,9 +433,7 @@ def run(
                 shown[method] = np.asarray(maps)
             correlations = None
             if scored <= randomisation_images:
-                explain_maps = _explainer(
-                    method, graph, image, classes, settings, gradcam_layer, seed
-                )
+                explain_maps = _explainer(method, graph, image, classes, options, seed)
                 layer_names, correlations = cascade_correlations(
                     explain_maps,
                     graph.model,

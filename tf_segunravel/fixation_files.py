@@ -18,6 +18,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
+from tf_segunravel import methods
 from tf_segunravel.atomic import check_output_dir, make_output_dir, save_atomically, write_json
 from tf_segunravel.data.labels import class_name, read_image, read_label_png
 from tf_segunravel.errors import InputError
@@ -150,10 +151,8 @@ class FixationWriter:
         else:
             self.fixations = KerasFixations(loaded.graph, self.settings, flow)
         if self.compare:
-            from tf_segunravel import baselines
-
             loaded.keras("compare: the gradient methods (a SavedModel keeps no gradients)")
-            baselines.check_methods(self.compare, flag="compare")
+            methods.check(self.compare, flag="compare")
         self.output_dir = output_dir
         self.classes = classes
         self.class_names = class_names or loaded.class_names
@@ -258,15 +257,14 @@ class FixationWriter:
         )
 
     def _baseline_maps(self, method, fed, classes, size, regions):
-        """A baseline's maps of `classes` [C, H, W] on the image's own pixels: computed on
-        the pixels the model saw, the regions from the same network, resized bilinearly."""
-        from tf_segunravel import baselines
-
-        layer = self.gradcam_layer if method.startswith("gradcam") else None
+        """A method's maps of `classes` [C, H, W] on the image's own pixels (an entry of
+        `methods`): computed on the pixels the model saw, the regions from the same network,
+        resized bilinearly."""
         graph = self.fixations.engine.graph
-        maps = baselines.explain(
-            method, graph, fed, [int(c) for c in classes], layer=layer, regions=regions
-        )
+        options = methods.MethodOptions(self.settings, self.gradcam_layer)
+        batch = (regions[0][None], regions[1][None])
+        classes = [int(c) for c in classes]
+        maps = methods.get(method).maps(graph, fed[None], classes, batch, 0, options)[0]
         if maps.shape[1:] != size:
             maps = tf.image.resize(maps[..., None], size, method="bilinear").numpy()[..., 0]
         return maps.astype(np.float32)

@@ -20,7 +20,7 @@ reports each fixation method minus every other method with a 95% interval over t
 
 from absl import flags
 
-from tf_segunravel import cli, settings
+from tf_segunravel import cli, methods, settings
 from tf_segunravel.experiment_registry import (
     ALL_EXPERIMENTS,
     MODEL,
@@ -64,9 +64,8 @@ flags.DEFINE_integer("pad_size", 513, "Evaluation pad size for the IoU column.")
 flags.DEFINE_list(
     "methods",
     ["fixations", "fixations_contrastive", "gradcam", "saliency", "segment_prior"],
-    "faithfulness: explanation methods (fixations, fixations_contrastive, gradcam, "
-    "gradcam_plus_plus, saliency, smoothgrad, gradient_x_input, random, segment_prior, "
-    "distance_prior).",
+    f"faithfulness: explanation methods, from the table in tf_segunravel/methods.py "
+    f"({', '.join(methods.names())}).",
 )
 flags.DEFINE_string(
     "gradcam_layer",
@@ -199,9 +198,7 @@ def analysis_inputs(network):
 
 def check_methods():
     """A missing baselines extra or an unknown method fails before any model loads."""
-    from tf_segunravel import baselines, faithfulness
-
-    baselines.check_methods(m for m in FLAGS.methods if m not in faithfulness.FIXATION_METHODS)
+    methods.check(FLAGS.methods)
 
 
 def no_pairs(error):

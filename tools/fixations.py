@@ -17,7 +17,7 @@ import sys
 
 from absl import flags
 
-from tf_segunravel import cli, settings
+from tf_segunravel import cli, methods, settings
 from tf_segunravel.crf import CRFSettings
 from tf_segunravel.errors import InputError
 
@@ -39,9 +39,9 @@ flags.DEFINE_boolean("keep_going", False, "Report bad images and go on; exit 1 a
 flags.DEFINE_list(
     "compare",
     [],
-    "Baselines drawn beside the fixations in <stem>_compare.png and saved in the .npz as "
-    "compare_<method> (gradcam, gradcam_plus_plus, saliency, smoothgrad, gradient_x_input, "
-    "random, segment_prior, distance_prior; the tf-keras-vis ones need the baselines extra).",
+    "Methods drawn beside the fixations in <stem>_compare.png and saved in the .npz as "
+    "compare_<method>, from the table in tf_segunravel/methods.py "
+    f"({', '.join(methods.names())}; the tf-keras-vis ones need the baselines extra).",
 )
 flags.DEFINE_string(
     "gradcam_layer",
@@ -129,9 +129,7 @@ def main(argv):
     from tf_segunravel.fixation_files import FixationWriter, expand_images
 
     if FLAGS.compare:  # before any model loads
-        from tf_segunravel import baselines
-
-        baselines.check_methods(FLAGS.compare, flag="compare")
+        methods.check(FLAGS.compare, flag="compare")
     crf_settings = None
     if FLAGS.crf:
         from tf_segunravel import crf

@@ -1,0 +1,120 @@
+"""The table of explanation methods (`tf_segunravel/methods.py`): one contract over every
+entry, on a small random network with fixed regions, and registration. Entries whose extra
+is missing are skipped one by one."""
+
+import dataclasses
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tf_segunravel import baselines, methods
+from tf_segunravel.errors import InputError
+from tf_segunravel.unravel.graph import ModelGraph
+
+L = keras.layers
+CLASSES = [2, 0]  # not in id order: the maps must follow the order asked for
+
+
+@pytest.fixture(scope="module")
+def graph():
+    keras.utils.set_random_seed(3)
+    images = keras.Input((None, None, 3))
+    x = L.Conv2D(6, 3, padding="same", activation="relu", name="features")(images)
+    return ModelGraph(keras.Model(images, L.Conv2D(3, 1, name="scores")(x)))
+
+
+@pytest.fixture(scope="module")
+def batch():
+    return np.random.default_rng(0).integers(0, 256, (2, 14, 11, 3)).astype(np.uint8)
+
+
+def regions_for(batch):
+    """Fixed regions (a stride-1 network: grid = pixels): class 0 left, 2 right, 1 a band."""
+    labels = np.zeros(batch.shape[:3], np.int64)
+    labels[:, :, 6:] = 2
+    labels[:, 5:8, :] = 1
+    return labels, labels
+
+
+def entry(name):
+    method = methods.get(name)
+    if not method.available():
+        pytest.skip(f"{name} needs the {method.extra} extra")
+    return method
+
+
+@pytest.mark.parametrize("name", methods.names())
+def test_every_method_keeps_the_contract(graph, batch, name):
+    method = entry(name)
+    regions = regions_for(batch)
+    options = methods.MethodOptions()
+    tf.random.set_seed(21)
+    np.random.seed(11)  # noqa: NPY002 (the legacy stream some libraries draw from)
+    expected = (tf.random.uniform([]).numpy(), np.random.random())  # noqa: NPY002
+    tf.random.set_seed(21)
+    np.random.seed(11)  # noqa: NPY002
+    maps = method.maps(graph, batch, CLASSES, regions, 5, options)
+    # The caller's TensorFlow and numpy random streams are where they were.
+    assert (tf.random.uniform([]).numpy(), np.random.random()) == expected  # noqa: NPY002
+    # Shape, type, range, each map scaled to [0, 1].
+    assert maps.shape == (2, len(CLASSES), 14, 11) and maps.dtype == np.float32
+    assert np.isfinite(maps).all() and maps.min() >= 0 and maps.max() <= 1
+    # Deterministic under a seed; a batch of 2 is two batches of 1; the class order is kept.
+    np.testing.assert_array_equal(maps, method.maps(graph, batch, CLASSES, regions, 5, options))
+    for index in range(2):
+        one = (regions[0][index : index + 1], regions[1][index : index + 1])
+        single = method.maps(graph, batch[index : index + 1], CLASSES, one, 5, options)
+        np.testing.assert_array_equal(single[0], maps[index])
+    swapped = method.maps(graph, batch, CLASSES[::-1], regions, 5, options)
+    np.testing.assert_array_equal(swapped, maps[:, ::-1])
+
+
+@pytest.mark.parametrize("name", methods.names())
+def test_a_compiled_unravel_is_not_traced_again(graph, batch, name):
+    method = entry(name)
+    regions = regions_for(batch)
+    method.maps(graph, batch, CLASSES, regions)
+    engines = list(methods._engines.get(graph, {}).values())
+    before = [engine._traced.experimental_get_tracing_count() for engine in engines]
+    method.maps(graph, batch, CLASSES, regions, seed=1)
+    after = [engine._traced.experimental_get_tracing_count() for engine in engines]
+    assert after == before
+
+
+def test_the_table_lists_the_fixations_and_every_baseline():
+    assert methods.names()[:2] == ["fixations", "fixations_contrastive"]
+    assert set(baselines.METHODS) <= set(methods.names())
+    assert methods.get("smoothgrad").cost.forward == baselines.SMOOTH_SAMPLES
+    assert not methods.get("random").reads_weights and methods.get("fixations").reads_weights
+    with pytest.raises(InputError, match=r"compare: unknown \['lime'\]"):
+        methods.check(["fixations", "lime"], flag="compare")
+
+
+def test_without_the_extra_only_those_methods_are_refused(monkeypatch):
+    monkeypatch.setattr(baselines, "available", lambda: False)
+    with pytest.raises(InputError, match=r"methods: gradcam, saliency needs the baselines"):
+        methods.check(["fixations", "gradcam", "saliency", "gradient_x_input"])
+    assert methods.check(["fixations", "random"]) == ["fixations", "random"]
+
+
+def test_registration_adds_refuses_replaces_and_undoes(graph, batch):
+    def flat(graph, images, classes, regions=None, seed=0, options=None):
+        return np.ones((len(images), len(classes), *np.shape(images)[1:3]), np.float32)
+
+    mine = methods.Method("flat", flat, reads_weights=False)
+    with methods.register_method(mine):
+        assert methods.names()[-1] == "flat" and methods.check(["flat"]) == ["flat"]
+        assert methods.get("flat").maps(graph, batch, [0]).shape == (2, 1, 14, 11)
+        with pytest.raises(ValueError, match="'flat' exists; pass replace=True"):
+            methods.register_method(mine)
+    assert "flat" not in methods.names()
+    original = methods.get("random")
+    other = dataclasses.replace(original, maps=flat)
+    registration = methods.register_method(other, replace=True)
+    assert methods.get("random") is other
+    registration.remove()
+    assert methods.get("random") is original
+    registration.remove()  # a second undo changes nothing
+    assert methods.get("random") is original

@@ -1,0 +1,216 @@
+"""One table of explanation methods: fixations and every baseline, each one record.
+
+    from tf_segunravel import methods
+
+    entry = methods.get("gradcam")
+    maps = entry.maps(graph, images, classes)  # float32 [B, len(classes), H, W] in [0, 1]
+    methods.names()                           # every registered name, in table order
+
+Every method answers the same question for a segmentation network: what drove class c over
+its region R (the network's own prediction by default, or the `regions` given: the
+randomisation check keeps the clean network's)? `maps(graph, images, classes, regions, seed,
+options)` takes a `graph.ModelGraph`, RGB 0..255 images [B, H, W, 3], class ids, optional
+regions (labels on the score grid [B, h, w], labels at image size [B, H, W]), a seed, and
+`MethodOptions` (the fixations' settings, Grad-CAM's layer); it returns one map per image and
+class, at the image's size, non-negative and scaled to [0, 1] per map.
+
+Everything that lists methods reads this table: the faithfulness runner, the fixation tool's
+`--compare`, the experiments tool's `--methods`, and the demo. `register_method` adds an
+entry (undone by its `Registration`); `tests/test_methods.py` holds every entry to the same
+contract. Importing this module loads no TensorFlow (the tools list the names in their
+`--help` before TensorFlow loads); the methods import what they need when called.
+"""
+
+import contextlib
+import dataclasses
+import typing
+import weakref
+from collections.abc import Callable
+
+import numpy as np
+
+from tf_segunravel.errors import InputError
+from tf_segunravel.unravel.settings import RUNNER_UP, FixationSettings
+
+if typing.TYPE_CHECKING:
+    from tf_segunravel.unravel.graph import ModelGraph
+    from tf_segunravel.unravel.tracer import SegUnravel
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodOptions:
+    """What some methods read beyond the image: the fixations' unravel and heat-map settings
+    (their `contrast` is each fixation entry's own), and Grad-CAM's feature layer (None:
+    `baselines.default_layer`)."""
+
+    settings: FixationSettings = dataclasses.field(default_factory=FixationSettings)
+    gradcam_layer: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Cost:
+    """What one map costs: forward and backward passes, counted `per` image (all its classes
+    at once) or per class."""
+
+    forward: int
+    backward: int
+    per: str = "class"
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """One explanation method.
+
+    name: what `--methods` and `--compare` call it.
+    maps: `maps(graph, images, classes, regions=None, seed=0, options=MethodOptions())`
+      -> float32 [B, len(classes), H, W] in [0, 1] (the module docstring).
+    extra: the `pip install -e ".[extra]"` it needs, or None.
+    cost: its forward and backward passes.
+    reads_weights: whether its maps depend on the weights beyond the regions given (the
+      randomisation check expects a map that does not to stay the same).
+    """
+
+    name: str
+    maps: Callable[..., np.ndarray]
+    extra: str | None = None
+    cost: Cost = dataclasses.field(default_factory=lambda: Cost(1, 0, "image"))
+    reads_weights: bool = True
+
+    def available(self) -> bool:
+        """Whether its extra is installed."""
+        from tf_segunravel import baselines
+
+        return self.extra is None or baselines.available()
+
+
+# Engines of the fixation entries, one per (graph, settings): a compiled unravel is traced
+# once, not per call (a trace costs seconds; a walk of a small network, milliseconds).
+_engines: "weakref.WeakKeyDictionary[ModelGraph, dict[FixationSettings, SegUnravel]]"
+_engines = weakref.WeakKeyDictionary()
+
+
+def engine_for(graph: "ModelGraph", settings: FixationSettings) -> "SegUnravel":
+    """The fixation engine of `graph` with `settings`, made on first use and kept while the
+    graph lives."""
+    from tf_segunravel.unravel.tracer import SegUnravel
+
+    held = _engines.setdefault(graph, {})
+    if settings not in held:
+        held[settings] = SegUnravel(graph, settings)
+    return held[settings]
+
+
+def _fixation_maps(contrast):
+    def maps(graph, images, classes, regions=None, seed=0, options=None):
+        """Each image walked on its own (the engine is compiled for one image at a time),
+        seeded by `regions` where given, else by the network's own prediction."""
+        from tf_segunravel.unravel.maps import fixation_maps
+
+        del seed  # deterministic
+        options = options or MethodOptions()
+        settings = dataclasses.replace(options.settings, contrast=contrast)
+        engine = engine_for(graph, settings)
+        images = np.asarray(images, np.float32)
+        height, width = images.shape[1:3]
+        out = []
+        for index, image in enumerate(images):
+            seed_labels = None if regions is None else np.asarray(regions[1][index])[None]
+            result = engine(image[None], seed_labels=seed_labels)
+            out.append(fixation_maps(result, height, width, settings).numpy()[0][list(classes)])
+        return np.stack(out).astype(np.float32)
+
+    return maps
+
+
+def _baseline_maps(name):
+    def maps(graph, images, classes, regions=None, seed=0, options=None):
+        """`baselines.explain`, one image at a time."""
+        from tf_segunravel import baselines
+
+        options = options or MethodOptions()
+        layer = options.gradcam_layer if name.startswith("gradcam") else None
+        out = []
+        for index, image in enumerate(np.asarray(images)):
+            own = None if regions is None else (regions[0][index], regions[1][index])
+            out.append(
+                baselines.explain(name, graph, image, classes, layer=layer, seed=seed, regions=own)
+            )
+        return np.stack(out).astype(np.float32)
+
+    return maps
+
+
+BUILT_IN = [
+    Method("fixations", _fixation_maps(None)),
+    Method("fixations_contrastive", _fixation_maps(RUNNER_UP)),
+    Method("gradcam", _baseline_maps("gradcam"), "baselines", Cost(1, 1)),
+    Method("gradcam_plus_plus", _baseline_maps("gradcam_plus_plus"), "baselines", Cost(1, 1)),
+    Method("saliency", _baseline_maps("saliency"), "baselines", Cost(1, 1)),
+    # baselines.SMOOTH_SAMPLES noisy copies (tests/test_methods.py checks they agree).
+    Method("smoothgrad", _baseline_maps("smoothgrad"), "baselines", Cost(20, 20)),
+    Method("gradient_x_input", _baseline_maps("gradient_x_input"), None, Cost(1, 1)),
+    Method("random", _baseline_maps("random"), None, Cost(0, 0, "image"), reads_weights=False),
+    # The priors read the regions only (the network's prediction unless regions are given).
+    Method("segment_prior", _baseline_maps("segment_prior"), None, reads_weights=False),
+    Method("distance_prior", _baseline_maps("distance_prior"), None, reads_weights=False),
+]
+_table: dict[str, Method] = {method.name: method for method in BUILT_IN}
+
+
+class Registration(contextlib.AbstractContextManager):
+    """A method added by `register_method`: `remove()` restores the table as it was (the
+    entry it replaced, if any); so does leaving a `with` block."""
+
+    def __init__(self, method: Method, replaced: Method | None):
+        self._method, self._replaced = method, replaced
+
+    def remove(self) -> None:
+        if _table.get(self._method.name) is not self._method:
+            return  # undone already, or replaced since
+        if self._replaced is None:
+            del _table[self._method.name]
+        else:
+            _table[self._method.name] = self._replaced
+
+    def __exit__(self, *exc_info):
+        self.remove()
+        return False
+
+
+def register_method(method: Method, *, replace: bool = False) -> Registration:
+    """Adds `method` to the table (at its end); an existing name is refused unless
+    `replace`. Returns a `Registration` that undoes it."""
+    if not isinstance(method, Method) or not callable(method.maps):
+        raise TypeError(f"register_method takes a Method with a callable maps, got {method!r}")
+    replaced = _table.get(method.name)
+    if replaced is not None and not replace:
+        raise ValueError(f"method {method.name!r} exists; pass replace=True to replace it")
+    _table[method.name] = method
+    return Registration(method, replaced)
+
+
+def names() -> list[str]:
+    """Every method's name, in table order."""
+    return list(_table)
+
+
+def get(name: str) -> Method:
+    """The method called `name`, or an InputError listing the choices."""
+    if name not in _table:
+        raise InputError(f"methods: unknown [{name!r}]; choose from {names()}")
+    return _table[name]
+
+
+def check(chosen: typing.Iterable[str], flag: str = "methods") -> list[str]:
+    """The names, checked: an unknown one, or one whose extra is missing, is an InputError
+    naming it and `flag` (the option that listed them)."""
+    chosen = list(chosen)
+    unknown = [name for name in chosen if name not in _table]
+    if unknown:
+        raise InputError(f"{flag}: unknown {unknown}; choose from {names()}")
+    missing = [name for name in chosen if not _table[name].available()]
+    if missing:
+        from tf_segunravel.baselines import INSTALL_HINT
+
+        raise InputError(f"{flag}: {', '.join(missing)} {INSTALL_HINT}")
+    return chosen
