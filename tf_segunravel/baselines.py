@@ -158,10 +158,9 @@ def explain(
     fed = graph.feed(batch)  # the model's own input: resized, input settings applied
     model = logits_model(graph)
     scores_per_class = _region_scores(graph, classes, grid_labels)
-    maps = []
-    for score in scores_per_class:
-        maps.append(_gradient_map(method, model, graph, fed, score, layer, seed))
-    maps = np.stack(maps)
+    maps = np.stack(
+        [_gradient_map(method, model, graph, fed, score, layer, seed) for score in scores_per_class]
+    )
     if maps.shape[1:] != (height, width):
         maps = _to_image(maps, height, width)
     return _normalise(maps)

@@ -137,10 +137,10 @@ def curve(
     return values.numpy()
 
 
-def area(values: typing.Sequence[float]) -> float:
+def area(values: typing.Sequence[float] | np.ndarray) -> float:
     """The area under a curve sampled at equal steps over [0, 1] (trapezoids)."""
-    values = np.asarray(values, np.float64)
-    return float(np.trapezoid(values, dx=1.0 / (len(values) - 1)))
+    curve = np.asarray(values, np.float64)
+    return float(np.trapezoid(curve, dx=1.0 / (len(curve) - 1)))
 
 
 def deletion_auc(score_map, image, cls, region, saliency, **options) -> float:
