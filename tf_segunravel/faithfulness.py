@@ -404,7 +404,7 @@ def run(
     settings = settings or FixationSettings(sigma=6.0)
     graph = as_graph(network, strict=False)
     methods = method_table.check(methods)
-    options = method_table.MethodOptions(settings, gradcam_layer)
+    method_options = method_table.MethodOptions(settings, gradcam_layer)
     score_map = ScoreMap(graph)
     records = []  # (image, class, method, {metric: value})
     curves = {m: {"deletion": [], "insertion": []} for m in methods}
@@ -423,7 +423,7 @@ def run(
         scored += 1
         shown = {} if scored <= panels else None
         for method in methods:
-            arguments = (method, graph, image, classes, options, seed)
+            arguments = (method, graph, image, classes, method_options, seed)
             if scored == 1:  # untimed: the first call traces the engine's compiled functions
                 _maps(*arguments, regions)
             start = time.perf_counter()
@@ -433,7 +433,7 @@ def run(
                 shown[method] = np.asarray(maps)
             correlations = None
             if scored <= randomisation_images:
-                explain_maps = _explainer(method, graph, image, classes, options, seed)
+                explain_maps = _explainer(method, graph, image, classes, method_options, seed)
                 layer_names, correlations = cascade_correlations(
                     explain_maps,
                     graph.model,
