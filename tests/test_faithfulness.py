@@ -288,13 +288,11 @@ def test_faithfulness_over_seeds_pairs_each_model_and_resumes(
     out = tmp_path / "out"
     result = experiments.faithfulness_over_seeds(networks, names, inputs, str(out))
     per_model = [
-        json.loads(
-            (out / "per_model" / experiments._model_key(n) / "faithfulness.json").read_text()
-        )
+        json.loads((out / "per_model" / experiments.model_key(n) / "faithfulness.json").read_text())
         for n in names
     ]
     for name in names:  # each model's own figures
-        model_dir = out / "per_model" / experiments._model_key(name)
+        model_dir = out / "per_model" / experiments.model_key(name)
         assert (model_dir / "faithfulness_curves.png").exists()
         assert (model_dir / "faithfulness_example0.png").exists()
     assert result["models"] == names and result["pairs"] == [
@@ -323,7 +321,9 @@ def test_faithfulness_over_seeds_pairs_each_model_and_resumes(
     def refuse(_):
         raise AssertionError("a cached model was run again")
 
-    monkeypatch.setattr(experiments, "run_faithfulness", refuse)
+    from tf_segunravel.experiments import faithfulness as experiment
+
+    monkeypatch.setattr(experiment, "run", refuse)
     again = experiments.faithfulness_over_seeds(networks, names, inputs, str(out))
     assert json.loads(json.dumps(again)) == json.loads(json.dumps(result))
     # Other settings do not match the cache: the models run again.
@@ -349,14 +349,16 @@ def test_cost_leaves_the_first_calls_tracing_out(tmp_path, shapes_data_dir, monk
 
     model = save_tiny_largefov(tmp_path / "tiny.keras", 6)
     calls = []
-    maps = faithfulness._maps
+    from tf_segunravel.experiments import faithfulness as experiment
+
+    maps = experiment._maps
 
     def counted(method, *args):
         calls.append(method)
         return maps(method, *args)
 
-    monkeypatch.setattr(faithfulness, "_maps", counted)
-    _, summary = faithfulness.run(
+    monkeypatch.setattr(experiment, "_maps", counted)
+    _, summary = experiment.score_methods(
         model,
         load_split("segunravel_shapes", "val", shapes_data_dir),
         6,

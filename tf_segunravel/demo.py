@@ -235,7 +235,8 @@ def _faithfulness_methods():
 
 
 def _faithfulness(job):
-    from tf_segunravel import experiments, faithfulness
+    from tf_segunravel import experiments
+    from tf_segunravel.experiments.faithfulness import score_methods
     from tf_segunravel.training import load_network
 
     methods = _faithfulness_methods()
@@ -243,7 +244,7 @@ def _faithfulness(job):
 
     def make():
         _banner("faithfulness", f"{', '.join(methods)} on {FAITHFULNESS_IMAGES} val images")
-        rows, summary = faithfulness.run(
+        rows, summary = score_methods(
             load_network(job.model_dir("baseline", seed)),
             job.val,
             6,

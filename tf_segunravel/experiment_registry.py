@@ -2,9 +2,9 @@
 
 `tools/experiments.py` takes its `--experiment` choices, its required-flag checks and its
 dispatch from here, and `experiments.write_results` its figure; a new experiment is one
-entry here plus its functions. This module loads no TensorFlow (the tool checks its flags
-before TensorFlow loads): functions are named, and looked up in `tf_segunravel.experiments`
-when an experiment runs.
+entry here plus its module in `tf_segunravel/experiments/`. This module loads no TensorFlow
+(the tool checks its flags before TensorFlow loads): modules are named, and imported when an
+experiment runs.
 """
 
 import dataclasses
@@ -21,17 +21,17 @@ class Experiment:
     name: its `--experiment` value and the stem of the files it writes.
     reads: MODEL, MODELS or TRAINS.
     summary: one line for `--help` and the docs.
-    run: for MODEL experiments, the name of a function in `tf_segunravel.experiments` called
-      as `run(inputs: AnalysisInputs) -> (rows, summary)`; the others run their own module.
-    plot: the name of the function drawing its figure, `plot(axis, rows)`.
+    module: the module of `tf_segunravel.experiments` that runs it (for MODEL experiments,
+      `run(inputs: AnalysisInputs) -> (rows, summary)`) and draws its figure
+      (`plot(axis, rows)`), by name: this registry loads no TensorFlow. None: the tool runs
+      it through its own module (the template sweep, the over-seeds summaries).
     in_all: whether `--experiment=all` runs it.
     """
 
     name: str
     reads: str
     summary: str
-    run: str | None = None
-    plot: str | None = None
+    module: str | None = None
     in_all: bool = True
 
 
@@ -42,37 +42,32 @@ REGISTRY = {
             "fixation_location",
             MODEL,
             "share of each class's fixations inside its ground-truth object, with IoU",
-            run="run_fixation_location",
-            plot="plot_location",
+            module="location",
         ),
         Experiment(
             "shift_variants",
             MODEL,
             "fixation location with no, partial and full shift",
-            run="run_shift_variants",
-            plot="plot_shift_variants",
+            module="shift_variants",
         ),
         Experiment(
             "k_analysis",
             MODEL,
             "input channels needed per layer to reach 10/25/50% of the contribution",
-            run="run_k_analysis",
-            plot="plot_k_analysis",
+            module="k_analysis",
         ),
         Experiment(
             "salient_parts",
             MODEL,
             "probability drop when the fixated pixels inside / outside the object are removed",
-            run="run_salient_parts",
-            plot="plot_salient_parts",
+            module="salient_parts",
         ),
         Experiment(
             "faithfulness",
             MODEL,
             "deletion / insertion AUC (all pixels, context only), energy and pointing game of "
             "fixations beside gradient baselines and trivial references",
-            run="run_faithfulness",
-            plot="plot_faithfulness",
+            module="faithfulness",
             # Hundreds of forward passes per image and class, and the baselines extra:
             # asked for by name, not by `all`.
             in_all=False,

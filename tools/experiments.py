@@ -213,7 +213,7 @@ def no_pairs(error):
 def faithfulness_over_seeds():
     check_methods()
     from tf_segunravel import experiments as ex
-    from tf_segunravel.faithfulness import NoPairsError
+    from tf_segunravel.experiments.faithfulness import NoPairsError
 
     # every model checked first
     networks = [cli.load_model(path, "models").keras("--models") for path in FLAGS.models]
@@ -237,7 +237,7 @@ def main(argv):
     if FLAGS.experiment == "faithfulness":  # before any model loads
         check_methods()
     from tf_segunravel import experiments as ex
-    from tf_segunravel.faithfulness import NoPairsError
+    from tf_segunravel.experiments.faithfulness import NoPairsError
 
     inputs = analysis_inputs(cli.load_model().keras("--experiment"))
     chosen = ALL_EXPERIMENTS if FLAGS.experiment == "all" else [FLAGS.experiment]

@@ -1,0 +1,244 @@
+"""`fixation_location`: per class, the share of fixations inside the class's ground-truth
+segment, averaged over the images where the class was unravelled, beside the class IoU;
+`location_over_seeds` the same, plain and contrastive, over models trained with different
+seeds, with 95% intervals, and `location_difference` two such summaries paired by model.
+"""
+
+import dataclasses
+import json
+import os
+
+import numpy as np
+
+from tf_segunravel import stats
+from tf_segunravel.atomic import make_output_dir, write_json, write_text
+from tf_segunravel.data.labels import class_name
+from tf_segunravel.evaluation import evaluate
+from tf_segunravel.experiments.common import _bars, _common, _examples, model_key, model_stamp
+from tf_segunravel.unravel.settings import FixationSettings
+from tf_segunravel.unravel.tracer import SegUnravel
+
+
+def fixation_location(
+    network,
+    examples,
+    num_classes,
+    class_names=None,
+    class_kinds=None,
+    settings=None,
+    max_images=100,
+    pad_size=513,
+    with_iou=True,
+):
+    """Rows per class: images, mean inside-truth share (plain, weighted), IoU, kind.
+
+    With a contrastive `settings` the shares are those of the margin's fixations; without
+    `with_iou` the IoU column (a second pass over the images) is None.
+    """
+    engine = SegUnravel(network, settings)
+    shares = {c: [] for c in range(num_classes)}
+    weighted = {c: [] for c in range(num_classes)}
+    for image, truth in _examples(examples, max_images):
+        points, counts = engine(image[None].astype(np.float32)).for_image(0)
+        for cls in np.unique(points[:, 0]):
+            mine = points[:, 0] == cls
+            inside = truth[points[mine, 1], points[mine, 2]] == cls
+            shares[cls].append(inside.mean())
+            weighted[cls].append(np.average(inside, weights=counts[mine]))
+    iou = None
+    if with_iou:
+        iou = evaluate(network, examples.take(max_images), num_classes, pad_size)
+        iou = list(iou["per_class_iou"].values())
+    rows = []
+    for cls in range(num_classes):
+        name = class_name(class_names, cls)
+        rows.append(
+            {
+                "class": cls,
+                "name": name,
+                "kind": class_kinds[cls] if class_kinds else "",
+                "images": len(shares[cls]),
+                "inside_truth": float(np.mean(shares[cls])) if shares[cls] else None,
+                "inside_truth_weighted": float(np.mean(weighted[cls])) if weighted[cls] else None,
+                "iou": None if iou is None else iou[cls],
+            }
+        )
+    return rows
+
+
+def by_kind(rows, key="inside_truth"):
+    """Mean of `key` over the classes of each kind (intrinsic, contextual, ...)."""
+    groups = {}
+    for row in rows:
+        if row["kind"] and row[key] is not None:
+            groups.setdefault(row["kind"], []).append(row[key])
+    return {kind: float(np.mean(values)) for kind, values in groups.items()}
+
+
+def location_over_seeds(
+    networks,
+    model_names,
+    examples,
+    num_classes,
+    class_names,
+    class_kinds,
+    settings=None,
+    max_images=500,
+    pad_size=513,
+    output_dir=None,
+    source="",
+):
+    """`fixation_location`, plain and contrastive, on models trained with different seeds.
+
+    With `output_dir`, each model's result is also kept in `per_model/` and reused by a later
+    call with the same settings, images (`source`, e.g. "segunravel_shapes/val"), image count,
+    pad size and model file (`model_stamp`).
+
+    The contrastive pass uses `settings.contrast`, or "runner_up" when it is unset. Returns
+    per model and pass the rows and the by-kind shares, each kind's mean over the models with
+    a 95% t interval, and per pass the paired difference intrinsic minus contextual share
+    (above 0: the contextual classes' fixations leave their object more). Writes
+    location_over_seeds.json and .md into `output_dir` when given.
+    """
+    settings = settings or FixationSettings()
+    passes = {
+        "plain": dataclasses.replace(settings, contrast=None),
+        "contrastive": dataclasses.replace(settings, contrast=settings.contrast or "runner_up"),
+    }
+    per_model = []
+    for network, name in zip(networks, model_names, strict=True):
+        cache, stamp = None, None
+        if output_dir:  # one model's result is kept, so an interrupted run resumes
+            cache = os.path.join(output_dir, "per_model", f"{model_key(name)}.json")
+            stamp = model_stamp(name)
+            if os.path.exists(cache):
+                with open(cache) as f:
+                    cached = json.load(f)
+                if cached.get("settings") == {k: p.as_dict() for k, p in passes.items()} and (
+                    (
+                        cached.get("images"),
+                        cached.get("pad_size"),
+                        cached.get("source"),
+                        cached.get("model_stamp"),
+                    )
+                    == (max_images, pad_size, source, stamp)
+                ):
+                    per_model.append(cached["entry"])
+                    continue
+        entry = {"model": name}
+        for label, chosen in passes.items():
+            rows = fixation_location(
+                network,
+                examples,
+                num_classes,
+                class_names,
+                class_kinds,
+                settings=chosen,
+                max_images=max_images,
+                pad_size=pad_size,
+                with_iou=label == "plain",
+            )
+            entry[label] = {"rows": rows, "by_kind": by_kind(rows)}
+        per_model.append(entry)
+        if cache:
+            make_output_dir(os.path.dirname(cache))
+            settings_used = {k: p.as_dict() for k, p in passes.items()}
+            write_json(
+                cache,
+                {
+                    "settings": settings_used,
+                    "images": max_images,
+                    "pad_size": pad_size,
+                    "source": source,
+                    "model_stamp": stamp,
+                    "entry": entry,
+                },
+            )
+    summary = {"models": list(model_names), "images": max_images, "passes": {}}
+    for label in passes:
+        kinds = sorted({k for e in per_model for k in e[label]["by_kind"]})
+        by = {
+            k: stats.mean_interval([e[label]["by_kind"].get(k) for e in per_model]) for k in kinds
+        }
+        difference = stats.mean_interval(
+            [
+                e[label]["by_kind"]["intrinsic"] - e[label]["by_kind"]["contextual"]
+                if {"intrinsic", "contextual"} <= e[label]["by_kind"].keys()
+                else None
+                for e in per_model
+            ]
+        )
+        summary["passes"][label] = {
+            "contrast": passes[label].contrast,
+            "by_kind": by,
+            "intrinsic_minus_contextual": difference,
+            "verdict": stats.verdict(difference),
+        }
+    summary["per_model"] = per_model
+    if output_dir:
+        make_output_dir(output_dir)
+        write_json(os.path.join(output_dir, "location_over_seeds.json"), summary)
+        write_text(os.path.join(output_dir, "location_over_seeds.md"), location_markdown(summary))
+    return summary
+
+
+def location_difference(first, second):
+    """{pass: {kind: t interval}} of first minus second, paired by model: two
+    `location_over_seeds` summaries of the same models (in the same order) under other
+    settings, for example the `seg_unravel_code` preset against the defaults."""
+    if first["models"] != second["models"]:
+        raise ValueError(f"different models: {first['models']} and {second['models']}")
+    out = {}
+    for label in first["passes"]:
+        pairs = list(zip(first["per_model"], second["per_model"], strict=True))
+        kinds = sorted(
+            {k for a, b in pairs for k in a[label]["by_kind"] if k in b[label]["by_kind"]}
+        )
+        out[label] = {
+            kind: stats.mean_interval([_minus(a, b, label, kind) for a, b in pairs])
+            for kind in kinds
+        }
+    return out
+
+
+def _minus(first, second, label, kind):
+    a, b = first[label]["by_kind"].get(kind), second[label]["by_kind"].get(kind)
+    return None if a is None or b is None else a - b
+
+
+def location_markdown(summary):
+    """The kinds-by-pass table of `location_over_seeds`."""
+    passes = summary["passes"]
+    kinds = sorted({k for p in passes.values() for k in p["by_kind"]})
+    lines = [
+        f"Share of each class's fixations inside its own ground-truth object; mean over "
+        f"{len(summary['models'])} models [95% interval], {summary['images']} images.",
+        "",
+    ]
+    rows = [
+        [kind, *(stats.describe(p["by_kind"][kind], 3) for p in passes.values())] for kind in kinds
+    ]
+    difference = [
+        f"{stats.describe(p['intrinsic_minus_contextual'], 3, signed=True)} ({p['verdict']})"
+        for p in passes.values()
+    ]
+    rows.append(["intrinsic minus contextual", *difference])
+    lines += stats.markdown_table(["class kind", *passes], rows)
+    return "\n".join(lines) + "\n"
+
+
+def plot(axis, rows):
+    labels = [r["name"] for r in rows]
+    _bars(
+        axis,
+        labels,
+        {
+            "fixations inside truth": [r["inside_truth"] for r in rows],
+            "IoU": [r["iou"] for r in rows],
+        },
+    )
+
+
+def run(inputs):
+    rows = fixation_location(inputs.network, inputs.examples, inputs.num_classes, **_common(inputs))
+    return rows, by_kind(rows)
