@@ -70,7 +70,7 @@ def test_a_saved_model_loads_as_its_reader_and_is_refused_where_keras_is_needed(
     loaded = load_model(tmp_path / "saved")
     assert loaded.graph is None and loaded.saved_model is not None
     assert loaded.num_classes == 2 and loaded.class_names == ["background", "foreground"]
-    with pytest.raises(InputError, match=r"the flow needs a Keras model .* not the SavedModel"):
+    with pytest.raises(InputError, match=r"the flow: needs a Keras model .* not the SavedModel"):
         loaded.keras("the flow")
     # The writer reads either through the same object: the same points.
     from PIL import Image

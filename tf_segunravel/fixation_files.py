@@ -151,7 +151,7 @@ class FixationWriter:
         else:
             self.fixations = KerasFixations(loaded.graph, self.settings, flow)
         if self.compare:
-            loaded.keras("compare: the gradient methods (a SavedModel keeps no gradients)")
+            loaded.keras("compare")  # a SavedModel keeps no gradients
             methods.check(self.compare, flag="compare")
         self.output_dir = output_dir
         self.classes = classes

@@ -50,10 +50,11 @@ class LoadedModel:
         return self.saved_model.class_names
 
     def keras(self, needed_for: str) -> ModelGraph:
-        """The Keras model's graph, or an InputError saying what `needed_for` needs."""
+        """The Keras model's graph, or an InputError saying that `needed_for` (a parameter,
+        a flag or a tool) needs one."""
         if self.graph is None:
             raise InputError(
-                f"{needed_for} needs a Keras model (a .keras file or a training dir), not the "
+                f"{needed_for}: needs a Keras model (a .keras file or a training dir), not the "
                 f"SavedModel {self.path}"
             )
         return self.graph

@@ -72,7 +72,7 @@ def main(argv):
             flag = "--crf_search" if FLAGS.crf_search else "--crf"
             raise InputError(f"{flag} {crf.INSTALL_HINT}")
         crf_settings = settings.from_flags(CRFSettings, prefix="crf_")
-    network = cli.load_model().keras("tools/evaluate.py")
+    network = cli.load_model().keras("--model")
     num_classes = network.num_classes
     examples = load_split(FLAGS.dataset, FLAGS.split, FLAGS.data_dir, num_classes)
     names, _ = dataset_classes(FLAGS.dataset, FLAGS.data_dir, num_classes)

@@ -239,7 +239,7 @@ def main(argv):
     from tf_segunravel import experiments as ex
     from tf_segunravel.experiments.faithfulness import NoPairsError
 
-    inputs = analysis_inputs(cli.load_model().keras("--experiment"))
+    inputs = analysis_inputs(cli.load_model().keras("--model"))
     chosen = ALL_EXPERIMENTS if FLAGS.experiment == "all" else [FLAGS.experiment]
     for name in chosen:
         try:

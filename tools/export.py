@@ -38,7 +38,7 @@ def main(argv):
     del argv  # cli.run rejects positional arguments
     from tf_segunravel.export import export_saved_model
 
-    network = cli.load_model().keras("tools/export.py")
+    network = cli.load_model().keras("--model")
     fixation_settings = cli.fixation_settings(network.class_names, network.num_classes)
     settings = export_saved_model(
         network, FLAGS.export_dir, fixation_settings, overwrite=FLAGS.overwrite
