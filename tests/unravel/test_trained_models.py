@@ -16,8 +16,11 @@ from tests.helpers import last_line, run_tool
 from tf_segunravel.unravel import FixationSettings, SegUnravel, fixation_maps
 from tf_segunravel.unravel.settings import InputSettings
 
-UNIT = ["--input_scale=0.00392157"]  # the network takes [0, 1]
-TO_UNIT = InputSettings(scale=1 / 255)
+SCALE = 0.00392157  # the network takes [0, 1]; the tools are told so, rounded
+UNIT = [f"--input_scale={SCALE}"]
+# The same scale in Python: 1 / 255 is 5e-6 away in the logits, enough to flip a near-tie
+# between what a tool and the engine compute.
+TO_UNIT = InputSettings(scale=SCALE)
 
 
 def segmenter(input_shape=(None, None, 3), heads=False):
@@ -79,7 +82,7 @@ def trained(shapes_data_dir, tmp_path_factory):
 
 
 def probability(model, image):
-    return model(image[None].astype(np.float32) / 255)[0, ..., 0].numpy()
+    return model(image[None].astype(np.float32) * np.float32(SCALE))[0, ..., 0].numpy()
 
 
 @pytest.mark.slow
@@ -100,7 +103,7 @@ def test_a_binary_head_is_two_classes_from_the_logits(trained):
     assert engine.num_classes == 2 and engine.graph.stepped_over == ["mask"]
     result = engine(image[None])
     logits = keras.Model(model.inputs, model.get_layer("logits").output)
-    z = logits(image[None].astype(np.float32) / 255).numpy()
+    z = logits(image[None].astype(np.float32) * np.float32(SCALE)).numpy()
     np.testing.assert_allclose(result.scores, np.concatenate([-z / 2, z / 2], -1), atol=1e-5)
     np.testing.assert_array_equal(result.labels[0], (z[0, ..., 0] > 0).astype(np.int32))
     # softmax of the two logits is the sigmoid the model ends in.
