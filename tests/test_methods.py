@@ -76,7 +76,7 @@ def test_a_compiled_unravel_is_not_traced_again(graph, batch, name):
     method = entry(name)
     regions = regions_for(batch)
     method.maps(graph, batch, CLASSES, regions)
-    engines = list(methods._engines.get(graph, {}).values())
+    engines = list(graph.engines.values())
     before = [engine._traced.experimental_get_tracing_count() for engine in engines]
     method.maps(graph, batch, CLASSES, regions, seed=1)
     after = [engine._traced.experimental_get_tracing_count() for engine in engines]
@@ -118,3 +118,20 @@ def test_registration_adds_refuses_replaces_and_undoes(graph, batch):
     assert methods.get("random") is original
     registration.remove()  # a second undo changes nothing
     assert methods.get("random") is original
+
+
+def test_a_graph_and_its_engines_are_freed_with_it(batch):
+    """The fixation entries keep their compiled engine on the graph, so a graph made for a
+    randomised model (one per layer in the randomisation check) goes when it is dropped."""
+    import gc
+    import weakref
+
+    images = keras.Input((None, None, 3))
+    model = keras.Model(images, L.Conv2D(3, 1)(L.Conv2D(4, 3, padding="same")(images)))
+    graph = ModelGraph(model)
+    methods.get("fixations").maps(graph, batch, [0], regions_for(batch))
+    assert len(graph.engines) == 1
+    dropped = weakref.ref(graph)
+    del graph
+    gc.collect()
+    assert dropped() is None

@@ -24,7 +24,6 @@ contract. Importing this module loads no TensorFlow (the tools list the names in
 import contextlib
 import dataclasses
 import typing
-import weakref
 from collections.abc import Callable
 
 import numpy as np
@@ -83,21 +82,17 @@ class Method:
         return self.extra is None or baselines.available()
 
 
-# Engines of the fixation entries, one per (graph, settings): a compiled unravel is traced
-# once, not per call (a trace costs seconds; a walk of a small network, milliseconds).
-_engines: "weakref.WeakKeyDictionary[ModelGraph, dict[FixationSettings, SegUnravel]]"
-_engines = weakref.WeakKeyDictionary()
-
-
 def engine_for(graph: "ModelGraph", settings: FixationSettings) -> "SegUnravel":
-    """The fixation engine of `graph` with `settings`, made on first use and kept while the
-    graph lives."""
+    """The fixation engine of `graph` with `settings`, made on first use and kept with the
+    graph (`ModelGraph.engines`): a compiled unravel is traced once, not per call (a trace
+    costs seconds; a walk of a small network, milliseconds). Kept on the graph, not in a
+    table here: a table keyed on the graph would keep every graph alive through its engine
+    (the randomisation check makes one per randomised model)."""
     from tf_segunravel.unravel.tracer import SegUnravel
 
-    held = _engines.setdefault(graph, {})
-    if settings not in held:
-        held[settings] = SegUnravel(graph, settings)
-    return held[settings]
+    if settings not in graph.engines:
+        graph.engines[settings] = SegUnravel(graph, settings)
+    return graph.engines[settings]
 
 
 def _fixation_maps(contrast):

@@ -270,6 +270,9 @@ class ModelGraph:
                 if strict:
                     raise
                 self._split_error = error
+        # Engines built on this graph by their settings (`methods.engine_for`): they live
+        # as long as the graph does.
+        self.engines: dict = {}
         # The step whose rule reads a replaced kernel (a binary split's, or a contrastive
         # margin's), and the steps from it to the scores, whose points carry class channels.
         self.kernel_step = self.split.step if self.split else self.score_step
