@@ -53,6 +53,11 @@ CHAINS = {
     "negation": [lambda: negated],
     "constant_ops": [lambda: lambda t: 1.0 - t * 2.0],  # two signs: -1 overall
     "divide_by_negative": [lambda: lambda t: t / -4.0],
+    "normalization_identity_plus_constant": [
+        lambda: L.Normalization(mean=0.5, variance=4.0),
+        lambda: L.Identity(),
+        lambda: lambda t: t + 0.75,
+    ],
     # Refused: not per-element and affine.
     "relu": [lambda: L.ReLU(name="clip")],
     "tanh": [lambda: L.Activation("tanh", name="squash")],
@@ -192,8 +197,12 @@ def test_every_chain_and_final_activation_traces_or_is_refused_in_one_line(head)
         assert as_counter(got) == as_counter(want), (chain, final)
         assert got.counts.sum() > 0
         traced += 1
-    assert traced == 9 * 2 + 1  # 9 chains traced under a sigmoid layer and bare logits
-    assert refused == len(REFUSED) * 3 + 8 - (head == "dense_pooled") * 3
+    splittable = len(CHAINS) - len(REFUSED)  # 10, "none" among them
+    # Every splittable chain under a sigmoid layer and bare logits, and "none" under the
+    # head's own sigmoid; the refused chains under all three, and the own sigmoid under
+    # every other splittable chain.
+    assert traced == splittable * 2 + 1
+    assert refused == len(REFUSED) * 3 + splittable - 1 - (head == "dense_pooled") * 3
 
 
 @pytest.mark.parametrize("head", HEADS)

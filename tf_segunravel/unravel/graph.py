@@ -136,37 +136,21 @@ def _linear_part(layer, x):
     """A weighted layer's output before its activation: Keras' own ops, as its `call` runs
     them up to the activation (the layer itself is left untouched)."""
     ops = keras.ops
+    window = dict(  # the window options the three convolution ops share
+        strides=getattr(layer, "strides", None),
+        padding=getattr(layer, "padding", None),
+        dilation_rate=getattr(layer, "dilation_rate", None),
+        data_format=getattr(layer, "data_format", None),
+    )
     if isinstance(layer, keras.layers.Dense):
         y = ops.matmul(x, layer.kernel)
     elif isinstance(layer, keras.layers.Conv2DTranspose):
-        y = ops.conv_transpose(
-            x,
-            layer.kernel,
-            strides=list(layer.strides),
-            padding=layer.padding,
-            output_padding=layer.output_padding,
-            dilation_rate=layer.dilation_rate,
-            data_format=layer.data_format,
-        )
+        window["strides"] = list(layer.strides)  # as Keras' own call passes them
+        y = ops.conv_transpose(x, layer.kernel, output_padding=layer.output_padding, **window)
     elif isinstance(layer, keras.layers.DepthwiseConv2D):
-        y = ops.depthwise_conv(
-            x,
-            layer.kernel,
-            strides=layer.strides,
-            padding=layer.padding,
-            dilation_rate=layer.dilation_rate,
-            data_format=layer.data_format,
-        )
+        y = ops.depthwise_conv(x, layer.kernel, **window)
     elif isinstance(layer, keras.layers.SeparableConv2D):
-        y = ops.separable_conv(
-            x,
-            layer.depthwise_kernel,
-            layer.pointwise_kernel,
-            strides=layer.strides,
-            padding=layer.padding,
-            dilation_rate=layer.dilation_rate,
-            data_format=layer.data_format,
-        )
+        y = ops.separable_conv(x, layer.depthwise_kernel, layer.pointwise_kernel, **window)
     else:
         y = layer.convolution_op(x, layer.kernel)
     return y + layer.bias if layer.use_bias else y
@@ -261,7 +245,7 @@ class ModelGraph:
         if self.binary:
             try:
                 self.split = find_split(
-                    {o: step for step in self.steps for o in step.outputs},
+                    producers,  # every step's, made above for the final activation
                     self.output_id,
                     self.kind,
                     self.activation_inside,
