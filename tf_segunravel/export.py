@@ -46,20 +46,21 @@ def _checked(images):
     return tf.ensure_shape(images, [None, None, None, 3])
 
 
-def build_archive(network, settings=None):
+def build_archive(network, settings=None, name=None):
     """(A `keras.export.ExportArchive` holding every signature for `network`, the metadata
     dict); `settings` (a `FixationSettings`) are fixed into the `fixations` signature.
 
     `network` is a Keras model or a `graph.ModelGraph`; the graph's input settings, score
     output, stepped-over activation, binary head and fixed input size are baked into every
-    signature, which take uint8 RGB images of any size as the tools do."""
+    signature, which take uint8 RGB images of any size as the tools do. `name`: how an error
+    names the model (the path it was loaded from; by default the Keras model's name)."""
     settings = settings or FixationSettings()
     graph = as_graph(network, strict=False)
     try:
         # No held kernel tables: the SavedModel would carry two copies of every kernel.
         engine = SegUnravel(graph, settings, cache_kernels=False)
     except ValueError as error:  # a contrast this model's score layer cannot take, ...
-        raise InputError(f"{graph.model.name}: {error}") from error
+        raise InputError(f"{name or graph.model.name}: {error}") from error
     score_map = ScoreMap(graph)
     num_classes = graph.num_classes
     images_spec = tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")
@@ -120,14 +121,15 @@ def build_archive(network, settings=None):
     return archive, recorded
 
 
-def export_saved_model(network, export_dir, settings=None, overwrite=False):
-    """Writes the SavedModel to `export_dir` atomically (a temporary dir moved into place)."""
+def export_saved_model(network, export_dir, settings=None, overwrite=False, name=None):
+    """Writes the SavedModel to `export_dir` atomically (a temporary dir moved into place);
+    `name` as for `build_archive`."""
     export_dir = os.path.abspath(export_dir)
     if os.path.exists(export_dir) and not overwrite:
         raise InputError(f"{export_dir}: already exists; pass overwrite=True to replace it")
     parent = os.path.dirname(export_dir)
     # Built first: a model the unravel refuses leaves no directory behind.
-    archive, recorded = build_archive(network, settings)
+    archive, recorded = build_archive(network, settings, name)
     make_output_dir(parent, "export_dir", shown=export_dir)
     staging = tempfile.mkdtemp(prefix=".export-", dir=parent)
     try:

@@ -81,11 +81,13 @@ def class_statistics(classes, seeds, points, counts, labels, truth=None, inliers
 class KerasFixations:
     """Fixations of a Keras model through the engine."""
 
-    def __init__(self, model, settings, flow=False):
+    def __init__(self, model, settings, flow=False, name=None):
+        """`name`: how an error names the model (its path, where it was loaded from one;
+        else the Keras model's name)."""
         try:
             self.engine = SegUnravel(model, settings, keep_flow=flow)
         except ValueError as e:  # a model or setting the engine cannot take
-            name = getattr(model, "name", None) or model.model.name  # a Keras model or graph
+            name = name or getattr(model, "name", None) or model.model.name  # model or graph
             raise InputError(f"{name}: {e}") from e
 
     def __call__(self, image, seed_labels=None, classes=None, probabilities=False):
@@ -149,7 +151,7 @@ class FixationWriter:
                 raise InputError("flow=True needs a Keras model, not a SavedModel")
             self.fixations = loaded.saved_model
         else:
-            self.fixations = KerasFixations(loaded.graph, self.settings, flow)
+            self.fixations = KerasFixations(loaded.graph, self.settings, flow, loaded.path)
         if self.compare:
             loaded.keras("compare")  # a SavedModel keeps no gradients
             methods.check(self.compare, flag="compare")

@@ -41,7 +41,7 @@ def main(argv):
     network = cli.load_model().keras("--model")
     fixation_settings = cli.fixation_settings(network.class_names, network.num_classes)
     settings = export_saved_model(
-        network, FLAGS.export_dir, fixation_settings, overwrite=FLAGS.overwrite
+        network, FLAGS.export_dir, fixation_settings, overwrite=FLAGS.overwrite, name=FLAGS.model
     )
     print(f"wrote {FLAGS.export_dir}: {settings}")
 

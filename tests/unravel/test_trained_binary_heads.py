@@ -192,6 +192,7 @@ def test_an_unsplittable_head_is_a_one_line_error_from_both_tools(tmp_path):
         assert proc.returncode == 1
         line = last_line(proc.stderr)
         assert re.fullmatch(rf"{tool}: error: .*'clipped' \(ReLU\).*not affine.*", line), line
+        assert line.startswith(f"{tool}: error: {path}: "), line  # names the file at fault
         assert "Traceback" not in proc.stderr
     assert not (tmp_path / "fix").exists() and not (tmp_path / "saved").exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
