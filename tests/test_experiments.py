@@ -1,5 +1,6 @@
 """The dissertation's analyses on a tiny model and the shapes dataset."""
 
+import dataclasses
 import json
 import os
 
@@ -13,8 +14,10 @@ from tests.helpers import run_tool
 from tf_segunravel import experiments
 from tf_segunravel.data import load_split
 from tf_segunravel.data.shapes import CLASS_KINDS, CLASS_NAMES
+from tf_segunravel.experiment_registry import ALL_EXPERIMENTS, ExperimentSettings
 from tf_segunravel.models import deeplab_largefov
 from tf_segunravel.unravel.rules import channels_to_reach
+from tf_segunravel.unravel.settings import FixationSettings
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +76,7 @@ def test_tool_writes_tables_and_figures(tmp_path, tiny, shapes_data_dir):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = {}
-    for name in experiments.EXPERIMENTS:
+    for name in ALL_EXPERIMENTS:
         payload = json.loads((out / f"{name}.json").read_text())
         assert payload["experiment"] == name and payload["rows"]
         assert (out / f"{name}.csv").read_text().count("\n") == len(payload["rows"]) + 1
@@ -137,7 +140,7 @@ def test_location_over_seeds_tool_reports_intervals_and_resumes(tmp_path, shapes
         6,
         list(CLASS_NAMES),
         list(CLASS_KINDS),
-        settings=experiments.FixationSettings(sigma=6.0, contrast="runner_up"),
+        settings=FixationSettings(sigma=6.0, contrast="runner_up"),
         max_images=4,
         with_iou=False,
     )
@@ -146,27 +149,110 @@ def test_location_over_seeds_tool_reports_intervals_and_resumes(tmp_path, shapes
     # Per-model results are kept: a second run reuses them and writes the same summary.
     cached = sorted(p.name for p in (out / "per_model").iterdir())
     assert len(cached) == 2
-    kept = json.loads((out / "per_model" / cached[0]).read_text())  # keyed on the images too
-    assert kept["source"].startswith("segunravel_shapes/val in ") and kept["pad_size"] == 129
+    kept = json.loads((out / "per_model" / cached[0] / "location_over_seeds.json").read_text())
+    made_from = kept["made_from"]  # keyed on the images too
+    assert made_from["source"].startswith("segunravel_shapes/val in ")
+    assert made_from["pad_size"] == 129
     proc = run_tool("experiments", *args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((out / "location_over_seeds.json").read_text()) == summary
 
 
-def test_every_registered_experiment_is_runnable_and_drawn():
-    from tf_segunravel.experiment_registry import ALL_EXPERIMENTS, MODEL, REGISTRY
-
-    assert experiments.EXPERIMENTS == ALL_EXPERIMENTS and "faithfulness" not in ALL_EXPERIMENTS
+def test_every_registered_experiment_has_a_module_that_runs_it():
     import importlib
 
+    from tf_segunravel.experiment_registry import MODEL, MODELS, REGISTRY, TRAINS
+
+    assert "faithfulness" not in ALL_EXPERIMENTS
+    hooks = {
+        MODEL: ("run", "plot"),  # the runner and the figure
+        MODELS: ("seeds_key", "seed_result", "summarise_seeds", "write_seed_summary"),
+        TRAINS: ("run_settings", "markdown"),
+    }
     for name, spec in REGISTRY.items():
-        if spec.reads == MODEL:  # one module per experiment, with its runner and figure
-            module = importlib.import_module(f"tf_segunravel.experiments.{spec.module}")
-            assert callable(module.run) and callable(module.plot), name
-        else:
-            assert spec.module is None, name
-    with pytest.raises(ValueError, match="does not analyse one model"):
+        module = importlib.import_module(f"tf_segunravel.experiments.{spec.module}")
+        for hook in hooks[spec.reads]:
+            assert callable(getattr(module, hook)), (name, hook)
+    assert {e.reads for e in REGISTRY.values()} == set(hooks)
+    with pytest.raises(ValueError, match="experiment=template_sweep: not one of"):
         experiments.run_experiment("template_sweep", None)
+    with pytest.raises(ValueError, match="experiment=k_analysis: not run over seeds"):
+        experiments.run_over_seeds("k_analysis", [], [], None)
+
+
+def _one_by_one_model(path, flip):
+    """A 1x1-conv two-class model, saved: class 0 where red is high and class 1 where blue
+    is, or the other way round with `flip`."""
+    inp = keras.Input((None, None, 3))
+    model = keras.Model(inp, keras.layers.Conv2D(2, 1, use_bias=False)(inp))
+    sign = -1.0 if flip else 1.0
+    kernel = np.array([[[[sign, -sign], [0, 0], [-sign, sign]]]], np.float32)
+    model.layers[1].set_weights([kernel])
+    model.save(path)
+    return model
+
+
+def test_over_seeds_caches_each_model_and_reruns_what_changed(tmp_path, monkeypatch):
+    """The one over-seeds aggregator: each model's result is a resumable unit, keyed on the
+    settings, the images and the model file."""
+    from tf_segunravel.experiments import location
+
+    image = np.zeros((2, 6, 6, 3), np.uint8)
+    image[:, :, :3, 0] = 200
+    image[:, :, 3:, 2] = 200
+    truth = np.zeros((2, 6, 6, 1), np.uint8)
+    truth[:, :, 3:] = 1
+    val = tf.data.Dataset.from_tensor_slices({"image": image, "segmentation": truth})
+    names = [str(tmp_path / f"seed{i}.keras") for i in range(2)]
+    networks = [_one_by_one_model(name, flip=i == 1) for i, name in enumerate(names)]
+    inputs = experiments.AnalysisInputs(
+        networks[0],
+        val,
+        2,
+        ["left", "right"],
+        ["intrinsic", "contextual"],
+        FixationSettings(sigma=1.0),
+        ExperimentSettings(max_images=2, pad_size=8),
+        source="two images",
+    )
+    out = tmp_path / "out"
+    summary = experiments.run_over_seeds("location_over_seeds", networks, names, inputs, str(out))
+    assert summary["models"] == names and summary["images"] == 2
+    first, second = summary["per_model"]
+    assert first["plain"]["by_kind"] == {"intrinsic": 1.0, "contextual": 1.0}
+    # The flipped model sends each class's fixations to the other half.
+    assert second["plain"]["by_kind"] == {"intrinsic": 0.0, "contextual": 0.0}
+    assert json.loads((out / "location_over_seeds.json").read_text()) == summary
+    assert "intrinsic minus contextual" in (out / "location_over_seeds.md").read_text()
+    assert experiments.markdown("location_over_seeds", summary).startswith("Share of each")
+    calls = []
+    real = location.fixation_location
+
+    def counted(network, *args, **kwargs):
+        calls.append(network)
+        return real(network, *args, **kwargs)
+
+    monkeypatch.setattr(location, "fixation_location", counted)
+    again = experiments.run_over_seeds("location_over_seeds", networks, names, inputs, str(out))
+    assert again == summary and calls == []  # both models reused
+    # A model saved again at its path (retrained) runs again, the other is reused.
+    info = os.stat(names[1])
+    os.utime(names[1], ns=(info.st_atime_ns, info.st_mtime_ns + 10**9))
+    experiments.run_over_seeds("location_over_seeds", networks, names, inputs, str(out))
+    assert calls == [networks[1]] * 2  # its plain and contrastive passes
+    # Other images, or other settings, run every model again.
+    calls.clear()
+    other = dataclasses.replace(inputs, source="two other images")
+    experiments.run_over_seeds("location_over_seeds", networks, names, other, str(out))
+    assert len(calls) == 4
+    calls.clear()
+    other = dataclasses.replace(inputs, options=ExperimentSettings(max_images=1, pad_size=8))
+    experiments.run_over_seeds("location_over_seeds", networks, names, other, str(out))
+    assert len(calls) == 4
+    # Without an output dir nothing is kept or reused.
+    calls.clear()
+    assert experiments.run_over_seeds("location_over_seeds", networks, names, inputs) == summary
+    assert len(calls) == 4
 
 
 def test_location_difference_pairs_by_model():

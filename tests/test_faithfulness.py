@@ -264,7 +264,9 @@ def test_faithfulness_over_seeds_pairs_each_model_and_resumes(
     from tf_segunravel import experiments
     from tf_segunravel.data import load_split
     from tf_segunravel.data.shapes import CLASS_KINDS, CLASS_NAMES
+    from tf_segunravel.experiment_registry import ExperimentSettings
     from tf_segunravel.unravel.graph import ModelGraph
+    from tf_segunravel.unravel.settings import FixationSettings
 
     seeds = (3, 4)
     names = [str(tmp_path / f"seed{seed}.keras") for seed in seeds]
@@ -276,17 +278,21 @@ def test_faithfulness_over_seeds_pairs_each_model_and_resumes(
         6,
         list(CLASS_NAMES),
         list(CLASS_KINDS),
-        experiments.FixationSettings(sigma=6.0),
-        max_images=2,
-        pad_size=129,
-        methods=methods,
-        faithfulness_steps=4,
-        min_pixels=16,
-        randomisation_images=1,
-        randomisation_layers=2,
+        FixationSettings(sigma=6.0),
+        ExperimentSettings(
+            max_images=2,
+            pad_size=129,
+            methods=methods,
+            faithfulness_steps=4,
+            min_pixels=16,
+            randomisation_images=1,
+            randomisation_layers=2,
+        ),
     )
     out = tmp_path / "out"
-    result = experiments.faithfulness_over_seeds(networks, names, inputs, str(out))
+    result = experiments.run_over_seeds(
+        "faithfulness_over_seeds", networks, names, inputs, str(out)
+    )
     per_model = [
         json.loads((out / "per_model" / experiments.model_key(n) / "faithfulness.json").read_text())
         for n in names
@@ -324,20 +330,23 @@ def test_faithfulness_over_seeds_pairs_each_model_and_resumes(
     from tf_segunravel.experiments import faithfulness as experiment
 
     monkeypatch.setattr(experiment, "run", refuse)
-    again = experiments.faithfulness_over_seeds(networks, names, inputs, str(out))
+    again = experiments.run_over_seeds("faithfulness_over_seeds", networks, names, inputs, str(out))
     assert json.loads(json.dumps(again)) == json.loads(json.dumps(result))
     # Other settings do not match the cache: the models run again.
     with pytest.raises(AssertionError, match="run again"):
-        changed = dataclasses.replace(inputs, faithfulness_steps=5)
-        experiments.faithfulness_over_seeds(networks, names, changed, str(out))
+        steps = dataclasses.replace(inputs.options, faithfulness_steps=5)
+        changed = dataclasses.replace(inputs, options=steps)
+        experiments.run_over_seeds("faithfulness_over_seeds", networks, names, changed, str(out))
     with pytest.raises(AssertionError, match="run again"):  # nor do other images
         other_images = dataclasses.replace(inputs, source="segunravel_shapes/train")
-        experiments.faithfulness_over_seeds(networks, names, other_images, str(out))
+        experiments.run_over_seeds(
+            "faithfulness_over_seeds", networks, names, other_images, str(out)
+        )
     # Nor does a model saved again at the same path (retrained: a newer file).
     info = os.stat(names[1])
     os.utime(names[1], ns=(info.st_atime_ns, info.st_mtime_ns + 10**9))
     with pytest.raises(AssertionError, match="run again"):
-        experiments.faithfulness_over_seeds(networks, names, inputs, str(out))
+        experiments.run_over_seeds("faithfulness_over_seeds", networks, names, inputs, str(out))
 
 
 @pytest.mark.slow

@@ -11,7 +11,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags, logging
 
-from tf_segunravel import flagfiles, settings
+from tf_segunravel import flag_settings, flagfiles
 from tf_segunravel.atomic import check_output_dir
 from tf_segunravel.errors import InputError
 
@@ -150,7 +150,7 @@ def define_fixation_flags(defaults=None):
     tools/fixations.py, tools/export.py and tools/experiments.py."""
     from tf_segunravel.unravel.settings import PRESETS, FixationSettings
 
-    settings.define_flags(FixationSettings, defaults=defaults)
+    flag_settings.define_flags(FixationSettings, defaults=defaults)
     flags.DEFINE_enum(
         "preset",
         None,
@@ -167,7 +167,7 @@ def fixation_settings(class_names=None, num_classes=None):
 
     from tf_segunravel.unravel.settings import PRESETS, FixationSettings
 
-    parsed = settings.from_flags(FixationSettings)
+    parsed = flag_settings.from_flags(FixationSettings)
     if flags.FLAGS.preset is not None:
         # The preset replaces the binary's defaults, never a flag the user gave.
         preset = {
@@ -204,7 +204,7 @@ def define_model_flags():
     tools/experiments.py."""
     from tf_segunravel.unravel.settings import InputSettings
 
-    settings.define_flags(InputSettings, prefix="input_")
+    flag_settings.define_flags(InputSettings, prefix="input_")
     flags.DEFINE_string(
         "output",
         None,
@@ -217,7 +217,7 @@ def input_settings():
     """The `InputSettings` the parsed --input_* flags describe."""
     from tf_segunravel.unravel.settings import InputSettings
 
-    return settings.from_flags(InputSettings, prefix="input_")
+    return flag_settings.from_flags(InputSettings, prefix="input_")
 
 
 def load_model(path=None, flag="model"):

@@ -15,9 +15,9 @@ import itertools
 
 import numpy as np
 
-from tf_segunravel import settings
+from tf_segunravel import flag_settings
 from tf_segunravel.errors import InputError
-from tf_segunravel.settings import at_least_one, positive, setting
+from tf_segunravel.flag_settings import at_least_one, positive, setting
 
 # The smallest probability the unary sees: -log stays finite where the softmax underflows.
 PROBABILITY_FLOOR = 1e-8
@@ -57,7 +57,7 @@ class CRFSettings:
     )
 
     def __post_init__(self):
-        settings.validate(self)
+        flag_settings.validate(self)
 
 
 DEEPLAB_LARGEFOV = CRFSettings()

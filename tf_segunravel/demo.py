@@ -1,7 +1,7 @@
 """The main job: everything this package does, end to end on `segunravel_shapes`.
 
 Stages (`STAGES`), each made of units that are done when their record exists and was made
-from the same inputs (`tf_segunravel.stages`), so a re-run reuses finished work:
+from the same inputs (`tf_segunravel.resumable`), so a re-run reuses finished work:
   data         prepare segunravel_shapes into <out>/tfds
   train        per seed: the cross-entropy baseline from scratch, then fc6..fc8 fine-tuned
                from it in a pair of arms, cross-entropy only (the control) and with the
@@ -27,7 +27,7 @@ import time
 import numpy as np
 from PIL import Image
 
-from tf_segunravel import stages, stats
+from tf_segunravel import resumable, stats
 from tf_segunravel.atomic import (
     check_output_dir,
     make_output_dir,
@@ -36,7 +36,8 @@ from tf_segunravel.atomic import (
     write_text,
 )
 from tf_segunravel.errors import InputError
-from tf_segunravel.template_sweep import PAD_SIZE
+from tf_segunravel.experiment_registry import ExperimentSettings
+from tf_segunravel.experiments.template_sweep import PAD_SIZE
 from tf_segunravel.training.config import FLAGS_DIR, HISTORY_FILE, flagfile_config
 from tf_segunravel.unravel.settings import RUNNER_UP, FixationSettings
 
@@ -95,7 +96,7 @@ class _Job:
         return self.configs[(arm, seed)].model_dir
 
     def stage_file(self, stage):
-        """Where a whole-stage unit keeps its record (see `tf_segunravel.stages`)."""
+        """Where a whole-stage unit keeps its record (see `tf_segunravel.resumable`)."""
         return os.path.join(self.output_dir, "stages", f"{stage}.json")
 
 
@@ -114,7 +115,7 @@ def _data(job):
 
 def _train(job):
     for (arm, seed), config in job.configs.items():
-        record = stages.train_arm(config, lambda m: _banner("train", m), f"{arm}, seed {seed}")
+        record = resumable.train_arm(config, lambda m: _banner("train", m), f"{arm}, seed {seed}")
         if "diverged" in record:
             raise RuntimeError(f"{config.model_dir}: training diverged ({record['diverged']})")
 
@@ -130,7 +131,7 @@ def _evaluate(job):
         def score(model_dir):
             return evaluate(load_network(model_dir), scored, 6, PAD_SIZE, job.names)
 
-        record, reused = stages.evaluate_arm(
+        record, reused = resumable.evaluate_arm(
             job.model_dir(arm, seed),
             images,
             score,
@@ -158,7 +159,7 @@ def _export(job):
         export_saved_model(network, export_dir, FIXATIONS, overwrite=True)
         return {}
 
-    stages.once(job.stage_file("export"), {"model": _baseline_dir(job)}, make)
+    resumable.once(job.stage_file("export"), {"model": _baseline_dir(job)}, make)
 
 
 def _write_fixations(job, fixation_dir, contrast):
@@ -193,7 +194,7 @@ def _fixations(job):
         make = functools.partial(
             _write_fixations, job, os.path.join(job.output_dir, folder), contrast
         )
-        stages.once(job.stage_file(folder), {"images": job.fixation_images}, make)
+        resumable.once(job.stage_file(folder), {"images": job.fixation_images}, make)
 
 
 def _experiments(job):
@@ -205,22 +206,17 @@ def _experiments(job):
     def make():
         seeds = list(job.seeds)
         _banner("experiments", f"fixation location, plain and contrastive, seeds {seeds}")
-        experiments.location_over_seeds(
-            [load_network(job.model_dir("baseline", seed)) for seed in seeds],
-            [f"baseline_seed{seed}" for seed in seeds],
-            job.val,
-            6,
-            job.names,
-            job.kinds,
-            settings=FIXATIONS,
-            max_images=job.experiment_images,
-            pad_size=PAD_SIZE,
-            output_dir=experiment_dir,
+        networks = [load_network(job.model_dir("baseline", seed)) for seed in seeds]
+        options = ExperimentSettings(max_images=job.experiment_images, pad_size=PAD_SIZE)
+        inputs = experiments.AnalysisInputs(
+            networks[0], job.val, 6, job.names, job.kinds, FIXATIONS, options
         )
+        names = [f"baseline_seed{seed}" for seed in seeds]
+        experiments.run_over_seeds("location_over_seeds", networks, names, inputs, experiment_dir)
         return {}
 
     inputs = {"images": job.experiment_images, "seeds": list(job.seeds)}
-    stages.once(job.stage_file("experiments"), inputs, make)
+    resumable.once(job.stage_file("experiments"), inputs, make)
 
 
 def _faithfulness_methods():
@@ -236,7 +232,6 @@ def _faithfulness_methods():
 
 def _faithfulness(job):
     from tf_segunravel import experiments
-    from tf_segunravel.experiments.faithfulness import score_methods
     from tf_segunravel.training import load_network
 
     methods = _faithfulness_methods()
@@ -244,24 +239,24 @@ def _faithfulness(job):
 
     def make():
         _banner("faithfulness", f"{', '.join(methods)} on {FAITHFULNESS_IMAGES} val images")
-        rows, summary = score_methods(
-            load_network(job.model_dir("baseline", seed)),
-            job.val,
-            6,
-            job.names,
-            methods=methods,
-            settings=FIXATIONS,
+        options = ExperimentSettings(
             max_images=FAITHFULNESS_IMAGES,
-            steps=FAITHFULNESS_STEPS,
+            methods=methods,
+            faithfulness_steps=FAITHFULNESS_STEPS,
             randomisation_images=0,
         )
+        network = load_network(job.model_dir("baseline", seed))
+        inputs = experiments.AnalysisInputs(
+            network, job.val, 6, job.names, job.kinds, FIXATIONS, options
+        )
+        rows, summary = experiments.run_experiment("faithfulness", inputs)
         experiments.write_results(
             rows, os.path.join(job.output_dir, "experiments"), "faithfulness", summary
         )
         return {}
 
     inputs = {"images": FAITHFULNESS_IMAGES, "methods": list(methods), "seed": seed}
-    stages.once(job.stage_file("faithfulness"), inputs, make)
+    resumable.once(job.stage_file("faithfulness"), inputs, make)
 
 
 def _report(job):
@@ -286,7 +281,7 @@ def _report(job):
     job.summary = summary
 
 
-# The stages in order. Each is a list of `tf_segunravel.stages` units (done when their record
+# The stages in order. Each is a list of `tf_segunravel.resumable` units (done when their record
 # exists and was made from the same inputs), so re-running the demo redoes only what is
 # missing or was made from other settings; the report is cheap and always written.
 STAGES = {

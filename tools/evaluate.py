@@ -15,7 +15,7 @@ VOC val images, writes the grid to --crf_search_json, and evaluates with the bes
 
 from absl import flags
 
-from tf_segunravel import cli, settings
+from tf_segunravel import cli, flag_settings
 from tf_segunravel.crf import CRFSettings
 from tf_segunravel.errors import InputError
 
@@ -26,7 +26,7 @@ flags.DEFINE_string("data_dir", None, "TFDS data dir (default: TFDS's own).")
 flags.DEFINE_integer("pad_size", 513, "Images are padded to pad_size x pad_size.")
 flags.DEFINE_string("output_json", None, "Also write the results here.")
 flags.DEFINE_boolean("crf", False, "Also score DeepLab's dense CRF on the softmax.")
-settings.define_flags(CRFSettings, prefix="crf_")
+flag_settings.define_flags(CRFSettings, prefix="crf_")
 flags.DEFINE_boolean("crf_search", False, "Grid-search the bilateral kernel first (implies --crf).")
 flags.DEFINE_integer("crf_search_images", 100, "Held-out images for --crf_search.")
 flags.DEFINE_list("crf_search_weights", ["3", "4", "5"], "--crf_search: bilateral weights.")
@@ -52,9 +52,9 @@ for _name in ("crf_search_weights", "crf_search_xy_stds", "crf_search_rgb_stds")
     flags.register_validator(
         _name, _positive_numbers, f"--{_name} must be a list of positive numbers"
     )
-# Flags generated from settings classes are declared by tf_segunravel.settings; list them
+# Flags generated from settings classes are declared by tf_segunravel.flag_settings; list them
 # with the tool's own in --help.
-flags.adopt_module_key_flags(settings)
+flags.adopt_module_key_flags(flag_settings)
 FLAGS = flags.FLAGS
 
 
@@ -71,7 +71,7 @@ def main(argv):
         if not crf.available():
             flag = "--crf_search" if FLAGS.crf_search else "--crf"
             raise InputError(f"{flag} {crf.INSTALL_HINT}")
-        crf_settings = settings.from_flags(CRFSettings, prefix="crf_")
+        crf_settings = flag_settings.from_flags(CRFSettings, prefix="crf_")
     network = cli.load_model().keras("--model")
     num_classes = network.num_classes
     examples = load_split(FLAGS.dataset, FLAGS.split, FLAGS.data_dir, num_classes)

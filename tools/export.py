@@ -13,7 +13,7 @@ import os
 
 from absl import flags
 
-from tf_segunravel import cli, settings
+from tf_segunravel import cli, flag_settings
 
 flags.DEFINE_string("model", None, "A training model dir, checkpoint prefix or .keras file.")
 flags.DEFINE_string("export_dir", None, "SavedModel directory to write.")
@@ -28,9 +28,9 @@ flags.register_multi_flags_validator(
     lambda f: not f["export_dir"] or f["overwrite"] or not os.path.exists(f["export_dir"]),
     "--export_dir already exists; pass --overwrite to replace it",
 )
-# Flags generated from settings classes are declared by tf_segunravel.settings; list them
+# Flags generated from settings classes are declared by tf_segunravel.flag_settings; list them
 # with the tool's own in --help.
-flags.adopt_module_key_flags(settings)
+flags.adopt_module_key_flags(flag_settings)
 FLAGS = flags.FLAGS
 
 

@@ -17,7 +17,7 @@ import sys
 
 from absl import flags
 
-from tf_segunravel import cli, methods, settings
+from tf_segunravel import cli, flag_settings, methods
 from tf_segunravel.crf import CRFSettings
 from tf_segunravel.errors import InputError
 
@@ -55,7 +55,7 @@ flags.DEFINE_boolean(
     "panel and the inside_predicted statistics use the CRF labels, while the unravel seeds "
     "still come from the network's own scores.",
 )
-settings.define_flags(CRFSettings, prefix="crf_")
+flag_settings.define_flags(CRFSettings, prefix="crf_")
 flags.mark_flags_as_required(["model", "images", "output_dir"])
 cli.check_path_flags(
     inputs=["model"], input_dirs=["masks"], input_patterns=["images"], output_dirs=["output_dir"]
@@ -66,9 +66,9 @@ flags.register_multi_flags_validator(
     lambda f: not f["seed_from_masks"] or f["masks"],
     "--seed_from_masks needs --masks",
 )
-# Flags generated from settings classes are declared by tf_segunravel.settings; list them
+# Flags generated from settings classes are declared by tf_segunravel.flag_settings; list them
 # with the tool's own in --help.
-flags.adopt_module_key_flags(settings)
+flags.adopt_module_key_flags(flag_settings)
 FLAGS = flags.FLAGS
 
 
@@ -136,7 +136,7 @@ def main(argv):
 
         if not crf.available():
             raise InputError(f"--crf {crf.INSTALL_HINT}")
-        crf_settings = settings.from_flags(CRFSettings, prefix="crf_")
+        crf_settings = flag_settings.from_flags(CRFSettings, prefix="crf_")
     paths = expand_images(FLAGS.images)
     loaded = cli.load_model()
     names = resolve_class_names(FLAGS.class_names) or loaded.class_names

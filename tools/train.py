@@ -11,15 +11,15 @@ checkpoint; a re-run with other settings is refused unless --allow_config_change
 
 from absl import flags
 
-from tf_segunravel import cli, settings
+from tf_segunravel import cli, flag_settings
 from tf_segunravel.training.config import TrainConfig
 
-settings.define_flags(TrainConfig)
+flag_settings.define_flags(TrainConfig)
 flags.mark_flag_as_required("model_dir")
 cli.check_path_flags(output_dirs=["model_dir"])
-# Flags generated from settings classes are declared by tf_segunravel.settings; list them
+# Flags generated from settings classes are declared by tf_segunravel.flag_settings; list them
 # with the tool's own in --help.
-flags.adopt_module_key_flags(settings)
+flags.adopt_module_key_flags(flag_settings)
 FLAGS = flags.FLAGS
 
 
@@ -27,7 +27,7 @@ def main(argv):
     del argv  # cli.run rejects positional arguments
     from tf_segunravel.training.loop import train
 
-    config = settings.from_flags(TrainConfig)
+    config = flag_settings.from_flags(TrainConfig)
     logs = train(config, flags_text=FLAGS.flags_into_string())
     for key, value in logs.items():
         print(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")

@@ -8,16 +8,16 @@ import re
 import pytest
 from absl import flags
 
-from tf_segunravel import settings
+from tf_segunravel import flag_settings
 from tf_segunravel.errors import InputError
-from tf_segunravel.settings import Rule, setting
+from tf_segunravel.flag_settings import Rule, setting
 from tf_segunravel.training import loop
 from tf_segunravel.training.config import FLAGS_DIR, TrainConfig, flagfile_config, run_fields
 
 
 def fresh_flags(cls=TrainConfig):
     flag_values = flags.FlagValues()
-    settings.define_flags(cls, flag_values)
+    flag_settings.define_flags(cls, flag_values)
     return flag_values
 
 
@@ -35,7 +35,7 @@ def test_every_field_is_a_flag_with_its_default_and_help():
 def test_flags_round_trip_into_the_config():
     flag_values = fresh_flags()
     flag_values(["train", "--model_dir=m", "--steps=40", "--checkpoint_every=20", "--nomirror"])
-    config = settings.from_flags(TrainConfig, flag_values)
+    config = flag_settings.from_flags(TrainConfig, flag_values)
     assert (config.model_dir, config.steps, config.mirror) == ("m", 40, False)
     assert config.base_lr == TrainConfig(model_dir="m").base_lr
 
@@ -82,11 +82,11 @@ def test_a_new_setting_is_one_line():
         RULES = (Rule(("size", "mode"), lambda t: t.mode == "a" or t.size > 2, "size too small"),)
 
         def __post_init__(self):
-            settings.validate(self)
+            flag_settings.validate(self)
 
     flag_values = fresh_flags(Toy)
     flag_values(["toy", "--size=5", "--mode=b"])
-    assert settings.from_flags(Toy, flag_values) == Toy(5, "b")
+    assert flag_settings.from_flags(Toy, flag_values) == Toy(5, "b")
     with pytest.raises(ValueError, match="size must be > 0"):
         Toy(size=0)
     with pytest.raises(ValueError, match="size too small"):
@@ -97,11 +97,11 @@ def test_flagfiles_parse_through_absl(tmp_path):
     (tmp_path / "flags").mkdir()
     (tmp_path / "flags" / "base.cfg").write_text("# a comment\n--steps=40\n--checkpoint_every=20\n")
     (tmp_path / "flags" / "arm.cfg").write_text("--flagfile=flags/base.cfg\n--template_weight=2\n")
-    config = settings.from_flagfile(TrainConfig, tmp_path / "flags" / "arm.cfg", model_dir="m")
+    config = flag_settings.from_flagfile(TrainConfig, tmp_path / "flags" / "arm.cfg", model_dir="m")
     assert (config.steps, config.template_weight, config.model_dir) == (40, 2.0, "m")
     (tmp_path / "flags" / "bad.cfg").write_text("--steps=many\n")
     with pytest.raises(flags.Error):
-        settings.from_flagfile(TrainConfig, tmp_path / "flags" / "bad.cfg", model_dir="m")
+        flag_settings.from_flagfile(TrainConfig, tmp_path / "flags" / "bad.cfg", model_dir="m")
 
 
 @pytest.mark.parametrize("name", sorted(os.listdir(FLAGS_DIR)))
@@ -163,7 +163,7 @@ def test_network_changes_are_refused_even_when_allowed(tmp_path):
     [("train", "--steps"), ("fixations", "--outlier_radius"), ("evaluate", "--crf_iterations")],
 )
 def test_generated_flags_are_listed_in_the_tools_short_help(tool, flag):
-    """Generated flags are declared by tf_segunravel.settings; each tool adopts them, so
+    """Generated flags are declared by tf_segunravel.flag_settings; each tool adopts them, so
     `--helpshort` lists them beside its own."""
     from tests.helpers import run_tool
 

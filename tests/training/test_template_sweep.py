@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from tests.helpers import run_tool
-from tf_segunravel import template_sweep
+from tf_segunravel.experiments import template_sweep
 from tf_segunravel.training import load_network
 
 TINY_BASE = {"steps": 4, "checkpoint_every": 2, "crop_size": 33, "batch_size": 2, "width": 1 / 16}
@@ -74,14 +74,14 @@ def test_tool_checks_its_flags(tmp_path):
     proc = run_tool(
         "experiments", "--experiment=template_sweep", f"--output_dir={tmp_path}", "--weights=a"
     )
-    assert proc.returncode == 1 and "--weights=a: not numbers" in proc.stderr
+    assert proc.returncode == 1 and "--weights must be numbers" in proc.stderr
     proc = run_tool(
         "experiments",
         "--experiment=template_sweep",
         f"--output_dir={tmp_path / 'x'}",
         "--variants=cosine,dice",
     )
-    assert proc.returncode == 1 and "--variants: unknown ['dice']" in proc.stderr
+    assert proc.returncode == 1 and "--variants must name variants from cosine," in proc.stderr
     assert not (tmp_path / "x").exists()
     proc = run_tool("experiments", "--experiment=fixation_location", f"--output_dir={tmp_path}")
     assert proc.returncode == 1 and "--model is required" in proc.stderr

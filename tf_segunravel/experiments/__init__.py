@@ -1,69 +1,37 @@
-"""The dissertation's unravel analyses and the faithfulness experiment, one module each, on
-any dataset split:
+"""The experiments, one module each, and the three ways the registry
+(`tf_segunravel/experiment_registry.py`) runs them:
 
-- `location`: `fixation_location`, the share of each class's fixations inside its
-  ground-truth segment beside the class IoU; `location_over_seeds` over models trained with
-  different seeds; `location_difference` between two such summaries.
-- `shift_variants`: fixation location under no, partial and full shift.
-- `k_analysis`: input channels a unit on the fixation path needs per layer.
-- `salient_parts`: the probability drop when the most fixated region is masked.
-- `faithfulness`: the faithfulness experiment and `faithfulness_over_seeds`.
+- `run_experiment(name, inputs) -> (rows, summary)`: an experiment that analyses one model
+  (`location`: fixation location; `shift_variants`; `k_analysis`; `salient_parts`;
+  `faithfulness`), with its module's `run`; `write_results` writes its CSV, JSON and figure.
+- `run_over_seeds(name, networks, model_names, inputs, output_dir) -> summary`: one experiment
+  over models trained with different seeds (`location_over_seeds`,
+  `faithfulness_over_seeds`), through the one aggregator in `over_seeds.py`.
+- `run_training(name, output_dir, options, data_dir, log) -> summary`: an experiment that
+  trains its own models (`template_sweep`).
 
-Each module has `run(inputs: AnalysisInputs) -> (rows, summary)` where it analyses one model,
-and `plot(axis, rows)`; the registry (`tf_segunravel/experiment_registry.py`) names each
-experiment's module, and `run_experiment` and `write_results` load it by that name.
+`markdown(name, summary)` is the table such a summary is reported with. The names load on
+first use (`tf_segunravel/lazy.py` says why): the demo imports `experiments.template_sweep`
+before TensorFlow loads. A module's function of the module's own name (`shift_variants`,
+`k_analysis`, `salient_parts`) is imported from its module.
 """
 
-import importlib
+from tf_segunravel.lazy import lazy_exports
 
-from tf_segunravel.experiment_registry import ALL_EXPERIMENTS, MODEL, REGISTRY
-from tf_segunravel.experiments.common import (
-    AnalysisInputs,
-    model_key,
-    model_stamp,
-    write_results,
+__getattr__, __dir__, __all__ = lazy_exports(
+    __name__,
+    {
+        "AnalysisInputs": "common",
+        "model_key": "common",
+        "model_stamp": "common",
+        "write_results": "common",
+        "fixation_location": "location",
+        "by_kind": "location",
+        "location_difference": "location",
+        "score_methods": "faithfulness",
+        "run_experiment": "running",
+        "run_over_seeds": "running",
+        "run_training": "running",
+        "markdown": "running",
+    },
 )
-from tf_segunravel.experiments.faithfulness import faithfulness_markdown, faithfulness_over_seeds
-from tf_segunravel.experiments.k_analysis import K_FRACTIONS, k_analysis
-from tf_segunravel.experiments.location import (
-    by_kind,
-    fixation_location,
-    location_difference,
-    location_markdown,
-    location_over_seeds,
-)
-from tf_segunravel.experiments.salient_parts import salient_parts
-from tf_segunravel.experiments.shift_variants import shift_variants
-from tf_segunravel.unravel.settings import FixationSettings
-
-EXPERIMENTS = ALL_EXPERIMENTS  # what `--experiment=all` runs (experiment_registry)
-
-__all__ = [
-    "EXPERIMENTS",
-    "K_FRACTIONS",
-    "AnalysisInputs",
-    "FixationSettings",
-    "by_kind",
-    "faithfulness_markdown",
-    "faithfulness_over_seeds",
-    "fixation_location",
-    "k_analysis",
-    "location_difference",
-    "location_markdown",
-    "location_over_seeds",
-    "model_key",
-    "model_stamp",
-    "run_experiment",
-    "salient_parts",
-    "shift_variants",
-    "write_results",
-]
-
-
-def run_experiment(name: str, inputs: AnalysisInputs) -> tuple:
-    """Runs the one-model experiment `name` of the registry with its module's `run`:
-    (rows, summary)."""
-    spec = REGISTRY[name]
-    if spec.reads != MODEL or spec.module is None:
-        raise ValueError(f"experiment={name} does not analyse one model")
-    return importlib.import_module(f"tf_segunravel.experiments.{spec.module}").run(inputs)

@@ -13,7 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_segunravel.atomic import make_output_dir, save_atomically, write_json
-from tf_segunravel.experiment_registry import REGISTRY
+from tf_segunravel.experiment_registry import REGISTRY, ExperimentSettings
 from tf_segunravel.unravel.settings import FixationSettings
 
 
@@ -48,35 +48,29 @@ def model_key(name):
 
 @dataclasses.dataclass
 class AnalysisInputs:
-    """What every one-model experiment reads (`experiment_registry.MODEL`)."""
+    """What every experiment that analyses models reads (`experiment_registry.MODEL` and
+    `MODELS`): the model, its data, the fixation settings and the experiment settings."""
 
     network: keras.Model
     examples: tf.data.Dataset
     num_classes: int
-    class_names: list
-    class_kinds: list
+    class_names: list[str]
+    class_kinds: list[str] | None
     settings: FixationSettings
-    max_images: int = 100
-    pad_size: int = 513
-    methods: tuple = ("fixations", "fixations_contrastive", "gradcam", "saliency", "segment_prior")
-    gradcam_layer: str | None = None
-    faithfulness_steps: int = 50
-    min_pixels: int = 64
-    randomisation_images: int = 2
-    randomisation_layers: int | None = None
+    options: ExperimentSettings = dataclasses.field(default_factory=ExperimentSettings)
     figure_dir: str | None = None  # faithfulness: where its curves and example panels go
     # Which images `examples` are (e.g. "segunravel_shapes/val"): part of the over-seeds
     # caches' key, so a cached model result is never reused for other images.
     source: str = ""
 
 
-def _common(inputs):
+def _common(inputs: AnalysisInputs) -> dict:
     return dict(
         class_names=inputs.class_names,
         class_kinds=inputs.class_kinds,
         settings=inputs.settings,
-        max_images=inputs.max_images,
-        pad_size=inputs.pad_size,
+        max_images=inputs.options.max_images,
+        pad_size=inputs.options.pad_size,
     )
 
 

@@ -1,18 +1,20 @@
 """The faithfulness experiment: every method's maps scored by the metrics of
-`tf_segunravel.faithfulness` over (image, predicted class) pairs (`score_methods`), and
-`faithfulness_over_seeds`, the same over models trained with different seeds.
+`tf_segunravel.faithfulness` over (image, predicted class) pairs (`score_methods`), and the
+hooks through which `experiments.over_seeds` runs it over models trained with different
+seeds (`faithfulness_over_seeds`).
 """
 
 import dataclasses
-import json
 import os
 import time
 
 import numpy as np
+from matplotlib.axes import Axes
 
 from tf_segunravel import stats
 from tf_segunravel.atomic import make_output_dir, write_json, write_text
-from tf_segunravel.experiments.common import _bars, model_key, model_stamp, write_results
+from tf_segunravel.experiment_registry import ExperimentSettings
+from tf_segunravel.experiments.common import AnalysisInputs, _bars, write_results
 from tf_segunravel.faithfulness import (
     FIXATION_METHODS,
     METRICS,
@@ -23,96 +25,90 @@ from tf_segunravel.faithfulness import (
     context_domain,
     curve,
     energy,
+    over_seeds,
+    over_seeds_markdown,
     pointing_game,
     randomised_layers,
     road,
 )
 
 
-def run(inputs):
-
+def run(inputs: AnalysisInputs) -> tuple[list[dict], dict]:
+    options = inputs.options
     return score_methods(
         inputs.network,
         inputs.examples,
         inputs.num_classes,
         inputs.class_names,
-        methods=inputs.methods,
+        methods=options.methods,
         settings=inputs.settings,
-        max_images=inputs.max_images,
-        steps=inputs.faithfulness_steps,
-        gradcam_layer=inputs.gradcam_layer,
-        min_pixels=inputs.min_pixels,
-        randomisation_images=inputs.randomisation_images,
-        randomisation_layers=inputs.randomisation_layers,
+        max_images=options.max_images,
+        steps=options.faithfulness_steps,
+        gradcam_layer=options.gradcam_layer,
+        min_pixels=options.min_pixels,
+        randomisation_images=options.randomisation_images,
+        randomisation_layers=options.randomisation_layers,
         figure_dir=inputs.figure_dir,
     )
 
 
-def plot(axis, rows):
+def plot(axis: Axes, rows: list[dict]) -> None:
     labels = [r["method"] for r in rows]
     keys = ("deletion_auc", "insertion_auc", "context_deletion_auc", "context_insertion_auc")
     _bars(axis, labels, {k: [r[k] for r in rows] for k in keys})
     axis.set_ylabel("area under the class's region score")
 
 
-def faithfulness_over_seeds(networks, model_names, inputs, output_dir=None):
-    """The faithfulness experiment on models trained with different seeds.
+# faithfulness_over_seeds: the hooks of `experiments.over_seeds`. Each model's result is its
+# `run` summary, and its faithfulness.csv/.json/.png, curves and example panels go to its
+# `per_model/<model path>/` folder.
 
-    `inputs` is an `AnalysisInputs` whose network is replaced by each of `networks` in turn.
-    With `output_dir`, each model's `faithfulness.csv/.json/.png`, curves and example panels
-    go to `per_model/<model path>/`, and a later call with the same settings and model files
-    (`model_stamp`) reuses them, so an interrupted run resumes. Returns, for each fixation
-    method that ran, `over_seeds`: its difference from every other method per metric, one
-    value per seed (the seed's mean paired difference), with a 95% t interval over the
-    seeds; `methods`: each method's per-seed means with their interval; and the curves
-    averaged over the seeds. Writes faithfulness_over_seeds.json, .md and _curves.png into
-    `output_dir` when given."""
-    from tf_segunravel import faithfulness, viz
 
-    record = {
+def seeds_key(inputs: AnalysisInputs) -> dict:
+    """What a model's cached result depends on beside the model file."""
+    options = inputs.options
+    return {
         "settings": inputs.settings.as_dict(),
         "source": inputs.source,
-        "images": inputs.max_images,
-        "methods": list(inputs.methods),
-        "gradcam_layer": inputs.gradcam_layer,
-        "steps": inputs.faithfulness_steps,
-        "min_pixels": inputs.min_pixels,
-        "randomisation_images": inputs.randomisation_images,
-        "randomisation_layers": inputs.randomisation_layers,
+        "images": options.max_images,
+        "methods": list(options.methods),
+        "gradcam_layer": options.gradcam_layer,
+        "steps": options.faithfulness_steps,
+        "min_pixels": options.min_pixels,
+        "randomisation_images": options.randomisation_images,
+        "randomisation_layers": options.randomisation_layers,
     }
-    summaries = []
-    for network, name in zip(networks, model_names, strict=True):
-        model_dir = os.path.join(output_dir, "per_model", model_key(name)) if output_dir else None
-        cache = model_dir and os.path.join(model_dir, "faithfulness.json")
-        stamp = model_stamp(name) if model_dir else None
-        if cache and os.path.exists(cache):
-            with open(cache) as f:
-                cached = json.load(f)["summary"]
-            if cached.get("run") == record and cached.get("model_stamp") == stamp:
-                summaries.append(cached)
-                continue
-        chosen = dataclasses.replace(inputs, network=network, figure_dir=model_dir)
-        rows, summary = run(chosen)
-        summary["run"] = record
-        summary["model_stamp"] = stamp
-        if model_dir:
-            write_results(rows, model_dir, "faithfulness", summary)
-        summaries.append(summary)
-    methods = list(inputs.methods)
-    result = {
+
+
+def seed_result(inputs: AnalysisInputs, model_name: str, model_dir: str | None) -> dict:
+    """One model's summary (`run`); its files go to `model_dir` when given."""
+    del model_name  # the summary is keyed by position in `summarise_seeds`
+    rows, summary = run(dataclasses.replace(inputs, figure_dir=model_dir))
+    if model_dir:
+        write_results(rows, model_dir, "faithfulness", summary)
+    return summary
+
+
+def summarise_seeds(summaries: list[dict], model_names: list[str], inputs: AnalysisInputs) -> dict:
+    """For each fixation method that ran, `over_seeds`: its difference from every other
+    method per metric, one value per seed (the seed's mean paired difference), with a 95% t
+    interval over the seeds; `methods`: each method's per-seed means with their interval;
+    and the curves averaged over the seeds."""
+    methods = list(inputs.options.methods)
+    return {
         "models": list(model_names),
-        "run": record,
+        "run": seeds_key(inputs),
         "pairs": [s["pairs"] for s in summaries],
         "methods": {
             m: {
                 metric: stats.mean_interval([s["methods"][m][metric]["mean"] for s in summaries])
-                for metric in faithfulness.METRICS
+                for metric in METRICS
             }
             for m in methods
         },
         "over_seeds": {
-            m: faithfulness.over_seeds(summaries, m)
-            for m in faithfulness.FIXATION_METHODS
+            m: over_seeds(summaries, m)
+            for m in FIXATION_METHODS
             if m in methods and len(methods) > 1
         },
         "curves": {
@@ -123,24 +119,24 @@ def faithfulness_over_seeds(networks, model_names, inputs, output_dir=None):
             for m in methods
         },
     }
-    if output_dir:
-        make_output_dir(output_dir)
-        write_json(os.path.join(output_dir, "faithfulness_over_seeds.json"), result)
-        write_text(
-            os.path.join(output_dir, "faithfulness_over_seeds.md"), faithfulness_markdown(result)
-        )
-        viz.curves_figure(
-            result["curves"], os.path.join(output_dir, "faithfulness_over_seeds_curves.png")
-        )
-    return result
 
 
-def faithfulness_markdown(result):
+def write_seed_summary(result: dict, output_dir: str) -> None:
+    """faithfulness_over_seeds.json, .md and _curves.png."""
+    from tf_segunravel import viz
+
+    make_output_dir(output_dir)
+    write_json(os.path.join(output_dir, "faithfulness_over_seeds.json"), result)
+    write_text(os.path.join(output_dir, "faithfulness_over_seeds.md"), seeds_markdown(result))
+    viz.curves_figure(
+        result["curves"], os.path.join(output_dir, "faithfulness_over_seeds_curves.png")
+    )
+
+
+def seeds_markdown(result: dict) -> str:
     """The `faithfulness_over_seeds` tables: every method's means over the seeds, then each
     fixation method minus every other method."""
-    from tf_segunravel import faithfulness
-
-    metrics = faithfulness.METRICS
+    metrics = METRICS
     lines = [
         f"{len(result['models'])} models, {result['run']['images']} images each, "
         f"{min(result['pairs'])}-{max(result['pairs'])} scored (image, class) pairs per model; "
@@ -155,17 +151,14 @@ def faithfulness_markdown(result):
         ],
     )
     for method, table in result["over_seeds"].items():
-        lines += ["", faithfulness.over_seeds_markdown(table, method).rstrip()]
+        lines += ["", over_seeds_markdown(table, method).rstrip()]
     return "\n".join(lines) + "\n"
 
 
 REFERENCE_METHOD = "gradcam"
 
 
-MIN_PIXELS = 64  # a class covering fewer pixels is not scored
-
-
-RANDOMISATION_IMAGES = 2  # each costs one map per weighted layer per method
+DEFAULTS = ExperimentSettings()
 
 
 class NoPairsError(ValueError):
@@ -207,8 +200,8 @@ def score_methods(
     steps=50,
     fill="mean",
     gradcam_layer=None,
-    min_pixels=MIN_PIXELS,
-    randomisation_images=RANDOMISATION_IMAGES,
+    min_pixels=DEFAULTS.min_pixels,
+    randomisation_images=DEFAULTS.randomisation_images,
     randomisation_layers=None,
     seed=0,
     figure_dir=None,

@@ -49,5 +49,5 @@ def plot(axis, rows):
 def run(inputs):
     # A fifth of the images: every layer's channel scores are kept per image.
     return k_analysis(
-        inputs.network, inputs.examples, max_images=max(1, inputs.max_images // 5)
+        inputs.network, inputs.examples, max_images=max(1, inputs.options.max_images // 5)
     ), {}

@@ -1,11 +1,11 @@
 """`fixation_location`: per class, the share of fixations inside the class's ground-truth
-segment, averaged over the images where the class was unravelled, beside the class IoU;
-`location_over_seeds` the same, plain and contrastive, over models trained with different
-seeds, with 95% intervals, and `location_difference` two such summaries paired by model.
+segment, averaged over the images where the class was unravelled, beside the class IoU; the
+hooks through which `experiments.over_seeds` runs it, plain and contrastive, over models
+trained with different seeds, with 95% intervals (`location_over_seeds`); and
+`location_difference` of two such summaries paired by model.
 """
 
 import dataclasses
-import json
 import os
 
 import numpy as np
@@ -14,7 +14,7 @@ from tf_segunravel import stats
 from tf_segunravel.atomic import make_output_dir, write_json, write_text
 from tf_segunravel.data.labels import class_name
 from tf_segunravel.evaluation import evaluate
-from tf_segunravel.experiments.common import _bars, _common, _examples, model_key, model_stamp
+from tf_segunravel.experiments.common import AnalysisInputs, _bars, _common, _examples
 from tf_segunravel.unravel.settings import FixationSettings
 from tf_segunravel.unravel.tracer import SegUnravel
 
@@ -75,86 +75,52 @@ def by_kind(rows, key="inside_truth"):
     return {kind: float(np.mean(values)) for kind, values in groups.items()}
 
 
-def location_over_seeds(
-    networks,
-    model_names,
-    examples,
-    num_classes,
-    class_names,
-    class_kinds,
-    settings=None,
-    max_images=500,
-    pad_size=513,
-    output_dir=None,
-    source="",
-):
-    """`fixation_location`, plain and contrastive, on models trained with different seeds.
+# location_over_seeds: the hooks of `experiments.over_seeds`. Each model's result is
+# `fixation_location` in two passes, plain and contrastive (the settings' contrast, or
+# "runner_up" when it is unset).
 
-    With `output_dir`, each model's result is also kept in `per_model/` and reused by a later
-    call with the same settings, images (`source`, e.g. "segunravel_shapes/val"), image count,
-    pad size and model file (`model_stamp`).
 
-    The contrastive pass uses `settings.contrast`, or "runner_up" when it is unset. Returns
-    per model and pass the rows and the by-kind shares, each kind's mean over the models with
-    a 95% t interval, and per pass the paired difference intrinsic minus contextual share
-    (above 0: the contextual classes' fixations leave their object more). Writes
-    location_over_seeds.json and .md into `output_dir` when given.
-    """
-    settings = settings or FixationSettings()
-    passes = {
+def _passes(settings: FixationSettings) -> dict[str, FixationSettings]:
+    return {
         "plain": dataclasses.replace(settings, contrast=None),
         "contrastive": dataclasses.replace(settings, contrast=settings.contrast or "runner_up"),
     }
-    per_model = []
-    for network, name in zip(networks, model_names, strict=True):
-        cache, stamp = None, None
-        if output_dir:  # one model's result is kept, so an interrupted run resumes
-            cache = os.path.join(output_dir, "per_model", f"{model_key(name)}.json")
-            stamp = model_stamp(name)
-            if os.path.exists(cache):
-                with open(cache) as f:
-                    cached = json.load(f)
-                if cached.get("settings") == {k: p.as_dict() for k, p in passes.items()} and (
-                    (
-                        cached.get("images"),
-                        cached.get("pad_size"),
-                        cached.get("source"),
-                        cached.get("model_stamp"),
-                    )
-                    == (max_images, pad_size, source, stamp)
-                ):
-                    per_model.append(cached["entry"])
-                    continue
-        entry = {"model": name}
-        for label, chosen in passes.items():
-            rows = fixation_location(
-                network,
-                examples,
-                num_classes,
-                class_names,
-                class_kinds,
-                settings=chosen,
-                max_images=max_images,
-                pad_size=pad_size,
-                with_iou=label == "plain",
-            )
-            entry[label] = {"rows": rows, "by_kind": by_kind(rows)}
-        per_model.append(entry)
-        if cache:
-            make_output_dir(os.path.dirname(cache))
-            settings_used = {k: p.as_dict() for k, p in passes.items()}
-            write_json(
-                cache,
-                {
-                    "settings": settings_used,
-                    "images": max_images,
-                    "pad_size": pad_size,
-                    "source": source,
-                    "model_stamp": stamp,
-                    "entry": entry,
-                },
-            )
-    summary = {"models": list(model_names), "images": max_images, "passes": {}}
+
+
+def seeds_key(inputs: AnalysisInputs) -> dict:
+    """What a model's cached result depends on beside the model file."""
+    return {
+        "settings": {k: p.as_dict() for k, p in _passes(inputs.settings).items()},
+        "images": inputs.options.max_images,
+        "pad_size": inputs.options.pad_size,
+        "source": inputs.source,
+    }
+
+
+def seed_result(inputs: AnalysisInputs, model_name: str, model_dir: str | None) -> dict:
+    """{"model", "plain", "contrastive"}: each pass's rows and by-kind shares (the IoU column
+    is measured in the plain pass only)."""
+    del model_dir  # nothing but the result is kept per model
+    entry: dict = {"model": model_name}
+    for label, chosen in _passes(inputs.settings).items():
+        rows = fixation_location(
+            inputs.network,
+            inputs.examples,
+            inputs.num_classes,
+            **{**_common(inputs), "settings": chosen},
+            with_iou=label == "plain",
+        )
+        entry[label] = {"rows": rows, "by_kind": by_kind(rows)}
+    return entry
+
+
+def summarise_seeds(per_model: list[dict], model_names: list[str], inputs: AnalysisInputs) -> dict:
+    """Each kind's share per pass, its mean over the models with a 95% t interval, and per
+    pass the paired difference intrinsic minus contextual share (above 0: the contextual
+    classes' fixations leave their object more); the models' own results in `per_model`."""
+    passes = _passes(inputs.settings)
+    summary: dict = {"models": list(model_names), "images": inputs.options.max_images}
+    summary["passes"] = {}
     for label in passes:
         kinds = sorted({k for e in per_model for k in e[label]["by_kind"]})
         by = {
@@ -175,11 +141,14 @@ def location_over_seeds(
             "verdict": stats.verdict(difference),
         }
     summary["per_model"] = per_model
-    if output_dir:
-        make_output_dir(output_dir)
-        write_json(os.path.join(output_dir, "location_over_seeds.json"), summary)
-        write_text(os.path.join(output_dir, "location_over_seeds.md"), location_markdown(summary))
     return summary
+
+
+def write_seed_summary(summary: dict, output_dir: str) -> None:
+    """location_over_seeds.json and .md."""
+    make_output_dir(output_dir)
+    write_json(os.path.join(output_dir, "location_over_seeds.json"), summary)
+    write_text(os.path.join(output_dir, "location_over_seeds.md"), seeds_markdown(summary))
 
 
 def location_difference(first, second):
@@ -206,7 +175,7 @@ def _minus(first, second, label, kind):
     return None if a is None or b is None else a - b
 
 
-def location_markdown(summary):
+def seeds_markdown(summary: dict) -> str:
     """The kinds-by-pass table of `location_over_seeds`."""
     passes = summary["passes"]
     kinds = sorted({k for p in passes.values() for k in p["by_kind"]})

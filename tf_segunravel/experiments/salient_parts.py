@@ -84,6 +84,6 @@ def run(inputs):
         inputs.num_classes,
         inputs.class_names,
         settings=inputs.settings,
-        max_images=inputs.max_images,
+        max_images=inputs.options.max_images,
     )
     return rows, {}

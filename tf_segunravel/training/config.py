@@ -9,9 +9,16 @@ its check. `tools/train.py` generates its flags from it, the flagfiles in `flags
 import dataclasses
 import os
 
-from tf_segunravel import flagfiles, settings
+from tf_segunravel import flag_settings, flagfiles
 from tf_segunravel.errors import InputError
-from tf_segunravel.settings import Rule, at_least_one, fraction, non_negative, positive, setting
+from tf_segunravel.flag_settings import (
+    Rule,
+    at_least_one,
+    fraction,
+    non_negative,
+    positive,
+    setting,
+)
 
 # The per-epoch history the training loop writes into a model dir (read by the demo's plots).
 HISTORY_FILE = "history.csv"
@@ -182,7 +189,7 @@ class TrainConfig:
     def __post_init__(self):
         if not self.model_dir:
             raise ValueError("model_dir is required")
-        settings.validate(self)
+        flag_settings.validate(self)
 
 
 def run_fields():
@@ -198,6 +205,6 @@ def flagfile_config(name, flags_dir=FLAGS_DIR, **overrides):
     if not os.path.isfile(path):
         raise InputError(f"{path}: flagfile not found")
     try:
-        return settings.from_flagfile(TrainConfig, path, **overrides)
+        return flag_settings.from_flagfile(TrainConfig, path, **overrides)
     except (ValueError, flags.Error) as e:  # absl's flag errors and TrainConfig's checks
         raise InputError(f"{path}: {e}") from e

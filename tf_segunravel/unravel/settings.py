@@ -10,8 +10,8 @@ docs/method.md ("Segmentation unravel", "Heat maps") says what each one does.
 import dataclasses
 import re
 
-from tf_segunravel import settings
-from tf_segunravel.settings import positive_integer, setting
+from tf_segunravel import flag_settings
+from tf_segunravel.flag_settings import positive_integer, setting
 
 SHIFTS = ("none", "partial", "full")
 CHANNEL_ORDERS = ("rgb", "bgr")
@@ -121,7 +121,7 @@ class FixationSettings:
     weighted: bool = setting(True, "Heat maps: weight points by their path counts.")
 
     def __post_init__(self):
-        settings.validate(self)
+        flag_settings.validate(self)
 
     def as_dict(self):
         return dataclasses.asdict(self)
@@ -204,7 +204,7 @@ class InputSettings:
 
     def __post_init__(self):
         object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
-        settings.validate(self)
+        flag_settings.validate(self)
 
     @property
     def identity(self):

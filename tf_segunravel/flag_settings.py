@@ -117,18 +117,22 @@ def _base_type(annotation):
     return annotation
 
 
-def define_flags(cls, flag_values=flags.FLAGS, exclude=(), defaults=None, prefix="", rules=True):
+def define_flags(
+    cls, flag_values=flags.FLAGS, exclude=(), defaults=None, prefix="", rules=True, helps=None
+):
     """Declares one flag per field of `cls` (bar `exclude`), with the fields' checks.
 
-    `defaults` {field: value} gives a binary its own defaults for some fields; `prefix` is
+    `defaults` {field: value} gives a binary its own defaults for some fields, and `helps`
+    {field: text} its own help text (one that names what only the binary can list); `prefix` is
     put before every flag name (`crf_` makes `bilateral_weight` `--crf_bilateral_weight`).
     `rules=False` leaves the cross-field `RULES` to the instance (checked on construction).
     """
     defaults = defaults or {}
+    helps = helps or {}
     for field in dataclasses.fields(cls):
         if field.name in exclude:
             continue
-        meta = field.metadata
+        meta = {**field.metadata, "help": helps.get(field.name, field.metadata.get("help", ""))}
         name = prefix + field.name
         default = None if field.default is _MISSING else field.default
         default = defaults.get(field.name, default)
@@ -151,7 +155,7 @@ def define_flags(cls, flag_values=flags.FLAGS, exclude=(), defaults=None, prefix
         elif kind is str:
             flags.DEFINE_string(*args, flag_values=flag_values)
         elif kind is tuple and meta.get("parse"):
-            shown = None if default is None else [f"{v:g}" for v in default]
+            shown = None if default is None else [_shown(v) for v in default]
             flags.DEFINE_list(name, shown, meta.get("help", ""), flag_values=flag_values)
         else:
             raise TypeError(f"{cls.__name__}.{field.name}: no flag type for {field.type}")
@@ -179,6 +183,11 @@ def define_flags(cls, flag_values=flags.FLAGS, exclude=(), defaults=None, prefix
             ),
             flag_values=flag_values,
         )
+
+
+def _shown(value: object) -> str:
+    """A list flag's default item: numbers as `%g` (0.01, 1, 5), anything else as str."""
+    return f"{value:g}" if isinstance(value, numbers.Number) else str(value)
 
 
 def from_flags(cls, flag_values=flags.FLAGS, prefix="", **overrides):

@@ -10,7 +10,7 @@ the sweep reports its mean over seeds with a 95% t interval (`tf_segunravel.stat
 With `scratch=True` it also trains the comparison the demo used to make, the template loss
 from scratch (`flags/shapes_template_cosine.cfg`) against the baseline of the same seed.
 
-Layout of `output_dir` (each arm's training and scoring are `tf_segunravel.stages` units:
+Layout of `output_dir` (each arm's training and scoring are `tf_segunravel.resumable` units:
 skipped when done, training resumed from its checkpoints, so an interrupted sweep continues
 where it stopped):
   tfds/                      the prepared dataset (unless `data_dir` is given)
@@ -22,19 +22,23 @@ where it stopped):
 import dataclasses
 import os
 import time
+from collections.abc import Callable
 
-from tf_segunravel import stages, stats
+from tf_segunravel import resumable, stats
 from tf_segunravel.atomic import make_output_dir, write_json, write_text
 from tf_segunravel.errors import InputError
+from tf_segunravel.experiment_registry import TEMPLATE_VARIANTS, ExperimentSettings
 from tf_segunravel.training.config import FLAGS_DIR, flagfile_config
 
+# Each variant's TrainConfig settings, from its name "[selective_]<similarity>".
 VARIANTS = {
-    "cosine": {"similarity": "cosine", "selective": False},
-    "correlation": {"similarity": "correlation", "selective": False},
-    "selective_cosine": {"similarity": "cosine", "selective": True},
-    "selective_correlation": {"similarity": "correlation", "selective": True},
+    name: {
+        "similarity": name.removeprefix("selective_"),
+        "selective": name.startswith("selective_"),
+    }
+    for name in TEMPLATE_VARIANTS
 }
-WEIGHTS = (0.01, 0.05, 0.1, 0.5, 1.0, 5.0)
+DEFAULTS = ExperimentSettings()
 BASE_FLAGFILE = "shapes_baseline.cfg"
 FINETUNE_FLAGFILE = "shapes_finetune.cfg"
 SCRATCH_FLAGFILE = "shapes_template_cosine.cfg"
@@ -49,18 +53,36 @@ def arm_name(variant, weight):
 
 def _train_and_evaluate(config, images, score, log):
     """Trains `config` unless done, then scores it unless done; returns its val.json record."""
-    trained = stages.train_arm(config, log)
+    trained = resumable.train_arm(config, log)
     if "diverged" in trained:
         return {"mean_iou": None, "diverged": trained["diverged"]}
-    record, _ = stages.evaluate_arm(config.model_dir, images, score, log=lambda message: None)
+    record, _ = resumable.evaluate_arm(config.model_dir, images, score, log=lambda message: None)
     return record
+
+
+def run_settings(
+    output_dir: str,
+    options: ExperimentSettings,
+    data_dir: str | None = None,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """`run` with the sweep's settings from `options` (the tool's flags)."""
+    return run(
+        output_dir,
+        seeds=options.seeds,
+        weights=options.weights,
+        variants=options.variants,
+        scratch=options.scratch,
+        data_dir=data_dir,
+        log=log,
+    )
 
 
 def run(
     output_dir,
-    seeds=(0, 1, 2, 3, 4),
-    weights=WEIGHTS,
-    variants=tuple(VARIANTS),
+    seeds=DEFAULTS.seeds,
+    weights=DEFAULTS.weights,
+    variants=DEFAULTS.variants,
     scratch=False,
     data_dir=None,
     flags_dir=FLAGS_DIR,

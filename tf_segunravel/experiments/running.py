@@ -1,0 +1,53 @@
+"""A runner for every entry of the registry, by what the entry reads (its docstring in
+`tf_segunravel/experiments/__init__.py`)."""
+
+import importlib
+from collections.abc import Callable, Sequence
+from types import ModuleType
+
+from tf_segunravel.experiment_registry import MODEL, MODELS, REGISTRY, TRAINS, ExperimentSettings
+from tf_segunravel.experiments import over_seeds as aggregator
+from tf_segunravel.experiments.common import AnalysisInputs
+
+
+def _module(name: str, reads: str) -> ModuleType:
+    spec = REGISTRY.get(name)
+    if spec is None or spec.reads != reads:
+        chosen = [n for n, e in REGISTRY.items() if e.reads == reads]
+        raise ValueError(f"experiment={name}: not one of {chosen}")
+    return importlib.import_module(f"tf_segunravel.experiments.{spec.module}")
+
+
+def run_experiment(name: str, inputs: AnalysisInputs) -> tuple[list[dict], dict]:
+    """(rows, summary) of the one-model experiment `name`, by its module's `run`."""
+    return _module(name, MODEL).run(inputs)
+
+
+def run_over_seeds(
+    name: str,
+    networks: Sequence,
+    model_names: Sequence[str],
+    inputs: AnalysisInputs,
+    output_dir: str | None = None,
+) -> dict:
+    """The over-seeds experiment `name` on each model (`over_seeds.run`)."""
+    return aggregator.run(name, networks, model_names, inputs, output_dir)
+
+
+def run_training(
+    name: str,
+    output_dir: str,
+    options: ExperimentSettings,
+    data_dir: str | None = None,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """The experiment `name` that trains its own models, resumed in `output_dir`."""
+    return _module(name, TRAINS).run_settings(output_dir, options, data_dir, log)
+
+
+def markdown(name: str, summary: dict) -> str:
+    """The table that the over-seeds or training experiment `name` reports `summary` with."""
+    spec = REGISTRY.get(name)
+    if spec is not None and spec.reads == MODELS:
+        return aggregator.hooks(name).seeds_markdown(summary)
+    return _module(name, TRAINS).markdown(summary)
