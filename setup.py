@@ -53,6 +53,9 @@ setup(
         "crf": ["pydensecrf2>=1.1"],
         # Gradient baselines beside the fixations (tf_segunravel/baselines.py).
         "baselines": ["tf-keras-vis==0.8.7"],
+        # ONNX models (tf_segunravel/importers/onnx_model.py): the parser and the runtime
+        # every import is checked against.
+        "onnx": ["onnx>=1.16", "onnxruntime>=1.18"],
     },
     classifiers=[
         "Programming Language :: Python :: 3",

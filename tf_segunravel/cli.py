@@ -205,6 +205,17 @@ def define_model_flags():
     from tf_segunravel.unravel.settings import InputSettings
 
     flag_settings.define_flags(InputSettings, prefix="input_")
+    flags.DEFINE_list(
+        "input_size",
+        None,
+        "Input: HEIGHT,WIDTH to build an ONNX model with a dynamic height and width for "
+        "(default: the ONNX input's own size).",
+    )
+    flags.register_validator(
+        "input_size",
+        lambda v: v is None or (len(v) == 2 and all(s.isdigit() and int(s) > 0 for s in v)),
+        "--input_size must be two positive integers, HEIGHT,WIDTH",
+    )
     flags.DEFINE_string(
         "output",
         None,
@@ -228,7 +239,13 @@ def load_model(path=None, flag="model"):
 
     path = flags.FLAGS[flag].value if path is None else path
     try:
-        return load(path, input=input_settings(), output=flags.FLAGS.output)
+        size = flags.FLAGS.input_size
+        return load(
+            path,
+            input=input_settings(),
+            output=flags.FLAGS.output,
+            input_size=None if size is None else [int(v) for v in size],
+        )
     except InputError:
         raise
     except ValueError as e:

@@ -7,9 +7,10 @@
     loaded.saved_model    # an exported SavedModel's reader (None for a Keras model)
 
 A path is a training model dir (its `model.keras`, else its latest checkpoint), a checkpoint
-prefix, a `.keras` file, or an exported SavedModel directory. Whether it is a SavedModel or
-a Keras model is decided here and nowhere else: everything downstream (the fixation files,
-the tools) reads `LoadedModel`.
+prefix, a `.keras` file, an exported SavedModel directory, or an `.onnx` file (imported as a
+Keras model and checked against onnxruntime: `importers/onnx_model.py`, the `onnx` extra).
+Which of these it is is decided here and nowhere else: everything downstream (the fixation
+files, the tools) reads `LoadedModel`.
 """
 
 import dataclasses
@@ -60,20 +61,28 @@ class LoadedModel:
         return self.graph
 
 
+ONNX_SUFFIX = ".onnx"
+
+
 def load_model(
     path: str | os.PathLike,
     *,
     input: InputSettings | None = None,
     output: str | None = None,
+    input_size: typing.Sequence[int] | None = None,
 ) -> LoadedModel:
     """The model at `path` (see the module docstring). `input` and `output` say how a Keras
-    model is fed and which output holds the scores; a SavedModel has its own, fixed at
-    export. A model the unravel's graph cannot read is a ValueError naming what is wrong;
-    a missing or unreadable file an InputError naming it."""
+    or ONNX model is fed and which output holds the scores; a SavedModel has its own, fixed
+    at export. `input_size` (height, width) is the size an ONNX model with a dynamic height
+    and width is built for. A model the unravel's graph cannot read is a ValueError naming
+    what is wrong; a missing or unreadable file an InputError naming it."""
     path = os.fspath(path)
     if os.path.isdir(path) and is_saved_model(path):
         return LoadedModel(path, saved_model=SavedModelReader(path))
-    network = load_network(path)
+    if path.lower().endswith(ONNX_SUFFIX):
+        network = _import_onnx(path, input_size)
+    else:
+        network = load_network(path)
     return LoadedModel(path, graph=ModelGraph(network, input=input, output=output, strict=False))
 
 
@@ -85,3 +94,13 @@ def as_loaded(model: typing.Any) -> LoadedModel:
     if isinstance(model, (str, os.PathLike)):
         return load_model(model)
     return LoadedModel(None, graph=as_graph(model, strict=False))
+
+
+def _import_onnx(path: str, input_size: typing.Sequence[int] | None):
+    try:
+        from tf_segunravel.importers.onnx_model import import_onnx
+    except ImportError as e:  # onnx or onnxruntime missing
+        raise InputError(
+            f"{path}: ONNX models need the onnx extra: pip install 'tf-segunravel[onnx]' ({e})"
+        ) from e
+    return import_onnx(path, input_size=input_size)

@@ -29,6 +29,7 @@ from collections.abc import Callable
 
 import keras
 
+from tf_segunravel.models.framework_layers import ExplicitPooling2D, Resize2D
 from tf_segunravel.models.layers import CaffePooling2D, CaffePreprocess
 from tf_segunravel.unravel.rules.base import (
     Moved,
@@ -58,6 +59,7 @@ from tf_segunravel.unravel.rules.positions import (
     conv_window_map,
     cropping_map,
     pooling_map,
+    resize2d_map,
     resize_map,
     transpose_map,
     window_geometry,
@@ -70,6 +72,7 @@ from tf_segunravel.unravel.rules.spatial import (
     permute_rule,
     pooling_rule,
     reshape_rule,
+    resize2d_rule,
     resize_rule,
     zero_padding_rule,
 )
@@ -176,7 +179,7 @@ def _application_layers():
     return table
 
 
-POOLING_LAYERS = (L.MaxPooling2D, L.AveragePooling2D, CaffePooling2D)
+POOLING_LAYERS = (L.MaxPooling2D, L.AveragePooling2D, CaffePooling2D, ExplicitPooling2D)
 GLOBAL_POOLING_LAYERS = (L.GlobalMaxPooling2D, L.GlobalAveragePooling2D)
 
 _KERNEL_AXIS_2: dict[str, typing.Any] = {"kernel": "kernel", "kernel_axis": 2}
@@ -202,6 +205,7 @@ LAYER_KINDS = [
     (L.Reshape, LayerKind(reshape_rule)),
     (L.Permute, LayerKind(permute_rule)),
     ((L.Resizing, L.UpSampling2D), LayerKind(resize_rule, geometry=resize_map)),
+    (Resize2D, LayerKind(resize2d_rule, geometry=resize2d_map)),
     (L.ZeroPadding2D, LayerKind(zero_padding_rule, geometry=zero_padding_map)),
     (L.Cropping2D, LayerKind(cropping_rule, geometry=cropping_map, keeps_merged=True)),
     ((L.Add, L.Average, L.Maximum), LayerKind(add_rule, multi_input=True, keeps_merged=True)),

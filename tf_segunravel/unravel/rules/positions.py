@@ -75,9 +75,12 @@ def conv_window_map(layer, in_size, out_size, axis):
 
 
 def pooling_map(layer, in_size, out_size, axis):
-    """MaxPooling2D, AveragePooling2D and CaffePooling2D (explicit symmetric padding)."""
+    """MaxPooling2D, AveragePooling2D, CaffePooling2D (explicit symmetric padding) and
+    ExplicitPooling2D (explicit padding per side)."""
     padding = layer.padding
-    if isinstance(padding, (tuple, list, int)):
+    if isinstance(padding, (tuple, list)) and isinstance(padding[0], (tuple, list)):
+        padding = padding[axis][0]  # ((top, bottom), (left, right)): the leading pixels
+    elif isinstance(padding, (tuple, list, int)):
         padding = _pair(padding)[axis]
     kernel, stride = _pair(layer.pool_size)[axis], _pair(layer.strides)[axis]
     return window_step(kernel, stride, 1, padding, in_size, out_size)
@@ -95,6 +98,17 @@ def transpose_map(layer, in_size, out_size, axis):
 def resize_map(layer, in_size, out_size, axis):
     """UpSampling2D and Resizing (half-pixel centres)."""
     ratio = tf.cast(in_size, tf.float32) / tf.cast(out_size, tf.float32)
+    return ratio, 0.5 * ratio - 0.5
+
+
+def resize2d_map(layer, in_size, out_size, axis):
+    """Resize2D, under its coordinate mode (output j samples input a j + b)."""
+    in_size, out_size = tf.cast(in_size, tf.float32), tf.cast(out_size, tf.float32)
+    if layer.coordinates == "align_corners":
+        return (in_size - 1) / tf.maximum(out_size - 1, 1.0), tf.constant(0.0)
+    ratio = in_size / out_size
+    if layer.coordinates == "asymmetric":
+        return ratio, tf.constant(0.0)
     return ratio, 0.5 * ratio - 0.5
 
 

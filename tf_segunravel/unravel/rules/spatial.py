@@ -2,6 +2,7 @@
 
 import tensorflow as tf
 
+from tf_segunravel.models.framework_layers import ExplicitPooling2D
 from tf_segunravel.models.layers import CaffePooling2D
 from tf_segunravel.unravel.rules.base import (
     UntraceableLayerError,
@@ -24,6 +25,9 @@ def pooling_rule(layer, x, output, points, settings):
         kernel, stride = (kernel, kernel), (stride, stride)
         before = [tf.constant(layer.padding), tf.constant(layer.padding)]
         after = before  # a ceil-mode window may reach past it: those taps are no candidates
+    elif isinstance(layer, ExplicitPooling2D):
+        before = [tf.constant(pad[0]) for pad in layer.padding]
+        after = [tf.constant(pad[1]) for pad in layer.padding]
     else:
         before, after = [], []
         for a in (1, 2):
@@ -134,6 +138,20 @@ def resize_rule(layer, x, output, points, settings):
         return tf.minimum(tf.cast(mapped, tf.int32), size_in - 1)
 
     return [points.replace(y=scale(points.y, 1), x=scale(points.x, 2))]
+
+
+def resize2d_rule(layer, x, output, points, settings):
+    """Resize2D: each output pixel to the input pixel it draws on most: the tap it copies
+    (nearest), or the nearer of its two taps per axis (bilinear), under the layer's own
+    coordinate mode."""
+
+    def source(position, axis):
+        size_in, size_out = x.shape[axis], output.shape[axis]
+        sampled = tf.gather(layer.source_positions(size_in, size_out), position)
+        nearest = tf.floor(sampled) if layer.interpolation == "nearest" else tf.floor(sampled + 0.5)
+        return tf.clip_by_value(tf.cast(nearest, tf.int32), 0, size_in - 1)
+
+    return [points.replace(y=source(points.y, 1), x=source(points.x, 2))]
 
 
 def zero_padding_rule(layer, x, output, points, settings):

@@ -1,0 +1,112 @@
+"""A small ONNX segmenter, built with `onnx.helper` in the shape PyTorch exports take
+(padded convolutions, batch norm, padded max pooling, a skip, a bilinear resize back to the
+input's size read from its Shape), imported and unravelled."""
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+from tests.helpers import run_tool  # noqa: E402
+from tf_segunravel.importers import onnx_model  # noqa: E402
+
+CLASSES = 4
+
+
+def segmenter(size=(32, 40), seed=0, dynamic=False, coordinates="align_corners"):
+    """conv-bn-relu, max pool 3/2 pad 1, conv-relu, add a 1 x 1 projection of the pooled
+    map, 1 x 1 scores, resized to the input size with Shape -> Slice -> Concat."""
+    rng = np.random.default_rng(seed)
+
+    def w(*shape):
+        return (rng.standard_normal(shape) * 0.4).astype(np.float32)
+
+    constants = {
+        "w1": w(8, 3, 3, 3), "b1": w(8),
+        "gamma": 1 + w(8), "beta": w(8), "mean": w(8), "var": np.abs(w(8)) + 0.5,
+        "w2": w(8, 8, 3, 3), "b2": w(8),
+        "wp": w(8, 8, 1, 1),
+        "w3": w(CLASSES, 8, 1, 1), "b3": w(CLASSES),
+        "two": np.array([2], np.int64), "four": np.array([4], np.int64),
+        "zero": np.array([0], np.int64),
+    }  # fmt: skip
+    n = helper.make_node
+    nodes = [
+        n("Conv", ["image", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+        n("BatchNormalization", ["c1", "gamma", "beta", "mean", "var"], ["bn1"]),
+        n("Relu", ["bn1"], ["r1"]),
+        n("MaxPool", ["r1"], ["p1"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),
+        n("Conv", ["p1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1]),
+        n("Relu", ["c2"], ["r2"]),
+        n("Conv", ["p1", "wp"], ["skip"]),
+        n("Add", ["r2", "skip"], ["sum"]),
+        n("Conv", ["sum", "w3", "b3"], ["low"]),
+        n("Shape", ["image"], ["shape"]),
+        n("Slice", ["shape", "two", "four"], ["hw"]),
+        n("Shape", ["low"], ["low_shape"]),
+        n("Slice", ["low_shape", "zero", "two"], ["nc"]),
+        n("Concat", ["nc", "hw"], ["sizes"], axis=0),
+        n("Resize", ["low", "", "", "sizes"], ["scores"], mode="linear",
+          coordinate_transformation_mode=coordinates),
+    ]  # fmt: skip
+    dims = [1, 3, "h", "w"] if dynamic else [1, 3, *size]
+    image = helper.make_tensor_value_info("image", TensorProto.FLOAT, dims)
+    scores = helper.make_tensor_value_info("scores", TensorProto.FLOAT, None)
+    initialisers = [numpy_helper.from_array(v, k) for k, v in constants.items()]
+    graph = helper.make_graph(nodes, "segmenter", [image], [scores], initialisers)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("coordinates", ["align_corners", "half_pixel", "asymmetric"])
+def test_an_imported_segmenter_is_unravelled_inside_its_image(coordinates, tmp_path):
+    from tf_segunravel.unravel import FixationSettings, SegUnravel
+
+    path = tmp_path / "segmenter.onnx"
+    onnx.save(segmenter(coordinates=coordinates), path)
+    network = onnx_model.import_onnx(path)
+    kinds = {type(layer).__name__ for layer in network.layers}
+    assert {"ExplicitPooling2D", "Resize2D", "ZeroPadding2D", "BatchNormalization"} <= kinds
+    assert "Permute" not in kinds  # NCHW became NHWC by permuting weights, not tensors
+    images = np.random.default_rng(1).uniform(0, 255, (2, 32, 40, 3)).astype(np.float32)
+    result = SegUnravel(network, FixationSettings(sigma=2.0))(images)
+    for b in range(2):
+        points, counts = result.for_image(b)
+        assert len(points) and (counts > 0).all()
+        assert points[:, 1].max() < 32 and points[:, 2].max() < 40 and points.min() >= 0
+        predicted = np.argmax(network(images[b : b + 1])[0], axis=-1)
+        assert set(np.unique(points[:, 0])) == set(np.unique(predicted))
+
+
+@pytest.mark.slow  # the fixation tool in a subprocess: about 10 s
+def test_the_fixation_tool_takes_an_onnx_model(tmp_path):
+    from PIL import Image
+
+    model = tmp_path / "segmenter.onnx"
+    onnx.save(segmenter(dynamic=True), model)
+    image = tmp_path / "photo.png"
+    pixels = np.random.default_rng(2).integers(0, 255, (24, 36, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(image)
+    out = tmp_path / "out"
+    args = [f"--model={model}", f"--images={image}", f"--output_dir={out}"]
+    proc = run_tool("fixations", *args, "--input_size=24,36", "--input_scale=0.00392157")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    written = sorted(p.name for p in out.iterdir())
+    assert any(name.startswith("photo") for name in written), written
+    proc = run_tool("fixations", *args[:2], f"--output_dir={tmp_path / 'none'}")
+    assert proc.returncode == 1
+    assert (
+        f"{model}: input 'image' has a dynamic height or width; give the size to build it "
+        "for as --input_size=HEIGHT,WIDTH" in proc.stderr
+    )
+    assert not (tmp_path / "none").exists()
+    # A model built for one size takes an image of another as every fixed-size model does:
+    # resized to its input, the points mapped back onto the image's pixels.
+    proc = run_tool("fixations", *args[:2], f"--output_dir={tmp_path / 'other'}",
+                    "--input_size=30,30")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with np.load(tmp_path / "other" / "photo.npz") as saved:
+        points = saved["points"]
+    assert len(points) and points[:, 1].max() < 24 and points[:, 2].max() < 36

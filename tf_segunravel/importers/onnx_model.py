@@ -1,0 +1,806 @@
+"""ONNX files as Keras 3 functional models of standard layers, checked against onnxruntime.
+
+    from tf_segunravel.importers.onnx_model import import_onnx
+
+    model = import_onnx("unet.onnx")            # NHWC in, NHWC scores out
+    model = import_onnx("unet.onnx", input_size=(256, 320))   # a dynamic height and width
+
+NCHW becomes NHWC by permuting weights and axes, never by inserting transposes: every 4-D
+tensor of the ONNX graph is an [N, H, W, C] Keras tensor. Where no Keras layer has an op's
+exact arithmetic, a layer of `tf_segunravel.models.framework_layers` does (padded pooling,
+resizing under ONNX's coordinate modes). Shape arithmetic (Shape, Gather, Slice, Concat, ...
+feeding a Resize or a Reshape) is folded for the input's size, so the model is built for one
+height and width: the ONNX input's own, or `input_size` where they are dynamic.
+
+Why written here: onnx2keras is silently wrong on padded pooling and fails on bilinear
+resizing, onnx2tf pins another TensorFlow and emits Keras 2 lambdas, and nobuco is Keras 2
+only (docs/importers.md). The `onnx` package parses the file and onnxruntime, the reference,
+runs it: every import is compared with onnxruntime on a probe input and refused when the
+largest difference exceeds `tolerance` times the output's range.
+
+Each refusal is an `OnnxImportError` (an InputError) whose one line names the file and what
+is wrong: an unknown op and its node, an attribute value without an exact layer, a dynamic
+size without `input_size`, external data outside the model's folder, a corrupt file.
+"""
+
+import dataclasses
+import math
+import os
+import re
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import keras
+import numpy as np
+
+from tf_segunravel.errors import InputError
+from tf_segunravel.models.framework_layers import (
+    ConstantPadding2D,
+    ExplicitPooling2D,
+    Resize2D,
+    pooled_size,
+)
+
+# The largest difference from onnxruntime accepted, relative to the output's range.
+TOLERANCE = 1e-4
+
+L = keras.layers
+
+
+class OnnxImportError(InputError):
+    """An ONNX file the importer refuses; the message names the file and the reason."""
+
+
+@dataclasses.dataclass
+class Value:
+    """A tensor of the ONNX graph as a Keras tensor. `is_map`: a 4-D ONNX tensor
+    [N, C, H, W] held as [N, H, W, C]; otherwise the layouts agree."""
+
+    tensor: Any
+    is_map: bool
+
+    @property
+    def onnx_shape(self) -> list[int]:
+        """Its static ONNX shape, the batch as 1 (what shape arithmetic folds with)."""
+        shape = [1 if d is None else int(d) for d in self.tensor.shape]
+        if self.is_map:
+            n, h, w, c = shape
+            return [n, c, h, w]
+        return shape
+
+
+class _Context:
+    """The state of one import: constants, values and the layer names in use."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.constants: dict[str, np.ndarray] = {}
+        self.values: dict[str, Value] = {}
+        self._names: set[str] = set()
+
+    def refuse(self, node, reason: str) -> OnnxImportError:
+        if node is None:
+            return OnnxImportError(f"{self.path}: {reason}")
+        label = f"{node.op_type} node {node.name or node.output[0]!r}"
+        return OnnxImportError(f"{self.path}: {label}: {reason}")
+
+    def name(self, wanted: str) -> str:
+        """A unique Keras layer name from an ONNX tensor name."""
+        base = re.sub(r"[^A-Za-z0-9_.-]", "_", wanted).strip("._-") or "layer"
+        name, n = base, 1
+        while name in self._names:
+            n += 1
+            name = f"{base}_{n}"
+        self._names.add(name)
+        return name
+
+    def constant(self, node, index: int, required: bool = True) -> np.ndarray | None:
+        """Input `index` of `node` as a constant (None when absent and not required)."""
+        if index >= len(node.input) or not node.input[index]:
+            if required:
+                raise self.refuse(node, f"input {index} is missing")
+            return None
+        name = node.input[index]
+        if name not in self.constants:
+            raise self.refuse(node, f"input {name!r} must be a constant (a weight or a size)")
+        return self.constants[name]
+
+    def value(self, node, index: int = 0) -> Value:
+        name = node.input[index]
+        if name not in self.values:
+            raise self.refuse(node, f"input {name!r} is a constant where a tensor is needed")
+        return self.values[name]
+
+    def map_value(self, node, index: int = 0) -> Value:
+        found = self.value(node, index)
+        if not found.is_map:
+            raise self.refuse(node, f"input {node.input[index]!r} is not a 4-D image tensor")
+        return found
+
+
+def _attributes(node) -> dict[str, Any]:
+    from onnx import helper
+
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _text(value):
+    return value.decode() if isinstance(value, bytes) else value
+
+
+# --- Shape arithmetic, folded with numpy ---------------------------------------------------
+
+
+def _fold(ctx: _Context, node, attrs: dict) -> list[np.ndarray] | None:
+    """The outputs of `node` when it computes on constants (and on static shapes), else
+    None."""
+    from onnx import numpy_helper
+    from onnx.helper import tensor_dtype_to_np_dtype
+
+    op = node.op_type
+    if op == "Constant":
+        if "value" in attrs:
+            return [numpy_helper.to_array(attrs["value"])]
+        for key, dtype in (("value_float", np.float32), ("value_int", np.int64)):
+            if key in attrs:
+                return [np.array(attrs[key], dtype)]
+        for key, dtype in (("value_floats", np.float32), ("value_ints", np.int64)):
+            if key in attrs:
+                return [np.array(list(attrs[key]), dtype)]
+        raise ctx.refuse(node, f"unsupported constant attributes {sorted(attrs)}")
+    if op == "Shape" and node.input[0] in ctx.values:
+        shape = np.array(ctx.values[node.input[0]].onnx_shape, np.int64)
+        return [shape[attrs.get("start", 0) : attrs.get("end", len(shape))]]
+    names = [n for n in node.input if n]
+    if not names or any(n not in ctx.constants for n in names):
+        return None
+    x: list[Any] = [ctx.constants[n] if n else None for n in node.input]
+    if op == "Identity":
+        return [x[0]]
+    if op == "Cast":
+        return [x[0].astype(tensor_dtype_to_np_dtype(attrs["to"]))]
+    if op == "Gather":
+        return [np.take(x[0], x[1], axis=attrs.get("axis", 0))]
+    if op == "Unsqueeze":
+        axes: list[int] = list(attrs["axes"]) if "axes" in attrs else x[1].tolist()
+        out = x[0]
+        rank = out.ndim + len(axes)
+        for axis in sorted(a % rank for a in axes):
+            out = np.expand_dims(out, axis)
+        return [out]
+    if op == "Squeeze":
+        dropped = attrs.get("axes") if "axes" in attrs else (x[1].tolist() if len(x) > 1 else None)
+        return [np.squeeze(x[0], axis=None if dropped is None else tuple(dropped))]
+    if op == "Concat":
+        return [np.concatenate(x, axis=attrs["axis"])]
+    if op == "Slice":
+        starts, ends = x[1], x[2]
+        sliced = x[3] if len(x) > 3 and x[3] is not None else np.arange(len(starts))
+        steps = x[4] if len(x) > 4 and x[4] is not None else np.ones(len(starts), np.int64)
+        index = [slice(None)] * x[0].ndim
+        for start, end, axis, step in zip(starts, ends, sliced, steps, strict=True):
+            index[int(axis)] = slice(int(start), int(end), int(step))
+        return [x[0][tuple(index)]]
+    if op == "Reshape":
+        return [x[0].reshape(_reshape_target(x[0].shape, x[1]))]
+    if op == "ConstantOfShape":
+        fill = numpy_helper.to_array(attrs["value"]) if "value" in attrs else np.zeros(1, "f4")
+        return [np.full(x[0].astype(np.int64), fill.reshape(-1)[0], fill.dtype)]
+    binary = {
+        "Add": np.add,
+        "Sub": np.subtract,
+        "Mul": np.multiply,
+        "Equal": np.equal,
+        "Max": np.maximum,
+        "Min": np.minimum,
+    }
+    if op in binary:
+        return [binary[op](x[0], x[1]).astype(np.result_type(x[0], x[1]))]
+    if op == "Div":
+        if np.issubdtype(x[0].dtype, np.integer):  # ONNX integer division truncates
+            return [np.trunc(x[0] / x[1]).astype(x[0].dtype)]
+        return [(x[0] / x[1]).astype(x[0].dtype)]
+    if op in ("Floor", "Ceil", "Sqrt", "Neg", "Abs"):
+        function = {"Floor": np.floor, "Ceil": np.ceil, "Sqrt": np.sqrt}
+        function.update({"Neg": np.negative, "Abs": np.abs})
+        return [function[op](x[0]).astype(x[0].dtype)]
+    if op == "Where":
+        return [np.where(x[0], x[1], x[2])]
+    if op == "Range":
+        return [np.arange(x[0], x[1], x[2]).astype(x[0].dtype)]
+    if op == "Expand":
+        return [x[0] * np.ones(x[1].astype(np.int64), x[0].dtype)]
+    return None
+
+
+def _reshape_target(shape: Sequence[int], target: np.ndarray) -> list[int]:
+    """ONNX Reshape's target: 0 copies the input's dimension, -1 is inferred."""
+    return [int(shape[i]) if t == 0 else int(t) for i, t in enumerate(target.tolist())]
+
+
+# --- Layers --------------------------------------------------------------------------------
+
+
+def _pads(ctx, node, attrs, spatial: Sequence[int] | None = None):
+    """((top, bottom), (left, right)) from ONNX pads [top, left, bottom, right] or auto_pad."""
+    auto = _text(attrs.get("auto_pad", "NOTSET"))
+    if auto in ("NOTSET", "VALID"):
+        pads = list(attrs.get("pads", [0, 0, 0, 0])) if auto == "NOTSET" else [0, 0, 0, 0]
+        if len(pads) != 4:
+            raise ctx.refuse(node, f"pads {pads}: only 2-D spatial ops are imported")
+        return (pads[0], pads[2]), (pads[1], pads[3])
+    if spatial is None:
+        raise ctx.refuse(node, f"auto_pad={auto} is not supported here")
+    kernel = attrs["kernel_shape"]
+    strides = attrs.get("strides", [1, 1])
+    dilations = attrs.get("dilations", [1, 1])
+    out = []
+    for size, k, s, d in zip(spatial, kernel, strides, dilations, strict=True):
+        total = max((math.ceil(size / s) - 1) * s + (k - 1) * d + 1 - size, 0)
+        small, large = total // 2, total - total // 2
+        out.append((small, large) if auto == "SAME_UPPER" else (large, small))
+    return tuple(out)
+
+
+def _padded(ctx, node, x: Value, padding, value: float = 0.0):
+    (top, bottom), (left, right) = padding
+    if not any((top, bottom, left, right)):
+        return x.tensor
+    if min(top, bottom, left, right) < 0:
+        raise ctx.refuse(node, f"negative padding {padding}")
+    name = ctx.name(f"{node.output[0]}_pad")
+    if value == 0.0:
+        return L.ZeroPadding2D(padding, name=name)(x.tensor)
+    return ConstantPadding2D(padding, value, name=name)(x.tensor)
+
+
+def _conv(ctx, node, attrs):
+    x = ctx.map_value(node)
+    weight = ctx.constant(node, 1)
+    bias = ctx.constant(node, 2, required=False)
+    out_channels, per_group, kh, kw = weight.shape
+    groups = attrs.get("group", 1)
+    strides = tuple(attrs.get("strides", [1, 1]))
+    dilation = tuple(attrs.get("dilations", [1, 1]))
+    in_channels = x.onnx_shape[1]
+    tensor = _padded(ctx, node, x, _pads(ctx, node, {**attrs, "kernel_shape": (kh, kw)},
+                                         x.onnx_shape[2:]))  # fmt: skip
+    common = dict(
+        strides=strides,
+        dilation_rate=dilation,
+        padding="valid",
+        use_bias=bias is not None,
+        name=ctx.name(node.output[0]),
+    )
+    if groups == in_channels and per_group == 1 and groups > 1:
+        multiplier = out_channels // in_channels
+        layer = L.DepthwiseConv2D((kh, kw), depth_multiplier=multiplier, **common)
+        kernel = weight.reshape(in_channels, multiplier, kh, kw).transpose(2, 3, 0, 1)
+    else:
+        layer = L.Conv2D(out_channels, (kh, kw), groups=groups, **common)
+        kernel = weight.transpose(2, 3, 1, 0)
+    output = layer(tensor)
+    layer.set_weights([kernel] + ([bias] if bias is not None else []))
+    return [Value(output, True)]
+
+
+def _conv_transpose(ctx, node, attrs):
+    x = ctx.map_value(node)
+    weight = ctx.constant(node, 1)
+    bias = ctx.constant(node, 2, required=False)
+    if attrs.get("group", 1) != 1:
+        raise ctx.refuse(node, "grouped transposed convolutions are not imported")
+    _, out_channels, kh, kw = weight.shape
+    strides = tuple(attrs.get("strides", [1, 1]))
+    dilation = tuple(attrs.get("dilations", [1, 1]))
+    if max(dilation) > 1 and max(strides) > 1:
+        raise ctx.refuse(node, "a transposed convolution both strided and dilated")
+    if _text(attrs.get("auto_pad", "NOTSET")) != "NOTSET":
+        raise ctx.refuse(node, "auto_pad on a transposed convolution is not imported")
+    if any(k < s for k, s in zip((kh, kw), strides, strict=True)):
+        raise ctx.refuse(node, "a transposed convolution with a kernel smaller than its stride")
+    layer = L.Conv2DTranspose(
+        out_channels,
+        (kh, kw),
+        strides=strides,
+        dilation_rate=dilation,
+        padding="valid",
+        use_bias=bias is not None,
+        name=ctx.name(f"{node.output[0]}_full"),
+    )
+    full = layer(x.tensor)
+    layer.set_weights([weight.transpose(2, 3, 1, 0)] + ([bias] if bias is not None else []))
+    # Keras' valid output is (in - 1) stride + (k - 1) dilation + 1; ONNX crops its pads from
+    # that and adds output_padding at the end.
+    (top, bottom), (left, right) = _pads(ctx, node, attrs)
+    extra = list(attrs.get("output_padding", [0, 0]))
+    if "output_shape" in attrs:
+        sizes = [int(d) for d in full.shape[1:3]]
+        wanted = list(attrs["output_shape"])[-2:]
+        total = [s - w for s, w in zip(sizes, wanted, strict=True)]
+        top, bottom = total[0] // 2, total[0] - total[0] // 2
+        left, right = total[1] // 2, total[1] - total[1] // 2
+        extra = [0, 0]
+    crop = ((top, bottom - extra[0]), (left, right - extra[1]))
+    if min(min(c) for c in crop) < 0:
+        raise ctx.refuse(node, f"output_padding {extra} beyond the padding {attrs.get('pads')}")
+    if not any(any(c) for c in crop):
+        return [Value(full, True)]
+    return [Value(L.Cropping2D(crop, name=ctx.name(node.output[0]))(full), True)]
+
+
+def _batch_norm(ctx, node, attrs):
+    x = ctx.map_value(node)
+    gamma, beta, mean, variance = (ctx.constant(node, i) for i in range(1, 5))
+    layer = L.BatchNormalization(epsilon=attrs.get("epsilon", 1e-5), name=ctx.name(node.output[0]))
+    output = layer(x.tensor)
+    layer.set_weights([gamma, beta, mean, variance])
+    return [Value(output, True)]
+
+
+def _activation(function: str) -> Callable:
+    def convert(ctx, node, attrs):
+        x = ctx.value(node)
+        return [Value(L.Activation(function, name=ctx.name(node.output[0]))(x.tensor), x.is_map)]
+
+    return convert
+
+
+def _relu(ctx, node, attrs):
+    x = ctx.value(node)
+    return [Value(L.ReLU(name=ctx.name(node.output[0]))(x.tensor), x.is_map)]
+
+
+def _leaky_relu(ctx, node, attrs):
+    x = ctx.value(node)
+    layer = L.LeakyReLU(negative_slope=attrs.get("alpha", 0.01), name=ctx.name(node.output[0]))
+    return [Value(layer(x.tensor), x.is_map)]
+
+
+def _prelu(ctx, node, attrs):
+    x = ctx.map_value(node)
+    slope = ctx.constant(node, 1).reshape(-1).astype(np.float32)
+    channels = x.onnx_shape[1]
+    if slope.size not in (1, channels):
+        raise ctx.refuse(node, f"a slope of {slope.size} values for {channels} channels")
+    layer = L.PReLU(shared_axes=[1, 2], name=ctx.name(node.output[0]))
+    output = layer(x.tensor)
+    layer.set_weights([np.broadcast_to(slope, (channels,)).reshape(1, 1, channels)])
+    return [Value(output, True)]
+
+
+def _clip(ctx, node, attrs):
+    x = ctx.value(node)
+    low = attrs.get("min")
+    high = attrs.get("max")
+    if len(node.input) > 1 and node.input[1]:
+        low = float(ctx.constant(node, 1))
+    if len(node.input) > 2 and node.input[2]:
+        high = float(ctx.constant(node, 2))
+    if low != 0.0:
+        raise ctx.refuse(node, f"Clip with min={low}: only Clip(0, max) (ReLU6) is imported")
+    layer = L.ReLU(max_value=high, name=ctx.name(node.output[0]))
+    return [Value(layer(x.tensor), x.is_map)]
+
+
+def _hard_sigmoid(ctx, node, attrs):
+    alpha, beta = attrs.get("alpha", 0.2), attrs.get("beta", 0.5)
+    if not (math.isclose(alpha, 1 / 6, rel_tol=1e-6) and beta == 0.5):
+        raise ctx.refuse(node, f"alpha={alpha}, beta={beta}: only PyTorch's (1/6, 0.5)")
+    return _activation("hard_sigmoid")(ctx, node, attrs)
+
+
+def _softmax(ctx, node, attrs):
+    x = ctx.value(node)
+    axis = attrs.get("axis", -1)
+    rank = len(x.tensor.shape)
+    axis %= rank
+    if x.is_map:
+        axis = {0: 0, 1: 3, 2: 1, 3: 2}[axis]
+    if axis == 0:
+        raise ctx.refuse(node, "a softmax over the batch")
+    layer = L.Softmax(axis=axis, name=ctx.name(node.output[0]))
+    return [Value(layer(x.tensor), x.is_map)]
+
+
+def _channel_constant(ctx, node, constant: np.ndarray, x: Value) -> np.ndarray | float:
+    """A constant operand as a scalar or a per-channel vector (else refused)."""
+    values = np.asarray(constant, np.float32)
+    if values.size == 1:
+        return float(values.reshape(()))
+    shape = x.onnx_shape
+    channels = shape[1] if len(shape) > 1 else shape[-1]
+    if x.is_map:
+        padded = values.reshape((1,) * (4 - values.ndim) + values.shape)
+        if padded.shape[0] == 1 and padded.shape[2:] == (1, 1) and padded.shape[1] == channels:
+            return padded.reshape(channels)
+    elif values.ndim >= 1 and values.shape[-1] == channels and values.size == channels:
+        return values.reshape(channels)
+    raise ctx.refuse(node, f"a constant of shape {list(values.shape)}: only scalars and "
+                           f"per-channel constants are imported")  # fmt: skip
+
+
+def _arithmetic(op: str) -> Callable:
+    merge = {"Add": L.Add, "Sub": L.Subtract, "Mul": L.Multiply}
+
+    def convert(ctx, node, attrs):
+        a, b = node.input[0], node.input[1]
+        name = ctx.name(node.output[0])
+        if a in ctx.values and b in ctx.values:
+            if op not in merge:
+                raise ctx.refuse(node, "division of two tensors is not imported")
+            x, y = ctx.values[a], ctx.values[b]
+            if x.is_map != y.is_map:
+                raise ctx.refuse(node, "an operation between an image tensor and a vector")
+            return [Value(merge[op](name=name)([x.tensor, y.tensor]), x.is_map)]
+        x_first = a in ctx.values
+        x = ctx.values[a] if x_first else ctx.value(node, 1)
+        c = _channel_constant(ctx, node, ctx.constants[b if x_first else a], x)
+        if op == "Add":
+            scale, offset = 1.0, c
+        elif op == "Sub":
+            scale, offset = (1.0, -c) if x_first else (-1.0, c)
+        elif op == "Mul":
+            scale, offset = c, 0.0
+        elif x_first:  # x / c
+            scale, offset = 1.0 / np.asarray(c, np.float32), 0.0
+        else:
+            raise ctx.refuse(node, "a constant divided by a tensor is not imported")
+        scale = scale if np.ndim(scale) else float(scale)
+        offset = offset if np.ndim(offset) else float(offset)
+        layer = L.Rescaling(scale=scale, offset=offset, name=name)
+        return [Value(layer(x.tensor), x.is_map)]
+
+    return convert
+
+
+def _pool(mode: str) -> Callable:
+    def convert(ctx, node, attrs):
+        x = ctx.map_value(node)
+        kernel = tuple(attrs["kernel_shape"])
+        strides = tuple(attrs.get("strides", [1, 1]))
+        if any(d != 1 for d in attrs.get("dilations", [1, 1])):
+            raise ctx.refuse(node, "dilated pooling is not imported")
+        padding = _pads(ctx, node, attrs, x.onnx_shape[2:])
+        ceil = bool(attrs.get("ceil_mode", 0))
+        include_pad = bool(attrs.get("count_include_pad", 0))
+        name = ctx.name(node.output[0])
+        sizes = x.onnx_shape[2:]
+        plain = not any(any(p) for p in padding) and all(
+            pooled_size(n, k, s, 0, 0, ceil) == pooled_size(n, k, s, 0, 0, False)
+            for n, k, s in zip(sizes, kernel, strides, strict=True)
+        )
+        if plain:
+            layer = (L.MaxPooling2D if mode == "max" else L.AveragePooling2D)(
+                kernel, strides, padding="valid", name=name
+            )
+        else:
+            layer = ExplicitPooling2D(mode, kernel, strides, padding, ceil, include_pad, name=name)
+        return [Value(layer(x.tensor), True)]
+
+    return convert
+
+
+def _global_pool(mode: str) -> Callable:
+    def convert(ctx, node, attrs):
+        x = ctx.map_value(node)
+        kind = L.GlobalAveragePooling2D if mode == "avg" else L.GlobalMaxPooling2D
+        return [Value(kind(keepdims=True, name=ctx.name(node.output[0]))(x.tensor), True)]
+
+    return convert
+
+
+def _reduce_mean(ctx, node, attrs):
+    ctx.map_value(node)  # refused unless an image tensor
+    axes = attrs.get("axes")
+    if axes is None and len(node.input) > 1:
+        axes = ctx.constant(node, 1).tolist()
+    if sorted(a % 4 for a in (axes or [])) != [2, 3] or not attrs.get("keepdims", 1):
+        raise ctx.refuse(node, f"ReduceMean over axes {axes}: only the spatial mean is imported")
+    return _global_pool("avg")(ctx, node, attrs)
+
+
+def _concat(ctx, node, attrs):
+    values = [ctx.value(node, i) for i in range(len(node.input))]
+    if len({v.is_map for v in values}) != 1:
+        raise ctx.refuse(node, "a concatenation of image tensors and vectors")
+    axis = attrs["axis"] % len(values[0].tensor.shape)
+    if values[0].is_map:
+        axis = {1: 3, 2: 1, 3: 2}.get(axis, 0)
+    if axis == 0:
+        raise ctx.refuse(node, "a concatenation over the batch")
+    layer = L.Concatenate(axis=axis, name=ctx.name(node.output[0]))
+    return [Value(layer([v.tensor for v in values]), values[0].is_map)]
+
+
+def _resize(ctx, node, attrs):
+    x = ctx.map_value(node)
+    shape = x.onnx_shape
+    if node.op_type == "Upsample":
+        scales = ctx.constant(node, 1)
+        sizes = None
+    else:
+        scales = ctx.constant(node, 2, required=False)
+        sizes = ctx.constant(node, 3, required=False)
+    if sizes is not None and sizes.size:
+        height, width = (int(v) for v in sizes[-2:])
+    elif scales is not None and scales.size:
+        if scales[0] != 1 or scales[1] != 1:
+            raise ctx.refuse(node, f"scales {scales.tolist()} resize the batch or channels")
+        height, width = (math.floor(n * s) for n, s in zip(shape[2:], scales[2:], strict=True))
+    else:
+        raise ctx.refuse(node, "neither scales nor sizes is given")
+    mode = _text(attrs.get("mode", "nearest"))
+    coordinates = _text(attrs.get("coordinate_transformation_mode", "half_pixel"))
+    if node.op_type == "Upsample":
+        coordinates = "asymmetric"
+    if mode == "linear":
+        interpolation = "bilinear"
+    elif mode == "nearest":
+        interpolation = "nearest"
+        nearest_mode = _text(attrs.get("nearest_mode", "round_prefer_floor"))
+        if node.op_type != "Upsample" and nearest_mode != "floor":
+            raise ctx.refuse(node, f"nearest_mode={nearest_mode}: only floor is imported")
+    else:
+        raise ctx.refuse(node, f"mode={mode}: only nearest and linear are imported")
+    if coordinates not in ("half_pixel", "pytorch_half_pixel", "align_corners", "asymmetric"):
+        raise ctx.refuse(node, f"coordinate_transformation_mode={coordinates} is not imported")
+    if attrs.get("antialias", 0):
+        raise ctx.refuse(node, "antialiased resizing is not imported")
+    layer = Resize2D((height, width), interpolation, coordinates, name=ctx.name(node.output[0]))
+    return [Value(layer(x.tensor), True)]
+
+
+def _pad(ctx, node, attrs):
+    x = ctx.map_value(node)
+    if _text(attrs.get("mode", "constant")) != "constant":
+        raise ctx.refuse(node, f"mode={_text(attrs['mode'])}: only constant padding is imported")
+    pads = attrs.get("pads")
+    if pads is None:
+        pads = ctx.constant(node, 1).tolist()
+    value = attrs.get("value", 0.0)
+    if len(node.input) > 2 and node.input[2]:
+        value = float(ctx.constant(node, 2).reshape(-1)[0])
+    if len(node.input) > 3 and node.input[3]:
+        raise ctx.refuse(node, "Pad with axes is not imported")
+    if len(pads) != 8 or any(pads[i] for i in (0, 1, 4, 5)):
+        raise ctx.refuse(node, f"pads {pads}: only height and width are padded")
+    padding = ((pads[2], pads[6]), (pads[3], pads[7]))
+    tensor = _padded(ctx, node, x, padding, value)
+    return [Value(tensor, True)]
+
+
+def _identity(ctx, node, attrs):
+    return [ctx.value(node)]
+
+
+def _flatten(ctx, node, attrs):
+    x = ctx.value(node)
+    if x.is_map and x.onnx_shape[2:] != [1, 1]:
+        raise ctx.refuse(node, "flattening a map larger than 1 x 1 (its order differs in NHWC)")
+    if attrs.get("axis", 1) != 1:
+        raise ctx.refuse(node, f"Flatten axis={attrs['axis']}: only axis 1 is imported")
+    return [Value(L.Flatten(name=ctx.name(node.output[0]))(x.tensor), False)]
+
+
+def _reshape(ctx, node, attrs):
+    x = ctx.value(node)
+    target = _reshape_target(x.onnx_shape, ctx.constant(node, 1))
+    if x.is_map and x.onnx_shape[2:] == [1, 1] and len(target) == 2:
+        return [Value(L.Flatten(name=ctx.name(node.output[0]))(x.tensor), False)]
+    if not x.is_map and target[1:] == x.onnx_shape[1:]:
+        return [x]
+    raise ctx.refuse(node, f"Reshape {x.onnx_shape} -> {target} is not imported")
+
+
+def _gemm(ctx, node, attrs):
+    x = ctx.value(node)
+    if x.is_map or len(x.tensor.shape) != 2 or attrs.get("transA", 0):
+        raise ctx.refuse(node, "only Gemm of a [N, K] tensor by a constant is imported")
+    weight = ctx.constant(node, 1).astype(np.float32)
+    weight = weight.T if attrs.get("transB", 0) else weight
+    weight = weight * attrs.get("alpha", 1.0)
+    bias = ctx.constant(node, 2, required=False)
+    layer = L.Dense(weight.shape[1], use_bias=bias is not None, name=ctx.name(node.output[0]))
+    output = layer(x.tensor)
+    weights = [weight]
+    if bias is not None:
+        weights.append(np.broadcast_to(bias * attrs.get("beta", 1.0), weight.shape[1:]))
+    layer.set_weights(weights)
+    return [Value(output, False)]
+
+
+def _matmul(ctx, node, attrs):
+    return _gemm(ctx, node, {})
+
+
+OPS: dict[str, Callable] = {
+    "Conv": _conv,
+    "ConvTranspose": _conv_transpose,
+    "BatchNormalization": _batch_norm,
+    "Relu": _relu,
+    "LeakyRelu": _leaky_relu,
+    "PRelu": _prelu,
+    "Clip": _clip,
+    "Sigmoid": _activation("sigmoid"),
+    "Tanh": _activation("tanh"),
+    "HardSigmoid": _hard_sigmoid,
+    "HardSwish": _activation("hard_silu"),
+    "Softmax": _softmax,
+    "Add": _arithmetic("Add"),
+    "Sub": _arithmetic("Sub"),
+    "Mul": _arithmetic("Mul"),
+    "Div": _arithmetic("Div"),
+    "MaxPool": _pool("max"),
+    "AveragePool": _pool("avg"),
+    "GlobalAveragePool": _global_pool("avg"),
+    "GlobalMaxPool": _global_pool("max"),
+    "ReduceMean": _reduce_mean,
+    "Concat": _concat,
+    "Resize": _resize,
+    "Upsample": _resize,
+    "Pad": _pad,
+    "Identity": _identity,
+    "Dropout": _identity,
+    "Flatten": _flatten,
+    "Reshape": _reshape,
+    "Gemm": _gemm,
+    "MatMul": _matmul,
+}
+
+
+# --- Reading, building and checking ----------------------------------------------------------
+
+
+def read_onnx(path: str):
+    """The ONNX model at `path` with its weights, external data read only from inside the
+    model's own folder."""
+    import onnx
+    from onnx import external_data_helper
+
+    if not os.path.isfile(path):
+        raise OnnxImportError(f"{path}: no such ONNX file")
+    try:
+        model = onnx.load(path, load_external_data=False)
+    except Exception as e:  # protobuf's DecodeError and friends: any unreadable file
+        raise OnnxImportError(f"{path}: not a readable ONNX file ({type(e).__name__})") from e
+    folder = os.path.realpath(os.path.dirname(os.path.abspath(path)))
+    for tensor in external_data_helper._get_all_tensors(model):
+        if not external_data_helper.uses_external_data(tensor):
+            continue
+        location = {e.key: e.value for e in tensor.external_data}.get("location", "")
+        target = os.path.realpath(os.path.join(folder, location))
+        if os.path.commonpath([folder, target]) != folder:
+            raise OnnxImportError(
+                f"{path}: tensor {tensor.name!r} reads external data from {location!r}, "
+                f"outside the model's folder; refused"
+            )
+        if not os.path.isfile(target):
+            raise OnnxImportError(f"{path}: tensor {tensor.name!r}: no external data {location!r}")
+    try:
+        external_data_helper.load_external_data_for_model(model, folder)
+    except Exception as e:
+        raise OnnxImportError(f"{path}: its external data is unreadable ({e})") from e
+    return model
+
+
+def _input_shape(ctx, model, input_size) -> tuple[str, list[int]]:
+    initialisers = {t.name for t in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in initialisers]
+    if len(inputs) != 1:
+        raise ctx.refuse(None, f"{len(inputs)} inputs; only one image input is imported")
+    tensor_type = inputs[0].type.tensor_type
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim]
+    if len(dims) != 4:
+        raise ctx.refuse(None, f"input {inputs[0].name!r} of rank {len(dims)} is not an image")
+    _, channels, height, width = dims
+    if channels is None:
+        raise ctx.refuse(None, f"input {inputs[0].name!r} has no fixed channel count")
+    if input_size is not None:
+        height, width = (int(v) for v in input_size)
+    if height is None or width is None:
+        raise ctx.refuse(
+            None,
+            f"input {inputs[0].name!r} has a dynamic height or width; give the size to build "
+            f"it for as input_size=HEIGHT,WIDTH",
+        )
+    return inputs[0].name, [channels, height, width]
+
+
+def build_keras(model, path: str, input_size: Sequence[int] | None = None) -> keras.Model:
+    """The Keras model of the ONNX `model` (from `path`, named in errors), unchecked."""
+    from onnx import numpy_helper
+
+    ctx = _Context(path)
+    for tensor in model.graph.initializer:
+        ctx.constants[tensor.name] = numpy_helper.to_array(tensor)
+    name, (channels, height, width) = _input_shape(ctx, model, input_size)
+    image = keras.Input((height, width, channels), name=ctx.name(name))
+    ctx.values[name] = Value(image, True)
+    for node in model.graph.node:
+        for name in node.input:
+            if name and name not in ctx.values and name not in ctx.constants:
+                raise ctx.refuse(node, f"input {name!r} is made by no node before it")
+        attrs = _attributes(node)
+        folded = _fold(ctx, node, attrs)
+        if folded is not None:
+            for output, value in zip(node.output, folded, strict=False):
+                ctx.constants[output] = np.asarray(value)
+            continue
+        if node.domain not in ("", "ai.onnx"):
+            raise ctx.refuse(node, f"custom op of domain {node.domain!r} is not imported")
+        convert = OPS.get(node.op_type)
+        if convert is None:
+            raise ctx.refuse(node, "no importer for this op (docs/importers.md lists them)")
+        for output, value in zip(node.output, convert(ctx, node, attrs), strict=False):
+            ctx.values[output] = value
+    outputs = []
+    for output in model.graph.output:
+        if output.name not in ctx.values:
+            raise ctx.refuse(None, f"output {output.name!r} is a constant")
+        outputs.append(_named(ctx, ctx.values[output.name], output.name))
+    return keras.Model(image, outputs if len(outputs) > 1 else outputs[0], name="onnx_import")
+
+
+def _named(ctx, value: Value, name: str):
+    """The output tensor, its layer named after the ONNX output (so `output=NAME` finds it)."""
+    layer = value.tensor._keras_history.operation
+    wanted = re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+    if getattr(layer, "name", None) == wanted or not isinstance(layer, L.Layer):
+        return value.tensor
+    return L.Identity(name=ctx.name(name))(value.tensor)
+
+
+def probe(shape: Sequence[int], seed: int = 0) -> np.ndarray:
+    """The probe input an import is checked on: float32 N(0, 1) of `shape` (NCHW)."""
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+def compare(model, network: keras.Model, path: str, tolerance: float = TOLERANCE) -> float:
+    """The largest difference between onnxruntime's outputs for `model` and `network`'s on a
+    probe input, relative to each output's range; OnnxImportError above `tolerance`."""
+    import onnxruntime
+
+    height, width, channels = network.inputs[0].shape[1:]
+    x = probe((1, channels, height, width))
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = 1  # a reproducible reference
+    session = onnxruntime.InferenceSession(
+        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
+    expected = session.run(None, {session.get_inputs()[0].name: x})
+    got = network(np.transpose(x, (0, 2, 3, 1)))
+    got = got if isinstance(got, (list, tuple)) else [got]
+    worst = 0.0
+    for name, want, have in zip([o.name for o in model.graph.output], expected, got, strict=True):
+        have = np.asarray(have)
+        if have.ndim == 4:
+            have = np.transpose(have, (0, 3, 1, 2))
+        if have.shape != want.shape:
+            raise OnnxImportError(
+                f"{path}: output {name!r} has shape {list(have.shape)} here and "
+                f"{list(want.shape)} in onnxruntime; refused"
+            )
+        scale = max(float(np.ptp(want)), 1e-6)
+        worst = max(worst, float(np.max(np.abs(have - want))) / scale)
+    if not worst <= tolerance:
+        raise OnnxImportError(
+            f"{path}: the import differs from onnxruntime by {worst:.2e} of the output's range "
+            f"(tolerance {tolerance:.0e}); refused"
+        )
+    return worst
+
+
+def import_onnx(
+    path: str | os.PathLike,
+    *,
+    input_size: Sequence[int] | None = None,
+    tolerance: float = TOLERANCE,
+) -> keras.Model:
+    """The ONNX file at `path` as a Keras functional model with [1, H, W, C] float input,
+    checked against onnxruntime (`compare`)."""
+    path = os.fspath(path)
+    model = read_onnx(path)
+    network = build_keras(model, path, input_size)
+    compare(model, network, path, tolerance)
+    return network
