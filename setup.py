@@ -48,7 +48,16 @@ setup(
         "scipy",
     ],
     extras_require={
-        "test": ["pytest>=7", "pytest-xdist>=3", "ruff>=0.4", "mypy>=1.10", "import-linter>=2.1"],
+        "test": [
+            "pytest>=7",
+            "pytest-xdist>=3",
+            "ruff>=0.4",
+            "mypy>=1.10",
+            "import-linter>=2.1",
+            # A trained network shipped inside a wheel (PP-OCRv4's text detector, ONNX), for
+            # tests/importers/test_wheel_networks.py; the tests read its file, never import it.
+            "rapidocr-onnxruntime==1.4.4",
+        ],
         # DeepLab's dense CRF (tf_segunravel/crf.py); built from source, needs a C++ compiler.
         "crf": ["pydensecrf2>=1.1"],
         # Gradient baselines beside the fixations (tf_segunravel/baselines.py).

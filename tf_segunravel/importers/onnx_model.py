@@ -15,8 +15,9 @@ height and width: the ONNX input's own, or `input_size` where they are dynamic.
 Why written here: onnx2keras is silently wrong on padded pooling and fails on bilinear
 resizing, onnx2tf pins another TensorFlow and emits Keras 2 lambdas, and nobuco is Keras 2
 only (docs/importers.md). The `onnx` package parses the file and onnxruntime, the reference,
-runs it: every import is compared with onnxruntime on a probe input and refused when the
-largest difference exceeds `tolerance` times the output's range.
+runs it: every import is compared with onnxruntime on a probe input, every tensor of the graph
+and not only the outputs, and refused when the largest difference exceeds `tolerance` times
+the tensor's range (`compare`).
 
 Each refusal is an `OnnxImportError` (an InputError) whose one line names the file and what
 is wrong: an unknown op and its node, an attribute value without an exact layer, a dynamic
@@ -384,10 +385,12 @@ def _clip(ctx, node, attrs):
 
 
 def _hard_sigmoid(ctx, node, attrs):
-    alpha, beta = attrs.get("alpha", 0.2), attrs.get("beta", 0.5)
-    if not (math.isclose(alpha, 1 / 6, rel_tol=1e-6) and beta == 0.5):
-        raise ctx.refuse(node, f"alpha={alpha}, beta={beta}: only PyTorch's (1/6, 0.5)")
-    return _activation("hard_sigmoid")(ctx, node, attrs)
+    """max(0, min(1, alpha x + beta)): the affine part, then a ReLU capped at 1 (PyTorch
+    exports alpha = 1/6, PaddlePaddle 0.2)."""
+    x = ctx.value(node)
+    alpha, beta = float(attrs.get("alpha", 0.2)), float(attrs.get("beta", 0.5))
+    affine = L.Rescaling(alpha, beta, name=ctx.name(f"{node.output[0]}_affine"))(x.tensor)
+    return [Value(L.ReLU(max_value=1.0, name=ctx.name(node.output[0]))(affine), x.is_map)]
 
 
 def _softmax(ctx, node, attrs):
@@ -709,6 +712,10 @@ def _input_shape(ctx, model, input_size) -> tuple[str, list[int]]:
 
 def build_keras(model, path: str, input_size: Sequence[int] | None = None) -> keras.Model:
     """The Keras model of the ONNX `model` (from `path`, named in errors), unchecked."""
+    return _build(model, path, input_size)[0]
+
+
+def _build(model, path: str, input_size: Sequence[int] | None) -> tuple[keras.Model, _Context]:
     from onnx import numpy_helper
 
     ctx = _Context(path)
@@ -739,7 +746,8 @@ def build_keras(model, path: str, input_size: Sequence[int] | None = None) -> ke
         if output.name not in ctx.values:
             raise ctx.refuse(None, f"output {output.name!r} is a constant")
         outputs.append(_named(ctx, ctx.values[output.name], output.name))
-    return keras.Model(image, outputs if len(outputs) > 1 else outputs[0], name="onnx_import")
+    network = keras.Model(image, outputs if len(outputs) > 1 else outputs[0], name="onnx_import")
+    return network, ctx
 
 
 def _named(ctx, value: Value, name: str):
@@ -756,37 +764,70 @@ def probe(shape: Sequence[int], seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
 
 
-def compare(model, network: keras.Model, path: str, tolerance: float = TOLERANCE) -> float:
-    """The largest difference between onnxruntime's outputs for `model` and `network`'s on a
-    probe input, relative to each output's range; OnnxImportError above `tolerance`."""
+# A tensor's difference is measured against its range, but never against less than this: a
+# saturated sigmoid's range on the probe can be 1e-6, where float32 rounding alone is 1e-7.
+SMALLEST_RANGE = 1e-2
+
+
+def compare(
+    model,
+    network: keras.Model,
+    path: str,
+    tolerance: float = TOLERANCE,
+    values: dict[str, Any] | None = None,
+) -> float:
+    """The largest difference between onnxruntime and `network` on a probe input, relative to
+    each tensor's range (at least SMALLEST_RANGE): over the outputs, and over every tensor of
+    `values` ({ONNX name: Keras tensor of `network`}) where given, so that a refusal names
+    the first node that differs. OnnxImportError above `tolerance`."""
+    import onnx
     import onnxruntime
 
+    outputs = [o.name for o in model.graph.output]
+    names = list(outputs)
+    if values:
+        names += [n.output[0] for n in model.graph.node if n.output[0] in values]
+        names = list(dict.fromkeys(names))
+    probed = onnx.ModelProto()
+    probed.CopyFrom(model)
+    for name in names[len(outputs) :]:
+        probed.graph.output.append(onnx.helper.make_tensor_value_info(name, 1, None))
     height, width, channels = network.inputs[0].shape[1:]
     x = probe((1, channels, height, width))
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = 1  # a reproducible reference
     session = onnxruntime.InferenceSession(
-        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+        probed.SerializeToString(), options, providers=["CPUExecutionProvider"]
     )
-    expected = session.run(None, {session.get_inputs()[0].name: x})
-    got = network(np.transpose(x, (0, 2, 3, 1)))
-    got = got if isinstance(got, (list, tuple)) else [got]
-    worst = 0.0
-    for name, want, have in zip([o.name for o in model.graph.output], expected, got, strict=True):
-        have = np.asarray(have)
+    expected = session.run(names, {session.get_inputs()[0].name: x})
+    tensors = list(network.outputs) + [values[n] for n in names[len(outputs) :]] if values else []
+    inspected = keras.Model(network.inputs[0], tensors) if values else network
+    got = inspected(np.transpose(x, (0, 2, 3, 1)))
+    got = list(got) if isinstance(got, (list, tuple)) else [got]
+    worst, first = 0.0, None
+    made_by = {n.output[0]: n for n in model.graph.node}
+    # Outputs first in the lists, but the first node that differs is reported in graph order.
+    order = sorted(range(len(names)), key=lambda i: list(made_by).index(names[i])
+                   if names[i] in made_by else -1)  # fmt: skip
+    for i in order:
+        name, want, have = names[i], expected[i], np.asarray(got[i])
         if have.ndim == 4:
             have = np.transpose(have, (0, 3, 1, 2))
         if have.shape != want.shape:
             raise OnnxImportError(
-                f"{path}: output {name!r} has shape {list(have.shape)} here and "
+                f"{path}: tensor {name!r} has shape {list(have.shape)} here and "
                 f"{list(want.shape)} in onnxruntime; refused"
             )
-        scale = max(float(np.ptp(want)), 1e-6)
-        worst = max(worst, float(np.max(np.abs(have - want))) / scale)
-    if not worst <= tolerance:
+        difference = float(np.max(np.abs(have - want))) / max(float(np.ptp(want)), SMALLEST_RANGE)
+        if difference > tolerance and first is None:
+            first = name
+        worst = max(worst, difference)
+    if first is not None or not worst <= tolerance:
+        node = made_by.get(first or "")
+        where = f" first at {node.op_type} node {node.name or first!r}" if node else ""
         raise OnnxImportError(
-            f"{path}: the import differs from onnxruntime by {worst:.2e} of the output's range "
-            f"(tolerance {tolerance:.0e}); refused"
+            f"{path}: the import differs from onnxruntime by {worst:.2e} of a tensor's range"
+            f"{where} (tolerance {tolerance:.0e}); refused"
         )
     return worst
 
@@ -801,6 +842,6 @@ def import_onnx(
     checked against onnxruntime (`compare`)."""
     path = os.fspath(path)
     model = read_onnx(path)
-    network = build_keras(model, path, input_size)
-    compare(model, network, path, tolerance)
+    network, ctx = _build(model, path, input_size)
+    compare(model, network, path, tolerance, {k: v.tensor for k, v in ctx.values.items()})
     return network
