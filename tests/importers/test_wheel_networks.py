@@ -10,7 +10,7 @@ import pytest
 
 pytest.importorskip("onnxruntime")
 
-from tests.helpers import run_tool  # noqa: E402
+from tests.helpers import run_tool
 
 WHEEL = "rapidocr-onnxruntime"
 DETECTOR = "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx"
