@@ -300,7 +300,8 @@ def test_an_import_that_differs_from_onnxruntime_is_refused(tmp_path, monkeypatc
     )
     with pytest.raises(
         OnnxImportError,
-        match=r"differs from onnxruntime by [0-9.e-]+ of a tensor's range first at LeakyRelu node 'y'",
+        match=r"differs from onnxruntime by [0-9.e-]+ of a tensor's range first at LeakyRelu "
+        r"node 'y'",
     ):
         imported(model, tmp_path)
     assert not (tmp_path / "model.keras").exists()
