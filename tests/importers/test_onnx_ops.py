@@ -81,8 +81,10 @@ def test_conv(case, tmp_path):
         dict(strides=[2, 2], pads=[1, 1, 1, 1], output_padding=[1, 1]),
         dict(strides=[2, 2], pads=[1, 1, 1, 1]),
         dict(strides=[1, 1], pads=[1, 0, 1, 0]),
+        dict(strides=[2, 2], output_shape=[10, 12]),
+        dict(strides=[2, 2], output_shape=[9, 11]),
     ],
-    ids=["plain", "output_padding", "padded", "stride1"],
+    ids=["plain", "output_padding", "padded", "stride1", "output_shape", "output_shape_odd"],
 )
 def test_conv_transpose(attrs, tmp_path):
     constants = {"w": weights(3, 4, 3, 3), "b": weights(4)}

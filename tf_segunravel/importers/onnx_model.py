@@ -318,10 +318,10 @@ def _conv_transpose(ctx, node, attrs):
     if "output_shape" in attrs:
         sizes = [int(d) for d in full.shape[1:3]]
         wanted = list(attrs["output_shape"])[-2:]
-        total = [s - w for s, w in zip(sizes, wanted, strict=True)]
-        top, bottom = total[0] // 2, total[0] - total[0] // 2
-        left, right = total[1] // 2, total[1] - total[1] // 2
-        extra = [0, 0]
+        # ONNX: without auto_pad the odd pixel of the total padding comes off the start.
+        total = [s + e - w for s, e, w in zip(sizes, extra, wanted, strict=True)]
+        top, bottom = total[0] - total[0] // 2, total[0] // 2
+        left, right = total[1] - total[1] // 2, total[1] // 2
     crop = ((top, bottom - extra[0]), (left, right - extra[1]))
     if min(min(c) for c in crop) < 0:
         raise ctx.refuse(node, f"output_padding {extra} beyond the padding {attrs.get('pads')}")
