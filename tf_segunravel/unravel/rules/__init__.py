@@ -28,10 +28,12 @@ import typing
 from collections.abc import Callable
 
 import keras
+import tensorflow as tf
 
 from tf_segunravel.models.framework_layers import ExplicitPooling2D, Resize2D
 from tf_segunravel.models.layers import CaffePooling2D, CaffePreprocess
 from tf_segunravel.unravel.rules.base import (
+    AnyLayer,
     Moved,
     Points,
     UntraceableLayerError,
@@ -76,6 +78,7 @@ from tf_segunravel.unravel.rules.spatial import (
     resize_rule,
     zero_padding_rule,
 )
+from tf_segunravel.unravel.settings import FixationSettings
 
 __all__ = [
     "KEEPS_MAP",
@@ -151,7 +154,9 @@ PASS_THROUGH_LAYERS = (
 )
 
 
-def pass_through(layer, x, output, points, settings):
+def pass_through(
+    layer: AnyLayer, x: tf.Tensor, output: tf.Tensor, points: Points, settings: FixationSettings
+) -> list[Points]:
     """Per-element and per-channel layers: the point stays where it is."""
     return [points]
 
@@ -241,10 +246,10 @@ class Registration(contextlib.AbstractContextManager):
     """A rule added by `register_rule`: `remove()` undoes it, and so does leaving a `with`
     block (tests and notebooks then leave no rule behind for the next one)."""
 
-    def __init__(self, entry):
+    def __init__(self, entry: tuple[tuple[type, ...], LayerKind]) -> None:
         self._entry = entry
 
-    def remove(self):
+    def remove(self) -> None:
         """Undoes the registration (a no-op when already undone)."""
         _registered[:] = [entry for entry in _registered if entry is not self._entry]
 
@@ -319,7 +324,7 @@ def _unsupported_layout(layer):
     return None
 
 
-def refuse(layer, reason):
+def refuse(layer: AnyLayer, reason: str) -> UntraceableLayerError:
     """The error for a layer the unravel cannot follow, naming it."""
     name = getattr(layer, "name", "?")
     kind = type(layer).__name__

@@ -20,6 +20,15 @@ import tensorflow as tf
 
 from tf_segunravel.grids import first_argmax
 
+if typing.TYPE_CHECKING:
+    from tf_segunravel.unravel.settings import FixationSettings
+
+# A length along an axis: a Python int where the size is static, else a scalar tensor.
+Size: typing.TypeAlias = int | tf.Tensor
+# A layer or Keras op of the traced model. Each rule reads its own kind's attributes
+# (pool_size, strides, padding, ...), which no common base class declares.
+AnyLayer: typing.TypeAlias = typing.Any
+
 
 class Points(typing.NamedTuple):
     """Parallel int tensors [N]; `count` is int64 (paths multiply when K > 1)."""
@@ -31,10 +40,10 @@ class Points(typing.NamedTuple):
     ch: tf.Tensor
     count: tf.Tensor
 
-    def take(self, indices):
+    def take(self, indices: tf.Tensor) -> "Points":
         return Points(*(tf.gather(field, indices) for field in self))
 
-    def moved(self, parents, **fields):
+    def moved(self, parents: tf.Tensor, **fields: tf.Tensor) -> "Points":
         """Points `parents` with the named fields replaced: the others are gathered, the
         replaced ones are not (a rule that moves y, x and ch gathers three fields, not six;
         a one-seed walk's cost is its op count)."""
@@ -45,11 +54,11 @@ class Points(typing.NamedTuple):
         }
         return Points(**kept, **fields)
 
-    def where(self, mask):
+    def where(self, mask: tf.Tensor) -> "Points":
         # One index for every field (tf.boolean_mask per field builds several ops each).
         return self.take(tf.reshape(tf.where(mask), [-1]))
 
-    def replace(self, **fields):
+    def replace(self, **fields: tf.Tensor) -> "Points":
         return self._replace(**fields)
 
 
@@ -65,7 +74,7 @@ class UntraceableLayerError(ValueError):
     """A layer type the unravel rules do not cover."""
 
 
-def best_index(values, ties="first"):
+def best_index(values: tf.Tensor, ties: str = "first") -> tf.Tensor:
     """Index of the largest value along the last axis: the lowest among tied maxima
     (ties="first"), or the highest (ties="last")."""
     if ties == "first":
@@ -74,7 +83,7 @@ def best_index(values, ties="first"):
     return tf.shape(values)[-1] - 1 - first_argmax(tf.reverse(values, axis=[-1]))
 
 
-def top_indices(scores, k, ties="first"):
+def top_indices(scores: tf.Tensor, k: int, ties: str = "first") -> tuple[tf.Tensor, tf.Tensor]:
     """(values, indices) of the k largest of each row of `scores` [N, C], largest first; equal
     values in index order (ties="first") or in reverse index order (ties="last")."""
     if ties == "first":
@@ -83,14 +92,16 @@ def top_indices(scores, k, ties="first"):
     return values, tf.shape(scores)[1] - 1 - top
 
 
-def spatial_size(tensor):
+def spatial_size(tensor: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     """(height, width) of a [B, H, W, C] tensor as scalar tensors, from one Shape op
     (indexing `tf.shape` builds four ops per axis, and graph building costs per op)."""
     _, height, width, _ = tf.unstack(tf.shape(tensor), num=4)
     return height, width
 
 
-def pad_total(in_size, out_size, kernel, stride, dilation, padding):
+def pad_total(
+    in_size: Size, out_size: Size, kernel: int, stride: int, dilation: int, padding: str
+) -> Size:
     """Padding of one axis, both sides together (0 for 'valid')."""
     if padding == "valid":
         return tf.constant(0, tf.int32)
@@ -98,12 +109,22 @@ def pad_total(in_size, out_size, kernel, stride, dilation, padding):
     return tf.maximum((out_size - 1) * stride + effective - in_size, 0)
 
 
-def pad_before(in_size, out_size, kernel, stride, dilation, padding):
+def pad_before(
+    in_size: Size, out_size: Size, kernel: int, stride: int, dilation: int, padding: str
+) -> Size:
     """Leading padding of one axis: Keras/TF 'same' puts the smaller half first."""
     return pad_total(in_size, out_size, kernel, stride, dilation, padding) // 2
 
 
-def window_taps(points, in_h, in_w, kernel, stride, dilation, before):
+def window_taps(
+    points: "Points",
+    in_h: Size,
+    in_w: Size,
+    kernel: typing.Sequence[int],
+    stride: typing.Sequence[int],
+    dilation: typing.Sequence[int],
+    before: typing.Sequence[Size],
+) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     """Tap coordinates [N, T] (row-major over the kernel) and which taps are inside."""
     (kh, kw), (sh, sw), (dh, dw) = kernel, stride, dilation
     # The kernel's tap offsets are known when the graph is built: constants, not ops.
@@ -115,12 +136,14 @@ def window_taps(points, in_h, in_w, kernel, stride, dilation, before):
     return ys, xs, inside
 
 
-def clamp_taps(ys, xs, in_h, in_w):
+def clamp_taps(ys: tf.Tensor, xs: tf.Tensor, in_h: Size, in_w: Size) -> tuple[tf.Tensor, tf.Tensor]:
     """Tap coordinates moved into the input (a padded tap chosen under `padded_taps`)."""
     return tf.clip_by_value(ys, 0, in_h - 1), tf.clip_by_value(xs, 0, in_w - 1)
 
 
-def gather_pixels(tensor, b, ys, xs, ch=None):
+def gather_pixels(
+    tensor: tf.Tensor, b: tf.Tensor, ys: tf.Tensor, xs: tf.Tensor, ch: tf.Tensor | None = None
+) -> tf.Tensor:
     """tensor[b, ys, xs, :] for ys, xs [N, T] (clamped; callers mask what is outside), or
     with `ch` [N] only that channel, [N, T] (read element by element, not window by window).
 
@@ -139,7 +162,9 @@ def gather_pixels(tensor, b, ys, xs, ch=None):
     return tf.gather(tf.reshape(tensor, [-1]), element)
 
 
-def channels_to_reach(scores, fraction, cap=None, ties="first"):
+def channels_to_reach(
+    scores: tf.Tensor, fraction: float, cap: int | None = None, ties: str = "first"
+) -> tuple[tf.Tensor, tf.Tensor]:
     """Per row of channel contributions [N, C], the fewest channels that, taken largest
     first, reach `fraction` of the row's positive total ("mass" K, docs/method.md).
 
@@ -157,7 +182,9 @@ def channels_to_reach(scores, fraction, cap=None, ties="first"):
     return tf.where(tf.reduce_any(reached, axis=1), first, cap), top
 
 
-def select_channels(scores, settings, rule="topk"):
+def select_channels(
+    scores: tf.Tensor, settings: "FixationSettings", rule: str = "topk"
+) -> tuple[tf.Tensor, tf.Tensor]:
     """Channels to keep per point from channel scores [N, C]: (parent index, channel) [M]."""
     channels = tf.shape(scores)[1]
     ties = settings.ties

@@ -1,10 +1,14 @@
 """Rules for layers that weigh input channels: convolutions of every kind, and Dense."""
 
+import typing
+
 import tensorflow as tf
 
 from tf_segunravel.unravel.rules import kernel_rows
 from tf_segunravel.unravel.rules.base import (
+    AnyLayer,
     Moved,
+    Points,
     best_index,
     clamp_taps,
     gather_pixels,
@@ -13,6 +17,8 @@ from tf_segunravel.unravel.rules.base import (
     spatial_size,
     window_taps,
 )
+from tf_segunravel.unravel.rules.kernel_rows import KernelRows
+from tf_segunravel.unravel.settings import FixationSettings
 
 
 def _before(x, output, kernel, strides, dilation, padding):
@@ -24,7 +30,7 @@ def _before(x, output, kernel, strides, dilation, padding):
     ]
 
 
-def filter_rows(kernel, filters):
+def filter_rows(kernel: tf.Tensor, filters: tf.Tensor) -> tf.Tensor:
     """Each point's filter as one row [N, kh * kw * C_in] of a kernel [kh, kw, C_in, F].
 
     Gathering from the kernel's last axis copies one scalar at a time: cheap for a few points
@@ -50,7 +56,9 @@ def _by_columns(flat, filters):
     return tf.transpose(tf.gather(flat, filters, axis=1))
 
 
-def window_weights(kernel, filters, inside, held=None):
+def window_weights(
+    kernel: tf.Tensor, filters: tf.Tensor, inside: tf.Tensor, held: KernelRows | None = None
+) -> tf.Tensor:
     """Each point's filter over its window [N, T, C_in] from a kernel [kh, kw, C_in, F], zero
     at the taps outside the input (`inside` [N, T]): the window's products then sum to the
     channel scores without a mask. With `held` (the layer's `kernel_rows.KernelRows`) and
@@ -78,14 +86,14 @@ def window_weights(kernel, filters, inside, held=None):
     return tf.cond(_few(filters, flat), lambda: masked(_by_columns(flat, filters)), by_rows)
 
 
-def inside_sum(contributions, inside):
+def inside_sum(contributions: tf.Tensor, inside: tf.Tensor) -> tf.Tensor:
     """Contributions [N, T, C] summed over the taps inside the input: [N, C]. (The same
     products and sum as masking the window first, so results are unchanged bit for bit; a
     batched matmul would sum in another order and could flip near-ties.)"""
     return tf.reduce_sum(contributions * tf.cast(inside, contributions.dtype)[..., None], axis=1)
 
 
-def tap_values(contributions, parents, channels):
+def tap_values(contributions: tf.Tensor, parents: tf.Tensor, channels: tf.Tensor) -> tf.Tensor:
     """contributions[parents[m], t, channels[m]] for every tap t: [M, T], read element by
     element (gathering the parents' whole [T, C] blocks first copies C times as much)."""
     taps = tf.shape(contributions)[1]
@@ -106,7 +114,18 @@ def _full_shift(settings, dilation):
     return settings.shift == "full" or (settings.shift == "partial" and max(dilation) == 1)
 
 
-def convolve(x, output, points, settings, kernel, strides, dilation, padding, groups=1, held=None):
+def convolve(
+    x: tf.Tensor,
+    output: tf.Tensor,
+    points: Points,
+    settings: FixationSettings,
+    kernel: tf.Tensor,
+    strides: typing.Sequence[int],
+    dilation: typing.Sequence[int],
+    padding: str,
+    groups: int = 1,
+    held: KernelRows | None = None,
+) -> Moved:
     """The convolution rule on a kernel [kh, kw, C_in / groups, filters]: top-K input
     channels by summed contribution, then the position by the shift setting. `held`: the
     kernel's `KernelRows`, when it is a layer's variable."""
@@ -152,7 +171,16 @@ def convolve(x, output, points, settings, kernel, strides, dilation, padding, gr
     return Moved([moved], channel_scores)
 
 
-def to_taps(points, parents, ys, xs, tap, channel, x, settings):
+def to_taps(
+    points: Points,
+    parents: tf.Tensor,
+    ys: tf.Tensor,
+    xs: tf.Tensor,
+    tap: tf.Tensor,
+    channel: tf.Tensor,
+    x: tf.Tensor,
+    settings: FixationSettings,
+) -> Points:
     """The moved points of a window rule: point m, child of `parents[m]` (or point m itself
     when `parents` is None, saving the parents' gathers), to tap `tap[m]` of its parent's
     window (`ys`, `xs` [N, T]) on input channel `channel[m]`; a padded tap chosen under
@@ -170,13 +198,20 @@ def to_taps(points, parents, ys, xs, tap, channel, x, settings):
     return points.moved(parents, y=y, x=x_, ch=channel)
 
 
-def one_channel(settings):
+def one_channel(settings: FixationSettings) -> bool:
     """Whether every point keeps exactly one channel (K = 1, no mass): the argmax the top-1
     choice would make, ties broken alike (the lowest index, or with ties="last" the highest)."""
     return settings.k == 1 and settings.mass is None
 
 
-def conv_rule(layer, x, output, points, settings, kernel=None):
+def conv_rule(
+    layer: AnyLayer,
+    x: tf.Tensor,
+    output: tf.Tensor,
+    points: Points,
+    settings: FixationSettings,
+    kernel: tf.Tensor | None = None,
+) -> Moved:
     """Conv2D (any kernel, stride, dilation, padding, groups) and 1x1 convolutions.
 
     `kernel` replaces the layer's own (the contrastive unravel's margin kernel)."""
@@ -194,7 +229,16 @@ def conv_rule(layer, x, output, points, settings, kernel=None):
     )
 
 
-def depthwise(x, output, points, settings, kernel, strides, dilation, padding):
+def depthwise(
+    x: tf.Tensor,
+    output: tf.Tensor,
+    points: Points,
+    settings: FixationSettings,
+    kernel: tf.Tensor,
+    strides: typing.Sequence[int],
+    dilation: typing.Sequence[int],
+    padding: str,
+) -> Moved:
     """The depthwise rule on a kernel [kh, kw, C_in, multiplier]: output channel o reads
     input channel o // multiplier only, so there is no channel to choose; K applies to the
     taps (full shift: the top-K taps by contribution, each child keeping its parent's
@@ -230,7 +274,14 @@ def depthwise(x, output, points, settings, kernel, strides, dilation, padding):
     return Moved([to_taps(points, parents, ys, xs, tap, channel, x, settings)])
 
 
-def depthwise_rule(layer, x, output, points, settings, kernel=None):
+def depthwise_rule(
+    layer: AnyLayer,
+    x: tf.Tensor,
+    output: tf.Tensor,
+    points: Points,
+    settings: FixationSettings,
+    kernel: tf.Tensor | None = None,
+) -> Moved:
     """DepthwiseConv2D, with any depth multiplier. `kernel` replaces the layer's own (a
     one-channel head's two classes: one input channel, multiplier 2)."""
     return depthwise(
@@ -245,7 +296,14 @@ def depthwise_rule(layer, x, output, points, settings, kernel=None):
     )
 
 
-def separable_rule(layer, x, output, points, settings, kernel=None):
+def separable_rule(
+    layer: AnyLayer,
+    x: tf.Tensor,
+    output: tf.Tensor,
+    points: Points,
+    settings: FixationSettings,
+    kernel: tf.Tensor | None = None,
+) -> Moved:
     """SeparableConv2D, traced as its two steps: the pointwise 1x1 convolution (top-K
     channels of the depthwise output), then the depthwise step to the input. The depthwise
     output is not a tensor of the graph, so it is computed here from the recorded input.
@@ -276,7 +334,14 @@ def separable_rule(layer, x, output, points, settings, kernel=None):
     return Moved(moved.points, pointwise.channel_scores)
 
 
-def transpose_rule(layer, x, output, points, settings, kernel=None):
+def transpose_rule(
+    layer: AnyLayer,
+    x: tf.Tensor,
+    output: tf.Tensor,
+    points: Points,
+    settings: FixationSettings,
+    kernel: tf.Tensor | None = None,
+) -> Moved:
     """Conv2DTranspose: input position i feeds output i s - p + t d for each tap t, so an
     output point's candidates are the taps t with (o + p - t d) / s a whole position inside
     the input. Top-K input channels by summed contribution; position by the shift setting
@@ -318,7 +383,14 @@ def transpose_rule(layer, x, output, points, settings, kernel=None):
     return Moved([moved], channel_scores)
 
 
-def dense_rule(layer, x, output, points, settings, kernel=None):
+def dense_rule(
+    layer: AnyLayer,
+    x: tf.Tensor,
+    output: tf.Tensor,
+    points: Points,
+    settings: FixationSettings,
+    kernel: tf.Tensor | None = None,
+) -> Moved:
     """Dense on a vector (top-K or positive contributions); per position like a 1x1 conv.
     `kernel` replaces the layer's own, as in `conv_rule`."""
     kernel = tf.cast(layer.kernel if kernel is None else kernel, x.dtype)

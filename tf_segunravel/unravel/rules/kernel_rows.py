@@ -25,9 +25,13 @@ variable is assigned, hence this module.
 import contextlib
 import contextvars
 import weakref
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
 
 import numpy as np
 import tensorflow as tf
+
+from tf_segunravel.unravel.rules.base import AnyLayer
 
 _enabled = contextvars.ContextVar("kernel_rows_enabled", default=True)
 
@@ -37,7 +41,7 @@ _held: "weakref.WeakKeyDictionary[object, dict[str, KernelRows]]" = weakref.Weak
 
 
 @contextlib.contextmanager
-def enabled(flag=True):
+def enabled(flag: bool = True) -> Iterator[None]:
     """Whether walks traced inside this block read the held tables (`for_layer`); with
     False they transpose their kernels on every call, as without a cache. An enclosing
     `disabled()` wins (an engine's own setting cannot turn the tables back on inside it)."""
@@ -48,12 +52,12 @@ def enabled(flag=True):
         _enabled.reset(token)
 
 
-def disabled():
+def disabled() -> AbstractContextManager[None]:
     """`enabled(False)`: for what must not capture the tables, whichever engine traces it."""
     return enabled(False)
 
 
-def hold(layer, name="kernel"):
+def hold(layer: AnyLayer, name: str = "kernel") -> "KernelRows":
     """Makes (once per layer and kernel) and returns the `KernelRows` of `layer`'s kernel
     attribute `name`. Called eagerly when an engine is built: a variable first made inside
     a trace would make `tf.function` trace the caller's function twice."""
@@ -63,7 +67,7 @@ def hold(layer, name="kernel"):
     return per_layer[name]
 
 
-def for_layer(layer, name="kernel"):
+def for_layer(layer: AnyLayer, name: str = "kernel") -> "KernelRows | None":
     """The held `KernelRows` of `layer`'s kernel `name`, or None (none held, or disabled)."""
     if not _enabled.get():
         return None
@@ -82,7 +86,7 @@ class KernelRows:
     f * kh * kw + t is filter f's tap t over the C_in input channels, and a last row of
     zeros (the weight of a tap outside the input), in the variable's dtype."""
 
-    def __init__(self, kernel):
+    def __init__(self, kernel: tf.Variable) -> None:
         self._kernel = kernel
         kh, kw, _, filters = kernel.shape
         self.taps, self.filters = kh * kw, filters
@@ -99,7 +103,7 @@ class KernelRows:
         rows = tf.reshape(tf.transpose(flat), [self.filters * self.taps, -1])
         return tf.concat([rows, tf.zeros_like(rows[:1])], axis=0)
 
-    def rows(self):
+    def rows(self) -> tf.Tensor:
         """The table of the current weights: the held one when the kernel's bits are those
         it was made from, else a fresh one (which is then held)."""
         flat = self._flat()
@@ -113,6 +117,6 @@ class KernelRows:
         return tf.cond(unchanged, self._rows.read_value, make_again)
 
     @property
-    def nbytes(self):
+    def nbytes(self) -> int:
         """Bytes held (both copies)."""
         return 2 * int(np.prod(self._source.shape)) * self._source.dtype.size

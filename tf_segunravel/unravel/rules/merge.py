@@ -2,10 +2,11 @@
 
 import tensorflow as tf
 
-from tf_segunravel.unravel.rules.base import UntraceableLayerError, best_index
+from tf_segunravel.unravel.rules.base import AnyLayer, Points, UntraceableLayerError, best_index
+from tf_segunravel.unravel.settings import FixationSettings
 
 
-def value_at(tensor, points):
+def value_at(tensor: tf.Tensor, points: Points) -> tf.Tensor:
     """tensor's value at each point, broadcasting as the merge did: a size-1 axis (a
     [B, 1, 1, C] gate, a single channel) is read at 0; a [B, C] vector at (b, channel)."""
     if len(tensor.shape) == 2:
@@ -31,7 +32,13 @@ def _route(points, inputs, scores, settings, eligible=None):
     return [points.where(tf.equal(winner, i)) for i in range(len(inputs))]
 
 
-def add_rule(layer, inputs, output, points, settings):
+def add_rule(
+    layer: AnyLayer,
+    inputs: list[tf.Tensor],
+    output: tf.Tensor,
+    points: Points,
+    settings: FixationSettings,
+) -> list[Points]:
     """Element-wise sum, average or maximum: each point goes to the input with the larger
     value there."""
     return _route(
@@ -39,21 +46,39 @@ def add_rule(layer, inputs, output, points, settings):
     )
 
 
-def minimum_rule(layer, inputs, output, points, settings):
+def minimum_rule(
+    layer: AnyLayer,
+    inputs: list[tf.Tensor],
+    output: tf.Tensor,
+    points: Points,
+    settings: FixationSettings,
+) -> list[Points]:
     """Element-wise minimum: each point goes to the input that gave the minimum."""
     return _route(
         points, inputs, [-value_at(t, points) for t in inputs], settings, _full(inputs, output)
     )
 
 
-def subtract_rule(layer, inputs, output, points, settings):
+def subtract_rule(
+    layer: AnyLayer,
+    inputs: list[tf.Tensor],
+    output: tf.Tensor,
+    points: Points,
+    settings: FixationSettings,
+) -> list[Points]:
     """a - b: each point goes to the operand with the larger contribution, a or -b."""
     first, second = inputs
     scores = [value_at(first, points), -value_at(second, points)]
     return _route(points, inputs, scores, settings, _full(inputs, output))
 
 
-def multiply_rule(layer, inputs, output, points, settings):
+def multiply_rule(
+    layer: AnyLayer,
+    inputs: list[tf.Tensor],
+    output: tf.Tensor,
+    points: Points,
+    settings: FixationSettings,
+) -> list[Points]:
     """Element-wise product. A broadcast factor (a squeeze-and-excite gate [B, 1, 1, C], a
     vector) scales the map but holds no position, so the point stays on the full-size
     input(s); among those, it goes to the larger factor there."""
@@ -68,7 +93,13 @@ def _full(inputs, output):
     return full if any(full) else [True] * len(inputs)
 
 
-def scaled_sum_rule(layer, inputs, output, points, settings):
+def scaled_sum_rule(
+    layer: AnyLayer,
+    inputs: list[tf.Tensor],
+    output: tf.Tensor,
+    points: Points,
+    settings: FixationSettings,
+) -> list[Points]:
     """inputs[0] + scale * inputs[1] (InceptionResNetV2's CustomScaleLayer): each point goes
     to the larger of the two contributions there."""
     scale = float(layer.scale)
@@ -76,7 +107,13 @@ def scaled_sum_rule(layer, inputs, output, points, settings):
     return _route(points, inputs, scores, settings)
 
 
-def concatenate_rule(layer, inputs, output, points, settings):
+def concatenate_rule(
+    layer: AnyLayer,
+    inputs: list[tf.Tensor],
+    output: tf.Tensor,
+    points: Points,
+    settings: FixationSettings,
+) -> list[Points]:
     """Channel concatenation: each point goes to the input that owns its channel."""
     axis = layer.axis if layer.axis >= 0 else len(inputs[0].shape) + layer.axis
     if axis != len(inputs[0].shape) - 1:

@@ -21,9 +21,15 @@ sizes), so the maps take the recorded sizes, and are TensorFlow ops that also ru
 SavedModel signature.
 """
 
+from collections.abc import Callable
+from typing import TypeAlias
+
 import tensorflow as tf
 
-from tf_segunravel.unravel.rules.base import pad_before
+from tf_segunravel.unravel.rules.base import AnyLayer, Size, pad_before
+
+# A step map's (a, b): output position j lies over input position a j + b.
+StepResult: TypeAlias = tuple[tf.Tensor, tf.Tensor]
 
 # A layer kind's geometry when the layer leaves every position where it is.
 KEEPS_MAP = "keeps_map"
@@ -33,7 +39,9 @@ def _pair(value):
     return tuple(value) if isinstance(value, (tuple, list)) else (value, value)
 
 
-def window_step(kernel, stride, dilation, padding, in_size, out_size):
+def window_step(
+    kernel: int, stride: int, dilation: int, padding: str | int, in_size: Size, out_size: Size
+) -> StepResult:
     """(a, b) of a window layer on one axis; `padding` is 'valid', 'same' or a number of
     leading pixels (Caffe's explicit symmetric padding)."""
     if isinstance(padding, str):
@@ -48,7 +56,12 @@ def window_step(kernel, stride, dilation, padding, in_size, out_size):
     return tf.constant(float(stride)), centre - before
 
 
-def window_geometry(kernel_size, strides=1, dilation_rate=1, padding="valid"):
+def window_geometry(
+    kernel_size: int | tuple[int, int],
+    strides: int | tuple[int, int] = 1,
+    dilation_rate: int | tuple[int, int] = 1,
+    padding: str | int | tuple[int, int] = "valid",
+) -> Callable[..., StepResult]:
     """The step map of a layer that slides a window like a convolution: for registering a
     custom layer whose positions follow one (`register_rule(..., geometry=...)`)."""
     kernel, stride, dilation = _pair(kernel_size), _pair(strides), _pair(dilation_rate)
@@ -62,7 +75,7 @@ def window_geometry(kernel_size, strides=1, dilation_rate=1, padding="valid"):
     return step_map
 
 
-def conv_window_map(layer, in_size, out_size, axis):
+def conv_window_map(layer: AnyLayer, in_size: Size, out_size: Size, axis: int) -> StepResult:
     """Conv2D, DepthwiseConv2D, SeparableConv2D."""
     return window_step(
         layer.kernel_size[axis],
@@ -74,7 +87,7 @@ def conv_window_map(layer, in_size, out_size, axis):
     )
 
 
-def pooling_map(layer, in_size, out_size, axis):
+def pooling_map(layer: AnyLayer, in_size: Size, out_size: Size, axis: int) -> StepResult:
     """MaxPooling2D, AveragePooling2D, CaffePooling2D (explicit symmetric padding) and
     ExplicitPooling2D (explicit padding per side)."""
     padding = layer.padding
@@ -86,7 +99,7 @@ def pooling_map(layer, in_size, out_size, axis):
     return window_step(kernel, stride, 1, padding, in_size, out_size)
 
 
-def transpose_map(layer, in_size, out_size, axis):
+def transpose_map(layer: AnyLayer, in_size: Size, out_size: Size, axis: int) -> StepResult:
     """Conv2DTranspose: the inverse of the window map."""
     k, s, d = layer.kernel_size[axis], layer.strides[axis], layer.dilation_rate[axis]
     in_size, out_size = tf.cast(in_size, tf.int32), tf.cast(out_size, tf.int32)
@@ -95,13 +108,13 @@ def transpose_map(layer, in_size, out_size, axis):
     return tf.constant(1.0 / s), (before - centre) / s
 
 
-def resize_map(layer, in_size, out_size, axis):
+def resize_map(layer: AnyLayer, in_size: Size, out_size: Size, axis: int) -> StepResult:
     """UpSampling2D and Resizing (half-pixel centres)."""
     ratio = tf.cast(in_size, tf.float32) / tf.cast(out_size, tf.float32)
     return ratio, 0.5 * ratio - 0.5
 
 
-def resize2d_map(layer, in_size, out_size, axis):
+def resize2d_map(layer: AnyLayer, in_size: Size, out_size: Size, axis: int) -> StepResult:
     """Resize2D, under its coordinate mode (output j samples input a j + b)."""
     in_size, out_size = tf.cast(in_size, tf.float32), tf.cast(out_size, tf.float32)
     if layer.coordinates == "align_corners":
@@ -112,15 +125,15 @@ def resize2d_map(layer, in_size, out_size, axis):
     return ratio, 0.5 * ratio - 0.5
 
 
-def zero_padding_map(layer, in_size, out_size, axis):
+def zero_padding_map(layer: AnyLayer, in_size: Size, out_size: Size, axis: int) -> StepResult:
     return tf.constant(1.0), tf.constant(-float(layer.padding[axis][0]))
 
 
-def cropping_map(layer, in_size, out_size, axis):
+def cropping_map(layer: AnyLayer, in_size: Size, out_size: Size, axis: int) -> StepResult:
     return tf.constant(1.0), tf.constant(float(layer.cropping[axis][0]))
 
 
-def collapse_map(layer, in_size, out_size, axis):
+def collapse_map(layer: AnyLayer, in_size: Size, out_size: Size, axis: int) -> StepResult:
     """Global pooling, Flatten, Dense: a map of n positions reduced to one sits over their
     centre; a layer that keeps the size (Dense per position) keeps the map."""
     in_size, out_size = tf.cast(in_size, tf.int32), tf.cast(out_size, tf.int32)

@@ -5,6 +5,8 @@ import tensorflow as tf
 from tf_segunravel.models.framework_layers import ExplicitPooling2D
 from tf_segunravel.models.layers import CaffePooling2D
 from tf_segunravel.unravel.rules.base import (
+    AnyLayer,
+    Points,
     UntraceableLayerError,
     best_index,
     clamp_taps,
@@ -12,9 +14,12 @@ from tf_segunravel.unravel.rules.base import (
     pad_total,
     window_taps,
 )
+from tf_segunravel.unravel.settings import FixationSettings
 
 
-def pooling_rule(layer, x, output, points, settings):
+def pooling_rule(
+    layer: AnyLayer, x: tf.Tensor, output: tf.Tensor, points: Points, settings: FixationSettings
+) -> list[Points]:
     """Max or average pooling: the largest input of the same channel in the window. With
     `padded_taps`, the window's taps on the padding hold zeros that compete (Seg-Unravel's
     code pads with zeros; the forward pass never picks them), a winner there clamped into
@@ -55,7 +60,9 @@ def pooling_rule(layer, x, output, points, settings):
     return [points.replace(y=y, x=x_)]
 
 
-def global_pooling_rule(layer, x, output, points, settings):
+def global_pooling_rule(
+    layer: AnyLayer, x: tf.Tensor, output: tf.Tensor, points: Points, settings: FixationSettings
+) -> list[Points]:
     """Global max/average pooling (keepdims or not): the largest value of the channel over
     the whole map."""
     width = tf.shape(x)[2]
@@ -65,7 +72,9 @@ def global_pooling_rule(layer, x, output, points, settings):
     return [points.replace(y=flat // width, x=flat % width)]
 
 
-def flatten_rule(layer, x, output, points, settings):
+def flatten_rule(
+    layer: AnyLayer, x: tf.Tensor, output: tf.Tensor, points: Points, settings: FixationSettings
+) -> list[Points]:
     """Flatten of [B, H, W, C]: the output index unravels to (y, x, channel)."""
     _, _, width, channels = x.shape
     return [
@@ -85,7 +94,9 @@ def _element_index(points, tensor):
     return (points.y * shape[2] + points.x) * shape[3] + points.ch
 
 
-def reshape_rule(layer, x, output, points, settings):
+def reshape_rule(
+    layer: AnyLayer, x: tf.Tensor, output: tf.Tensor, points: Points, settings: FixationSettings
+) -> list[Points]:
     """Reshape between [B, C] and [B, H, W, C] shapes: the element keeps its row-major
     index, unravelled in the input's shape."""
     for tensor in (x, output):
@@ -105,7 +116,9 @@ def reshape_rule(layer, x, output, points, settings):
     ]
 
 
-def permute_rule(layer, x, output, points, settings):
+def permute_rule(
+    layer: AnyLayer, x: tf.Tensor, output: tf.Tensor, points: Points, settings: FixationSettings
+) -> list[Points]:
     """Permute of a [B, H, W, C] tensor: output axis k is input axis dims[k], so a point's
     coordinates are put back in the input's order."""
     if len(x.shape) != 4:
@@ -119,7 +132,9 @@ def permute_rule(layer, x, output, points, settings):
     return [points.replace(y=y, x=x_, ch=ch)]
 
 
-def resize_rule(layer, x, output, points, settings):
+def resize_rule(
+    layer: AnyLayer, x: tf.Tensor, output: tf.Tensor, points: Points, settings: FixationSettings
+) -> list[Points]:
     """Resizing / UpSampling2D: coordinates scaled to the input's grid, pixel centres to
     pixel centres (resize_mapping="centres"), or first to first and last to last as Caffe's
     aligned-corner Interp ("corners")."""
@@ -140,7 +155,9 @@ def resize_rule(layer, x, output, points, settings):
     return [points.replace(y=scale(points.y, 1), x=scale(points.x, 2))]
 
 
-def resize2d_rule(layer, x, output, points, settings):
+def resize2d_rule(
+    layer: AnyLayer, x: tf.Tensor, output: tf.Tensor, points: Points, settings: FixationSettings
+) -> list[Points]:
     """Resize2D: each output pixel to the input pixel it draws on most: the tap it copies
     (nearest), or the nearer of its two taps per axis (bilinear), under the layer's own
     coordinate mode."""
@@ -154,7 +171,9 @@ def resize2d_rule(layer, x, output, points, settings):
     return [points.replace(y=source(points.y, 1), x=source(points.x, 2))]
 
 
-def zero_padding_rule(layer, x, output, points, settings):
+def zero_padding_rule(
+    layer: AnyLayer, x: tf.Tensor, output: tf.Tensor, points: Points, settings: FixationSettings
+) -> list[Points]:
     """ZeroPadding2D: positions shift back by the leading padding. A point on the padding has
     no input of its own; it moves to the nearest input position (our choice: the layer after
     the padding never learns from the zeros, and a dropped point would lose its paths)."""
@@ -167,7 +186,9 @@ def zero_padding_rule(layer, x, output, points, settings):
     ]
 
 
-def cropping_rule(layer, x, output, points, settings):
+def cropping_rule(
+    layer: AnyLayer, x: tf.Tensor, output: tf.Tensor, points: Points, settings: FixationSettings
+) -> list[Points]:
     """Cropping2D: positions shift forward by the leading crop."""
     (top, _), (left, _) = layer.cropping
     return [points.replace(y=points.y + top, x=points.x + left)]
