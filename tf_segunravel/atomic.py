@@ -2,11 +2,13 @@
 
 import json
 import os
+import typing
+from collections.abc import Callable
 
 from tf_segunravel.errors import InputError
 
 
-def check_output_dir(path, flag="output_dir", shown=None):
+def check_output_dir(path: str, flag: str = "output_dir", shown: str | None = None) -> None:
     """Raises a one-line `InputError` when a file stands where directory `path` (given as
     --`flag`) or one of its parents must go; creates nothing, so tools call it before long
     work."""
@@ -18,7 +20,7 @@ def check_output_dir(path, flag="output_dir", shown=None):
         raise InputError(f"{flag}={shown}: {blocker} is a file, not a directory")
 
 
-def make_output_dir(path, flag="output_dir", shown=None):
+def make_output_dir(path: str, flag: str = "output_dir", shown: str | None = None) -> None:
     """Creates directory `path` (given as --`flag`=`shown`, default `path`) or raises a
     one-line `InputError` saying why it cannot be (a file in the way, no permission, ...)."""
     shown = path if shown is None else shown
@@ -31,7 +33,7 @@ def make_output_dir(path, flag="output_dir", shown=None):
         raise InputError(f"{flag}={shown}: {path} is not writable")
 
 
-def save_atomically(path, write):
+def save_atomically(path: str, write: Callable[[str], typing.Any]) -> None:
     """Calls write(temporary path) for a hidden sibling of `path`, then moves it into place.
 
     The directory is made when missing. The temporary name keeps `path`'s suffixes
@@ -49,7 +51,7 @@ def save_atomically(path, write):
             os.remove(temporary)
 
 
-def write_json(path, payload):
+def write_json(path: str, payload: typing.Any) -> None:
     """`payload` as indented JSON at `path`, atomically."""
 
     def write(temporary):
@@ -59,7 +61,7 @@ def write_json(path, payload):
     save_atomically(path, write)
 
 
-def write_text(path, text):
+def write_text(path: str, text: str) -> None:
     """`text` at `path`, atomically."""
 
     def write(temporary):

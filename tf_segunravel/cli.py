@@ -4,6 +4,8 @@ import glob
 import os
 import re
 import sys
+import typing
+from collections.abc import Callable, Sequence
 
 # Set before TensorFlow is imported anywhere, so its C++ start-up chatter stays out of the
 # one-line errors and progress output users read.
@@ -15,8 +17,12 @@ from tf_segunravel import flag_settings, flagfiles
 from tf_segunravel.atomic import check_output_dir
 from tf_segunravel.errors import InputError
 
+if typing.TYPE_CHECKING:
+    from tf_segunravel.loading import LoadedModel
+    from tf_segunravel.unravel.settings import FixationSettings, InputSettings
 
-def run(main):
+
+def run(main: Callable[[list[str]], typing.Any]) -> None:
     """`absl.app.run(main)`, turning an `InputError` into `<tool>: error: <message>`, exit 1.
 
     Tools take flags only: positional arguments are an error too.
@@ -51,7 +57,7 @@ def run(main):
 _PARAMETER = re.compile(r"(?<![\w-])([a-z][a-z0-9_]*)(?==)|^([a-z][a-z0-9_]*)(?=:)")
 
 
-def flag_message(message, flag_values=flags.FLAGS):
+def flag_message(message: str, flag_values: flags.FlagValues = flags.FLAGS) -> str:
     """`message` with each `name=` (and a leading `name:`) that names a flag of
     `flag_values` written as the flag, `--name=`."""
 
@@ -68,7 +74,7 @@ def _fail(error):
     sys.exit(1)
 
 
-def check_writable(path, flag):
+def check_writable(path: str, flag: str) -> None:
     """Raises InputError unless a file can be written at `path` (given as --`flag`). Creates
     nothing (the atomic writers make the directory when they write), and is called before
     long work, so an impossible output fails at once and a failed run leaves nothing."""
@@ -84,13 +90,13 @@ def check_writable(path, flag):
 
 
 def check_path_flags(
-    inputs=(),
-    input_dirs=(),
-    input_patterns=(),
-    output_dirs=(),
-    output_files=(),
-    flag_values=flags.FLAGS,
-):
+    inputs: Sequence[str] = (),
+    input_dirs: Sequence[str] = (),
+    input_patterns: Sequence[str] = (),
+    output_dirs: Sequence[str] = (),
+    output_files: Sequence[str] = (),
+    flag_values: flags.FlagValues = flags.FLAGS,
+) -> None:
     """Checks path flags as absl parses them, before any TensorFlow import: a missing input
     or an impossible output is reported in a fraction of a second, not after a model loads.
 
@@ -145,7 +151,7 @@ def check_path_flags(
         register(name, lambda path, name=name: check_writable(path, name))
 
 
-def define_fixation_flags(defaults=None):
+def define_fixation_flags(defaults: dict[str, typing.Any] | None = None) -> None:
     """The flags of every `FixationSettings` field (unravel and heat maps), shared by
     tools/fixations.py, tools/export.py and tools/experiments.py."""
     from tf_segunravel.unravel.settings import PRESETS, FixationSettings
@@ -160,7 +166,9 @@ def define_fixation_flags(defaults=None):
     )
 
 
-def fixation_settings(class_names=None, num_classes=None):
+def fixation_settings(
+    class_names: Sequence[str] | None = None, num_classes: int | None = None
+) -> "FixationSettings":
     """The `FixationSettings` the parsed flags describe, with a --contrast class name turned
     into its id (looked up in `class_names`) and checked against `num_classes`."""
     import dataclasses
@@ -170,7 +178,7 @@ def fixation_settings(class_names=None, num_classes=None):
     parsed = flag_settings.from_flags(FixationSettings)
     if flags.FLAGS.preset is not None:
         # The preset replaces the binary's defaults, never a flag the user gave.
-        preset = {
+        preset: dict[str, typing.Any] = {
             name: value
             for name, value in PRESETS[flags.FLAGS.preset].items()
             if not flags.FLAGS[name].present
@@ -185,7 +193,7 @@ def fixation_settings(class_names=None, num_classes=None):
     return parsed
 
 
-def fixation_flag_given(name):
+def fixation_flag_given(name: str) -> str | None:
     """How the command line set FixationSettings field `name`: "--name=value" for a flag
     given, "--preset=<name>" for a field the preset set, None where the default stands."""
     from tf_segunravel.unravel.settings import PRESETS
@@ -198,7 +206,7 @@ def fixation_flag_given(name):
     return None
 
 
-def define_model_flags():
+def define_model_flags() -> None:
     """How the tools read a model: `--input_scale`, `--input_mean`, `--input_channels` (the
     `InputSettings` fields) and `--output`, shared by tools/fixations.py, tools/export.py and
     tools/experiments.py."""
@@ -224,20 +232,20 @@ def define_model_flags():
     )
 
 
-def input_settings():
+def input_settings() -> "InputSettings":
     """The `InputSettings` the parsed --input_* flags describe."""
     from tf_segunravel.unravel.settings import InputSettings
 
     return flag_settings.from_flags(InputSettings, prefix="input_")
 
 
-def load_model(path=None, flag="model"):
+def load_model(path: str | None = None, flag: str = "model") -> "LoadedModel":
     """The model at `path` (default: the --`flag` flag's value) as `loading.load_model`
     reads it, fed and read as the parsed --input_* and --output flags say; a model the
     unravel's graph cannot read is an InputError naming the flag."""
     from tf_segunravel.loading import load_model as load
 
-    path = flags.FLAGS[flag].value if path is None else path
+    path = str(flags.FLAGS[flag].value) if path is None else path
     try:
         size = flags.FLAGS.input_size
         return load(

@@ -22,10 +22,12 @@ import numbers
 import os
 import types
 import typing
+from collections.abc import Callable
 
 from absl import flags
 
 _MISSING = dataclasses.MISSING
+T = typing.TypeVar("T")
 
 
 class Rule(typing.NamedTuple):
@@ -37,30 +39,37 @@ class Rule(typing.NamedTuple):
 
 
 # Checks the settings classes share (value -> bool, never called with None).
-def positive(value):
+def positive(value: float) -> bool:
     return value > 0
 
 
-def non_negative(value):
+def non_negative(value: float) -> bool:
     return value >= 0
 
 
-def at_least_one(value):
+def at_least_one(value: float) -> bool:
     return value >= 1
 
 
-def fraction(value):
+def fraction(value: float) -> bool:
     """In [0, 1)."""
     return 0 <= value < 1
 
 
-def positive_integer(value):
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1
+def positive_integer(value: typing.Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and int(value) >= 1
 
 
 def setting(
-    default=_MISSING, help="", *, choices=None, check=None, requirement="", parse=None, **extra
-):
+    default: typing.Any = _MISSING,
+    help: str = "",
+    *,
+    choices: typing.Iterable[str] | None = None,
+    check: Callable[[typing.Any], bool] | None = None,
+    requirement: str = "",
+    parse: Callable[[list[str]], typing.Any] | None = None,
+    **extra: typing.Any,
+) -> typing.Any:
     """A dataclass field that carries its flag help, choices and check.
 
     Args:
@@ -84,7 +93,7 @@ def setting(
     return dataclasses.field(default=default, metadata=metadata)
 
 
-def problems(settings):
+def problems(settings: typing.Any) -> list[str]:
     """The broken checks of a settings instance, as "<field> <requirement>" strings."""
     found = []
     for field in dataclasses.fields(settings):
@@ -102,7 +111,7 @@ def problems(settings):
     return found
 
 
-def validate(settings):
+def validate(settings: typing.Any) -> None:
     """Raises ValueError listing every broken check (called by `__post_init__`)."""
     found = problems(settings)
     if found:
@@ -118,8 +127,14 @@ def _base_type(annotation):
 
 
 def define_flags(
-    cls, flag_values=flags.FLAGS, exclude=(), defaults=None, prefix="", rules=True, helps=None
-):
+    cls: type,
+    flag_values: flags.FlagValues = flags.FLAGS,
+    exclude: typing.Collection[str] = (),
+    defaults: dict[str, typing.Any] | None = None,
+    prefix: str = "",
+    rules: bool = True,
+    helps: dict[str, str] | None = None,
+) -> None:
     """Declares one flag per field of `cls` (bar `exclude`), with the fields' checks.
 
     `defaults` {field: value} gives a binary its own defaults for some fields, and `helps`
@@ -190,10 +205,15 @@ def _shown(value: object) -> str:
     return f"{value:g}" if isinstance(value, numbers.Number) else str(value)
 
 
-def from_flags(cls, flag_values=flags.FLAGS, prefix="", **overrides):
+def from_flags(
+    cls: type[T],
+    flag_values: flags.FlagValues = flags.FLAGS,
+    prefix: str = "",
+    **overrides: typing.Any,
+) -> T:
     """An instance of `cls` from parsed flags (named with `prefix`); `overrides` win."""
     values = {}
-    for field in dataclasses.fields(cls):
+    for field in dataclasses.fields(cls):  # type: ignore[arg-type]  # T is a dataclass
         if prefix + field.name in flag_values:
             value = flag_values[prefix + field.name].value
             parse = field.metadata.get("parse")
@@ -208,7 +228,7 @@ def _parsed_check(parse, check, value):
         return False
 
 
-def from_flagfile(cls, path, **overrides):
+def from_flagfile(cls: type[T], path: str | os.PathLike, **overrides: typing.Any) -> T:
     """Parses the flagfile at `path` through absl into an instance of `cls`.
 
     Nested `--flagfile=` lines are relative to the parent of the flagfile's directory (the

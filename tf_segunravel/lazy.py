@@ -7,9 +7,13 @@ would be reported only after TensorFlow's import of several seconds.
 """
 
 import importlib
+import typing
+from collections.abc import Callable
 
 
-def lazy_exports(package, homes):
+def lazy_exports(
+    package: str, homes: dict[str, str]
+) -> tuple[Callable[[str], typing.Any], Callable[[], list[str]], list[str]]:
     """(`__getattr__`, `__dir__`, `__all__`) for `package` (its `__name__`), where `homes`
     maps each exported name to the submodule that defines it."""
 

@@ -12,11 +12,18 @@ pass, with TensorFlow ops that also run inside a SavedModel signature. DeepLab-L
 is (8, 0) on both axes: score i over pixel 8i, DeepLab's aligned-corner rule (tested).
 """
 
+import typing
+
+import keras
 import tensorflow as tf
 
-from tf_segunravel.unravel.graph import as_graph
+from tf_segunravel.unravel.graph import Values, as_graph
 from tf_segunravel.unravel.rules import KEEPS_MAP, refuse
 from tf_segunravel.unravel.rules.base import spatial_size
+
+if typing.TYPE_CHECKING:
+    from tf_segunravel.unravel.graph import ModelGraph
+    from tf_segunravel.unravel.settings import InputSettings
 
 
 def _spatial(value):
@@ -56,12 +63,13 @@ def _undeclared(step, values):
     return checks
 
 
-def score_geometry(model_graph, values):
+def score_geometry(model_graph: "ModelGraph", values: Values) -> tf.Tensor:
     """float32 [2, 2]: rows (height, width), columns (scale, offset) of the map from the
     score grid to image pixels, from a `graph.ModelGraph` and the recorded values of one
     pass."""
     one, zero = tf.constant(1.0), tf.constant(0.0)
-    maps = {model_graph.input_id: ((one, zero), (one, zero))}
+    # Per tensor and axis, (scale, offset) from its positions to the image's.
+    maps: dict[int, typing.Any] = {model_graph.input_id: ((one, zero), (one, zero))}
     checks = []
     for step in model_graph.steps:
         if step.inputs[0] not in maps:
@@ -72,7 +80,7 @@ def score_geometry(model_graph, values):
         if step_map is None:
             checks.extend(_undeclared(step, values))
             step_map = KEEPS_MAP
-        if step_map == KEEPS_MAP:  # no ops for the many layers that move nothing
+        if isinstance(step_map, str):  # KEEPS_MAP: no ops for the many layers that move nothing
             maps.update((output, source) for output in step.outputs)
             continue
         in_size = _spatial(values[step.inputs[0]])
@@ -89,7 +97,7 @@ def score_geometry(model_graph, values):
         return tf.stack([tf.stack([scale_y, offset_y]), tf.stack([scale_x, offset_x])])
 
 
-def image_geometry(model_graph, values):
+def image_geometry(model_graph: "ModelGraph", values: Values) -> tf.Tensor:
     """float32 [2, 2] (`score_geometry`) on the images' own pixels: composed with the resize
     to a fixed input size, pixel centres matched."""
     geometry = score_geometry(model_graph, values)
@@ -113,16 +121,22 @@ class ScoreMap:
     `SegUnravel`: the scores are the logits the unravel starts from, on the images' pixels.
     """
 
-    def __init__(self, model, *, input=None, output=None):
+    def __init__(
+        self,
+        model: "keras.Model | ModelGraph",
+        *,
+        input: "InputSettings | None" = None,
+        output: str | None = None,
+    ) -> None:
         self.graph = as_graph(model, input=input, output=output, strict=False)
 
     @tf.autograph.experimental.do_not_convert  # static Python over the graph (see tracer)
-    def __call__(self, images):
+    def __call__(self, images: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         """(logits [B, h, w, classes], geometry [2, 2]) as `graph.ModelGraph` reads them."""
         values = self.graph.record(images)
         return self.graph.scores(values), image_geometry(self.graph, values)
 
-    def at_image_size(self, images):
+    def at_image_size(self, images: tf.Tensor) -> tf.Tensor:
         """Scores [B, H, W, C] on the images' own pixels (`grids.scores_at_size`)."""
         from tf_segunravel.grids import scores_at_size
 

@@ -16,6 +16,11 @@ import tensorflow as tf
 if typing.TYPE_CHECKING:
     from tf_segunravel.unravel.binary_head import BinarySplit
     from tf_segunravel.unravel.rules import LayerKind
+    from tf_segunravel.unravel.settings import InputSettings
+
+
+# A recorded forward pass: {tensor id: its value}, the images as given under IMAGES.
+Values: typing.TypeAlias = dict[int, tf.Tensor]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,10 +32,10 @@ class Step:
     the call exactly, constants and keyword arguments included.
     """
 
-    layer: object
+    layer: typing.Any  # a keras.Layer or a keras.Operation
     inputs: tuple
     outputs: tuple
-    arguments: object = None
+    arguments: typing.Any = None  # Keras' own record of the call (its Node's arguments)
     keras_ids: tuple = ()
     shapes: tuple = ()  # the outputs' static shapes
 
@@ -41,7 +46,7 @@ def _functional(model):
     return model if hasattr(model, "_nodes_by_depth") else None
 
 
-def flatten_graph(model):
+def flatten_graph(model: keras.Model) -> tuple[list[Step], int, tuple[int, ...]]:
     """(steps, input id, output ids) of `model` with nested models expanded in place."""
     inner = _functional(model)
     if inner is None:
@@ -50,8 +55,8 @@ def flatten_graph(model):
         )
     if len(inner.inputs) != 1:
         raise ValueError(f"unravel needs a model with one image input, got {len(inner.inputs)}")
-    alias = {}
-    steps = []
+    alias: dict[int, int] = {}
+    steps: list[Step] = []
     _flatten_into(inner, alias, steps)
 
     def resolve(tensor):
@@ -83,7 +88,7 @@ def _flatten_into(model, alias, steps):
             steps.append(Step(node.operation, inputs, outputs, node.arguments, keras_ids, shapes))
 
 
-def record(steps, input_id, images):
+def record(steps: list[Step], input_id: int, images: tf.Tensor) -> Values:
     """Runs the steps on `images` (inference mode); returns {tensor id: value}.
 
     Each node is called as Keras' own functional model calls it (`node.arguments` filled in
@@ -181,7 +186,14 @@ class ModelGraph:
     onto the images' own pixels.
     """
 
-    def __init__(self, model, *, strict: bool = True, input=None, output: str | None = None):
+    def __init__(
+        self,
+        model: keras.Model,
+        *,
+        strict: bool = True,
+        input: "InputSettings | None" = None,
+        output: str | None = None,
+    ) -> None:
         from tf_segunravel.unravel.binary_head import find_split
         from tf_segunravel.unravel.rules import UntraceableLayerError, kind_for
         from tf_segunravel.unravel.settings import InputSettings
@@ -286,7 +298,7 @@ class ModelGraph:
             f"{', '.join(model_names) or 'unnamed'})"
         )
 
-    def require_kinds(self):
+    def require_kinds(self) -> None:
         """Raises `UntraceableLayerError` for the first step without a kind, or the reason
         a one-channel head cannot be split (a graph built with strict=False, handed to the
         engine)."""
@@ -302,7 +314,7 @@ class ModelGraph:
         """The step's `LayerKind` (None only in a non-strict graph)."""
         return self.kinds[id(step)]
 
-    def feed(self, images):
+    def feed(self, images: tf.Tensor) -> tf.Tensor:
         """The model's input from RGB 0..255 images: resized to a fixed input size where the
         model has one (bilinear), then `InputSettings` applied."""
         x = tf.cast(images, tf.float32)
@@ -310,14 +322,14 @@ class ModelGraph:
             x = tf.image.resize(x, self.input_size, method="bilinear")
         return self.input_settings.apply(x)
 
-    def record(self, images):
+    def record(self, images: tf.Tensor) -> Values:
         """One forward pass (inference mode): {tensor id: value} for every tensor, and the
         images as given under `IMAGES`."""
         values = record(self.steps, self.input_id, self.feed(images))
         values[IMAGES] = images
         return values
 
-    def scores(self, values):
+    def scores(self, values: Values) -> tf.Tensor:
         """float32 [B, h, w, classes]: the logits the unravel starts from (see the class
         docstring), from a recorded pass; a classifier's are one position."""
         if self.activation_inside:
@@ -326,7 +338,7 @@ class ModelGraph:
             scores = values[self.output_id]
         return self.class_scores(scores)
 
-    def class_scores(self, scores):
+    def class_scores(self, scores: tf.Tensor) -> tf.Tensor:
         """The score tensor's values (before any final activation) as per-class logits
         [B, h, w, classes]: a classifier's as one position, a one-channel head's as its two
         classes (-z / 2, z / 2). Gradient baselines read a logits model's output through it
@@ -338,7 +350,7 @@ class ModelGraph:
             scores = tf.concat([-0.5 * scores, 0.5 * scores], axis=-1)
         return scores
 
-    def score_kernel(self):
+    def score_kernel(self) -> tf.Tensor | None:
         """The kernel `kernel_step`'s rule reads: for a binary head, the two classes'
         filters (-s w / 2, s w / 2) of its split layer (`BinarySplit.kernel`); else None
         (the rule reads the layer's own)."""
@@ -357,11 +369,11 @@ class ModelGraph:
         assert kind is not None
         return kind
 
-    def image_size(self, values):
+    def image_size(self, values: Values) -> tf.Tensor:
         """int32 [2]: the (height, width) of the images as given."""
         return tf.shape(values[IMAGES])[1:3]
 
-    def fed_size(self, values):
+    def fed_size(self, values: Values) -> tf.Tensor:
         return tf.shape(values[self.input_id])[1:3]
 
 
@@ -375,7 +387,13 @@ def _ancestors(steps, output_id):
     return kept[::-1]
 
 
-def as_graph(model, *, input=None, output=None, strict=True):
+def as_graph(
+    model: "keras.Model | ModelGraph",
+    *,
+    input: "InputSettings | None" = None,
+    output: str | None = None,
+    strict: bool = True,
+) -> "ModelGraph":
     """`model` as a `graph.ModelGraph` (a graph is taken as it is)."""
     if isinstance(model, ModelGraph):
         if input is not None or output is not None:

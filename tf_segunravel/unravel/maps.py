@@ -23,8 +23,13 @@ DENSEST_SHARE = 0.5
 
 
 def inlier_mask(
-    points, height, width, radius, min_share=MIN_NEIGHBOUR_SHARE, densest_share=DENSEST_SHARE
-):
+    points: tf.Tensor,
+    height: int,
+    width: int,
+    radius: float,
+    min_share: float = MIN_NEIGHBOUR_SHARE,
+    densest_share: float = DENSEST_SHARE,
+) -> tf.Tensor:
     """bool [N]: points (b, class, y, x) whose window holds more than
     min(`min_share` x their (image, class) group's size, `densest_share` x the group's
     densest window), windows of half-side `radius * image diagonal`, the point included.
@@ -68,7 +73,7 @@ def inlier_mask(
     return tf.cast(neighbours, tf.float32) > threshold
 
 
-def gaussian_blur(maps, sigma):
+def gaussian_blur(maps: tf.Tensor, sigma: float) -> tf.Tensor:
     """Separable Gaussian blur of [M, H, W] maps (zeros beyond the border); sigma in px."""
     if sigma <= 0:
         return maps

@@ -9,9 +9,13 @@ docs/method.md ("Segmentation unravel", "Heat maps") says what each one does.
 
 import dataclasses
 import re
+import typing
 
 from tf_segunravel import flag_settings
 from tf_segunravel.flag_settings import positive_integer, setting
+
+if typing.TYPE_CHECKING:
+    import tensorflow as tf
 
 SHIFTS = ("none", "partial", "full")
 CHANNEL_ORDERS = ("rgb", "bgr")
@@ -123,18 +127,20 @@ class FixationSettings:
     def __post_init__(self):
         flag_settings.validate(self)
 
-    def as_dict(self):
+    def as_dict(self) -> dict[str, typing.Any]:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_preset(cls, name, **fields):
+    def from_preset(cls, name: str, **fields: typing.Any) -> "FixationSettings":
         """The settings of preset `name` (`PRESETS`), with `fields` replacing single ones:
         `FixationSettings.from_preset("seg_unravel_code", k=3)`."""
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}")
         return cls(**{**PRESETS[name], **fields})
 
-    def contrast_class(self, class_names=None, num_classes=None):
+    def contrast_class(
+        self, class_names: typing.Sequence[str] | None = None, num_classes: int | None = None
+    ) -> str | int | None:
         """The contrast as the engine takes it: None, "runner_up", or a class id (names are
         looked up in `class_names`; ids are checked against `num_classes` when given)."""
         value = self.contrast
@@ -207,10 +213,10 @@ class InputSettings:
         flag_settings.validate(self)
 
     @property
-    def identity(self):
+    def identity(self) -> bool:
         return self.scale == 1 and not any(self.mean) and self.channels == "rgb"
 
-    def apply(self, images):
+    def apply(self, images: typing.Any) -> "tf.Tensor":
         """float32 model input from RGB 0..255 images [B, H, W, 3] (any real dtype)."""
         import tensorflow as tf
 
@@ -221,5 +227,5 @@ class InputSettings:
             x = x[..., ::-1]
         return x * self.scale - tf.constant(self.mean, tf.float32)
 
-    def as_dict(self):
+    def as_dict(self) -> dict[str, typing.Any]:
         return dataclasses.asdict(self)

@@ -21,12 +21,14 @@ from tf_segunravel.data.labels import IGNORE_LABEL
 from tf_segunravel.grids import first_argmax, labels_at_size, shrink_labels
 from tf_segunravel.unravel import graph
 from tf_segunravel.unravel.geometry import image_geometry
+from tf_segunravel.unravel.graph import Values
 from tf_segunravel.unravel.rules import Moved, Points, kernel_rows
+from tf_segunravel.unravel.rules.base import Size
 from tf_segunravel.unravel.rules.convolution import HELD_KERNELS
 from tf_segunravel.unravel.settings import RUNNER_UP, FixationSettings, InputSettings
 
 
-def merge(points, sizes, sort=True):
+def merge(points: Points, sizes: typing.Sequence[Size], sort: bool = True) -> Points:
     """Merges identical (b, cls, y, x, ch) points, adding counts; sorted by that key, or with
     `sort=False` in the order of each key's first occurrence.
 
@@ -66,7 +68,7 @@ def _saturating_sum(counts, index, segments):
     return tf.where(approx >= 2.0**63, tf.constant(MAX_COUNT, tf.int64), exact)
 
 
-def seeds_from_labels(labels, classes=None):
+def seeds_from_labels(labels: tf.Tensor, classes: tf.Tensor | None = None) -> Points:
     """Seeds: every score position on the channel of its label. labels [B, h, w] int32;
     255 positions and classes outside `classes` (when given) are skipped."""
     keep = tf.not_equal(labels, IGNORE_LABEL)
@@ -82,7 +84,9 @@ def seeds_from_labels(labels, classes=None):
     return Points(where[:, 0], label, where[:, 1], where[:, 2], label, count)
 
 
-def seeds_from_pixels(labels, grid_size, geometry, classes=None):
+def seeds_from_pixels(
+    labels: tf.Tensor, grid_size: tf.Tensor, geometry: tf.Tensor, classes: tf.Tensor | None = None
+) -> Points:
     """Seeds as Seg-Unravel's code takes them: every score position under at least one
     pixel of class c in `labels` [B, H, W] (the scores upsampled to the input, or given
     labels) seeds class c once. Pixel p lies under position floor((p - offset) / scale) of
@@ -114,7 +118,9 @@ def seeds_from_pixels(labels, grid_size, geometry, classes=None):
     return merged.replace(count=tf.ones_like(merged.count))  # a set: one seed per position
 
 
-def contrast_seeds(points, scores, contrast):
+def contrast_seeds(
+    points: Points, scores: tf.Tensor, contrast: str | int
+) -> tuple[Points, tf.Tensor]:
     """The seeds of a contrastive unravel and the class each one is contrasted with.
 
     `contrast` is "runner_up" (the highest-scoring class other than the seed's own at its
@@ -130,7 +136,9 @@ def contrast_seeds(points, scores, contrast):
     return points, tf.fill(tf.shape(points.cls), tf.constant(contrast, tf.int32))
 
 
-def margin_kernel(kernel, classes, against, axis=-1):
+def margin_kernel(
+    kernel: tf.Tensor, classes: tf.Tensor, against: tf.Tensor, axis: int = -1
+) -> tf.Tensor:
     """The score layer's kernel as the contrastive unravel sees it: filter p is the margin
     between the classes of pair p, w_c - w_c'. Only the pairs the seeds use are built (a
     1000-class head would need 10^6 filters for every pair); the biases cancel in a
@@ -203,12 +211,12 @@ class UnravelResult(typing.NamedTuple):
     flow: tuple | None = None
     channel_scores: tuple | None = None
 
-    def for_image(self, index):
+    def for_image(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """(points [n, 3] rows (class, y, x), counts [n]) of one image."""
         mine = self.points[:, 0] == index
         return self.points[mine, 1:], self.counts[mine]
 
-    def numpy(self):
+    def numpy(self) -> "UnravelResult":
         """The same result with every tensor as a numpy array (layer names as str)."""
 
         def convert(value):
@@ -349,12 +357,14 @@ class SegUnravel:
         return self.walk(self.record(images), seed_labels, classes)
 
     @tf.autograph.experimental.do_not_convert  # as `trace`
-    def record(self, images):
+    def record(self, images: tf.Tensor) -> Values:
         """The recorded forward pass: {tensor id: value} for every tensor of the graph."""
         return self.graph.record(images)
 
     @tf.autograph.experimental.do_not_convert  # as `trace`
-    def walk(self, values, seed_labels=None, classes=None):
+    def walk(
+        self, values: Values, seed_labels: tf.Tensor | None = None, classes: tf.Tensor | None = None
+    ) -> UnravelResult:
         """The unravel proper on recorded values (see `trace`); no forward computation:
         seeding on the score grid, propagation down the layers, then the image's points."""
         scores = self.graph.scores(values)
@@ -374,7 +384,15 @@ class SegUnravel:
             channel_scores=tuple(channel_scores) if self.keep_channel_scores else None,
         )
 
-    def seed(self, values, scores, labels, geometry, seed_labels=None, classes=None):
+    def seed(
+        self,
+        values: Values,
+        scores: tf.Tensor,
+        labels: tf.Tensor,
+        geometry: tf.Tensor,
+        seed_labels: tf.Tensor | None = None,
+        classes: tf.Tensor | None = None,
+    ) -> Seeds:
         """The walk's start (`Seeds`): every score position on its label's channel, from the
         predicted `labels` or from `seed_labels` at image size; with `contrast`, each seed's
         channel becomes the index of its (class, against) pair in the margin kernel."""
@@ -395,6 +413,7 @@ class SegUnravel:
             points, against = contrast_seeds(points, scores, self.contrast)
             pairs, pair_index = tf.unique(points.cls * self.num_classes + against)
             kind = self.graph.kernel_kind()
+            assert kind.kernel is not None  # the graph refuses a head without one
             own = getattr(self.graph.kernel_step.layer, kind.kernel) if kernel is None else kernel
             kernel = margin_kernel(
                 own, pairs // self.num_classes, pairs % self.num_classes, kind.kernel_axis
@@ -408,7 +427,9 @@ class SegUnravel:
         )
         return Seeds(points, tf.reshape(per_class, [-1, self.num_classes]), kernel)
 
-    def propagate(self, values, seeds):
+    def propagate(
+        self, values: Values, seeds: Seeds
+    ) -> tuple[list[Points], list[FlowStep], list[ChannelScores]]:
         """Moves the seeds through every layer from the scores down to the image, merging the
         points that reach a tensor before its layer's rule runs. Returns (the unmerged parts
         that reached the image, flow steps, channel scores)."""
@@ -466,7 +487,7 @@ class SegUnravel:
                     )
         return [part for part, _ in pending[self.graph.input_id]], flow, channel_scores
 
-    def finish(self, values, parts):
+    def finish(self, values: Values, parts: list[Points]) -> Points:
         """The image's points: the colour channel is not a location, so one merge over it
         gives the sorted, distinct (image, class, y, x) points with their path counts. A
         fixed-size model's points are moved from its input's pixels to the images' own
