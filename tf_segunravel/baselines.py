@@ -28,6 +28,9 @@ import tensorflow as tf
 from tf_segunravel.errors import InputError
 from tf_segunravel.unravel.maps import gaussian_blur
 
+if typing.TYPE_CHECKING:
+    from tf_segunravel.unravel.graph import ModelGraph
+
 GRADIENT_METHODS = ("gradcam", "gradcam_plus_plus", "saliency", "smoothgrad", "gradient_x_input")
 REFERENCES = ("random", "segment_prior", "distance_prior")
 METHODS = GRADIENT_METHODS + REFERENCES
@@ -60,7 +63,7 @@ def check_methods(methods: typing.Iterable[str], flag: str = "methods") -> list[
     return methods
 
 
-def logits_model(graph) -> keras.Model:
+def logits_model(graph: "ModelGraph") -> keras.Model:
     """A Keras model from the same inputs to the logits the unravel starts from (a final
     sigmoid or softmax left out), for gradients."""
     layer = graph.score_step.layer
@@ -77,7 +80,7 @@ def logits_model(graph) -> keras.Model:
         ) from e
 
 
-def default_layer(graph) -> str:
+def default_layer(graph: "ModelGraph") -> str:
     """The last Conv2D with a kernel wider than 1 x 1 among the layers the scores depend on."""
     for step in reversed(graph.steps):
         layer = step.layer
@@ -112,7 +115,7 @@ def _region_scores(graph, classes, grid_labels):
     return [make(c) for c in classes]
 
 
-def predicted_regions(graph, image):
+def predicted_regions(graph: "ModelGraph", image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(labels on the score grid [h, w], labels at image size [H, W]): the network's own
     prediction, from one forward pass."""
     from tf_segunravel.grids import scores_at_size
@@ -125,7 +128,7 @@ def predicted_regions(graph, image):
 
 def explain(
     method: str,
-    graph,
+    graph: "ModelGraph",
     image: np.ndarray,
     classes: typing.Sequence[int],
     *,

@@ -23,6 +23,8 @@ import json
 import os
 import shutil
 import time
+import typing
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image
@@ -38,7 +40,7 @@ from tf_segunravel.atomic import (
 from tf_segunravel.errors import InputError
 from tf_segunravel.experiment_registry import ExperimentSettings
 from tf_segunravel.experiments.template_sweep import PAD_SIZE
-from tf_segunravel.training.config import FLAGS_DIR, HISTORY_FILE, flagfile_config
+from tf_segunravel.training.config import FLAGS_DIR, HISTORY_FILE, TrainConfig, flagfile_config
 from tf_segunravel.unravel.settings import RUNNER_UP, FixationSettings
 
 # Each arm trains what its flagfile says: the flagfiles are read through absl, so the demo
@@ -65,7 +67,7 @@ def _banner(stage, message):
     print(f"\n=== [{time.strftime('%H:%M:%S')}] {stage}: {message}", flush=True)
 
 
-def arm_config(arm, flags_dir=FLAGS_DIR, **overrides):
+def arm_config(arm: str, flags_dir: str = FLAGS_DIR, **overrides: typing.Any) -> TrainConfig:
     """The `TrainConfig` of one arm: its flagfile in `flags_dir`, then `overrides`."""
     return flagfile_config(ARMS[arm], flags_dir, **overrides)
 
@@ -297,18 +299,18 @@ STAGES = {
 
 
 def run(
-    output_dir,
-    seeds=(0,),
-    steps=None,
-    finetune_steps=None,
-    checkpoint_every=None,
-    data_dir=None,
-    val_images=None,
-    fixation_images=6,
-    experiment_images=100,
-    verbose=1,
-    stop_after=None,
-):
+    output_dir: str,
+    seeds: Sequence[int] = (0,),
+    steps: int | None = None,
+    finetune_steps: int | None = None,
+    checkpoint_every: int | None = None,
+    data_dir: str | None = None,
+    val_images: int | None = None,
+    fixation_images: int = 6,
+    experiment_images: int = 100,
+    verbose: int = 1,
+    stop_after: str | None = None,
+) -> dict | None:
     """Runs (or resumes) every stage; returns the summary dict also written to summary.json.
 
     `stop_after` names a stage (a key of `STAGES`) after which the run stops, returning
@@ -317,11 +319,12 @@ def run(
         raise InputError(f"stop_after: unknown stage {stop_after!r}; choose from {list(STAGES)}")
     data_dir = data_dir or os.path.join(output_dir, "tfds")
     # Every arm's settings are checked before anything is written.
-    configs = {}
+    configs: dict[tuple[str, int], TrainConfig] = {}
     for seed in seeds:
         for arm in ARMS:
             model_dir = os.path.join(output_dir, "models", f"{arm}_seed{seed}")
-            overrides = {"seed": seed, "model_dir": model_dir, "data_dir": data_dir}
+            overrides: dict[str, typing.Any] = {"seed": seed, "model_dir": model_dir}
+            overrides["data_dir"] = data_dir
             overrides.update(verbose=verbose, deterministic=True)
             if arm in FINETUNED:
                 overrides["init_path"] = configs[("baseline", seed)].model_dir

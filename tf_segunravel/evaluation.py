@@ -6,6 +6,8 @@ over pixel 8i), crop back to the image, take the argmax.
 """
 
 import dataclasses
+import typing
+from collections.abc import Iterator, Sequence
 
 import keras
 import numpy as np
@@ -15,8 +17,11 @@ from tf_segunravel.data.labels import IGNORE_LABEL
 from tf_segunravel.data.pipeline import eval_pipeline
 from tf_segunravel.grids import first_argmax
 
+if typing.TYPE_CHECKING:
+    from tf_segunravel.crf import CRFSettings
 
-def full_resolution_scores(network, images):
+
+def full_resolution_scores(network: keras.Model, images: tf.Tensor) -> tf.Tensor:
     """Scores at the input resolution: [B, H, W, C] for images [B, H, W, 3], each pixel
     interpolated from the score positions around it where the network's own geometry puts
     them (DeepLab's x8 aligned-corner rule for LargeFOV)."""
@@ -25,7 +30,9 @@ def full_resolution_scores(network, images):
     return ScoreMap(network).at_image_size(images)
 
 
-def predictions(network, examples, pad_size=513):
+def predictions(
+    network: keras.Model, examples: tf.data.Dataset, pad_size: int = 513
+) -> Iterator[tuple[tf.Tensor, tf.Tensor, tf.Tensor]]:
     """Per example, by DeepLab's protocol: (image uint8 [H, W, 3], scores at image size
     float32 [H, W, C], truth int32 [H, W]), all cropped back to the image."""
     # No tensor-dependent Python control flow inside: AutoGraph would only cost trace time.
@@ -37,7 +44,7 @@ def predictions(network, examples, pad_size=513):
         yield image, scores, labels[0, :height, :width]
 
 
-def iou_scores(confusion, class_names=None):
+def iou_scores(confusion: np.ndarray, class_names: Sequence[str] | None = None) -> dict:
     """Per-class IoU, mean IoU and pixel accuracy from a confusion matrix (rows: truth).
 
     `per_class_iou` is None for a class neither present nor predicted; `mean_iou` averages
@@ -64,7 +71,14 @@ def iou_scores(confusion, class_names=None):
     }
 
 
-def evaluate(network, examples, num_classes, pad_size=513, class_names=None, crf_settings=None):
+def evaluate(
+    network: keras.Model,
+    examples: tf.data.Dataset,
+    num_classes: int,
+    pad_size: int = 513,
+    class_names: Sequence[str] | None = None,
+    crf_settings: "CRFSettings | None" = None,
+) -> dict:
     """Runs the test protocol over `examples`; returns a JSON-ready dict of scores.
 
     Keys: `per_class_iou` {name: IoU or None when the class never occurs nor is predicted},
@@ -92,7 +106,13 @@ def evaluate(network, examples, num_classes, pad_size=513, class_names=None, crf
     return results
 
 
-def crf_search(network, examples, num_classes, grid, pad_size=513):
+def crf_search(
+    network: keras.Model,
+    examples: tf.data.Dataset,
+    num_classes: int,
+    grid: Sequence["CRFSettings"],
+    pad_size: int = 513,
+) -> list[dict]:
     """DeepLab's cross-validation of the CRF: mean IoU of every `CRFSettings` in `grid` on
     `examples` (a held-out subset), from one network pass. Rows sorted best first."""
     from tf_segunravel.crf import dense_crf
@@ -106,12 +126,12 @@ def crf_search(network, examples, num_classes, grid, pad_size=513):
         metric = keras.metrics.MeanIoU(num_classes, ignore_class=IGNORE_LABEL)
         for image, probabilities, truth in kept:
             metric.update_state(truth, dense_crf(image, probabilities, crf_settings))
-        scores = iou_scores(metric.total_cm.numpy())
-        rows.append({**dataclasses.asdict(crf_settings), "mean_iou": scores["mean_iou"]})
+        ious = iou_scores(metric.total_cm.numpy())
+        rows.append({**dataclasses.asdict(crf_settings), "mean_iou": ious["mean_iou"]})
     return sorted(rows, key=lambda row: -row["mean_iou"])
 
 
-def format_table(results):
+def format_table(results: dict) -> list[str]:
     """The per-class IoU table as aligned text lines, then mean IoU and pixel accuracy; with
     a `crf` entry, a second column for the network + CRF."""
     columns = [("IoU", results)]

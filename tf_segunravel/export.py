@@ -22,6 +22,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 
 import keras
 import numpy as np
@@ -46,7 +47,9 @@ def _checked(images):
     return tf.ensure_shape(images, [None, None, None, 3])
 
 
-def build_archive(network, settings=None, name=None):
+def build_archive(
+    network: keras.Model, settings: FixationSettings | None = None, name: str | None = None
+) -> tuple[keras.export.ExportArchive, dict]:
     """(A `keras.export.ExportArchive` holding every signature for `network`, the metadata
     dict); `settings` (a `FixationSettings`) are fixed into the `fixations` signature.
 
@@ -121,7 +124,13 @@ def build_archive(network, settings=None, name=None):
     return archive, recorded
 
 
-def export_saved_model(network, export_dir, settings=None, overwrite=False, name=None):
+def export_saved_model(
+    network: keras.Model,
+    export_dir: str,
+    settings: FixationSettings | None = None,
+    overwrite: bool = False,
+    name: str | None = None,
+) -> dict:
     """Writes the SavedModel to `export_dir` atomically (a temporary dir moved into place);
     `name` as for `build_archive`."""
     export_dir = os.path.abspath(export_dir)
@@ -151,11 +160,11 @@ def export_saved_model(network, export_dir, settings=None, overwrite=False, name
     return recorded
 
 
-def is_saved_model(path):
+def is_saved_model(path: str) -> bool:
     return os.path.isfile(os.path.join(path, "saved_model.pb"))
 
 
-def saved_model_metadata(path):
+def saved_model_metadata(path: str) -> dict:
     """The settings and class count recorded in an exported SavedModel."""
     try:
         with open(os.path.join(path, "assets.extra", METADATA_FILE)) as f:
@@ -181,7 +190,13 @@ class SavedModelReader:
         except (OSError, ValueError, KeyError) as e:
             raise InputError(f"{path}: not a SavedModel with a 'fixations' signature") from e
 
-    def __call__(self, image, seed_labels=None, classes=None, probabilities=False):
+    def __call__(
+        self,
+        image: np.ndarray,
+        seed_labels: np.ndarray | None = None,
+        classes: Sequence[int] | None = None,
+        probabilities: bool = False,
+    ) -> tuple[UnravelResult, np.ndarray, np.ndarray | None]:
         """As `fixation_files.KerasFixations`: (`UnravelResult` of a batch of one, labels
         [H, W], softmax [H, W, C] with `probabilities`, else None)."""
         if seed_labels is not None:

@@ -13,6 +13,8 @@ For an image `<stem>` the output dir receives, each written atomically:
 import dataclasses
 import glob
 import os
+import typing
+from collections.abc import Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -26,13 +28,17 @@ from tf_segunravel.grids import first_argmax, scores_at_size
 from tf_segunravel.loading import as_loaded
 from tf_segunravel.unravel.maps import heatmaps, inlier_mask
 from tf_segunravel.unravel.settings import FixationSettings
-from tf_segunravel.unravel.tracer import MAX_COUNT, SegUnravel
+from tf_segunravel.unravel.tracer import MAX_COUNT, SegUnravel, UnravelResult
+
+if typing.TYPE_CHECKING:
+    from tf_segunravel.crf import CRFSettings
+    from tf_segunravel.export import SavedModelReader
 from tf_segunravel.viz import comparison_figure, flow_gif, overlay_figure
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 
 
-def expand_images(specs):
+def expand_images(specs: Sequence[str]) -> list[str]:
     """Files, globs and directories -> sorted unique image paths. Missing specs are errors."""
     paths = []
     for spec in specs:
@@ -56,7 +62,15 @@ def _share(inside, weights):
     return float(weights[inside].sum() / weights.sum()) if weights.sum() else 0.0
 
 
-def class_statistics(classes, seeds, points, counts, labels, truth=None, inliers=None):
+def class_statistics(
+    classes: np.ndarray,
+    seeds: typing.Any,
+    points: np.ndarray,
+    counts: np.ndarray,
+    labels: np.ndarray,
+    truth: np.ndarray | None = None,
+    inliers: np.ndarray | None = None,
+) -> dict[str, dict]:
     """Per class: seeds, fixation points, how many of them the heat map's outlier removal
     dropped (`inliers`, bool [N], when given), and shares of fixations inside its segments."""
     stats = {}
@@ -81,7 +95,13 @@ def class_statistics(classes, seeds, points, counts, labels, truth=None, inliers
 class KerasFixations:
     """Fixations of a Keras model through the engine."""
 
-    def __init__(self, model, settings, flow=False, name=None):
+    def __init__(
+        self,
+        model: typing.Any,
+        settings: FixationSettings,
+        flow: bool = False,
+        name: str | None = None,
+    ) -> None:
         """`name`: how an error names the model (its path, where it was loaded from one;
         else the Keras model's name)."""
         try:
@@ -90,7 +110,13 @@ class KerasFixations:
             name = name or getattr(model, "name", None) or model.model.name  # model or graph
             raise InputError(f"{name}: {e}") from e
 
-    def __call__(self, image, seed_labels=None, classes=None, probabilities=False):
+    def __call__(
+        self,
+        image: np.ndarray,
+        seed_labels: np.ndarray | None = None,
+        classes: typing.Any = None,
+        probabilities: bool = False,
+    ) -> tuple[UnravelResult, np.ndarray, np.ndarray | None]:
         """(`UnravelResult` of a batch of one, predicted labels [H, W], and with
         `probabilities` the softmax at image size [H, W, C], else None) for one image."""
         labels = None if seed_labels is None else seed_labels[None]
@@ -100,7 +126,9 @@ class KerasFixations:
         return result, first_argmax(full, axis=-1).numpy().astype(np.int32), softmax
 
 
-def rescale_points(result, from_size, to_size):
+def rescale_points(
+    result: UnravelResult, from_size: tuple[int, int], to_size: tuple[int, int]
+) -> UnravelResult:
     """`result` with its points moved from an image of `from_size` to one of `to_size`
     (pixel centres scaled), identical points merged and their counts added."""
     (from_h, from_w), (to_h, to_w) = from_size, to_size
@@ -128,24 +156,25 @@ class FixationWriter:
 
     def __init__(
         self,
-        model,
-        output_dir,
-        settings=None,
+        model: typing.Any,
+        output_dir: str,
+        settings: FixationSettings | None = None,
         *,
-        classes=None,
-        class_names=None,
-        max_side=None,
-        flow=False,
-        seed_from_masks=False,
-        crf_settings=None,
-        compare=(),
-        gradcam_layer=None,
-    ):
+        classes: Sequence[int] | None = None,
+        class_names: Sequence[str] | None = None,
+        max_side: int | None = None,
+        flow: bool = False,
+        seed_from_masks: bool = False,
+        crf_settings: "CRFSettings | None" = None,
+        compare: Sequence[str] = (),
+        gradcam_layer: str | None = None,
+    ) -> None:
         self.settings = settings or FixationSettings()
         self.compare = tuple(compare)
         self.gradcam_layer = gradcam_layer
         self.crf_settings = crf_settings
         loaded = as_loaded(model)
+        self.fixations: SavedModelReader | KerasFixations
         if loaded.saved_model is not None:
             if flow:
                 raise InputError("flow=True needs a Keras model, not a SavedModel")
@@ -172,7 +201,7 @@ class FixationWriter:
             image = np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BILINEAR))
         return image
 
-    def process(self, image_path, mask_path=None):
+    def process(self, image_path: str, mask_path: str | None = None) -> dict:
         """Writes the files of one image; returns its per-class statistics."""
         return self.write(self.compute(image_path, mask_path))
 
@@ -235,6 +264,7 @@ class FixationWriter:
         if self.compare:
             from tf_segunravel.baselines import predicted_regions
 
+            assert isinstance(self.fixations, KerasFixations)  # compare= needs one
             regions = predicted_regions(self.fixations.engine.graph, small)  # once, every method
             compared = {
                 method: self._baseline_maps(method, small, classes, (height, width), regions)

@@ -7,6 +7,7 @@ import csv
 import dataclasses
 import importlib
 import os
+import typing
 
 import keras
 import numpy as np
@@ -14,7 +15,11 @@ import tensorflow as tf
 
 from tf_segunravel.atomic import make_output_dir, save_atomically, write_json
 from tf_segunravel.experiment_registry import REGISTRY, ExperimentSettings
+from tf_segunravel.unravel.graph import ModelGraph
 from tf_segunravel.unravel.settings import FixationSettings
+
+# What the analyses take as a network: a Keras model, or its graph as the unravel reads it.
+Network: typing.TypeAlias = keras.Model | ModelGraph
 
 
 def _examples(examples, max_images):
@@ -22,7 +27,7 @@ def _examples(examples, max_images):
         yield example["image"], example["segmentation"][..., 0]
 
 
-def model_stamp(name):
+def model_stamp(name: str) -> list[int] | None:
     """[bytes, newest modification time in ns] of the files the model at path `name` is
     loaded from (`training.checkpoints.network_files`: a .keras file, a model dir's
     model.keras or latest checkpoint), of every file of another directory (a SavedModel), or
@@ -41,7 +46,7 @@ def model_stamp(name):
     return [sum(i.st_size for i in infos), max((i.st_mtime_ns for i in infos), default=0)]
 
 
-def model_key(name):
+def model_key(name: str) -> str:
     """A file name for a model's path: its characters outside [A-Za-z0-9-_.] as '_'."""
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name.strip("/"))
 
@@ -74,7 +79,9 @@ def _common(inputs: AnalysisInputs) -> dict:
     )
 
 
-def write_results(rows, output_dir, name, summary=None):
+def write_results(
+    rows: list[dict], output_dir: str, name: str, summary: dict | None = None
+) -> None:
     """`<name>.csv`, `<name>.json` (rows and summary) and `<name>.png` (a bar chart)."""
     import matplotlib.pyplot as plt
 

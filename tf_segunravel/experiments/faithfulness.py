@@ -7,14 +7,16 @@ seeds (`faithfulness_over_seeds`).
 import dataclasses
 import os
 import time
+import typing
+from collections.abc import Sequence
 
 import numpy as np
-from matplotlib.axes import Axes
+import tensorflow as tf
 
 from tf_segunravel import stats
 from tf_segunravel.atomic import make_output_dir, write_json, write_text
 from tf_segunravel.experiment_registry import ExperimentSettings
-from tf_segunravel.experiments.common import AnalysisInputs, _bars, write_results
+from tf_segunravel.experiments.common import AnalysisInputs, Network, _bars, write_results
 from tf_segunravel.faithfulness import (
     FIXATION_METHODS,
     METRICS,
@@ -31,6 +33,10 @@ from tf_segunravel.faithfulness import (
     randomised_layers,
     road,
 )
+from tf_segunravel.unravel.settings import FixationSettings
+
+if typing.TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 
 def run(inputs: AnalysisInputs) -> tuple[list[dict], dict]:
@@ -52,7 +58,7 @@ def run(inputs: AnalysisInputs) -> tuple[list[dict], dict]:
     )
 
 
-def plot(axis: Axes, rows: list[dict]) -> None:
+def plot(axis: "Axes", rows: list[dict]) -> None:
     labels = [r["method"] for r in rows]
     keys = ("deletion_auc", "insertion_auc", "context_deletion_auc", "context_insertion_auc")
     _bars(axis, labels, {k: [r[k] for r in rows] for k in keys})
@@ -189,24 +195,24 @@ def _explainer(method, graph, image, classes, options, seed):
 
 
 def score_methods(
-    network,
-    examples,
-    num_classes,
-    class_names=None,
+    network: Network,
+    examples: tf.data.Dataset,
+    num_classes: int,
+    class_names: Sequence[str] | None = None,
     *,
-    methods=(*FIXATION_METHODS, "gradcam", "saliency", "segment_prior"),
-    settings=None,
-    max_images=10,
-    steps=50,
-    fill="mean",
-    gradcam_layer=None,
-    min_pixels=DEFAULTS.min_pixels,
-    randomisation_images=DEFAULTS.randomisation_images,
-    randomisation_layers=None,
-    seed=0,
-    figure_dir=None,
-    panels=2,
-):
+    methods: Sequence[str] = (*FIXATION_METHODS, "gradcam", "saliency", "segment_prior"),
+    settings: FixationSettings | None = None,
+    max_images: int = 10,
+    steps: int = 50,
+    fill: str = "mean",
+    gradcam_layer: str | None = None,
+    min_pixels: int = DEFAULTS.min_pixels,
+    randomisation_images: int = DEFAULTS.randomisation_images,
+    randomisation_layers: int | None = None,
+    seed: int = 0,
+    figure_dir: str | None = None,
+    panels: int = 2,
+) -> tuple[list[dict], dict]:
     """Every method's metrics over (image, predicted class) pairs; returns (rows, summary).
 
     `network` is a Keras model or a `graph.ModelGraph`; `examples` TFDS-style examples with
@@ -236,8 +242,8 @@ def score_methods(
     method_options = method_table.MethodOptions(settings, gradcam_layer)
     score_map = ScoreMap(graph)
     records = []  # (image, class, method, {metric: value})
-    curves = {m: {"deletion": [], "insertion": []} for m in methods}
-    cascades = {m: [] for m in methods}  # per method: [steps, classes] tables
+    curves: dict[str, dict[str, list]] = {m: {"deletion": [], "insertion": []} for m in methods}
+    cascades: dict[str, list] = {m: [] for m in methods}  # per method: [steps, classes] tables
     layer_names, scored, read = None, 0, 0
     examples_shown = []  # (image index, image, classes, {method: maps}) for the panels
     for index, example in enumerate(examples.take(max_images).as_numpy_iterator()):
@@ -250,7 +256,7 @@ def score_methods(
         if not classes:
             continue
         scored += 1
-        shown = {} if scored <= panels else None
+        shown: dict | None = {} if scored <= panels else None
         for method in methods:
             arguments = (method, graph, image, classes, method_options, seed)
             if scored == 1:  # untimed: the first call traces the engine's compiled functions
@@ -277,7 +283,7 @@ def score_methods(
                 cascades[method].append(correlations)
             for number, (cls, saliency) in enumerate(zip(classes, maps, strict=True)):
                 region = labels == cls
-                options = {"steps": steps, "fill": fill, "seed": seed}
+                options: dict[str, typing.Any] = {"steps": steps, "fill": fill, "seed": seed}
                 deletion = curve(score_map, image, cls, region, saliency, **options)
                 insertion = curve(
                     score_map, image, cls, region, saliency, mode="insertion", **options
@@ -342,7 +348,12 @@ def score_methods(
     return rows, summary
 
 
-def write_figures(figure_dir, curves, examples_shown=(), class_names=None):
+def write_figures(
+    figure_dir: str,
+    curves: dict[str, dict[str, list[float]]],
+    examples_shown: Sequence[tuple] = (),
+    class_names: Sequence[str] | None = None,
+) -> None:
     """`faithfulness_curves.png` from {method: {"deletion": [...], "insertion": [...]}}, and
     one `faithfulness_example<N>.png` per (image index, image, classes, {method: maps})."""
     import os

@@ -7,37 +7,44 @@ trained with different seeds, with 95% intervals (`location_over_seeds`); and
 
 import dataclasses
 import os
+import typing
+from collections.abc import Sequence
 
 import numpy as np
+import tensorflow as tf
 
 from tf_segunravel import stats
 from tf_segunravel.atomic import make_output_dir, write_json, write_text
 from tf_segunravel.data.labels import class_name
 from tf_segunravel.evaluation import evaluate
-from tf_segunravel.experiments.common import AnalysisInputs, _bars, _common, _examples
+from tf_segunravel.experiments.common import AnalysisInputs, Network, _bars, _common, _examples
+from tf_segunravel.stats import Interval
 from tf_segunravel.unravel.settings import FixationSettings
 from tf_segunravel.unravel.tracer import SegUnravel
 
+if typing.TYPE_CHECKING:
+    from matplotlib.axes import Axes
+
 
 def fixation_location(
-    network,
-    examples,
-    num_classes,
-    class_names=None,
-    class_kinds=None,
-    settings=None,
-    max_images=100,
-    pad_size=513,
-    with_iou=True,
-):
+    network: Network,
+    examples: tf.data.Dataset,
+    num_classes: int,
+    class_names: Sequence[str] | None = None,
+    class_kinds: Sequence[str] | None = None,
+    settings: FixationSettings | None = None,
+    max_images: int = 100,
+    pad_size: int = 513,
+    with_iou: bool = True,
+) -> list[dict]:
     """Rows per class: images, mean inside-truth share (plain, weighted), IoU, kind.
 
     With a contrastive `settings` the shares are those of the margin's fixations; without
     `with_iou` the IoU column (a second pass over the images) is None.
     """
     engine = SegUnravel(network, settings)
-    shares = {c: [] for c in range(num_classes)}
-    weighted = {c: [] for c in range(num_classes)}
+    shares: dict[typing.Any, list[float]] = {c: [] for c in range(num_classes)}
+    weighted: dict[typing.Any, list[float]] = {c: [] for c in range(num_classes)}
     for image, truth in _examples(examples, max_images):
         points, counts = engine(image[None].astype(np.float32)).for_image(0)
         for cls in np.unique(points[:, 0]):
@@ -47,8 +54,8 @@ def fixation_location(
             weighted[cls].append(np.average(inside, weights=counts[mine]))
     iou = None
     if with_iou:
-        iou = evaluate(network, examples.take(max_images), num_classes, pad_size)
-        iou = list(iou["per_class_iou"].values())
+        scores = evaluate(network, examples.take(max_images), num_classes, pad_size)
+        iou = list(scores["per_class_iou"].values())
     rows = []
     for cls in range(num_classes):
         name = class_name(class_names, cls)
@@ -66,9 +73,9 @@ def fixation_location(
     return rows
 
 
-def by_kind(rows, key="inside_truth"):
+def by_kind(rows: list[dict], key: str = "inside_truth") -> dict[str, float]:
     """Mean of `key` over the classes of each kind (intrinsic, contextual, ...)."""
-    groups = {}
+    groups: dict[str, list[float]] = {}
     for row in rows:
         if row["kind"] and row[key] is not None:
             groups.setdefault(row["kind"], []).append(row[key])
@@ -151,7 +158,7 @@ def write_seed_summary(summary: dict, output_dir: str) -> None:
     write_text(os.path.join(output_dir, "location_over_seeds.md"), seeds_markdown(summary))
 
 
-def location_difference(first, second):
+def location_difference(first: dict, second: dict) -> dict[str, dict[str, Interval]]:
     """{pass: {kind: t interval}} of first minus second, paired by model: two
     `location_over_seeds` summaries of the same models (in the same order) under other
     settings, for example the `seg_unravel_code` preset against the defaults."""
@@ -196,7 +203,7 @@ def seeds_markdown(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(axis, rows):
+def plot(axis: "Axes", rows: list[dict]) -> None:
     labels = [r["name"] for r in rows]
     _bars(
         axis,
@@ -208,6 +215,6 @@ def plot(axis, rows):
     )
 
 
-def run(inputs):
+def run(inputs: AnalysisInputs) -> tuple[list[dict], dict]:
     rows = fixation_location(inputs.network, inputs.examples, inputs.num_classes, **_common(inputs))
     return rows, by_kind(rows)

@@ -2,27 +2,33 @@
 and measure how much the class's probability drops inside and outside the masked region.
 """
 
+import typing
+from collections.abc import Sequence
+
 import numpy as np
 import tensorflow as tf
 
 from tf_segunravel.data.labels import class_name
 from tf_segunravel.data.pipeline import MEAN_RGB
-from tf_segunravel.experiments.common import _bars, _examples
+from tf_segunravel.experiments.common import AnalysisInputs, Network, _bars, _examples
 from tf_segunravel.unravel.geometry import ScoreMap
 from tf_segunravel.unravel.maps import fixation_maps
 from tf_segunravel.unravel.settings import FixationSettings
 from tf_segunravel.unravel.tracer import SegUnravel
 
+if typing.TYPE_CHECKING:
+    from matplotlib.axes import Axes
+
 
 def salient_parts(
-    network,
-    examples,
-    num_classes,
-    class_names=None,
-    settings=None,
-    max_images=50,
-    threshold=0.5,
-):
+    network: Network,
+    examples: tf.data.Dataset,
+    num_classes: int,
+    class_names: Sequence[str] | None = None,
+    settings: FixationSettings | None = None,
+    max_images: int = 50,
+    threshold: float = 0.5,
+) -> list[dict]:
     """Rows per class: mean probability drop inside and outside its masked salient region.
 
     `settings` draw the heat maps (default: `FixationSettings(sigma=6)`, a blur that suits
@@ -30,8 +36,8 @@ def salient_parts(
     """
     settings = settings or FixationSettings(sigma=6.0)
     engine = SegUnravel(network, settings)
-    drops_in = {c: [] for c in range(num_classes)}
-    drops_out = {c: [] for c in range(num_classes)}
+    drops_in: dict[typing.Any, list[float]] = {c: [] for c in range(num_classes)}
+    drops_out: dict[typing.Any, list[float]] = {c: [] for c in range(num_classes)}
     mean = np.array(MEAN_RGB, np.float32)
 
     # One graph for every masked image of a size (not a fresh graph walk per call).
@@ -71,13 +77,13 @@ def salient_parts(
     ]
 
 
-def plot(axis, rows):
+def plot(axis: "Axes", rows: list[dict]) -> None:
     labels = [r["name"] for r in rows]
     _bars(axis, labels, {k: [r[k] for r in rows] for k in ("drop_inside", "drop_outside")})
     axis.set_ylabel("probability drop")
 
 
-def run(inputs):
+def run(inputs: AnalysisInputs) -> tuple[list[dict], dict]:
     rows = salient_parts(
         inputs.network,
         inputs.examples,

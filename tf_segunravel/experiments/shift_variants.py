@@ -1,22 +1,29 @@
 """`shift_variants`: fixation location under no, partial and full shift."""
 
 import dataclasses
+import typing
+from collections.abc import Sequence
 
-from tf_segunravel.experiments.common import _bars, _common
+import tensorflow as tf
+
+from tf_segunravel.experiments.common import AnalysisInputs, Network, _bars, _common
 from tf_segunravel.experiments.location import fixation_location
 from tf_segunravel.unravel.settings import FixationSettings
 
+if typing.TYPE_CHECKING:
+    from matplotlib.axes import Axes
+
 
 def shift_variants(
-    network,
-    examples,
-    num_classes,
-    class_names=None,
-    class_kinds=None,
-    settings=None,
-    max_images=100,
-    pad_size=513,
-):
+    network: Network,
+    examples: tf.data.Dataset,
+    num_classes: int,
+    class_names: Sequence[str] | None = None,
+    class_kinds: Sequence[str] | None = None,
+    settings: FixationSettings | None = None,
+    max_images: int = 100,
+    pad_size: int = 513,
+) -> list[dict]:
     """fixation_location under each shift; one row per class and variant."""
     settings = settings or FixationSettings()
     rows = []
@@ -35,7 +42,7 @@ def shift_variants(
     return rows
 
 
-def plot(axis, rows):
+def plot(axis: "Axes", rows: list[dict]) -> None:
     names = list(dict.fromkeys(r["name"] for r in rows))
     series = {
         s: [r["inside_truth"] for r in rows if r["shift"] == s] for s in ("none", "partial", "full")
@@ -44,6 +51,6 @@ def plot(axis, rows):
     axis.set_ylabel("fixations inside truth")
 
 
-def run(inputs):
+def run(inputs: AnalysisInputs) -> tuple[list[dict], dict]:
     rows = shift_variants(inputs.network, inputs.examples, inputs.num_classes, **_common(inputs))
     return rows, {}

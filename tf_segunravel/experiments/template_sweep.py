@@ -22,7 +22,7 @@ where it stopped):
 import dataclasses
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from tf_segunravel import resumable, stats
 from tf_segunravel.atomic import make_output_dir, write_json, write_text
@@ -47,7 +47,7 @@ SCRATCH_FLAGFILE = "shapes_template_cosine.cfg"
 PAD_SIZE = 129
 
 
-def arm_name(variant, weight):
+def arm_name(variant: str, weight: float) -> str:
     return f"{variant}_w{weight:g}"
 
 
@@ -79,19 +79,19 @@ def run_settings(
 
 
 def run(
-    output_dir,
-    seeds=DEFAULTS.seeds,
-    weights=DEFAULTS.weights,
-    variants=DEFAULTS.variants,
-    scratch=False,
-    data_dir=None,
-    flags_dir=FLAGS_DIR,
-    base_overrides=None,
-    finetune_overrides=None,
-    val_images=None,
-    verbose=0,
-    log=print,
-):
+    output_dir: str,
+    seeds: Sequence[int] = DEFAULTS.seeds,
+    weights: Sequence[float] = DEFAULTS.weights,
+    variants: Sequence[str] = DEFAULTS.variants,
+    scratch: bool = False,
+    data_dir: str | None = None,
+    flags_dir: str = FLAGS_DIR,
+    base_overrides: dict | None = None,
+    finetune_overrides: dict | None = None,
+    val_images: int | None = None,
+    verbose: int = 0,
+    log: Callable[[str], None] = print,
+) -> dict:
     """Runs (or resumes) the sweep; returns the summary also written to template_sweep.json.
 
     `base_overrides` / `finetune_overrides` replace flagfile settings and `val_images` scores
@@ -195,7 +195,12 @@ def _paired(results, seeds, arm, reference):
     return diffs
 
 
-def summarise(results, seeds, arms, scratch=False):
+def summarise(
+    results: dict[tuple[int, str], dict],
+    seeds: Sequence[int],
+    arms: Sequence[str],
+    scratch: bool = False,
+) -> dict:
     """The sweep's table: each arm's paired difference from its control, over seeds."""
     rows = []
     for arm in arms:
@@ -235,7 +240,7 @@ def summarise(results, seeds, arms, scratch=False):
     }
 
 
-def markdown(summary):
+def markdown(summary: dict) -> str:
     lines = [
         f"Seeds: {summary['seeds']}. Baseline val mIoU "
         f"{stats.describe(summary['base_miou'])}, fine-tuned control "

@@ -29,7 +29,7 @@ import math
 import os
 import re
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import keras
 import numpy as np
@@ -41,6 +41,9 @@ from tf_segunravel.models.framework_layers import (
     Resize2D,
     pooled_size,
 )
+
+if TYPE_CHECKING:
+    import onnx
 
 # The largest difference from onnxruntime accepted, relative to the output's range.
 TOLERANCE = 1e-4
@@ -655,7 +658,7 @@ OPS: dict[str, Callable] = {
 # --- Reading, building and checking ----------------------------------------------------------
 
 
-def read_onnx(path: str):
+def read_onnx(path: str) -> "onnx.ModelProto":
     """The ONNX model at `path` with its weights, external data read only from inside the
     model's own folder."""
     import onnx
@@ -710,7 +713,9 @@ def _input_shape(ctx, model, input_size) -> tuple[str, list[int]]:
     return inputs[0].name, [channels, height, width]
 
 
-def build_keras(model, path: str, input_size: Sequence[int] | None = None) -> keras.Model:
+def build_keras(
+    model: "onnx.ModelProto", path: str, input_size: Sequence[int] | None = None
+) -> keras.Model:
     """The Keras model of the ONNX `model` (from `path`, named in errors), unchecked."""
     return _build(model, path, input_size)[0]
 
@@ -770,7 +775,7 @@ SMALLEST_RANGE = 1e-2
 
 
 def compare(
-    model,
+    model: "onnx.ModelProto",
     network: keras.Model,
     path: str,
     tolerance: float = TOLERANCE,
