@@ -12,6 +12,7 @@ network saw, and void pixels are inferred like any other (they are only left out
 
 import dataclasses
 import itertools
+import typing
 
 import numpy as np
 
@@ -71,7 +72,7 @@ def _densecrf():
     return densecrf
 
 
-def available():
+def available() -> bool:
     """Whether the crf extra is installed."""
     try:
         _densecrf()
@@ -80,7 +81,9 @@ def available():
     return True
 
 
-def dense_crf(image, probabilities, crf_settings=DEEPLAB_LARGEFOV):
+def dense_crf(
+    image: np.ndarray, probabilities: np.ndarray, crf_settings: "CRFSettings" = DEEPLAB_LARGEFOV
+) -> np.ndarray:
     """Labels int32 [H, W] after mean-field inference.
 
     Args:
@@ -106,7 +109,12 @@ def dense_crf(image, probabilities, crf_settings=DEEPLAB_LARGEFOV):
     return marginals.argmax(axis=0).astype(np.int32)  # numpy: the lowest index wins ties
 
 
-def search_grid(weights, xy_stds, rgb_stds, base=DEEPLAB_LARGEFOV):
+def search_grid(
+    weights: typing.Sequence[float],
+    xy_stds: typing.Sequence[float],
+    rgb_stds: typing.Sequence[float],
+    base: "CRFSettings" = DEEPLAB_LARGEFOV,
+) -> list["CRFSettings"]:
     """Every `CRFSettings` of the bilateral grid, the other parameters from `base`."""
     return [
         dataclasses.replace(base, bilateral_weight=w, bilateral_xy_std=xy, bilateral_rgb_std=rgb)

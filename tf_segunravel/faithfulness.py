@@ -27,19 +27,25 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+if typing.TYPE_CHECKING:
+    from tf_segunravel.unravel.geometry import ScoreMap
+    from tf_segunravel.unravel.settings import InputSettings
+
 CONTEXT_MARGIN = 3  # px: "context" is farther than this from the region
 FILLS = ("mean", "blur")
 DOMAINS = ("all", "context")
 
 
-def region_score(score_map, images, cls, region):
+def region_score(
+    score_map: "ScoreMap", images: tf.Tensor, cls: int, region: typing.Any
+) -> tf.Tensor:
     """float32 [N]: f for each image of a batch [N, H, W, 3], class `cls`, region bool [H, W]."""
     probabilities = tf.nn.softmax(score_map.at_image_size(images), axis=-1)[..., cls]
     weights = tf.cast(region, tf.float32)
     return tf.reduce_sum(probabilities * weights, axis=[1, 2]) / tf.reduce_sum(weights)
 
 
-def context_domain(region, margin=CONTEXT_MARGIN):
+def context_domain(region: typing.Any, margin: int = CONTEXT_MARGIN) -> tf.Tensor:
     """bool [H, W]: the pixels farther than `margin` px (Chebyshev) from `region`."""
     grown = tf.nn.max_pool2d(
         tf.cast(region, tf.float32)[None, ..., None], 2 * margin + 1, 1, "SAME"
@@ -47,7 +53,7 @@ def context_domain(region, margin=CONTEXT_MARGIN):
     return grown == 0
 
 
-def order(saliency, domain, seed=0):
+def order(saliency: typing.Any, domain: typing.Any, seed: int = 0) -> tf.Tensor:
     """int32 [n]: the flat indices of the `domain` pixels, most relevant first; ties in the map
     go by a fixed random key (`seed`), so no method gains from the raster order."""
     flat = tf.reshape(tf.cast(saliency, tf.float32), [-1])
@@ -57,7 +63,7 @@ def order(saliency, domain, seed=0):
     return tf.gather(by_key, tf.argsort(-tf.gather(flat, by_key), stable=True))
 
 
-def filled(image, fill="mean", sigma=5.0):
+def filled(image: typing.Any, fill: str = "mean", sigma: float = 5.0) -> tf.Tensor:
     """What a removed pixel becomes: the image's mean colour, or a blurred copy."""
     image = tf.cast(image, tf.float32)
     if fill == "mean":
@@ -99,11 +105,11 @@ def _curve(score_map, image, cls, region, saliency, mode, steps, fill, domain, s
 
 
 def curve(
-    score_map,
-    image,
+    score_map: "ScoreMap",
+    image: typing.Any,
     cls: int,
-    region,
-    saliency,
+    region: typing.Any,
+    saliency: typing.Any,
     *,
     mode: str = "deletion",
     steps: int = 50,
@@ -143,11 +149,25 @@ def area(values: typing.Sequence[float] | np.ndarray) -> float:
     return float(np.trapezoid(curve, dx=1.0 / (len(curve) - 1)))
 
 
-def deletion_auc(score_map, image, cls, region, saliency, **options) -> float:
+def deletion_auc(
+    score_map: "ScoreMap",
+    image: typing.Any,
+    cls: int,
+    region: typing.Any,
+    saliency: typing.Any,
+    **options: typing.Any,
+) -> float:
     return area(curve(score_map, image, cls, region, saliency, mode="deletion", **options))
 
 
-def insertion_auc(score_map, image, cls, region, saliency, **options) -> float:
+def insertion_auc(
+    score_map: "ScoreMap",
+    image: typing.Any,
+    cls: int,
+    region: typing.Any,
+    saliency: typing.Any,
+    **options: typing.Any,
+) -> float:
     return area(curve(score_map, image, cls, region, saliency, mode="insertion", **options))
 
 
@@ -156,7 +176,13 @@ ROAD_NOISE = 2.55  # px values (0.01 of the 0..255 range), as ROAD's noisy imput
 ROAD_ITERATIONS = 200
 
 
-def impute(image, removed, iterations=ROAD_ITERATIONS, noise=ROAD_NOISE, seed=0):
+def impute(
+    image: typing.Any,
+    removed: typing.Any,
+    iterations: int = ROAD_ITERATIONS,
+    noise: float = ROAD_NOISE,
+    seed: int = 0,
+) -> tf.Tensor:
     """ROAD's noisy linear imputation: each removed pixel becomes the weighted mean of its 8
     neighbours (1/6 sideways, 1/12 diagonally), the equations of all removed pixels solved
     together (Jacobi iterations from the mean colour), plus Gaussian noise. image [N, H, W,
@@ -178,15 +204,15 @@ def impute(image, removed, iterations=ROAD_ITERATIONS, noise=ROAD_NOISE, seed=0)
 
 
 def road(
-    score_map,
-    image,
-    cls,
-    region,
-    saliency,
+    score_map: "ScoreMap",
+    image: typing.Any,
+    cls: int,
+    region: typing.Any,
+    saliency: typing.Any,
     *,
-    fractions=ROAD_FRACTIONS,
-    seed=0,
-    iterations=ROAD_ITERATIONS,
+    fractions: typing.Sequence[float] = ROAD_FRACTIONS,
+    seed: int = 0,
+    iterations: int = ROAD_ITERATIONS,
 ) -> float:
     """ROAD (Rong et al. 2022): the mean over `fractions` of f with the least relevant share
     removed minus f with the most relevant share removed, removed pixels filled by noisy
@@ -209,7 +235,7 @@ def road(
     return float(np.mean(lerf - morf))
 
 
-def spearman(a, b) -> float:
+def spearman(a: typing.Any, b: typing.Any) -> float:
     """Spearman's rank correlation of two maps (ties share their mean rank)."""
 
     def ranks(values):
@@ -224,23 +250,23 @@ def spearman(a, b) -> float:
     return float((ra * rb).sum() / denominator) if denominator > 0 else 0.0
 
 
-def randomised_layers(model):
+def randomised_layers(model: keras.Model) -> list[str]:
     """The names of `model`'s layers with weights, from the scores down to the image."""
     return [layer.name for layer in reversed(model.layers) if layer.weights]
 
 
 def cascade_correlations(
-    explain_maps,
-    model,
-    image,
-    classes,
+    explain_maps: typing.Callable[[keras.Model, typing.Any], np.ndarray],
+    model: keras.Model,
+    image: np.ndarray,
+    classes: typing.Sequence[int],
     *,
-    seed=0,
-    layers=None,
-    input=None,
-    output=None,
-    regions=None,
-):
+    seed: int = 0,
+    layers: typing.Sequence[str] | None = None,
+    input: "InputSettings | None" = None,
+    output: str | None = None,
+    regions: tuple | None = None,
+) -> tuple[list[str], np.ndarray]:
     """(layer names, float [steps, len(classes)]): re-initialise the layers with weights from
     the scores downwards, one more at each step (each weight drawn from a normal with the
     clean weight's own std, seeded), and rank-correlate each class's map with the clean
@@ -277,21 +303,27 @@ def cascade_correlations(
     return names, np.asarray(table, np.float64).reshape(len(names), len(classes))
 
 
-def cascading_randomisation(explain_maps, model, image, classes, **options):
+def cascading_randomisation(
+    explain_maps: typing.Callable[[keras.Model, typing.Any], np.ndarray],
+    model: keras.Model,
+    image: np.ndarray,
+    classes: typing.Sequence[int],
+    **options: typing.Any,
+) -> list[tuple[str, float]]:
     """[(layer, mean rank correlation over the classes)] at each step of
     `cascade_correlations` (same arguments)."""
     names, table = cascade_correlations(explain_maps, model, image, classes, **options)
     return [(name, float(row.mean())) for name, row in zip(names, table, strict=True)]
 
 
-def energy(saliency, truth) -> float:
+def energy(saliency: typing.Any, truth: typing.Any) -> float:
     """The share of the map's (non-negative) mass inside the ground-truth object."""
     saliency = np.clip(np.asarray(saliency, np.float64), 0, None)
     total = saliency.sum()
     return float(saliency[np.asarray(truth, bool)].sum() / total) if total > 0 else 0.0
 
 
-def pointing_game(saliency, truth) -> float:
+def pointing_game(saliency: typing.Any, truth: typing.Any) -> float:
     """1.0 when the map's maximum lies inside the object, else 0.0; with tied maxima, the
     share of them inside (so a flat map scores the object's area, not a hit)."""
     saliency = np.asarray(saliency)
@@ -317,7 +349,9 @@ FIXATION_METHODS = ("fixations", "fixations_contrastive")
 BOOTSTRAP_SAMPLES = 2000
 
 
-def bootstrap(values, seed=0, samples=BOOTSTRAP_SAMPLES):
+def bootstrap(
+    values: typing.Iterable[float | None], seed: int = 0, samples: int = BOOTSTRAP_SAMPLES
+) -> dict:
     """{mean, low, high}: the mean and a 95% percentile-bootstrap interval (fixed seed)."""
     values = np.asarray([v for v in values if v is not None], np.float64)
     if len(values) == 0:
@@ -342,7 +376,7 @@ HIGHER_IS_BETTER = {
 }
 
 
-def over_seeds(summaries, method="fixations"):
+def over_seeds(summaries: list[dict], method: str = "fixations") -> dict[str, dict[str, dict]]:
     """{baseline: {metric: t interval}} of `method` minus each other method, one value per
     seed: the difference of the two methods' means in that seed's `faithfulness.json`
     summary (every method is scored on the same pairs, so it is the mean paired difference).
@@ -351,7 +385,7 @@ def over_seeds(summaries, method="fixations"):
     from tf_segunravel import stats
 
     others = [m for m in summaries[0]["methods"] if m != method]
-    table = {}
+    table: dict[str, dict[str, dict]] = {}
     for other in others:
         table[other] = {}
         for metric in METRICS:
@@ -364,7 +398,11 @@ def over_seeds(summaries, method="fixations"):
     return table
 
 
-def over_seeds_markdown(table, method="fixations", metrics=METRICS):
+def over_seeds_markdown(
+    table: dict[str, dict[str, dict]],
+    method: str = "fixations",
+    metrics: typing.Sequence[str] = METRICS,
+) -> str:
     """The `over_seeds` table: one row per other method, `method` minus it per metric."""
     from tf_segunravel import stats
 

@@ -231,6 +231,7 @@ class FixationWriter:
         if use_crf:  # the labels drawn and scored; the seeds stay the network's
             from tf_segunravel.crf import dense_crf
 
+            assert probabilities is not None and self.crf_settings is not None
             labels = dense_crf(small, probabilities, self.crf_settings)
         flow = result.flow
         result = rescale_points(result, small.shape[:2], (height, width))

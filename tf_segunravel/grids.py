@@ -5,12 +5,14 @@ all need: the lowest-index argmax, labels sampled onto the score grid, and score
 image size with DeepLab's protocol (docs/method.md, "Test protocol").
 """
 
+import typing
+
 import tensorflow as tf
 
 from tf_segunravel.models.deeplab_largefov import OUTPUT_STRIDE
 
 
-def first_argmax(values, axis=-1):
+def first_argmax(values: typing.Any, axis: int = -1) -> tf.Tensor:
     """argmax that returns the lowest index among ties (tf.argmax leaves it unspecified).
 
     The unravel's tie rule (docs/method.md, "Ties"), and the label rule everywhere else, so a
@@ -35,7 +37,9 @@ def first_argmax(values, axis=-1):
 DEEPLAB_GEOMETRY = ((float(OUTPUT_STRIDE), 0.0), (float(OUTPUT_STRIDE), 0.0))
 
 
-def shrink_labels(labels, size, geometry=None):
+def shrink_labels(
+    labels: tf.Tensor, size: typing.Any, geometry: tf.Tensor | None = None
+) -> tf.Tensor:
     """Labels [B, H, W] sampled at the score grid `size` = (h, w), never interpolated.
 
     Without `geometry`, as Caffe's Interp shrink: score position i sits over input pixel
@@ -77,7 +81,12 @@ def _sample_axis(scores, size, scale, offset, axis):
     )
 
 
-def scores_at_size(scores, height, width, geometry=DEEPLAB_GEOMETRY):
+def scores_at_size(
+    scores: tf.Tensor,
+    height: typing.Any,
+    width: typing.Any,
+    geometry: typing.Any = DEEPLAB_GEOMETRY,
+) -> tf.Tensor:
     """Score-grid scores [B, h, w, C] -> [B, height, width, C] on the image's pixels.
 
     Each pixel interpolates bilinearly between the score positions around it, placed by
@@ -92,7 +101,12 @@ def scores_at_size(scores, height, width, geometry=DEEPLAB_GEOMETRY):
     return _sample_axis(scores, width, geometry[1, 0], geometry[1, 1], axis=2)
 
 
-def labels_at_size(scores, height, width, geometry=DEEPLAB_GEOMETRY):
+def labels_at_size(
+    scores: tf.Tensor,
+    height: typing.Any,
+    width: typing.Any,
+    geometry: typing.Any = DEEPLAB_GEOMETRY,
+) -> tf.Tensor:
     """Predicted labels int32 [B, height, width] from score-grid scores [B, h, w, C]."""
     full = scores_at_size(scores, height, width, geometry)
     return tf.cast(first_argmax(full, axis=-1), tf.int32)

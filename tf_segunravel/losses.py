@@ -65,7 +65,9 @@ def _normalise(vectors, centre):
     return vectors / tf.sqrt(tf.maximum(squared, _EPSILON))
 
 
-def class_templates(features, scores, labels, ignore_label=IGNORE_LABEL):
+def class_templates(
+    features: tf.Tensor, scores: tf.Tensor, labels: tf.Tensor, ignore_label: int = IGNORE_LABEL
+) -> tuple[tf.Tensor, ...]:
     """Each class's template: the feature vector at its best-scoring labelled pixel.
 
     Args as `template_similarity_loss`. Returns (features [P, D], scores [P, C], labels [P],
@@ -107,7 +109,9 @@ def class_templates(features, scores, labels, ignore_label=IGNORE_LABEL):
     return features, scores, labels, valid, member, templates, present
 
 
-def template_similarities(templates, present, similarity="cosine"):
+def template_similarities(
+    templates: tf.Tensor, present: tf.Tensor, similarity: str = "cosine"
+) -> tf.Tensor:
     """The mean similarity between the templates of every two present classes (0 with fewer
     than two): a collapse of the features shows as templates that all look alike."""
     centre = similarity == "correlation"

@@ -1,6 +1,7 @@
 """Figures: segmentation colours, fixation overlays and fixation-flow GIFs (matplotlib)."""
 
 import io
+import typing
 
 import matplotlib
 
@@ -14,7 +15,7 @@ from tf_segunravel.atomic import save_atomically
 from tf_segunravel.data.labels import IGNORE_LABEL, class_name, voc_colormap
 
 
-def colorize(labels):
+def colorize(labels: typing.Any) -> np.ndarray:
     """uint8 RGB [H, W, 3] of class ids in the VOC colours (255 void in cream)."""
     colormap = voc_colormap()
     colormap[IGNORE_LABEL] = (224, 224, 192)
@@ -30,7 +31,16 @@ def _figure_to_array(figure):
         return np.asarray(image.convert("RGB"))
 
 
-def overlay_figure(image, labels, classes, maps, points, counts, class_names, path):
+def overlay_figure(
+    image: np.ndarray,
+    labels: np.ndarray,
+    classes: typing.Sequence[int] | np.ndarray,
+    maps: np.ndarray,
+    points: np.ndarray,
+    counts: np.ndarray,
+    class_names: typing.Sequence[str] | None,
+    path: str,
+) -> None:
     """Image, predicted segmentation, and one panel per class: heat map and fixations.
 
     Args:
@@ -72,7 +82,14 @@ def overlay_figure(image, labels, classes, maps, points, counts, class_names, pa
     plt.close(figure)
 
 
-def comparison_figure(image, classes, maps_by_method, class_names, path, title=None):
+def comparison_figure(
+    image: np.ndarray,
+    classes: typing.Sequence[int] | np.ndarray,
+    maps_by_method: dict[str, np.ndarray],
+    class_names: typing.Sequence[str] | None,
+    path: str,
+    title: str | None = None,
+) -> None:
     """One row per class, one column per method: each method's heat map of that class over
     the image, side by side (`tools/fixations.py --compare`, the faithfulness experiment).
 
@@ -97,7 +114,7 @@ def comparison_figure(image, classes, maps_by_method, class_names, path, title=N
     plt.close(figure)
 
 
-def curves_figure(curves, path):
+def curves_figure(curves: dict[str, dict[str, list[float]]], path: str) -> None:
     """Deletion and insertion curves side by side, one line per method: the class's region
     score against the fraction of pixels removed (or given back).
 
@@ -119,7 +136,7 @@ def curves_figure(curves, path):
     plt.close(figure)
 
 
-def flow_gif(image, flow, path, frame_ms=600):
+def flow_gif(image: np.ndarray, flow: typing.Sequence, path: str, frame_ms: int = 600) -> None:
     """One frame per layer: the fixation points on the image at that layer's resolution.
 
     flow: the `FlowStep`s (layer name, (height, width), points [M, 4] (b, class, y, x),

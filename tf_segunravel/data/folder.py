@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 
+import numpy as np
 import tensorflow as tf
 
 from tf_segunravel.atomic import write_json
@@ -38,7 +39,7 @@ def _by_stem(directory, extensions):
     return files
 
 
-def match_folder(root):
+def match_folder(root: str) -> list[tuple[str, str, str]]:
     """[(stem, image path, mask path)] sorted by stem; unmatched files are an `InputError`."""
     images = _by_stem(os.path.join(root, "images"), IMAGE_EXTENSIONS)
     masks = _by_stem(os.path.join(root, "masks"), (".png",))
@@ -54,7 +55,7 @@ def match_folder(root):
     return [(stem, images[stem], masks[stem]) for stem in sorted(images)]
 
 
-def read_pair(image_path, mask_path, num_classes):
+def read_pair(image_path: str, mask_path: str, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
     """(uint8 [H, W, 3], uint8 [H, W, 1]) of one checked example."""
     image = read_image(image_path, image_path)
     mask = read_label_png(mask_path, mask_path)
@@ -71,7 +72,9 @@ def _fingerprint(pairs, limit):
     return digest.hexdigest()
 
 
-def check_folder(root, num_classes=None, pairs=None):
+def check_folder(
+    root: str, num_classes: int | None = None, pairs: list[tuple[str, str, str]] | None = None
+) -> bool:
     """Reads every pair of `root` once and raises the `InputError` of the first bad file.
 
     Returns True when the files were read, False when the stamp of an earlier check of the
@@ -97,7 +100,7 @@ def check_folder(root, num_classes=None, pairs=None):
     return True
 
 
-def folder_dataset(root, num_classes=None):
+def folder_dataset(root: str, num_classes: int | None = None) -> tf.data.Dataset:
     """A `tf.data.Dataset` of {"image", "segmentation", "filename"} examples, in stem order.
 
     The folder is checked first (`check_folder`), so bad files fail here, not mid-run.

@@ -1,11 +1,15 @@
 """Label conventions shared by every dataset: VOC classes, the VOC colour map, validation."""
 
 import io
+import typing
 
 import numpy as np
 from PIL import Image
 
 from tf_segunravel.errors import InputError
+
+if typing.TYPE_CHECKING:
+    import tensorflow_datasets as tfds
 
 IGNORE_LABEL = 255
 
@@ -34,13 +38,13 @@ VOC_CLASSES = (
 )
 
 
-def class_name(class_names, cls):
+def class_name(class_names: typing.Sequence[str] | None, cls: int) -> str:
     """The name of class id `cls`, or the id as text when there are no names for it."""
     cls = int(cls)
     return class_names[cls] if class_names and 0 <= cls < len(class_names) else str(cls)
 
 
-def segmentation_features():
+def segmentation_features() -> "tfds.features.FeaturesDict":
     """The TFDS features every segmentation dataset here shares (VOC's layout)."""
     import tensorflow_datasets as tfds
 
@@ -53,7 +57,7 @@ def segmentation_features():
     )
 
 
-def voc_colormap(size=256):
+def voc_colormap(size: int = 256) -> np.ndarray:
     """The PASCAL VOC palette: [size, 3] uint8, class id -> RGB (bit-interleaved, as VOCdevkit)."""
     colormap = np.zeros((size, 3), np.uint8)
     for index in range(size):
@@ -67,7 +71,7 @@ def voc_colormap(size=256):
     return colormap
 
 
-def read_image(source, name):
+def read_image(source: typing.Any, name: str) -> np.ndarray:
     """Decodes an image file (path or bytes) to uint8 RGB [H, W, 3].
 
     Grey, palette, RGBA and 16-bit files are converted to 8-bit RGB (16-bit by scaling, not
@@ -88,7 +92,7 @@ def read_image(source, name):
         raise InputError(f"{name}: not a readable image ({e})") from e
 
 
-def read_label_png(source, name):
+def read_label_png(source: typing.Any, name: str) -> np.ndarray:
     """Decodes a label PNG to uint8 class ids [H, W].
 
     Palette PNGs (VOC's) are read as palette indices, never as colours; grey PNGs as values.
@@ -108,7 +112,7 @@ def read_label_png(source, name):
         raise InputError(f"{name}: not a readable label image ({e})") from e
 
 
-def check_example(image, mask, num_classes, name):
+def check_example(image: np.ndarray, mask: np.ndarray, num_classes: int, name: str) -> None:
     """Raises `InputError` naming `name` unless image and mask agree and labels are valid."""
     if image.shape[:2] != mask.shape[:2]:
         raise InputError(

@@ -26,7 +26,7 @@ def _unknown_dataset(dataset, error):
     )
 
 
-def dataset_metadata(dataset, data_dir=None):
+def dataset_metadata(dataset: str, data_dir: str | None = None) -> dict:
     """The TFDS metadata of `dataset` (class_names, class_kinds, ...); {} for folders."""
     from tf_segunravel.data import shapes, voc  # noqa: F401  (registers the TFDS builders)
 
@@ -39,7 +39,9 @@ def dataset_metadata(dataset, data_dir=None):
     return dict(builder.info.metadata or {})
 
 
-def dataset_classes(dataset, data_dir=None, num_classes=None):
+def dataset_classes(
+    dataset: str, data_dir: str | None = None, num_classes: int | None = None
+) -> tuple[list[str] | None, list[str] | None]:
     """(class names, class kinds) from the dataset's TFDS metadata, each None when absent.
 
     With `num_classes`, a dataset that names another number of classes is an InputError.
@@ -90,7 +92,14 @@ def _pad_to(image, label, height, width):
     return image, label
 
 
-def random_scale_crop_flip(image, label, seed, crop_size, scale_range=(0.5, 1.5), mirror=True):
+def random_scale_crop_flip(
+    image: tf.Tensor,
+    label: tf.Tensor,
+    seed: tf.Tensor,
+    crop_size: int,
+    scale_range: tuple[float, float] = (0.5, 1.5),
+    mirror: bool = True,
+) -> tuple[tf.Tensor, tf.Tensor]:
     """DeepLab's training augmentation of one example.
 
     Args:
@@ -183,7 +192,7 @@ def train_pipeline(
     return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 
-def pad_for_eval(example, pad_size=513):
+def pad_for_eval(example: dict, pad_size: int = 513) -> tuple[dict, tf.Tensor]:
     """DeepLab's test input: the image padded to pad_size x pad_size, its size remembered.
 
     Returns ({"image": float32 [P, P, 3], "height", "width", "filename"}, int32 [P, P]).

@@ -117,7 +117,7 @@ def _shift(mask, dy, dx):
     return out
 
 
-def boundary_band(mask):
+def boundary_band(mask: np.ndarray) -> np.ndarray:
     """Pixels within one step (8-neighbourhood) of the boundary of a boolean mask."""
     dilated = np.zeros_like(mask)
     eroded = np.ones_like(mask)
@@ -128,7 +128,9 @@ def boundary_band(mask):
     return dilated & ~eroded
 
 
-def generate_example(split, index, size=IMAGE_SIZE, seed=SEED):
+def generate_example(
+    split: str, index: int, size: int = IMAGE_SIZE, seed: int = SEED
+) -> tuple[np.ndarray, np.ndarray, dict]:
     """Example `index` of `split`: (image uint8 [H, W, 3], mask uint8 [H, W], truth dict).
 
     `truth` lists the scene and, per object, its class, top-left corner and own pixel mask,

@@ -54,7 +54,7 @@ def _read_list(path):
         return [line.strip() for line in f if line.strip()]
 
 
-def read_sbd_mat(path):
+def read_sbd_mat(path: str) -> np.ndarray:
     """Class ids [H, W] from an SBD `cls/*.mat` file (MATLAB struct GTcls.Segmentation)."""
     import scipy.io
 

@@ -157,7 +157,7 @@ def run(
                     finetune,
                     model_dir=os.path.join(seed_dir, name),
                     template_weight=float(weight),
-                    **VARIANTS[variant],
+                    **VARIANTS[variant],  # type: ignore[arg-type]  # similarity, selective
                 )
                 results[(seed, name)] = _train_and_evaluate(config, images, score, log)
         if scratch:

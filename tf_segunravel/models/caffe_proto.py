@@ -17,7 +17,7 @@ from tf_segunravel.errors import InputError
 _FIELD = descriptor_pb2.FieldDescriptorProto
 
 # message -> [(field name, number, type, label, message type or None, packed)]
-_CAFFE_SUBSET = {
+_CAFFE_SUBSET: dict[str, list[tuple]] = {
     "BlobShape": [("dim", 1, _FIELD.TYPE_INT64, _FIELD.LABEL_REPEATED, None, True)],
     "BlobProto": [
         ("num", 1, _FIELD.TYPE_INT32, _FIELD.LABEL_OPTIONAL, None, False),
@@ -48,7 +48,7 @@ _CAFFE_SUBSET = {
 
 
 @functools.cache
-def net_parameter_class():
+def net_parameter_class() -> type:
     """The protobuf class for the subset of `caffe.NetParameter` declared above."""
     file_proto = descriptor_pb2.FileDescriptorProto(
         name="tf_segunravel/caffe_subset.proto", package="caffe", syntax="proto2"
@@ -80,7 +80,7 @@ def _blob_to_array(blob):
     return array.reshape(shape)
 
 
-def read_caffemodel(path):
+def read_caffemodel(path: str) -> dict[str, list[np.ndarray]]:
     """Returns {layer name: [blob arrays in Caffe layout]} for every layer that has blobs.
 
     Convolution kernels come back as (out, in, height, width) and biases as (out,), exactly as

@@ -20,7 +20,7 @@ PIXEL_STD = 60.0
 SCORE_LAYER = "fc8"
 
 
-def scaled_channels(channels, width):
+def scaled_channels(channels: int, width: float) -> int:
     """Channel count of a layer at a width multiplier (at least one channel)."""
     return max(1, round(channels * width))
 

@@ -14,6 +14,7 @@ unravel's layer table gives each its rule and geometry.
 """
 
 import math
+import typing
 
 import keras
 import tensorflow as tf
@@ -32,11 +33,16 @@ class ConstantPadding2D(keras.layers.ZeroPadding2D):
     of `value`. A ZeroPadding2D subclass, so the unravel moves points through it as through
     zero padding."""
 
-    def __init__(self, padding=((0, 0), (0, 0)), value: float = 0.0, **kwargs):
+    def __init__(
+        self,
+        padding: typing.Sequence[typing.Sequence[int]] = ((0, 0), (0, 0)),
+        value: float = 0.0,
+        **kwargs: typing.Any,
+    ) -> None:
         super().__init__(padding=_pairs(padding), **kwargs)
         self.value = float(value)
 
-    def call(self, inputs):
+    def call(self, inputs: tf.Tensor) -> tf.Tensor:
         (top, bottom), (left, right) = self.padding
         paddings = [[0, 0], [top, bottom], [left, right], [0, 0]]
         value = tf.constant(self.value, inputs.dtype) if math.isfinite(self.value) else None
@@ -44,7 +50,7 @@ class ConstantPadding2D(keras.layers.ZeroPadding2D):
             value = inputs.dtype.min if self.value < 0 else inputs.dtype.max
         return tf.pad(inputs, paddings, constant_values=value)
 
-    def get_config(self):
+    def get_config(self) -> dict:
         return {**super().get_config(), "value": self.value}
 
 
@@ -68,13 +74,13 @@ class ExplicitPooling2D(keras.layers.Layer):
     def __init__(
         self,
         mode: str = "max",
-        pool_size=(2, 2),
-        strides=(2, 2),
-        padding=((0, 0), (0, 0)),
+        pool_size: typing.Sequence[int] = (2, 2),
+        strides: typing.Sequence[int] = (2, 2),
+        padding: typing.Sequence[typing.Sequence[int]] = ((0, 0), (0, 0)),
         ceil_mode: bool = False,
         count_include_pad: bool = False,
-        **kwargs,
-    ):
+        **kwargs: typing.Any,
+    ) -> None:
         super().__init__(**kwargs)
         if mode not in ("max", "avg"):
             raise ValueError(f"mode must be 'max' or 'avg', got {mode!r}")
@@ -104,7 +110,7 @@ class ExplicitPooling2D(keras.layers.Layer):
         ]
         return out, reach
 
-    def call(self, inputs):
+    def call(self, inputs: tf.Tensor) -> tf.Tensor:
         height, width = inputs.shape[1], inputs.shape[2]
         if height is None or width is None:
             raise ValueError(f"{self.name}: needs a static spatial size, got {inputs.shape}")
@@ -140,13 +146,13 @@ class ExplicitPooling2D(keras.layers.Layer):
             low, high = 0, size
         return (np.minimum(end, high) - np.maximum(start, low)).astype("float32")
 
-    def compute_output_shape(self, input_shape):
+    def compute_output_shape(self, input_shape: tuple) -> tuple:
         batch, height, width, channels = input_shape
         if height is None or width is None:
             return (batch, None, None, channels)
         return (batch, *self.output_sizes(height, width), channels)
 
-    def get_config(self):
+    def get_config(self) -> dict:
         return {
             **super().get_config(),
             "mode": self.mode,
@@ -174,11 +180,11 @@ class Resize2D(keras.layers.Layer):
 
     def __init__(
         self,
-        size=(1, 1),
+        size: typing.Sequence[int] = (1, 1),
         interpolation: str = "bilinear",
         coordinates: str = "half_pixel",
-        **kwargs,
-    ):
+        **kwargs: typing.Any,
+    ) -> None:
         super().__init__(**kwargs)
         if interpolation not in ("nearest", "bilinear"):
             raise ValueError(f"interpolation must be nearest or bilinear, got {interpolation!r}")
@@ -190,7 +196,7 @@ class Resize2D(keras.layers.Layer):
         self.interpolation = interpolation
         self.coordinates = coordinates
 
-    def source_positions(self, in_size: int, out_size: int):
+    def source_positions(self, in_size: int, out_size: int) -> tf.Tensor:
         """float32 [out_size]: where each output pixel samples the input axis."""
         x = tf.range(out_size, dtype=tf.float32)
         if self.coordinates == "align_corners":
@@ -214,7 +220,7 @@ class Resize2D(keras.layers.Layer):
         high = tf.minimum(low + 1, in_size - 1)
         return low, high, position - tf.cast(low, tf.float32)
 
-    def call(self, inputs):
+    def call(self, inputs: tf.Tensor) -> tf.Tensor:
         height, width = inputs.shape[1], inputs.shape[2]
         if height is None or width is None:
             raise ValueError(f"{self.name}: needs a static spatial size, got {inputs.shape}")
@@ -233,10 +239,10 @@ class Resize2D(keras.layers.Layer):
         left, right = tf.gather(rows, x0, axis=2), tf.gather(rows, x1, axis=2)
         return left + (right - left) * wx
 
-    def compute_output_shape(self, input_shape):
+    def compute_output_shape(self, input_shape: tuple) -> tuple:
         return (input_shape[0], *self.size, input_shape[3])
 
-    def get_config(self):
+    def get_config(self) -> dict:
         return {
             **super().get_config(),
             "size": list(self.size),

@@ -7,7 +7,9 @@ loads as `.keras` without `custom_objects`.
 
 import contextlib
 import threading
+import typing
 import zlib
+from collections.abc import Iterator
 
 import keras
 import tensorflow as tf
@@ -24,25 +26,29 @@ class CaffePreprocess(keras.layers.Layer):
     RGB pixels; nobody has to remember the colour order or the mean.
     """
 
-    def __init__(self, mean_bgr=CAFFE_MEAN_BGR, **kwargs):
+    def __init__(
+        self, mean_bgr: typing.Sequence[float] = CAFFE_MEAN_BGR, **kwargs: typing.Any
+    ) -> None:
         super().__init__(**kwargs)
         self.mean_bgr = tuple(float(m) for m in mean_bgr)
         if len(self.mean_bgr) != 3:
             raise ValueError(f"mean_bgr must have 3 values, got {len(self.mean_bgr)}")
 
-    def call(self, images):
+    def call(self, images: tf.Tensor) -> tf.Tensor:
         images = tf.cast(images, self.compute_dtype)
         bgr = tf.reverse(images, axis=[-1])
         return bgr - tf.constant(self.mean_bgr, dtype=self.compute_dtype)
 
-    def compute_output_shape(self, input_shape):
+    def compute_output_shape(self, input_shape: tuple) -> tuple:
         return input_shape
 
-    def get_config(self):
+    def get_config(self) -> dict:
         return {**super().get_config(), "mean_bgr": list(self.mean_bgr)}
 
 
-def caffe_pool_output_size(size, pool_size, stride, pad):
+def caffe_pool_output_size(
+    size: int | tf.Tensor, pool_size: int, stride: int, pad: int
+) -> int | tf.Tensor:
     """Caffe's pooled size: ceil mode, minus a last window that would start in the padding.
 
     Works on Python ints and on scalar tensors (dynamic image sizes).
@@ -67,7 +73,14 @@ class CaffePooling2D(keras.layers.Layer):
     pretrained DeepLab weights were trained with exactly this arithmetic.
     """
 
-    def __init__(self, mode="max", pool_size=3, strides=1, padding=1, **kwargs):
+    def __init__(
+        self,
+        mode: str = "max",
+        pool_size: int = 3,
+        strides: int = 1,
+        padding: int = 1,
+        **kwargs: typing.Any,
+    ) -> None:
         super().__init__(**kwargs)
         if mode not in ("max", "avg"):
             raise ValueError(f"mode must be 'max' or 'avg', got {mode!r}")
@@ -78,7 +91,7 @@ class CaffePooling2D(keras.layers.Layer):
         self.strides = int(strides)
         self.padding = int(padding)
 
-    def output_size(self, size):
+    def output_size(self, size: int | tf.Tensor) -> int | tf.Tensor:
         """Pooled length of a spatial axis of length `size` (int or scalar tensor)."""
         return caffe_pool_output_size(size, self.pool_size, self.strides, self.padding)
 
@@ -93,7 +106,7 @@ class CaffePooling2D(keras.layers.Layer):
         end = tf.minimum(start + self.pool_size, size + self.padding)
         return end - start
 
-    def call(self, inputs):
+    def call(self, inputs: tf.Tensor) -> tf.Tensor:
         k, s, p = self.pool_size, self.strides, self.padding
         height, width = self._spatial_sizes(inputs)
         out_h, out_w = self.output_size(height), self.output_size(width)
@@ -109,13 +122,13 @@ class CaffePooling2D(keras.layers.Layer):
         divisor = self._divisor(height, out_h)[:, None] * self._divisor(width, out_w)[None, :]
         return window_sum / tf.cast(divisor, inputs.dtype)[None, :, :, None]
 
-    def compute_output_shape(self, input_shape):
+    def compute_output_shape(self, input_shape: tuple) -> tuple:
         batch, height, width, channels = input_shape
         height = None if height is None else self.output_size(height)
         width = None if width is None else self.output_size(width)
         return (batch, height, width, channels)
 
-    def get_config(self):
+    def get_config(self) -> dict:
         return {
             **super().get_config(),
             "mode": self.mode,
@@ -131,7 +144,7 @@ _example_keys = threading.local()
 
 
 @contextlib.contextmanager
-def example_keys(keys):
+def example_keys(keys: tf.Tensor | None) -> Iterator[None]:
     """Within this block, `KeyedDropout` layers draw each example's mask from its key.
 
     `keys` is int64 [B, 2], one (seed, global example index) row per example of the batch
@@ -156,7 +169,7 @@ class KeyedDropout(keras.layers.Dropout):
     seed per call, not one per example.
     """
 
-    def call(self, inputs, training=False):
+    def call(self, inputs: tf.Tensor, training: bool = False) -> tf.Tensor:
         keys = getattr(_example_keys, "value", None)
         if not training or self.rate == 0 or keys is None:
             return super().call(inputs, training=training)

@@ -7,6 +7,7 @@ from Caffe and use `preprocess_input(mode="caffe")`), which is what the model's 
 
 import zipfile
 
+import keras
 import numpy as np
 
 from tf_segunravel.errors import InputError
@@ -24,7 +25,9 @@ CONV_LAYERS = tuple(
 WEIGHT_LAYERS = (*CONV_LAYERS, "fc6", "fc7", SCORE_LAYER)
 
 
-def assign_kernel_and_bias(model, layer_name, kernel, bias, source):
+def assign_kernel_and_bias(
+    model: keras.Model, layer_name: str, kernel: np.ndarray, bias: np.ndarray, source: str
+) -> None:
     """Sets a conv layer's kernel (HWIO) and bias after checking both shapes.
 
     Raises:
@@ -56,7 +59,7 @@ def _keras_vgg16(source):
     return vgg, str(source)
 
 
-def load_vgg16_weights(model, source="imagenet"):
+def load_vgg16_weights(model: keras.Model, source: str = "imagenet") -> keras.Model:
     """Initialises conv1_1..fc7 of a width-1 LargeFOV from Keras' VGG-16 with its top.
 
     conv layers are copied; fc6 and fc7 are subsampled from VGG's fc1/fc2 as DeepLab did:
@@ -117,7 +120,7 @@ def _caffe_kernel_and_bias(name, layer_blobs, path):
     return kernel.transpose(2, 3, 1, 0), bias.reshape(-1)
 
 
-def load_caffemodel_weights(model, path):
+def load_caffemodel_weights(model: keras.Model, path: str) -> keras.Model:
     """Loads every weight of a LargeFOV model from a DeepLab-LargeFOV `.caffemodel`."""
     blobs = caffe_proto.read_caffemodel(path)
     for layer_name in WEIGHT_LAYERS:
@@ -128,7 +131,7 @@ def load_caffemodel_weights(model, path):
     return model
 
 
-def convert_caffemodel(path, num_classes=None):
+def convert_caffemodel(path: str, num_classes: int | None = None) -> keras.Model:
     """Builds a LargeFOV model shaped like the caffemodel and loads its weights.
 
     The width multiplier is read off conv1_1 (64 filters at width 1) and the class count off

@@ -19,7 +19,11 @@ CHECKPOINT_DIR = "checkpoints"
 FINAL_MODEL = "model.keras"
 
 
-def make_checkpoint(network, optimizer=None, step=None):
+def make_checkpoint(
+    network: keras.Model,
+    optimizer: keras.optimizers.Optimizer | None = None,
+    step: tf.Variable | None = None,
+) -> tf.train.Checkpoint:
     """A `tf.train.Checkpoint` of the network, optimizer, step and the dropout seed states.
 
     `step` counts the batches trained; it differs from `optimizer.iterations` under mixed
@@ -38,7 +42,7 @@ def make_checkpoint(network, optimizer=None, step=None):
     return tf.train.Checkpoint(**items)
 
 
-def read_config(model_dir):
+def read_config(model_dir: str) -> dict:
     path = os.path.join(model_dir, CONFIG_FILE)
     try:
         with open(path) as f:
@@ -49,7 +53,8 @@ def read_config(model_dir):
         raise InputError(f"{path}: not valid JSON ({e})") from e
 
 
-def network_from_config(config):
+def network_from_config(config: dict) -> keras.Model:
+    """The untrained network a model dir's recorded config (`read_config`) describes."""
     return deeplab_largefov(
         num_classes=config["num_classes"], width=config["width"], dropout=config["dropout"]
     )
@@ -63,7 +68,7 @@ def _restore(network, prefix):
     return network
 
 
-def resolve_network(path):
+def resolve_network(path: str) -> tuple[str, ...]:
     """What `load_network(path)` reads: ("keras", the .keras file) or ("checkpoint", the
     prefix, its model dir). InputError, naming `path`, when it is none of them."""
     path = os.fspath(path)
@@ -83,14 +88,14 @@ def resolve_network(path):
     raise InputError(f"{path}: not a .keras file, a model dir or a checkpoint prefix")
 
 
-def network_files(path):
+def network_files(path: str) -> list[str]:
     """The files `load_network(path)` reads: the .keras file, or the checkpoint's index and
     data files."""
     kind, target, *_ = resolve_network(path)
     return [target] if kind == "keras" else sorted(tf.io.gfile.glob(target + ".*"))
 
 
-def load_network(path):
+def load_network(path: str) -> keras.Model:
     """The segmentation network stored at `path`.
 
     `path` may be a `.keras` file, a training model dir (its `model.keras`, else its latest

@@ -8,6 +8,7 @@ its check. `tools/train.py` generates its flags from it, the flagfiles in `flags
 
 import dataclasses
 import os
+import typing
 
 from tf_segunravel import flag_settings, flagfiles
 from tf_segunravel.errors import InputError
@@ -192,12 +193,14 @@ class TrainConfig:
         flag_settings.validate(self)
 
 
-def run_fields():
+def run_fields() -> list[str]:
     """The names of the fields that define what a run computes (all but the resumable)."""
     return [f.name for f in dataclasses.fields(TrainConfig) if not f.metadata.get("resumable")]
 
 
-def flagfile_config(name, flags_dir=FLAGS_DIR, **overrides):
+def flagfile_config(
+    name: str, flags_dir: str = FLAGS_DIR, **overrides: typing.Any
+) -> "TrainConfig":
     """The `TrainConfig` of flagfile `name` in `flags_dir`, then `overrides`."""
     from absl import flags
 

@@ -41,7 +41,7 @@ class TrainingDiverged(InputError):
     """The loss became NaN or Inf; the last good checkpoint is left in place."""
 
 
-def make_strategy(name):
+def make_strategy(name: str) -> tf.distribute.Strategy:
     if name == "default":
         return tf.distribute.get_strategy()
     if name == "mirrored":
@@ -56,7 +56,7 @@ def make_strategy(name):
     raise ValueError(f"strategy must be one of {STRATEGIES}, got {name!r}")
 
 
-def worker_role(strategy):
+def worker_role(strategy: tf.distribute.Strategy) -> tuple[bool, int]:
     """(is_chief, task id) of this process: the chief is the `chief` task, or worker 0 of a
     cluster without one; a single process is its own chief."""
     resolver = getattr(strategy, "cluster_resolver", None)
@@ -68,7 +68,7 @@ def worker_role(strategy):
     return task_type == "chief" or first_worker, task_id
 
 
-def initialise(network, init, init_path):
+def initialise(network: keras.Model, init: str, init_path: str | None) -> None:
     """Applies the requested initialisation to a freshly built network."""
     from tf_segunravel.models import load_caffemodel_weights, load_vgg16_weights
 
@@ -80,8 +80,12 @@ def initialise(network, init, init_path):
         if init_path and init_path.endswith(".weights.h5"):
             network.load_weights(init_path)  # already converted by tools/convert_caffe.py
         else:
+            if not init_path:
+                raise InputError("init=caffe needs init_path: a .caffemodel or .weights.h5 file")
             load_caffemodel_weights(network, init_path)
     elif init == "model":
+        if not init_path:
+            raise InputError("init=model needs init_path: a model dir, checkpoint or .keras file")
         source = checkpoints.load_network(init_path)
         for layer in network.layers:
             if layer.weights:
@@ -187,7 +191,7 @@ class _ImageSummaries(keras.callbacks.Callback):
             tf.summary.image("image_truth_prediction", panels, (epoch + 1) * self.interval, 4)
 
 
-def resolve_num_classes(config):
+def resolve_num_classes(config: TrainConfig) -> TrainConfig:
     """`config` with `num_classes` filled in from the dataset's metadata when it is None."""
     if config.num_classes is not None:
         return config
@@ -203,7 +207,7 @@ def resolve_num_classes(config):
     return dataclasses.replace(config, num_classes=len(names))
 
 
-def config_changes(previous, config):
+def config_changes(previous: dict, config: TrainConfig) -> dict[str, tuple]:
     """{field: (before, now)} for the run-defining fields that differ from `previous`."""
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     changes = {}

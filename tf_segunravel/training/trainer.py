@@ -5,6 +5,8 @@ fc8) and overrides `train_step` / `test_step` the way Keras' own TensorFlow trai
 so `fit`, `evaluate`, callbacks, `tf.distribute` and mixed precision all work as usual.
 """
 
+import typing
+
 import keras
 import tensorflow as tf
 
@@ -35,19 +37,19 @@ class SegmentationTrainer(keras.Model):
 
     def __init__(
         self,
-        network,
-        num_classes,
-        template_weight=0.0,
-        similarity="cosine",
-        selective=False,
-        template_reduction="mean",
-        weight_decay=5e-4,
-        use_lr_multipliers=True,
-        feature_layer=FEATURE_LAYER,
-        ignore_label=IGNORE_LABEL,
-        dropout_seed=None,
-        **kwargs,
-    ):
+        network: keras.Model,
+        num_classes: int,
+        template_weight: float = 0.0,
+        similarity: str = "cosine",
+        selective: bool = False,
+        template_reduction: str = "mean",
+        weight_decay: float = 5e-4,
+        use_lr_multipliers: bool = True,
+        feature_layer: str = FEATURE_LAYER,
+        ignore_label: int = IGNORE_LABEL,
+        dropout_seed: int | None = None,
+        **kwargs: typing.Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.dropout_seed = dropout_seed
         self.network = network
@@ -71,7 +73,7 @@ class SegmentationTrainer(keras.Model):
         )
 
     @property
-    def metrics(self):
+    def metrics(self) -> list:
         return [
             self.loss_tracker,
             self.cross_entropy_tracker,
@@ -93,7 +95,7 @@ class SegmentationTrainer(keras.Model):
             return None
         return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
-    def call(self, images, training=False):
+    def call(self, images: tf.Tensor, training: bool = False) -> tf.Tensor:
         return self.network(images, training=training)
 
     def _compute_losses(self, images, labels, training):
@@ -157,7 +159,7 @@ class SegmentationTrainer(keras.Model):
             [tf.fill(tf.shape(index), tf.constant(self.dropout_seed, tf.int64)), index], 1
         )
 
-    def train_step(self, data):
+    def train_step(self, data: tuple) -> dict:
         images, labels, *index = data
         variables = self.network.trainable_variables
         with tf.GradientTape() as tape, example_keys(self._dropout_keys(index)):
@@ -180,7 +182,7 @@ class SegmentationTrainer(keras.Model):
         self.optimizer.apply(gradients, variables)
         return _per_worker(self._update_metrics(total, ce, template, scores, small_labels))
 
-    def test_step(self, data):
+    def test_step(self, data: tuple) -> dict:
         images, labels, *_ = data
         total, ce, template, scores, small_labels = self._compute_losses(images, labels, False)
         return _per_worker(self._update_metrics(total, ce, template, scores, small_labels))

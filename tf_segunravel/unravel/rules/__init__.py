@@ -340,7 +340,7 @@ def _op_kind(op, num_inputs):
     return None
 
 
-def kind_for(layer, num_inputs: int = 1) -> LayerKind:
+def kind_for(layer: AnyLayer, num_inputs: int = 1) -> LayerKind:
     """The `LayerKind` of a layer or Keras op with `num_inputs` tensor inputs, or
     UntraceableLayerError naming it."""
     for types, kind in _registered:
