@@ -85,6 +85,8 @@ def test_a_compiled_unravel_is_not_traced_again(graph, batch, name):
 
 def test_the_table_lists_the_fixations_and_every_baseline():
     assert methods.names()[:2] == ["fixations", "fixations_contrastive"]
+    assert methods.names(fixations=True) == ["fixations", "fixations_contrastive"]
+    assert set(methods.names(fixations=False)) == set(methods.names()[2:])
     assert set(baselines.METHODS) <= set(methods.names())
     assert methods.get("smoothgrad").cost.forward == baselines.SMOOTH_SAMPLES
     assert not methods.get("random").reads_weights and methods.get("fixations").reads_weights

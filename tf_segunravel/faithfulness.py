@@ -343,7 +343,6 @@ METRICS = (
     "seconds_per_image",
 )
 PER_IMAGE = ("seconds_per_image",)  # one value per image, not per (image, class)
-FIXATION_METHODS = ("fixations", "fixations_contrastive")
 
 
 BOOTSTRAP_SAMPLES = 2000

@@ -67,6 +67,8 @@ class Method:
     cost: its forward and backward passes.
     reads_weights: whether its maps depend on the weights beyond the regions given (the
       randomisation check expects a map that does not to stay the same).
+    fixations: whether its maps are the unravel's own (the faithfulness experiment over seeds
+      sets each of these against every other method).
     """
 
     name: str
@@ -74,6 +76,7 @@ class Method:
     extra: str | None = None
     cost: Cost = dataclasses.field(default_factory=lambda: Cost(1, 0, "image"))
     reads_weights: bool = True
+    fixations: bool = False
 
     def available(self) -> bool:
         """Whether its extra is installed."""
@@ -136,8 +139,8 @@ def _baseline_maps(name):
 
 
 BUILT_IN = [
-    Method("fixations", _fixation_maps(None)),
-    Method("fixations_contrastive", _fixation_maps(RUNNER_UP)),
+    Method("fixations", _fixation_maps(None), fixations=True),
+    Method("fixations_contrastive", _fixation_maps(RUNNER_UP), fixations=True),
     Method("gradcam", _baseline_maps("gradcam"), "baselines", Cost(1, 1)),
     Method("gradcam_plus_plus", _baseline_maps("gradcam_plus_plus"), "baselines", Cost(1, 1)),
     Method("saliency", _baseline_maps("saliency"), "baselines", Cost(1, 1)),
@@ -184,9 +187,10 @@ def register_method(method: Method, *, replace: bool = False) -> Registration:
     return Registration(method, replaced)
 
 
-def names() -> list[str]:
-    """Every method's name, in table order."""
-    return list(_table)
+def names(*, fixations: bool | None = None) -> list[str]:
+    """Every method's name, in table order; with `fixations`, only the fixation methods
+    (True) or only the others (False)."""
+    return [n for n, m in _table.items() if fixations is None or m.fixations == fixations]
 
 
 def get(name: str) -> Method:

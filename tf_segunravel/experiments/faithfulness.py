@@ -13,12 +13,12 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow as tf
 
+from tf_segunravel import methods as method_table
 from tf_segunravel import stats
 from tf_segunravel.atomic import make_output_dir, write_json, write_text
 from tf_segunravel.experiment_registry import ExperimentSettings
 from tf_segunravel.experiments.common import AnalysisInputs, Network, _bars, write_results
 from tf_segunravel.faithfulness import (
-    FIXATION_METHODS,
     METRICS,
     PER_IMAGE,
     area,
@@ -114,7 +114,7 @@ def summarise_seeds(summaries: list[dict], model_names: list[str], inputs: Analy
         },
         "over_seeds": {
             m: over_seeds(summaries, m)
-            for m in FIXATION_METHODS
+            for m in method_table.names(fixations=True)
             if m in methods and len(methods) > 1
         },
         "curves": {
@@ -200,7 +200,7 @@ def score_methods(
     num_classes: int,
     class_names: Sequence[str] | None = None,
     *,
-    methods: Sequence[str] = (*FIXATION_METHODS, "gradcam", "saliency", "segment_prior"),
+    methods: Sequence[str] = ExperimentSettings().methods,
     settings: FixationSettings | None = None,
     max_images: int = 10,
     steps: int = 50,
@@ -231,7 +231,6 @@ def score_methods(
     scored class side by side. Nothing is written when no pair is scored."""
 
     from tf_segunravel import baselines
-    from tf_segunravel import methods as method_table
     from tf_segunravel.data.labels import class_name
     from tf_segunravel.unravel import FixationSettings, ScoreMap
     from tf_segunravel.unravel.graph import as_graph
