@@ -15,6 +15,21 @@ from PIL import Image
 from tests.helpers import REPO_ROOT, last_line, run_tool, save_tiny_largefov
 
 
+def _write_onnx_with_an_unknown_op(path):
+    """A one-node ONNX model whose op (Erf) the importer does not know; without the onnx
+    package, a file that is not one (the error then names the extra instead)."""
+    try:
+        from onnx import TensorProto, helper
+    except ImportError:
+        path.write_bytes(b"no onnx package")
+        return
+    image = helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 8, 8])
+    scores = helper.make_tensor_value_info("scores", TensorProto.FLOAT, None)
+    node = helper.make_node("Erf", ["image"], ["scores"])
+    graph = helper.make_graph([node], "erf", [image], [scores])
+    path.write_bytes(helper.make_model(graph).SerializeToString())
+
+
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     """Every broken (and one good) input the cases use, made once."""
@@ -35,6 +50,8 @@ def files(tmp_path_factory):
     (root / "garbage.keras").write_bytes(b"PK\x03\x04 not really a zip")
     (root / "text.keras").write_text("not a model")
     (root / "garbage.caffemodel").write_bytes(np.random.default_rng(1).bytes(300))
+    (root / "garbage.onnx").write_bytes(np.random.default_rng(2).bytes(300))
+    _write_onnx_with_an_unknown_op(root / "erf.onnx")
     (root / "unknown_flag.cfg").write_text("--nosuchflag=1\n")
     (root / "bad_value.cfg").write_text("--steps=abc\n")
     (root / "a_file").write_text("in the way")
@@ -84,6 +101,8 @@ CASES = [
     ("fixations", ["--model={root}/garbage.keras"], "garbage.keras: cannot load the .keras model"),
     ("fixations", ["--model={root}/text.keras"], "text.keras: cannot load the .keras model"),
     ("fixations", ["--model={root}/lambda.keras"], "lambda.keras: cannot load the .keras model"),
+    ("fixations", ["--model={root}/garbage.onnx"], "garbage.onnx: not a readable ONNX file"),
+    ("fixations", ["--model={root}/erf.onnx"], "erf.onnx: Erf node 'scores': no importer"),
     ("fixations", ["--model={root}/missing.keras"], "missing.keras: no such file"),
     ("fixations", ["--masks={root}/nodir"], "--masks={root}/nodir: no such directory"),
     ("fixations", ["--k=0"], "--k must be a positive integer"),
@@ -108,6 +127,7 @@ CASES = [
     # --------------------------------------------------------------------------- export
     ("export", ["--model={root}/garbage.keras"], "garbage.keras: cannot load the .keras model"),
     ("export", ["--model={root}/lambda.keras"], "lambda.keras: cannot load the .keras model"),
+    ("export", ["--model={root}/erf.onnx"], "erf.onnx: Erf node 'scores': no importer"),
     ("export", ["--export_dir={root}/a_file/sm"], "a_file is a file, not a directory"),
     ("export", ["--contrast=99"], "--contrast=99: --contrast='99' is not a class"),
     # -------------------------------------------------------------------- convert_caffe

@@ -85,7 +85,7 @@ class _Context:
     def refuse(self, node, reason: str) -> OnnxImportError:
         if node is None:
             return OnnxImportError(f"{self.path}: {reason}")
-        label = f"{node.op_type} node {node.name or node.output[0]!r}"
+        label = f"{node.op_type} node {node.name or (list(node.output) or ['?'])[0]!r}"
         return OnnxImportError(f"{self.path}: {label}: {reason}")
 
     def name(self, wanted: str) -> str:
@@ -730,11 +730,18 @@ def _build(model, path: str, input_size: Sequence[int] | None) -> tuple[keras.Mo
     image = keras.Input((height, width, channels), name=ctx.name(name))
     ctx.values[name] = Value(image, True)
     for node in model.graph.node:
+        if not node.output:
+            raise ctx.refuse(node, "has no output")
         for name in node.input:
             if name and name not in ctx.values and name not in ctx.constants:
                 raise ctx.refuse(node, f"input {name!r} is made by no node before it")
-        attrs = _attributes(node)
-        folded = _fold(ctx, node, attrs)
+        try:
+            attrs = _attributes(node)
+            folded = _fold(ctx, node, attrs)
+        except OnnxImportError:
+            raise
+        except Exception as e:  # a malformed attribute or constant
+            raise ctx.refuse(node, f"cannot be read ({type(e).__name__}: {e})") from e
         if folded is not None:
             for output, value in zip(node.output, folded, strict=False):
                 ctx.constants[output] = np.asarray(value)
@@ -744,7 +751,13 @@ def _build(model, path: str, input_size: Sequence[int] | None) -> tuple[keras.Mo
         convert = OPS.get(node.op_type)
         if convert is None:
             raise ctx.refuse(node, "no importer for this op (docs/importers.md lists them)")
-        for output, value in zip(node.output, convert(ctx, node, attrs), strict=False):
+        try:
+            converted = convert(ctx, node, attrs)
+        except OnnxImportError:
+            raise
+        except Exception as e:  # an attribute or shape the converter did not foresee
+            raise ctx.refuse(node, f"cannot be imported ({type(e).__name__}: {e})") from e
+        for output, value in zip(node.output, converted, strict=False):
             ctx.values[output] = value
     outputs = []
     for output in model.graph.output:
@@ -801,10 +814,17 @@ def compare(
     x = probe((1, channels, height, width))
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = 1  # a reproducible reference
-    session = onnxruntime.InferenceSession(
-        probed.SerializeToString(), options, providers=["CPUExecutionProvider"]
-    )
-    expected = session.run(names, {session.get_inputs()[0].name: x})
+    try:
+        session = onnxruntime.InferenceSession(
+            probed.SerializeToString(), options, providers=["CPUExecutionProvider"]
+        )
+        expected = session.run(names, {session.get_inputs()[0].name: x})
+    except Exception as e:  # onnxruntime's own errors: an invalid graph, a bad shape
+        message = str(e).splitlines()[0] if str(e) else ""
+        raise OnnxImportError(
+            f"{path}: onnxruntime cannot run it, so the import cannot be checked "
+            f"({type(e).__name__}: {message})"
+        ) from e
     tensors = list(network.outputs) + [values[n] for n in names[len(outputs) :]] if values else []
     inspected = keras.Model(network.inputs[0], tensors) if values else network
     got = inspected(np.transpose(x, (0, 2, 3, 1)))
