@@ -7,7 +7,16 @@ directory and without a checkout (`tf_segunravel/flagfiles.py`).
 
 from setuptools import find_packages, setup
 
-TOOLS = ["convert_caffe", "demo", "evaluate", "experiments", "export", "fixations", "train"]
+TOOLS = [
+    "convert_caffe",
+    "convert_onnx",
+    "demo",
+    "evaluate",
+    "experiments",
+    "export",
+    "fixations",
+    "train",
+]
 
 setup(
     name="tf-segunravel",

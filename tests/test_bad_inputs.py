@@ -142,6 +142,15 @@ CASES = [
         ["--caffemodel={root}/garbage.caffemodel", "--output={root}/a_file/w.weights.h5"],
         "a_file is a file, not a directory",
     ),
+    # --------------------------------------------------------------------- convert_onnx
+    ("convert_onnx", ["--onnx={root}/garbage.onnx"], "garbage.onnx: not a readable ONNX file"),
+    ("convert_onnx", ["--onnx={root}/erf.onnx"], "erf.onnx: Erf node 'scores': no importer"),
+    ("convert_onnx", ["--onnx={root}/missing.onnx"], "missing.onnx"),
+    (
+        "convert_onnx",
+        ["--onnx={root}/erf.onnx", "--output={out}/m.h5"],
+        "--output must end with .keras",
+    ),
     # ---------------------------------------------------------------------------- train
     ("train", ["--flagfile={root}/unknown_flag.cfg"], "nosuchflag"),
     ("train", ["--flagfile={root}/bad_value.cfg"], "--steps"),
@@ -203,6 +212,7 @@ REQUIRED = {
     "evaluate": {"model": "{root}/tiny.keras", "data_dir": "{data}", "pad_size": "129"},
     "export": {"model": "{root}/tiny.keras", "export_dir": "{out}"},
     "convert_caffe": {"output": "{out}/w.weights.h5", "num_classes": "21"},
+    "convert_onnx": {"output": "{out}/m.keras"},
     "train": {"model_dir": "{out}", "data_dir": "{data}"},
     "experiments": {"model": "{root}/tiny.keras", "data_dir": "{data}", "output_dir": "{out}"},
     "demo": {"output_dir": "{out}"},
@@ -239,7 +249,17 @@ def test_the_battery_is_large_enough():
 
 
 @pytest.mark.parametrize(
-    "tool", ["convert_caffe", "demo", "evaluate", "experiments", "export", "fixations", "train"]
+    "tool",
+    [
+        "convert_caffe",
+        "convert_onnx",
+        "demo",
+        "evaluate",
+        "experiments",
+        "export",
+        "fixations",
+        "train",
+    ],
 )
 def test_flags_are_checked_before_tensorflow_loads(tool):
     """A tool defines and checks its flags without importing TensorFlow (seconds), so a bad

@@ -80,7 +80,7 @@ def load_model(
     if os.path.isdir(path) and is_saved_model(path):
         return LoadedModel(path, saved_model=SavedModelReader(path))
     if path.lower().endswith(ONNX_SUFFIX):
-        network = _import_onnx(path, input_size)
+        network = import_onnx_model(path, input_size)
     else:
         network = load_network(path)
     return LoadedModel(path, graph=ModelGraph(network, input=input, output=output, strict=False))
@@ -96,7 +96,9 @@ def as_loaded(model: typing.Any) -> LoadedModel:
     return LoadedModel(None, graph=as_graph(model, strict=False))
 
 
-def _import_onnx(path: str, input_size: typing.Sequence[int] | None):
+def import_onnx_model(path: str, input_size: typing.Sequence[int] | None) -> typing.Any:
+    """The ONNX file at `path` as a checked Keras model (`importers.onnx_model.import_onnx`),
+    or an InputError naming the `onnx` extra when it is not installed."""
     try:
         from tf_segunravel.importers.onnx_model import import_onnx
     except ImportError as e:  # onnx or onnxruntime missing

@@ -110,3 +110,20 @@ def test_the_fixation_tool_takes_an_onnx_model(tmp_path):
     with np.load(tmp_path / "other" / "photo.npz") as saved:
         points = saved["points"]
     assert len(points) and points[:, 1].max() < 24 and points[:, 2].max() < 36
+
+
+@pytest.mark.slow  # the converter in a subprocess: about 8 s
+def test_the_converter_writes_a_keras_model_that_reproduces_the_import(tmp_path):
+    import keras
+
+    model = tmp_path / "segmenter.onnx"
+    onnx.save(segmenter(dynamic=True), model)
+    output = tmp_path / "segmenter.keras"
+    proc = run_tool("convert_onnx", f"--onnx={model}", f"--output={output}", "--input_size=32,40")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"wrote {output}:" in proc.stdout and "input 32x40, checked" in proc.stdout
+    loaded = keras.saving.load_model(output)
+    direct = onnx_model.import_onnx(model, input_size=(32, 40))
+    x = np.random.default_rng(3).uniform(0, 1, (1, 32, 40, 3)).astype(np.float32)
+    np.testing.assert_array_equal(np.asarray(loaded(x)), np.asarray(direct(x)))
+    assert loaded.output_names == ["scores"]
