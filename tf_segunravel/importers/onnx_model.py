@@ -267,12 +267,16 @@ def _conv(ctx, node, attrs):
     strides = tuple(attrs.get("strides", [1, 1]))
     dilation = tuple(attrs.get("dilations", [1, 1]))
     in_channels = x.onnx_shape[1]
-    tensor = _padded(ctx, node, x, _pads(ctx, node, {**attrs, "kernel_shape": (kh, kw)},
-                                         x.onnx_shape[2:]))  # fmt: skip
+    padding = _pads(ctx, node, {**attrs, "kernel_shape": (kh, kw)}, x.onnx_shape[2:])
+    # Padding that is Keras' own 'same' for this size stays inside the convolution, so the
+    # unravel treats the border as a Keras-built network's (no zero taps to choose); other
+    # padding (PyTorch's stride-2 pads both sides) is an explicit ZeroPadding2D.
+    same = padding == _same_padding(x.onnx_shape[2:], (kh, kw), strides, dilation)
+    tensor = x.tensor if same else _padded(ctx, node, x, padding)
     common = dict(
         strides=strides,
         dilation_rate=dilation,
-        padding="valid",
+        padding="same" if same and any(any(p) for p in padding) else "valid",
         use_bias=bias is not None,
         name=ctx.name(node.output[0]),
     )
@@ -286,6 +290,16 @@ def _conv(ctx, node, attrs):
     output = layer(tensor)
     layer.set_weights([kernel] + ([bias] if bias is not None else []))
     return [Value(output, True)]
+
+
+def _same_padding(sizes, kernel, strides, dilation) -> tuple:
+    """((top, bottom), (left, right)) of TensorFlow's 'same' for these sizes: the total that
+    keeps ceil(size / stride) outputs, the smaller half first."""
+    out = []
+    for size, k, s, d in zip(sizes, kernel, strides, dilation, strict=True):
+        total = max((-(-size // s) - 1) * s + (k - 1) * d + 1 - size, 0)
+        out.append((total // 2, total - total // 2))
+    return tuple(out)
 
 
 def _conv_transpose(ctx, node, attrs):
