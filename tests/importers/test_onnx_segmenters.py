@@ -16,7 +16,7 @@ from tf_segunravel.importers import onnx_model  # noqa: E402
 CLASSES = 4
 
 
-def segmenter(size=(32, 40), seed=0, dynamic=False, coordinates="align_corners"):
+def segmenter(size=(32, 40), seed=0, dynamic=False, coordinates="align_corners", classes=CLASSES):
     """conv-bn-relu, max pool 3/2 pad 1, conv-relu, add a 1 x 1 projection of the pooled
     map, 1 x 1 scores, resized to the input size with Shape -> Slice -> Concat."""
     rng = np.random.default_rng(seed)
@@ -29,7 +29,7 @@ def segmenter(size=(32, 40), seed=0, dynamic=False, coordinates="align_corners")
         "gamma": 1 + w(8), "beta": w(8), "mean": w(8), "var": np.abs(w(8)) + 0.5,
         "w2": w(8, 8, 3, 3), "b2": w(8),
         "wp": w(8, 8, 1, 1),
-        "w3": w(CLASSES, 8, 1, 1), "b3": w(CLASSES),
+        "w3": w(classes, 8, 1, 1), "b3": w(classes),
         "two": np.array([2], np.int64), "four": np.array([4], np.int64),
         "zero": np.array([0], np.int64),
     }  # fmt: skip
@@ -187,3 +187,35 @@ def test_an_imported_network_unravels_as_the_same_network_built_in_keras(tmp_pat
         np.testing.assert_array_equal(a.points, b.points)
         np.testing.assert_array_equal(a.counts, b.counts)
         np.testing.assert_array_equal(a.geometry, b.geometry)
+
+
+@pytest.mark.slow  # two tools in subprocesses over the shapes val split: about 40 s
+def test_evaluate_and_the_faithfulness_experiment_take_an_onnx_model(tmp_path, shapes_data_dir):
+    """The gradient baselines run on the imported model beside its fixations."""
+    import json
+
+    pytest.importorskip("tf_keras_vis")
+    model = tmp_path / "segmenter.onnx"
+    onnx.save(segmenter(dynamic=True, classes=6), model)
+    common = [f"--model={model}", "--input_size=129,129", f"--data_dir={shapes_data_dir}"]
+    scores = tmp_path / "scores.json"
+    proc = run_tool("evaluate", *common, "--pad_size=129", f"--output_json={scores}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert 0 <= json.loads(scores.read_text())["mean_iou"] <= 1
+    out = tmp_path / "faithfulness"
+    proc = run_tool(
+        "experiments",
+        *common,
+        "--experiment=faithfulness",
+        f"--output_dir={out}",
+        "--methods=fixations,gradcam,segment_prior",
+        "--max_images=2",
+        "--faithfulness_steps=4",
+        "--min_pixels=16",
+        "--randomisation_images=1",
+        "--randomisation_layers=2",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads((out / "faithfulness.json").read_text())["rows"]
+    assert [r["method"] for r in rows] == ["fixations", "gradcam", "segment_prior"]
+    assert all(0 <= r["deletion_auc"] <= 1 for r in rows)
