@@ -246,21 +246,11 @@ def test_bad_input_is_one_line_and_leaves_nothing(
 def test_the_battery_is_large_enough():
     assert len(CASES) >= 35
     assert {c[0] for c in CASES} == set(REQUIRED)
+    tools = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools")
+    assert set(REQUIRED) == {f[:-3] for f in os.listdir(tools) if f[0] != "_" and f.endswith(".py")}
 
 
-@pytest.mark.parametrize(
-    "tool",
-    [
-        "convert_caffe",
-        "convert_onnx",
-        "demo",
-        "evaluate",
-        "experiments",
-        "export",
-        "fixations",
-        "train",
-    ],
-)
+@pytest.mark.parametrize("tool", sorted(REQUIRED))  # every tool (the battery checks the set)
 def test_flags_are_checked_before_tensorflow_loads(tool):
     """A tool defines and checks its flags without importing TensorFlow (seconds), so a bad
     flag is reported at once."""

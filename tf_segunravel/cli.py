@@ -213,6 +213,18 @@ def define_model_flags() -> None:
     from tf_segunravel.unravel.settings import InputSettings
 
     flag_settings.define_flags(InputSettings, prefix="input_")
+    define_input_size_flag()
+    flags.DEFINE_string(
+        "output",
+        None,
+        "The score output of a model with several: an output's name, or the name of a layer "
+        "inside the model whose output holds the per-pixel scores.",
+    )
+
+
+def define_input_size_flag() -> None:
+    """`--input_size=HEIGHT,WIDTH`, the size an ONNX model with a dynamic height and width is
+    built for (`input_size_flag()` reads it)."""
     flags.DEFINE_list(
         "input_size",
         None,
@@ -224,12 +236,12 @@ def define_model_flags() -> None:
         lambda v: v is None or (len(v) == 2 and all(s.isdigit() and int(s) > 0 for s in v)),
         "--input_size must be two positive integers, HEIGHT,WIDTH",
     )
-    flags.DEFINE_string(
-        "output",
-        None,
-        "The score output of a model with several: an output's name, or the name of a layer "
-        "inside the model whose output holds the per-pixel scores.",
-    )
+
+
+def input_size_flag() -> list[int] | None:
+    """The parsed --input_size as [height, width], or None."""
+    size = flags.FLAGS.input_size
+    return None if size is None else [int(v) for v in size]
 
 
 def input_settings() -> "InputSettings":
@@ -245,14 +257,14 @@ def load_model(path: str | None = None, flag: str = "model") -> "LoadedModel":
     unravel's graph cannot read is an InputError naming the flag."""
     from tf_segunravel.loading import load_model as load
 
-    path = str(flags.FLAGS[flag].value) if path is None else path
+    path = flags.FLAGS[flag].value if path is None else path
+    assert path is not None  # the tools mark --model required
     try:
-        size = flags.FLAGS.input_size
         return load(
             path,
             input=input_settings(),
             output=flags.FLAGS.output,
-            input_size=None if size is None else [int(v) for v in size],
+            input_size=input_size_flag(),
         )
     except InputError:
         raise

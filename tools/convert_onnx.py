@@ -14,20 +14,11 @@ from tf_segunravel import cli
 
 flags.DEFINE_string("onnx", None, "Path of the .onnx model to read.")
 flags.DEFINE_string("output", None, "Path of the Keras model to write (*.keras).")
-flags.DEFINE_list(
-    "input_size",
-    None,
-    "HEIGHT,WIDTH to build a model with a dynamic height and width for (default: the ONNX "
-    "input's own size).",
-)
+cli.define_input_size_flag()
 flags.mark_flags_as_required(["onnx", "output"])
 cli.check_path_flags(inputs=["onnx"], output_files=["output"])
 flags.register_validator("output", lambda p: p.endswith(".keras"), "--output must end with .keras")
-flags.register_validator(
-    "input_size",
-    lambda v: v is None or (len(v) == 2 and all(s.isdigit() and int(s) > 0 for s in v)),
-    "--input_size must be two positive integers, HEIGHT,WIDTH",
-)
+flags.adopt_module_key_flags(cli)  # --input_size in --help
 FLAGS = flags.FLAGS
 
 
@@ -36,8 +27,7 @@ def main(argv):
     from tf_segunravel.atomic import save_atomically
     from tf_segunravel.loading import import_onnx_model
 
-    size = None if FLAGS.input_size is None else [int(v) for v in FLAGS.input_size]
-    model = import_onnx_model(FLAGS.onnx, size)
+    model = import_onnx_model(FLAGS.onnx, cli.input_size_flag())
     save_atomically(FLAGS.output, model.save)
     shape = "x".join(str(d) for d in model.inputs[0].shape[1:3])
     print(f"wrote {FLAGS.output}: {len(model.layers)} layers, input {shape}, checked")

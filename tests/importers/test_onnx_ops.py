@@ -363,3 +363,24 @@ def test_a_corrupt_file_and_external_data_outside_the_folder_are_refused(tmp_pat
     onnx.save(escaped, inside / "escaped.onnx")
     with pytest.raises(OnnxImportError, match="outside the model's folder; refused"):
         onnx_model.import_onnx(inside / "escaped.onnx")
+
+
+def test_upsample(tmp_path):
+    """Upsample (opset 9, before Resize replaced it): nearest, by scales."""
+    constants = {"scales": np.array([1, 1, 2, 3], "f4")}
+    model = graph(
+        [node("Upsample", ["x", "scales"], mode="nearest")], [1, 3, 4, 5], constants, opset=9
+    )
+    assert imported(model, tmp_path)[1] < 1e-6
+
+
+def test_reshape_of_a_pooled_map_then_matmul(tmp_path):
+    """PyTorch's `x.view(n, -1)` after global pooling, then a bias-free linear layer."""
+    nodes = [
+        node("GlobalAveragePool", ["x"], "pooled"),
+        node("Reshape", ["pooled", "shape"], "flat"),
+        node("MatMul", ["flat", "w"]),
+    ]
+    constants = {"shape": np.array([0, -1], np.int64), "w": weights(3, 5)}
+    network, worst = imported(graph(nodes, [1, 3, 4, 4], constants), tmp_path)
+    assert worst < 1e-5 and network.output.shape[-1] == 5

@@ -8,13 +8,14 @@ import dataclasses
 import importlib
 import os
 import typing
+from types import ModuleType
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from tf_segunravel.atomic import make_output_dir, save_atomically, write_json
-from tf_segunravel.experiment_registry import REGISTRY, ExperimentSettings
+from tf_segunravel.experiment_registry import MODEL, MODELS, REGISTRY, TRAINS, ExperimentSettings
 from tf_segunravel.unravel.graph import ModelGraph
 from tf_segunravel.unravel.settings import FixationSettings
 
@@ -67,6 +68,24 @@ class AnalysisInputs:
     # Which images `examples` are (e.g. "segunravel_shapes/val"): part of the over-seeds
     # caches' key, so a cached model result is never reused for other images.
     source: str = ""
+
+
+# How a refusal names the kind of experiment that was asked for.
+_KINDS = {
+    MODEL: "one of the one-model experiments",
+    MODELS: "run over seeds",
+    TRAINS: "one of the training experiments",
+}
+
+
+def experiment_module(name: str, reads: str) -> ModuleType:
+    """The module of experiment `name`, which must read `reads` (MODEL, MODELS or TRAINS);
+    a ValueError naming the experiment and the choices otherwise."""
+    spec = REGISTRY.get(name)
+    if spec is None or spec.reads != reads:
+        chosen = [n for n, e in REGISTRY.items() if e.reads == reads]
+        raise ValueError(f"experiment={name}: not {_KINDS[reads]}; choose from {chosen}")
+    return importlib.import_module(f"tf_segunravel.experiments.{spec.module}")
 
 
 def _common(inputs: AnalysisInputs) -> dict:

@@ -18,7 +18,6 @@ own files.
 """
 
 import dataclasses
-import importlib
 import json
 import os
 from collections.abc import Sequence
@@ -26,17 +25,18 @@ from types import ModuleType
 
 from tf_segunravel import resumable
 from tf_segunravel.atomic import make_output_dir
-from tf_segunravel.experiment_registry import MODELS, REGISTRY
-from tf_segunravel.experiments.common import AnalysisInputs, model_key, model_stamp
+from tf_segunravel.experiment_registry import MODELS
+from tf_segunravel.experiments.common import (
+    AnalysisInputs,
+    experiment_module,
+    model_key,
+    model_stamp,
+)
 
 
 def hooks(name: str) -> ModuleType:
     """The module of the over-seeds experiment `name` (a ValueError for any other name)."""
-    spec = REGISTRY.get(name)
-    if spec is None or spec.reads != MODELS:
-        over = [n for n, e in REGISTRY.items() if e.reads == MODELS]
-        raise ValueError(f"experiment={name}: not run over seeds; choose from {over}")
-    return importlib.import_module(f"tf_segunravel.experiments.{spec.module}")
+    return experiment_module(name, MODELS)
 
 
 def run(

@@ -1,21 +1,12 @@
 """A runner for every entry of the registry, by what the entry reads (its docstring in
 `tf_segunravel/experiments/__init__.py`)."""
 
-import importlib
 from collections.abc import Callable, Sequence
-from types import ModuleType
 
 from tf_segunravel.experiment_registry import MODEL, MODELS, REGISTRY, TRAINS, ExperimentSettings
 from tf_segunravel.experiments import over_seeds as aggregator
 from tf_segunravel.experiments.common import AnalysisInputs
-
-
-def _module(name: str, reads: str) -> ModuleType:
-    spec = REGISTRY.get(name)
-    if spec is None or spec.reads != reads:
-        chosen = [n for n, e in REGISTRY.items() if e.reads == reads]
-        raise ValueError(f"experiment={name}: not one of {chosen}")
-    return importlib.import_module(f"tf_segunravel.experiments.{spec.module}")
+from tf_segunravel.experiments.common import experiment_module as _module
 
 
 def run_experiment(name: str, inputs: AnalysisInputs) -> tuple[list[dict], dict]:

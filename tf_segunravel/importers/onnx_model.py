@@ -845,9 +845,9 @@ def compare(
     got = list(got) if isinstance(got, (list, tuple)) else [got]
     worst, first = 0.0, None
     made_by = {n.output[0]: n for n in model.graph.node}
+    position = {name: i for i, name in enumerate(made_by)}
     # Outputs first in the lists, but the first node that differs is reported in graph order.
-    order = sorted(range(len(names)), key=lambda i: list(made_by).index(names[i])
-                   if names[i] in made_by else -1)  # fmt: skip
+    order = sorted(range(len(names)), key=lambda i: position.get(names[i], -1))
     for i in order:
         name, want, have = names[i], expected[i], np.asarray(got[i])
         if have.ndim == 4:
