@@ -384,3 +384,71 @@ def test_reshape_of_a_pooled_map_then_matmul(tmp_path):
     constants = {"shape": np.array([0, -1], np.int64), "w": weights(3, 5)}
     network, worst = imported(graph(nodes, [1, 3, 4, 4], constants), tmp_path)
     assert worst < 1e-5 and network.output.shape[-1] == 5
+
+
+@pytest.mark.parametrize("groups", [1, 2, 6])
+def test_group_norm_as_pytorch_exports_it(groups, tmp_path):
+    """PyTorch's GroupNorm: reshape to [N, G, -1], InstanceNormalization with per-group
+    scale and bias, reshape back to the map's own Shape, then the affine Mul and Add. One
+    Keras GroupNormalization (and the Mul and Add); the reshapes leave no layer."""
+    scale, bias = 1 + weights(groups), weights(groups)
+    constants = {
+        "grouped": np.array([0, groups, -1], np.int64),
+        "scale": scale, "bias": bias, "gamma": weights(6, 1, 1), "beta": weights(6, 1, 1),
+    }  # fmt: skip
+    nodes = [
+        node("Reshape", ["x", "grouped"], "g"),
+        node("InstanceNormalization", ["g", "scale", "bias"], "n", epsilon=1e-5),
+        node("Shape", ["x"], "shape"),
+        node("Reshape", ["n", "shape"], "back"),
+        node("Mul", ["back", "gamma"], "scaled"),
+        node("Add", ["scaled", "beta"]),
+    ]
+    network, worst = imported(graph(nodes, [1, 6, 7, 9], constants), tmp_path)
+    assert worst < 1e-5
+    kinds = [type(layer).__name__ for layer in network.layers]
+    assert kinds.count("GroupNormalization") == 1 and "Reshape" not in kinds
+
+
+def test_instance_norm_of_a_map(tmp_path):
+    constants = {"scale": 1 + weights(4), "bias": weights(4)}
+    nodes = [node("InstanceNormalization", ["x", "scale", "bias"], epsilon=1e-3)]
+    _, worst = imported(graph(nodes, [1, 4, 6, 5], constants), tmp_path)
+    assert worst < 1e-5
+
+
+@pytest.mark.parametrize("op,merge", [("ReduceSum", "Add"), ("ReduceMax", "Maximum"),
+                                      ("ReduceMean", "Average")])  # fmt: skip
+def test_maps_stacked_then_reduced_are_merged(op, merge, tmp_path):
+    """`sum(features)` in a decoder: each map unsqueezed on a new axis 0, concatenated on it,
+    reduced over it (axes as an input, opset 18) is one merge layer."""
+    constants = {"w": weights(4, 4, 1, 1), "axis": np.array([0], np.int64)}
+    nodes = [
+        node("Conv", ["x", "w"], "c"),
+        node("Relu", ["x"], "r"),
+        node("Unsqueeze", ["x", "axis"], "u0"),
+        node("Unsqueeze", ["c", "axis"], "u1"),
+        node("Unsqueeze", ["r", "axis"], "u2"),
+        node("Concat", ["u0", "u1", "u2"], "stack", axis=0),
+        node(op, ["stack", "axis"], keepdims=0),
+    ]
+    network, worst = imported(graph(nodes, [1, 4, 5, 6], constants, opset=18), tmp_path)
+    assert worst < 1e-5
+    assert merge in {type(layer).__name__ for layer in network.layers}
+
+
+@pytest.mark.parametrize(
+    "tail,message",
+    [
+        ([node("Relu", ["g"])], "input 'g' is an image tensor reshaped to [1, 2, 90]"),
+        ([node("Reshape", ["g", "flat"])], "Reshape of [1, 2, 90] to [1, 180], not back to"),
+    ],
+)
+def test_a_grouped_view_used_otherwise_is_refused(tail, message, tmp_path):
+    constants = {"grouped": np.array([1, 2, -1], np.int64), "flat": np.array([1, 180], np.int64)}
+    nodes = [node("Reshape", ["x", "grouped"], "g"), *tail]
+    path = tmp_path / "model.onnx"
+    onnx.save(graph(nodes, [1, 6, 5, 6], constants), path)
+    with pytest.raises(OnnxImportError, match=None) as caught:
+        onnx_model.import_onnx(path)
+    assert message in str(caught.value) and str(path) in str(caught.value)

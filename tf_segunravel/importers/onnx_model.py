@@ -62,14 +62,31 @@ class Value:
 
     tensor: Any
     is_map: bool
+    # Two views of maps that no Keras tensor holds in their ONNX shape, each taken apart by
+    # the op PyTorch's exporters put after it, and refused by every other op (`_Context.value`):
+    # `groups` > 0: `tensor` is a map seen as [N, groups, C/groups * H * W], the reshape
+    # around an InstanceNormalization that is GroupNorm; `stacked`: maps stacked on a new ONNX
+    # axis `stack_axis` (Unsqueeze and Concat), which a ReduceSum/Mean/Max over that axis
+    # merges (`sum(features)` in a decoder).
+    groups: int = 0
+    stacked: list | None = None
+    stack_axis: int = 0
+
+    @property
+    def is_view(self) -> bool:
+        return self.groups > 0 or self.stacked is not None
 
     @property
     def onnx_shape(self) -> list[int]:
         """Its static ONNX shape, the batch as 1 (what shape arithmetic folds with)."""
         shape = [1 if d is None else int(d) for d in self.tensor.shape]
-        if self.is_map:
+        if self.is_map or self.is_view:
             n, h, w, c = shape
-            return [n, c, h, w]
+            shape = [n, c, h, w]
+        if self.groups:
+            return [n, self.groups, c // self.groups * h * w]
+        if self.stacked is not None:
+            shape.insert(self.stack_axis, len(self.stacked))
         return shape
 
 
@@ -109,11 +126,20 @@ class _Context:
             raise self.refuse(node, f"input {name!r} must be a constant (a weight or a size)")
         return self.constants[name]
 
-    def value(self, node, index: int = 0) -> Value:
+    def value(self, node, index: int = 0, view: bool = False) -> Value:
+        """Input `index` of `node` as a tensor; a view (`Value.groups`, `Value.stacked`) only
+        where the converter takes it apart (`view`)."""
         name = node.input[index]
         if name not in self.values:
             raise self.refuse(node, f"input {name!r} is a constant where a tensor is needed")
-        return self.values[name]
+        found = self.values[name]
+        if found.is_view and not view:
+            raise self.refuse(
+                node,
+                f"input {name!r} is an image tensor reshaped to {found.onnx_shape}, which only "
+                f"GroupNorm's and a stacked sum's ops are imported for",
+            )
+        return found
 
     def map_value(self, node, index: int = 0) -> Value:
         found = self.value(node, index)
@@ -510,6 +536,54 @@ def _global_pool(mode: str) -> Callable:
     return convert
 
 
+def _reduce(merge: type) -> Callable:
+    """ReduceSum/Mean/Max over the axis that maps are stacked on, as one merge layer."""
+
+    def convert(ctx, node, attrs):
+        x = ctx.value(node, view=True)
+        axes = attrs.get("axes")
+        if axes is None and len(node.input) > 1:
+            axes = ctx.constant(node, 1).tolist()
+        if node.op_type == "ReduceMean" and x.stacked is None:
+            return _reduce_mean(ctx, node, attrs)
+        if x.stacked is None or attrs.get("keepdims", 1) or axes is None:
+            raise ctx.refuse(node, "only a sum over maps stacked on a new axis is imported")
+        if [a % 5 for a in axes] != [x.stack_axis]:
+            raise ctx.refuse(node, f"{node.op_type} over axes {axes}, not the stacking axis")
+        if len(x.stacked) == 1:
+            return [Value(x.stacked[0], True)]
+        return [Value(merge(name=ctx.name(node.output[0]))(x.stacked), True)]
+
+    return convert
+
+
+def _unsqueeze(ctx, node, attrs):
+    x = ctx.map_value(node)
+    axes = attrs["axes"] if "axes" in attrs else ctx.constant(node, 1).tolist()
+    if len(axes) != 1:
+        raise ctx.refuse(node, f"Unsqueeze of an image tensor on axes {list(axes)}")
+    return [Value(x.tensor, False, stacked=[x.tensor], stack_axis=int(axes[0]) % 5)]
+
+
+def _instance_norm(ctx, node, attrs):
+    """InstanceNormalization of a map, or of a map seen in groups (`Value.groups`): PyTorch's
+    GroupNorm, exported as reshape, InstanceNormalization, reshape, then its affine Mul and
+    Add. Keras' GroupNormalization normalises each group of channels over H x W."""
+    x = ctx.value(node, view=True)
+    if not (x.is_map or x.groups):
+        raise ctx.refuse(node, f"InstanceNormalization of a tensor of shape {x.onnx_shape}")
+    channels = int(x.tensor.shape[-1])
+    groups = x.groups or channels
+    scale, bias = ctx.constant(node, 1), ctx.constant(node, 2)
+    per_group = channels // groups
+    layer = L.GroupNormalization(
+        groups=groups, epsilon=attrs.get("epsilon", 1e-5), name=ctx.name(node.output[0])
+    )
+    output = layer(x.tensor)
+    layer.set_weights([np.repeat(scale, per_group), np.repeat(bias, per_group)])
+    return [Value(output, x.is_map, groups=x.groups)]
+
+
 def _reduce_mean(ctx, node, attrs):
     ctx.map_value(node)  # refused unless an image tensor
     axes = attrs.get("axes")
@@ -521,7 +595,15 @@ def _reduce_mean(ctx, node, attrs):
 
 
 def _concat(ctx, node, attrs):
-    values = [ctx.value(node, i) for i in range(len(node.input))]
+    values = [ctx.value(node, i, view=True) for i in range(len(node.input))]
+    if any(v.stacked is not None for v in values):
+        axes = {v.stack_axis for v in values if v.stacked is not None}
+        if not all(v.stacked is not None for v in values) or axes != {attrs["axis"] % 5}:
+            raise ctx.refuse(node, "a concatenation of stacked maps off their stacking axis")
+        parts = [t for v in values for t in v.stacked or []]
+        return [Value(parts[0], False, stacked=parts, stack_axis=axes.pop())]
+    if any(v.is_view for v in values):
+        raise ctx.refuse(node, "a concatenation of image tensors reshaped into groups")
     if len({v.is_map for v in values}) != 1:
         raise ctx.refuse(node, "a concatenation of image tensors and vectors")
     axis = attrs["axis"] % len(values[0].tensor.shape)
@@ -604,8 +686,19 @@ def _flatten(ctx, node, attrs):
 
 
 def _reshape(ctx, node, attrs):
-    x = ctx.value(node)
+    x = ctx.value(node, view=True)
     target = _reshape_target(x.onnx_shape, ctx.constant(node, 1))
+    if x.is_map and len(target) == 3 and target[0] == x.onnx_shape[0]:
+        _, c, h, w = x.onnx_shape
+        if 0 < target[1] and c % target[1] == 0 and target[2] in (-1, c // target[1] * h * w):
+            return [Value(x.tensor, False, groups=target[1])]  # GroupNorm's first reshape
+    if x.groups:
+        shape = Value(x.tensor, True).onnx_shape
+        if target != shape:
+            raise ctx.refuse(node, f"Reshape of {x.onnx_shape} to {target}, not back to {shape}")
+        return [Value(x.tensor, True)]
+    if x.stacked is not None:
+        raise ctx.refuse(node, f"Reshape of stacked maps {x.onnx_shape} is not imported")
     if x.is_map and x.onnx_shape[2:] == [1, 1] and len(target) == 2:
         return [Value(L.Flatten(name=ctx.name(node.output[0]))(x.tensor), False)]
     if not x.is_map and target[1:] == x.onnx_shape[1:]:
@@ -655,7 +748,11 @@ OPS: dict[str, Callable] = {
     "AveragePool": _pool("avg"),
     "GlobalAveragePool": _global_pool("avg"),
     "GlobalMaxPool": _global_pool("max"),
-    "ReduceMean": _reduce_mean,
+    "ReduceMean": _reduce(L.Average),
+    "ReduceSum": _reduce(L.Add),
+    "ReduceMax": _reduce(L.Maximum),
+    "Unsqueeze": _unsqueeze,
+    "InstanceNormalization": _instance_norm,
     "Concat": _concat,
     "Resize": _resize,
     "Upsample": _resize,
@@ -882,5 +979,6 @@ def import_onnx(
     path = os.fspath(path)
     model = read_onnx(path)
     network, ctx = _build(model, path, input_size)
-    compare(model, network, path, tolerance, {k: v.tensor for k, v in ctx.values.items()})
+    checked = {k: v.tensor for k, v in ctx.values.items() if not v.is_view}
+    compare(model, network, path, tolerance, checked)
     return network
