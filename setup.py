@@ -74,6 +74,9 @@ setup(
         # ONNX models (tf_segunravel/importers/onnx_model.py): the parser and the runtime
         # every import is checked against.
         "onnx": ["onnx>=1.16", "onnxruntime>=1.18"],
+        # TFLite models (tf_segunravel/importers/tflite_model.py): LiteRT reads the file's
+        # schema and is the runtime every import is checked against.
+        "tflite": ["ai-edge-litert>=2.0"],
     },
     classifiers=[
         "Programming Language :: Python :: 3",

@@ -51,6 +51,7 @@ def files(tmp_path_factory):
     (root / "text.keras").write_text("not a model")
     (root / "garbage.caffemodel").write_bytes(np.random.default_rng(1).bytes(300))
     (root / "garbage.onnx").write_bytes(np.random.default_rng(2).bytes(300))
+    (root / "garbage.tflite").write_bytes(np.random.default_rng(3).bytes(300))
     _write_onnx_with_an_unknown_op(root / "erf.onnx")
     (root / "unknown_flag.cfg").write_text("--nosuchflag=1\n")
     (root / "bad_value.cfg").write_text("--steps=abc\n")
@@ -103,6 +104,7 @@ CASES = [
     ("fixations", ["--model={root}/lambda.keras"], "lambda.keras: cannot load the .keras model"),
     ("fixations", ["--model={root}/garbage.onnx"], "garbage.onnx: not a readable ONNX file"),
     ("fixations", ["--model={root}/erf.onnx"], "erf.onnx: Erf node 'scores': no importer"),
+    ("fixations", ["--model={root}/garbage.tflite"], "garbage.tflite: not a TFLite file"),
     ("fixations", ["--model={root}/missing.keras"], "missing.keras: no such file"),
     ("fixations", ["--masks={root}/nodir"], "--masks={root}/nodir: no such directory"),
     ("fixations", ["--k=0"], "--k must be a positive integer"),
@@ -128,6 +130,7 @@ CASES = [
     ("export", ["--model={root}/garbage.keras"], "garbage.keras: cannot load the .keras model"),
     ("export", ["--model={root}/lambda.keras"], "lambda.keras: cannot load the .keras model"),
     ("export", ["--model={root}/erf.onnx"], "erf.onnx: Erf node 'scores': no importer"),
+    ("export", ["--model={root}/garbage.tflite"], "garbage.tflite: not a TFLite file"),
     ("export", ["--export_dir={root}/a_file/sm"], "a_file is a file, not a directory"),
     ("export", ["--contrast=99"], "--contrast=99: --contrast='99' is not a class"),
     # -------------------------------------------------------------------- convert_caffe

@@ -7,8 +7,9 @@
     loaded.saved_model    # an exported SavedModel's reader (None for a Keras model)
 
 A path is a training model dir (its `model.keras`, else its latest checkpoint), a checkpoint
-prefix, a `.keras` file, an exported SavedModel directory, or an `.onnx` file (imported as a
-Keras model and checked against onnxruntime: `importers/onnx_model.py`, the `onnx` extra).
+prefix, a `.keras` file, an exported SavedModel directory, an `.onnx` file (imported as a
+Keras model and checked against onnxruntime: `importers/onnx_model.py`, the `onnx` extra) or
+a `.tflite` file (checked against LiteRT: `importers/tflite_model.py`, the `tflite` extra).
 Which of these it is is decided here and nowhere else: everything downstream (the fixation
 files, the tools) reads `LoadedModel`.
 """
@@ -62,6 +63,7 @@ class LoadedModel:
 
 
 ONNX_SUFFIX = ".onnx"
+TFLITE_SUFFIX = ".tflite"
 
 
 def load_model(
@@ -81,6 +83,8 @@ def load_model(
         return LoadedModel(path, saved_model=SavedModelReader(path))
     if path.lower().endswith(ONNX_SUFFIX):
         network = import_onnx_model(path, input_size)
+    elif path.lower().endswith(TFLITE_SUFFIX):
+        network = import_tflite_model(path, input_size)
     else:
         network = load_network(path)
     return LoadedModel(path, graph=ModelGraph(network, input=input, output=output, strict=False))
@@ -106,3 +110,24 @@ def import_onnx_model(path: str, input_size: typing.Sequence[int] | None) -> typ
             f"{path}: ONNX models need the onnx extra: pip install 'tf-segunravel[onnx]' ({e})"
         ) from e
     return import_onnx(path, input_size=input_size)
+
+
+def import_tflite_model(path: str, input_size: typing.Sequence[int] | None) -> typing.Any:
+    """The TFLite file at `path` as a checked Keras model (`importers.tflite_model`), or an
+    InputError naming the `tflite` extra when LiteRT is not installed. A TFLite model has one
+    input size, so `input_size` must be that size or None."""
+    try:
+        from tf_segunravel.importers.tflite_model import import_tflite
+    except ImportError as e:  # ai-edge-litert missing
+        raise InputError(
+            f"{path}: TFLite models need the tflite extra: pip install 'tf-segunravel[tflite]' "
+            f"({e})"
+        ) from e
+    network = import_tflite(path)
+    size = list(network.inputs[0].shape[1:3])
+    if input_size is not None and [int(v) for v in input_size] != size:
+        raise InputError(
+            f"{path}: a TFLite model has one input size, {size[0]}x{size[1]}; "
+            f"--input_size={','.join(str(v) for v in input_size)} differs"
+        )
+    return network

@@ -19,7 +19,9 @@ from tf_segunravel import cli, flag_settings
 from tf_segunravel.crf import CRFSettings
 from tf_segunravel.errors import InputError
 
-flags.DEFINE_string("model", None, "A training model dir, checkpoint prefix, .keras or .onnx file.")
+flags.DEFINE_string(
+    "model", None, "A training model dir, checkpoint prefix, .keras, .onnx or .tflite file."
+)
 flags.DEFINE_string("dataset", "segunravel_shapes", "TFDS dataset name, or folder:<dir>.")
 flags.DEFINE_string("split", "val", "Split to evaluate.")
 flags.DEFINE_string("data_dir", None, "TFDS data dir (default: TFDS's own).")

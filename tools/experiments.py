@@ -38,7 +38,9 @@ flags.DEFINE_enum(
     + "; ".join(f"{name}: {e.summary}" for name, e in REGISTRY.items())
     + "; all: every experiment that analyses one --model, bar faithfulness.",
 )
-flags.DEFINE_string("model", None, "A training model dir, checkpoint prefix, .keras or .onnx file.")
+flags.DEFINE_string(
+    "model", None, "A training model dir, checkpoint prefix, .keras, .onnx or .tflite file."
+)
 flags.DEFINE_list(
     "models",
     None,

@@ -15,7 +15,9 @@ from absl import flags
 
 from tf_segunravel import cli, flag_settings
 
-flags.DEFINE_string("model", None, "A training model dir, checkpoint prefix, .keras or .onnx file.")
+flags.DEFINE_string(
+    "model", None, "A training model dir, checkpoint prefix, .keras, .onnx or .tflite file."
+)
 flags.DEFINE_string("export_dir", None, "SavedModel directory to write.")
 flags.DEFINE_boolean("overwrite", False, "Replace an existing --export_dir.")
 cli.define_fixation_flags()

@@ -24,7 +24,7 @@ from tf_segunravel.errors import InputError
 flags.DEFINE_string(
     "model",
     None,
-    "A .keras file, a training model dir, an exported SavedModel dir or an .onnx file.",
+    "A .keras file, a training model dir, an exported SavedModel dir, an .onnx or a .tflite file.",
 )
 flags.DEFINE_list("images", None, "Image files, globs or directories (comma-separated).")
 flags.DEFINE_string("output_dir", None, "Directory for the per-image outputs.")

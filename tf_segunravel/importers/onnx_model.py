@@ -35,6 +35,7 @@ import keras
 import numpy as np
 
 from tf_segunravel.errors import InputError
+from tf_segunravel.importers.checking import TOLERANCE, probe, relative_difference
 from tf_segunravel.models.framework_layers import (
     ConstantPadding2D,
     ExplicitPooling2D,
@@ -44,9 +45,6 @@ from tf_segunravel.models.framework_layers import (
 
 if TYPE_CHECKING:
     import onnx
-
-# The largest difference from onnxruntime accepted, relative to the output's range.
-TOLERANCE = 1e-4
 
 L = keras.layers
 
@@ -888,16 +886,6 @@ def _named(ctx, value: Value, name: str):
     return L.Identity(name=ctx.name(name))(value.tensor)
 
 
-def probe(shape: Sequence[int], seed: int = 0) -> np.ndarray:
-    """The probe input an import is checked on: float32 N(0, 1) of `shape` (NCHW)."""
-    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
-
-
-# A tensor's difference is measured against its range, but never against less than this: a
-# saturated sigmoid's range on the probe can be 1e-6, where float32 rounding alone is 1e-7.
-SMALLEST_RANGE = 1e-2
-
-
 def compare(
     model: "onnx.ModelProto",
     network: keras.Model,
@@ -906,9 +894,9 @@ def compare(
     values: dict[str, Any] | None = None,
 ) -> float:
     """The largest difference between onnxruntime and `network` on a probe input, relative to
-    each tensor's range (at least SMALLEST_RANGE): over the outputs, and over every tensor of
-    `values` ({ONNX name: Keras tensor of `network`}) where given, so that a refusal names
-    the first node that differs. OnnxImportError above `tolerance`."""
+    each tensor's range (at least checking.SMALLEST_RANGE): over the outputs, and over every
+    tensor of `values` ({ONNX name: Keras tensor of `network`}) where given, so that a refusal
+    names the first node that differs. OnnxImportError above `tolerance`."""
     import onnx
     import onnxruntime
 
@@ -954,7 +942,7 @@ def compare(
                 f"{path}: tensor {name!r} has shape {list(have.shape)} here and "
                 f"{list(want.shape)} in onnxruntime; refused"
             )
-        difference = float(np.max(np.abs(have - want))) / max(float(np.ptp(want)), SMALLEST_RANGE)
+        difference = relative_difference(have, want)
         if difference > tolerance and first is None:
             first = name
         worst = max(worst, difference)
