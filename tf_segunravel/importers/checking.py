@@ -23,3 +23,10 @@ def relative_difference(have: np.ndarray, want: np.ndarray) -> float:
     SMALLEST_RANGE)."""
     difference = np.max(np.abs(np.asarray(have, np.float64) - want)) if want.size else 0.0
     return float(difference) / max(float(np.ptp(want)) if want.size else 0.0, SMALLEST_RANGE)
+
+
+def one_line(error: BaseException) -> str:
+    """`error` as "Type: its first line", for a refusal that must stay one line (Keras'
+    errors run over several)."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__

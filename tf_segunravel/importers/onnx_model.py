@@ -35,7 +35,7 @@ import keras
 import numpy as np
 
 from tf_segunravel.errors import InputError
-from tf_segunravel.importers.checking import TOLERANCE, probe, relative_difference
+from tf_segunravel.importers.checking import TOLERANCE, one_line, probe, relative_difference
 from tf_segunravel.models.framework_layers import (
     ConstantPadding2D,
     ExplicitPooling2D,
@@ -850,7 +850,7 @@ def _build(model, path: str, input_size: Sequence[int] | None) -> tuple[keras.Mo
         except OnnxImportError:
             raise
         except Exception as e:  # a malformed attribute or constant
-            raise ctx.refuse(node, f"cannot be read ({type(e).__name__}: {e})") from e
+            raise ctx.refuse(node, f"cannot be read ({one_line(e)})") from e
         if folded is not None:
             for output, value in zip(node.output, folded, strict=False):
                 ctx.constants[output] = np.asarray(value)
@@ -865,7 +865,7 @@ def _build(model, path: str, input_size: Sequence[int] | None) -> tuple[keras.Mo
         except OnnxImportError:
             raise
         except Exception as e:  # an attribute or shape the converter did not foresee
-            raise ctx.refuse(node, f"cannot be imported ({type(e).__name__}: {e})") from e
+            raise ctx.refuse(node, f"cannot be imported ({one_line(e)})") from e
         for output, value in zip(node.output, converted, strict=False):
             ctx.values[output] = value
     outputs = []

@@ -35,7 +35,7 @@ import keras
 import numpy as np
 
 from tf_segunravel.errors import InputError
-from tf_segunravel.importers.checking import TOLERANCE, probe, relative_difference
+from tf_segunravel.importers.checking import TOLERANCE, one_line, probe, relative_difference
 from tf_segunravel.models.framework_layers import ConstantPadding2D, Resize2D
 
 L = keras.layers
@@ -77,6 +77,19 @@ class _Context:
         self.space_to_batch: dict[int, tuple[Any, list[int], np.ndarray]] = {}
         self.batch_to_space: dict[int, tuple[Any, np.ndarray]] = {}
         self._names: set[str] = set()
+        count = len(self.graph.tensors if self.graph.tensors is not None else [])
+        for op in self.graph.operators if self.graph.operators is not None else []:
+            indices = [*(op.inputs if op.inputs is not None else []),
+                       *(op.outputs if op.outputs is not None else [])]  # fmt: skip
+            if any(not -1 <= i < count for i in indices) or op.opcodeIndex >= len(
+                model.operatorCodes if model.operatorCodes is not None else []
+            ):
+                raise TfliteImportError(f"{path}: an operator names a tensor or an op code "
+                                        f"the file does not have; the file is corrupt")  # fmt: skip
+        ends = [*(self.graph.inputs if self.graph.inputs is not None else []),
+                *(self.graph.outputs if self.graph.outputs is not None else [])]  # fmt: skip
+        if any(not 0 <= i < count for i in ends):
+            raise TfliteImportError(f"{path}: the graph's inputs or outputs name no tensor")
         codes = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
         self.op_names = [
             _text(c.customCode)
@@ -93,7 +106,13 @@ class _Context:
                         f"{tensor.type}) the importer does not read"
                     )
                 array = np.frombuffer(np.asarray(data, np.uint8).tobytes(), _DTYPES[tensor.type])
-                self.constants[index] = array.reshape(_shape(tensor))
+                shape = _shape(tensor)
+                if array.size != int(np.prod(shape)):
+                    raise TfliteImportError(
+                        f"{path}: tensor {self.tensor_name(index)!r} holds {array.size} values "
+                        f"for its shape {shape}; the file is corrupt"
+                    )
+                self.constants[index] = array.reshape(shape)
 
     def tensor_name(self, index: int) -> str:
         return _text(self.graph.tensors[index].name) or f"tensor{index}"
@@ -163,7 +182,7 @@ class _Context:
 def _text(value) -> str:
     if value is None:
         return ""
-    return value.decode() if isinstance(value, bytes) else str(value)
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
 
 def _shape(tensor) -> list[int]:
@@ -607,7 +626,14 @@ def _quantised(tensor) -> bool:
 def build_keras(model: Any, path: str) -> tuple[keras.Model, dict[str, Any]]:
     """The Keras model of the TFLite `model` (from `path`, named in errors), unchecked, and its
     Keras tensors by TFLite tensor name."""
-    ctx = _Context(path, model)
+    try:
+        ctx = _Context(path, model)
+    except TfliteImportError:
+        raise
+    except Exception as e:  # a corrupt table the schema reader let through
+        raise TfliteImportError(
+            f"{path}: not a readable TFLite file ({one_line(e)})"
+        ) from e
     graph = ctx.graph
     if len(model.subgraphs) > 1:
         raise ctx.refuse(None, f"{len(model.subgraphs)} subgraphs; one is imported")
@@ -660,7 +686,7 @@ def build_keras(model: Any, path: str) -> tuple[keras.Model, dict[str, Any]]:
         except TfliteImportError:
             raise
         except Exception as e:  # an option or shape the converter did not foresee
-            raise ctx.refuse(op, f"cannot be imported ({type(e).__name__}: {e})") from e
+            raise ctx.refuse(op, f"cannot be imported ({one_line(e)})") from e
         if output is not None and op.outputs[0] not in ctx.batch_to_space:
             ctx.values[op.outputs[0]] = output
     outputs = []
@@ -682,8 +708,16 @@ def _named(ctx, tensor, index: int):
 
 
 def _interpreter(content: bytes, every_tensor: bool):
+    """LiteRT's interpreter of `content`, its tensors allocated; RuntimeError or ValueError
+    where LiteRT cannot read or prepare it."""
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
+    interpreter = _new_interpreter(content, every_tensor, Interpreter, OpResolverType)
+    interpreter.allocate_tensors()
+    return interpreter
+
+
+def _new_interpreter(content, every_tensor, Interpreter, OpResolverType):
     if every_tensor:  # built-in kernels only, so that every intermediate tensor is kept
         return Interpreter(
             model_content=content,
@@ -714,19 +748,23 @@ def compare(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # preserve_all_tensors' "for debugging" warning
             interpreter = _interpreter(content, every_tensor=bool(values))
-            interpreter.allocate_tensors()
-    except RuntimeError:  # a custom op only a delegate runs: the outputs alone are compared
+    except (RuntimeError, ValueError):  # a custom op only a delegate runs: outputs only
         values = None
-        interpreter = _interpreter(content, every_tensor=False)
         try:
-            interpreter.allocate_tensors()
-        except RuntimeError as e:
+            interpreter = _interpreter(content, every_tensor=False)
+        except (RuntimeError, ValueError) as e:
             message = str(e).splitlines()[0] if str(e) else ""
             raise TfliteImportError(
                 f"{path}: LiteRT cannot run it, so the import cannot be checked ({message})"
             ) from e
-    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x)
-    interpreter.invoke()
+    try:
+        interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x)
+        interpreter.invoke()
+    except (RuntimeError, ValueError) as e:
+        message = str(e).splitlines()[0] if str(e) else ""
+        raise TfliteImportError(
+            f"{path}: LiteRT cannot run it, so the import cannot be checked ({message})"
+        ) from e
     by_name = {d["name"]: d["index"] for d in interpreter.get_tensor_details()}
     if values:  # in graph order, so that a refusal names the first tensor that differs
         names = [n for n in values if n in by_name]
