@@ -631,9 +631,7 @@ def build_keras(model: Any, path: str) -> tuple[keras.Model, dict[str, Any]]:
     except TfliteImportError:
         raise
     except Exception as e:  # a corrupt table the schema reader let through
-        raise TfliteImportError(
-            f"{path}: not a readable TFLite file ({one_line(e)})"
-        ) from e
+        raise TfliteImportError(f"{path}: not a readable TFLite file ({one_line(e)})") from e
     graph = ctx.graph
     if len(model.subgraphs) > 1:
         raise ctx.refuse(None, f"{len(model.subgraphs)} subgraphs; one is imported")
