@@ -9,7 +9,7 @@ from setuptools import find_packages, setup
 
 TOOLS = [
     "convert_caffe",
-    "convert_onnx",
+    "convert_model",
     "demo",
     "evaluate",
     "experiments",

@@ -145,13 +145,15 @@ CASES = [
         ["--caffemodel={root}/garbage.caffemodel", "--output={root}/a_file/w.weights.h5"],
         "a_file is a file, not a directory",
     ),
-    # --------------------------------------------------------------------- convert_onnx
-    ("convert_onnx", ["--onnx={root}/garbage.onnx"], "garbage.onnx: not a readable ONNX file"),
-    ("convert_onnx", ["--onnx={root}/erf.onnx"], "erf.onnx: Erf node 'scores': no importer"),
-    ("convert_onnx", ["--onnx={root}/missing.onnx"], "missing.onnx"),
+    # -------------------------------------------------------------------- convert_model
+    ("convert_model", ["--model={root}/garbage.onnx"], "garbage.onnx: not a readable ONNX file"),
+    ("convert_model", ["--model={root}/erf.onnx"], "erf.onnx: Erf node 'scores': no importer"),
+    ("convert_model", ["--model={root}/missing.onnx"], "missing.onnx"),
+    ("convert_model", ["--model={root}/garbage.tflite"], "garbage.tflite: not a TFLite file"),
+    ("convert_model", ["--model={root}/tiny.keras"], "--model must be an .onnx or a .tflite"),
     (
-        "convert_onnx",
-        ["--onnx={root}/erf.onnx", "--output={out}/m.h5"],
+        "convert_model",
+        ["--model={root}/erf.onnx", "--output={out}/m.h5"],
         "--output must end with .keras",
     ),
     # ---------------------------------------------------------------------------- train
@@ -215,7 +217,7 @@ REQUIRED = {
     "evaluate": {"model": "{root}/tiny.keras", "data_dir": "{data}", "pad_size": "129"},
     "export": {"model": "{root}/tiny.keras", "export_dir": "{out}"},
     "convert_caffe": {"output": "{out}/w.weights.h5", "num_classes": "21"},
-    "convert_onnx": {"output": "{out}/m.keras"},
+    "convert_model": {"output": "{out}/m.keras"},
     "train": {"model_dir": "{out}", "data_dir": "{data}"},
     "experiments": {"model": "{root}/tiny.keras", "data_dir": "{data}", "output_dir": "{out}"},
     "demo": {"output_dir": "{out}"},

@@ -121,7 +121,7 @@ def test_the_converter_writes_a_keras_model_that_reproduces_the_import(tmp_path)
     model = tmp_path / "segmenter.onnx"
     onnx.save(segmenter(dynamic=True), model)
     output = tmp_path / "segmenter.keras"
-    proc = run_tool("convert_onnx", f"--onnx={model}", f"--output={output}", "--input_size=32,40")
+    proc = run_tool("convert_model", f"--model={model}", f"--output={output}", "--input_size=32,40")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"wrote {output}:" in proc.stdout and "input 32x40, checked" in proc.stdout
     loaded = keras.saving.load_model(output)

@@ -158,3 +158,24 @@ def test_an_import_that_differs_from_litert_is_refused(tmp_path, monkeypatch):
     monkeypatch.setitem(tflite_model._FUSED, 1, wrong)
     with pytest.raises(TfliteImportError, match=r"differs from LiteRT by .* refused"):
         tflite_model.import_tflite(path)
+
+
+def test_an_unknown_custom_op_is_refused_by_name(tmp_path):
+    """A converted model whose first operator is rewritten into a custom op "MyBlur"."""
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+
+    path = converted(_model((8, 8, 3), L.Conv2D(4, 3), L.ReLU()), tmp_path)
+    model = schema.ModelT.InitFromPackedBuf(open(path, "rb").read(), 0)
+    code = model.operatorCodes[model.subgraphs[0].operators[0].opcodeIndex]
+    code.builtinCode = code.deprecatedBuiltinCode = schema.BuiltinOperator.CUSTOM
+    code.customCode = "MyBlur"
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    custom = tmp_path / "custom.tflite"
+    custom.write_bytes(bytes(builder.Output()))
+    with pytest.raises(TfliteImportError) as caught:
+        tflite_model.import_tflite(custom)
+    message = str(caught.value)
+    assert message.startswith(f"{custom}: MyBlur operator ")
+    assert "no importer for this custom op" in message
