@@ -3,6 +3,7 @@
 tools, on matplotlib's own logo."""
 
 import importlib.metadata
+import json
 import os
 
 import numpy as np
@@ -49,7 +50,7 @@ def logo(tmp_path_factory):
     return saved, ink
 
 
-@pytest.mark.slow  # imports a 4.7 MB detector and unravels it in subprocesses: about 1 min
+@pytest.mark.slow  # imports a 4.7 MB detector, then every tool in subprocesses: about 3 min
 def test_a_text_detector_from_a_wheel_runs_through_the_tools(detector, logo, tmp_path):
     image, ink = logo
     out = tmp_path / "fixations"
@@ -83,3 +84,40 @@ def test_a_text_detector_from_a_wheel_runs_through_the_tools(detector, logo, tmp
     assert proc.returncode == 0, proc.stderr[-3000:]
     with np.load(served / "logo.npz") as saved:
         np.testing.assert_array_equal(saved["labels"], labels)
+    # evaluate and the faithfulness experiment, with the logo's ink as text and every pixel
+    # more than 6 pixels from ink as background (255, unlabelled, between: a detector's text
+    # region covers the word's body, not only its strokes).
+    from PIL import Image
+
+    far = ~ink
+    for _ in range(6):
+        grown = ~far
+        grown[1:] |= ~far[:-1]
+        grown[:-1] |= ~far[1:]
+        grown[:, 1:] |= ~far[:, :-1]
+        grown[:, :-1] |= ~far[:, 1:]
+        far = ~grown
+    mask = np.full(ink.shape, 255, np.uint8)
+    mask[ink], mask[far] = 1, 0
+    dataset = tmp_path / "logo_set"
+    (dataset / "images").mkdir(parents=True)
+    (dataset / "masks").mkdir()
+    Image.open(image).save(dataset / "images" / "logo.png")
+    Image.fromarray(mask).save(dataset / "masks" / "logo.png")
+    data = [f"--dataset=folder:{dataset}", "--pad_size=256"]
+    scores = tmp_path / "scores.json"
+    # Evaluation pads to a square, so the detector is built for 256 x 256 there.
+    square = [f"--model={detector}", "--input_size=256,256", *INPUT]
+    proc = run_tool("evaluate", *square, *data, f"--output_json={scores}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(scores.read_text())["mean_iou"] > 0.45  # 0.58 on this machine
+    faithfulness = tmp_path / "faithfulness"
+    proc = run_tool(
+        "experiments", *square, *data, "--experiment=faithfulness",
+        f"--output_dir={faithfulness}", "--methods=fixations,gradcam", "--max_images=1",
+        "--faithfulness_steps=4", "--min_pixels=16", "--randomisation_images=1",
+        "--randomisation_layers=1",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads((faithfulness / "faithfulness.json").read_text())["rows"]
+    assert [r["method"] for r in rows] == ["fixations", "gradcam"]
