@@ -452,3 +452,46 @@ def test_a_grouped_view_used_otherwise_is_refused(tail, message, tmp_path):
     with pytest.raises(OnnxImportError, match=None) as caught:
         onnx_model.import_onnx(path)
     assert message in str(caught.value) and str(path) in str(caught.value)
+
+
+@pytest.mark.parametrize("joint", [True, False])
+def test_attention_over_a_maps_positions(joint, tmp_path):
+    """Queries, keys and values from 1 x 1 convolutions, flattened to positions; softmax
+    over every pair (MAnet's, `joint`) or over each row, then the attended values either
+    reshaped straight to a map (MAnet's) or transposed back first: one PositionAttention."""
+    c, hw = 4, 4 * 5
+    constants = {
+        "wq": weights(2, c, 1, 1), "wk": weights(2, c, 1, 1), "wv": weights(c, c, 1, 1),
+        "flat2": np.array([1, 2, -1], np.int64), "flatc": np.array([1, c, -1], np.int64),
+        "pairs": np.array([1, hw * hw], np.int64), "square": np.array([1, hw, hw], np.int64),
+        "map": np.array([1, c, 4, 5], np.int64),
+    }  # fmt: skip
+    nodes = [
+        node("Conv", ["x", "wq"], "q"), node("Conv", ["x", "wk"], "k"),
+        node("Conv", ["x", "wv"], "v"),
+        node("Reshape", ["q", "flat2"], "qf"), node("Transpose", ["qf"], "qt", perm=[0, 2, 1]),
+        node("Reshape", ["k", "flat2"], "kf"),
+        node("Reshape", ["v", "flatc"], "vf"), node("Transpose", ["vf"], "vt", perm=[0, 2, 1]),
+        node("MatMul", ["qt", "kf"], "s"),
+    ]  # fmt: skip
+    if joint:
+        nodes += [node("Reshape", ["s", "pairs"], "sf"), node("Softmax", ["sf"], "af", axis=1),
+                  node("Reshape", ["af", "square"], "a"), node("MatMul", ["a", "vt"], "m"),
+                  node("Reshape", ["m", "map"], "attended")]  # fmt: skip
+    else:
+        nodes += [node("Softmax", ["s"], "a", axis=-1), node("MatMul", ["a", "vt"], "m"),
+                  node("Transpose", ["m"], "mt", perm=[0, 2, 1]),
+                  node("Reshape", ["mt", "map"], "attended")]  # fmt: skip
+    nodes.append(node("Add", ["x", "attended"]))
+    network, worst = imported(graph(nodes, [1, c, 4, 5], constants), tmp_path)
+    assert worst < 1e-5
+    layer = next(lay for lay in network.layers if type(lay).__name__ == "PositionAttention")
+    assert (layer.joint_softmax, layer.channel_major) == (joint, joint)
+
+
+def test_a_transpose_other_than_positions_and_channels_is_refused(tmp_path):
+    path = tmp_path / "model.onnx"
+    onnx.save(graph([node("Transpose", ["x"], perm=[0, 2, 3, 1])], [1, 3, 4, 5]), path)
+    with pytest.raises(OnnxImportError) as caught:
+        onnx_model.import_onnx(path)
+    assert "Transpose [0, 2, 3, 1]" in str(caught.value) and str(path) in str(caught.value)

@@ -39,6 +39,7 @@ from tf_segunravel.importers.checking import TOLERANCE, one_line, probe, relativ
 from tf_segunravel.models.framework_layers import (
     ConstantPadding2D,
     ExplicitPooling2D,
+    PositionAttention,
     Resize2D,
     pooled_size,
 )
@@ -69,10 +70,20 @@ class Value:
     groups: int = 0
     stacked: list | None = None
     stack_axis: int = 0
+    # Attention over a map's positions (MAnet's PAB), built up op by op: `tokens`, a map
+    # seen as [N, HW, C] (a groups = C view transposed); `attention`, the stages after it:
+    # {"stage": "scores" | "softmax" | "attended", "q", "k", "v": map tensors, "flat": the
+    # scores reshaped to [N, HW * HW], "joint": the softmax over every pair, "transposed":
+    # the attended values as [N, C, HW]}. The last reshape to a map makes one
+    # PositionAttention layer of them.
+    tokens: bool = False
+    attention: dict | None = None
 
     @property
     def is_view(self) -> bool:
-        return self.groups > 0 or self.stacked is not None
+        return (
+            self.groups > 0 or self.stacked is not None or self.tokens or self.attention is not None
+        )
 
     @property
     def onnx_shape(self) -> list[int]:
@@ -85,6 +96,12 @@ class Value:
             return [n, self.groups, c // self.groups * h * w]
         if self.stacked is not None:
             shape.insert(self.stack_axis, len(self.stacked))
+        if self.tokens:
+            return [n, h * w, c]
+        if self.attention is not None:
+            if self.attention["stage"] == "attended":
+                return [n, c, h * w] if self.attention["transposed"] else [n, h * w, c]
+            return [n, h * w * h * w] if self.attention["flat"] else [n, h * w, h * w]
         return shape
 
 
@@ -434,7 +451,20 @@ def _hard_sigmoid(ctx, node, attrs):
     return [Value(L.ReLU(max_value=1.0, name=ctx.name(node.output[0]))(affine), x.is_map)]
 
 
+def _attention_softmax(ctx, node, attrs, x: Value) -> list[Value]:
+    stage = x.attention or {}
+    axis = attrs.get("axis", -1)
+    rank = 2 if stage.get("flat") else 3
+    if stage.get("stage") != "scores" or axis % rank != rank - 1:
+        raise ctx.refuse(node, f"Softmax over axis {axis} of attention scores is not imported")
+    joint = bool(stage["flat"])  # over all pairs at once (MAnet), else over each query's row
+    return [Value(x.tensor, False, attention={**stage, "stage": "softmax", "joint": joint})]
+
+
 def _softmax(ctx, node, attrs):
+    viewed = ctx.value(node, view=True)
+    if viewed.attention is not None:
+        return _attention_softmax(ctx, node, attrs, viewed)
     x = ctx.value(node)
     axis = attrs.get("axis", -1)
     rank = len(x.tensor.shape)
@@ -697,11 +727,72 @@ def _reshape(ctx, node, attrs):
         return [Value(x.tensor, True)]
     if x.stacked is not None:
         raise ctx.refuse(node, f"Reshape of stacked maps {x.onnx_shape} is not imported")
+    if x.attention is not None:
+        return [_attention_reshape(ctx, node, x, target)]
     if x.is_map and x.onnx_shape[2:] == [1, 1] and len(target) == 2:
         return [Value(L.Flatten(name=ctx.name(node.output[0]))(x.tensor), False)]
     if not x.is_map and target[1:] == x.onnx_shape[1:]:
         return [x]
     raise ctx.refuse(node, f"Reshape {x.onnx_shape} -> {target} is not imported")
+
+
+def _attention_reshape(ctx, node, x: Value, target: list[int]) -> Value:
+    """Attention scores flattened or unflattened, or the attended values reshaped to a map:
+    then one PositionAttention layer."""
+    stage = x.attention or {}
+    n = x.onnx_shape[0]
+    if stage["stage"] in ("scores", "softmax"):
+        height, width = (int(d) for d in stage["q"].shape[1:3])
+        positions = height * width
+        if target in ([n, positions * positions], [n, -1]):
+            return Value(x.tensor, False, attention={**stage, "flat": True})
+        if target in ([n, positions, positions], [n, positions, -1], [n, -1, positions]):
+            return Value(x.tensor, False, attention={**stage, "flat": False})
+    else:
+        values = stage["v"]
+        height, width, channels = (int(d) for d in values.shape[1:])
+        if target == [n, channels, height, width]:
+            layer = PositionAttention(
+                joint_softmax=stage["joint"],
+                channel_major=not stage["transposed"],
+                name=ctx.name(node.output[0]),
+            )
+            return Value(layer([stage["q"], stage["k"], values]), True)
+    raise ctx.refuse(node, f"Reshape of attention {x.onnx_shape} to {target} is not imported")
+
+
+def _transpose(ctx, node, attrs):
+    x = ctx.value(node, view=True)
+    perm = list(attrs.get("perm", []))
+    if perm == [0, 2, 1] and x.groups and x.groups == int(x.tensor.shape[-1]):
+        return [Value(x.tensor, False, tokens=True)]  # a map as [N, HW, C]
+    stage = x.attention or {}
+    if perm == [0, 2, 1] and stage.get("stage") == "attended" and not stage["transposed"]:
+        return [Value(x.tensor, False, attention={**stage, "transposed": True})]
+    raise ctx.refuse(
+        node, f"Transpose {perm} of {x.onnx_shape}: only a map's positions and channels swap"
+    )
+
+
+def _attention_matmul(ctx, node, a: Value, b: Value) -> list[Value]:
+    """Queries [N, HW, Cq] times keys [N, Cq, HW] (scores), or the softmax of the scores
+    times values [N, HW, C] (attended values)."""
+    if a.tokens and b.groups and b.groups == int(b.tensor.shape[-1]):
+        if a.tensor.shape[1:3] != b.tensor.shape[1:3]:
+            raise ctx.refuse(node, "queries and keys of different map sizes")
+        attention = {"stage": "scores", "q": a.tensor, "k": b.tensor, "flat": False}
+        return [Value(a.tensor, False, attention=attention)]
+    stage = a.attention or {}
+    if stage.get("stage") == "softmax" and b.tokens:
+        if b.tensor.shape[1:3] != stage["q"].shape[1:3]:
+            raise ctx.refuse(node, "attention and values of different map sizes")
+        attention = {**stage, "stage": "attended", "v": b.tensor, "transposed": False}
+        return [Value(b.tensor, False, attention=attention)]
+    raise ctx.refuse(
+        node,
+        f"MatMul of {a.onnx_shape} by {b.onnx_shape}: only attention over a map's "
+        f"positions multiplies two tensors",
+    )
 
 
 def _gemm(ctx, node, attrs):
@@ -722,6 +813,9 @@ def _gemm(ctx, node, attrs):
 
 
 def _matmul(ctx, node, attrs):
+    if node.input[0] in ctx.values and node.input[1] in ctx.values:
+        a, b = ctx.value(node, 0, view=True), ctx.value(node, 1, view=True)
+        return _attention_matmul(ctx, node, a, b)
     return _gemm(ctx, node, {})
 
 
@@ -761,6 +855,7 @@ OPS: dict[str, Callable] = {
     "Reshape": _reshape,
     "Gemm": _gemm,
     "MatMul": _matmul,
+    "Transpose": _transpose,
 }
 
 

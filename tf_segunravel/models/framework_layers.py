@@ -249,3 +249,54 @@ class Resize2D(keras.layers.Layer):
             "interpolation": self.interpolation,
             "coordinates": self.coordinates,
         }
+
+
+@keras.saving.register_keras_serializable(package="tf_segunravel")
+class PositionAttention(keras.layers.Layer):
+    """Attention over the positions of a map, from three maps of one size: queries
+    [B, H, W, Cq], keys [B, H, W, Cq] and values [B, H, W, C] (segmentation-models-pytorch's
+    MAnet computes its PAB block so).
+
+    With positions in row-major order, S = Q K^T is [HW, HW]; A is its softmax over every
+    pair of the image at once (`joint_softmax`, MAnet's) or over each query's row; M = A V is
+    [HW, C]. `channel_major`: the output is M's memory read as [C, H, W] (MAnet reshapes
+    [N, HW, C] straight to [N, C, H, W], which mixes positions with channels); otherwise it
+    is read as [H, W, C], each position's attended value."""
+
+    def __init__(
+        self, joint_softmax: bool = True, channel_major: bool = True, **kwargs: typing.Any
+    ) -> None:
+        super().__init__(**kwargs)
+        self.joint_softmax = bool(joint_softmax)
+        self.channel_major = bool(channel_major)
+
+    def call(self, inputs: typing.Sequence[tf.Tensor]) -> tf.Tensor:
+        queries, keys, values = inputs
+        batch, height, width = tf.shape(values)[0], tf.shape(values)[1], tf.shape(values)[2]
+        channels = values.shape[-1]
+        positions = height * width
+        q = tf.reshape(queries, [batch, positions, queries.shape[-1]])
+        k = tf.reshape(keys, [batch, positions, keys.shape[-1]])
+        v = tf.reshape(values, [batch, positions, channels])
+        scores = tf.matmul(q, k, transpose_b=True)
+        if self.joint_softmax:
+            flat = tf.nn.softmax(tf.reshape(scores, [batch, -1]), axis=-1)
+            attention = tf.reshape(flat, [batch, positions, positions])
+        else:
+            attention = tf.nn.softmax(scores, axis=-1)
+        attended = tf.matmul(attention, v)  # [B, HW, C]
+        if self.channel_major:
+            return tf.transpose(
+                tf.reshape(attended, [batch, channels, height, width]), [0, 2, 3, 1]
+            )
+        return tf.reshape(attended, [batch, height, width, channels])
+
+    def compute_output_shape(self, input_shapes: typing.Sequence[tuple]) -> tuple:
+        return tuple(input_shapes[2])
+
+    def get_config(self) -> dict:
+        return {
+            **super().get_config(),
+            "joint_softmax": self.joint_softmax,
+            "channel_major": self.channel_major,
+        }

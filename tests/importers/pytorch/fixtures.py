@@ -23,15 +23,6 @@ NETWORKS = {
 }
 EXPORTERS = ("torchscript", "dynamo")
 
-# Networks the importer refuses, and the reason's words. MAnet's centre block is attention
-# over the map's positions (MatMul of two activations) whose output is reshaped from
-# [N, HW, C] straight to [N, C, H, W], mixing positions and channels: no layer of the
-# unravel's table computes it.
-REFUSED = {
-    "smp:MAnet/resnet18": "Transpose node",
-    "smp:MAnet/mobilenet_v2": "Transpose node",
-}
-
 REGENERATED_KEY = "tf_segunravel.regenerated_weights"
 STRIPPED_FROM = 1024  # float tensors of at least this many values and 2+ axes are stripped
 

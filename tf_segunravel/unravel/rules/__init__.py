@@ -30,7 +30,7 @@ from collections.abc import Callable
 import keras
 import tensorflow as tf
 
-from tf_segunravel.models.framework_layers import ExplicitPooling2D, Resize2D
+from tf_segunravel.models.framework_layers import ExplicitPooling2D, PositionAttention, Resize2D
 from tf_segunravel.models.layers import CaffePooling2D, CaffePreprocess
 from tf_segunravel.unravel.rules.base import (
     AnyLayer,
@@ -52,6 +52,7 @@ from tf_segunravel.unravel.rules.merge import (
     concatenate_rule,
     minimum_rule,
     multiply_rule,
+    position_attention_rule,
     scaled_sum_rule,
     subtract_rule,
 )
@@ -211,6 +212,7 @@ LAYER_KINDS = [
     (L.Permute, LayerKind(permute_rule)),
     ((L.Resizing, L.UpSampling2D), LayerKind(resize_rule, geometry=resize_map)),
     (Resize2D, LayerKind(resize2d_rule, geometry=resize2d_map)),
+    (PositionAttention, LayerKind(position_attention_rule, multi_input=True)),
     (L.ZeroPadding2D, LayerKind(zero_padding_rule, geometry=zero_padding_map)),
     (L.Cropping2D, LayerKind(cropping_rule, geometry=cropping_map, keeps_merged=True)),
     ((L.Add, L.Average, L.Maximum), LayerKind(add_rule, multi_input=True, keeps_merged=True)),

@@ -2,7 +2,15 @@
 
 import tensorflow as tf
 
-from tf_segunravel.unravel.rules.base import AnyLayer, Points, UntraceableLayerError, best_index
+from tf_segunravel.unravel.rules.base import (
+    AnyLayer,
+    Points,
+    UntraceableLayerError,
+    best_index,
+    gather_pixels,
+    select_channels,
+    spatial_size,
+)
 from tf_segunravel.unravel.settings import FixationSettings
 
 
@@ -125,3 +133,40 @@ def concatenate_rule(
         routed.append(points.where(mask).replace(ch=tf.boolean_mask(points.ch, mask) - offset))
         offset += size
     return routed
+
+
+def position_attention_rule(
+    layer: AnyLayer,
+    inputs: list[tf.Tensor],
+    output: tf.Tensor,
+    points: Points,
+    settings: FixationSettings,
+) -> list[Points]:
+    """PositionAttention: the attention weights are constants (as AttnLRP treats them), so a
+    point moves along the value path only. A point of the output is element (i, j) of
+    M = A V (position i, value channel j; under `channel_major`, the element whose memory
+    index it has); it moves to the value map at the position t with the largest
+    contribution A[i, t] V[t, j] (top-K or mass over positions, as over a convolution's
+    channels), channel j. Queries and keys receive no points. A row's softmax normaliser is
+    the same for every t, so exp(S[i, t] - max_t S[i, t]) ranks as A[i, t] does."""
+    queries, keys, values = inputs
+    height, width = spatial_size(values)
+    channels = tf.shape(values)[3]
+    positions = height * width
+    if layer.channel_major:
+        flat = points.ch * positions + points.y * width + points.x
+        row, column = flat // channels, flat % channels
+    else:
+        row, column = points.y * width + points.x, points.ch
+    query = gather_pixels(queries, points.b, (row // width)[:, None], (row % width)[:, None])
+    key_rows = tf.gather(tf.reshape(keys, [tf.shape(keys)[0], positions, -1]), points.b)
+    scores = tf.einsum("nc,ntc->nt", query[:, 0], key_rows)  # [N, HW]
+    weights = tf.exp(scores - tf.reduce_max(scores, axis=1, keepdims=True))
+    value_rows = tf.gather(tf.reshape(values, [tf.shape(values)[0], positions, -1]), points.b)
+    contributions = weights * tf.gather(value_rows, column, axis=2, batch_dims=1)
+    parents, chosen = select_channels(contributions, settings)
+    moved = points.moved(
+        parents, y=chosen // width, x=chosen % width, ch=tf.gather(column, parents)
+    )
+    nothing = points.take(tf.zeros([0], tf.int32))
+    return [nothing, nothing, moved]
