@@ -164,6 +164,19 @@ def test_mediapipes_selfie_segmenter_runs_through_the_tools(selfie, person, tmp_
     assert proc.returncode == 0, proc.stderr[-3000:]
     with np.load(served / "hopper.npz") as saved:
         np.testing.assert_array_equal(saved["labels"], labels)
+    # The converter writes it once as a .keras file, which gives the same labels.
+    converted = tmp_path / "selfie.keras"
+    proc = run_tool("convert_model", f"--model={selfie}", f"--output={converted}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"wrote {converted}:" in proc.stdout and "input 256x256, checked" in proc.stdout
+    again = tmp_path / "again"
+    proc = run_tool(
+        "fixations", f"--model={converted}", "--input_scale=0.00392157", f"--images={person}",
+        f"--output_dir={again}",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with np.load(again / "hopper.npz") as saved:
+        np.testing.assert_array_equal(saved["labels"], labels)
     proc = run_tool("fixations", *args, f"--images={person}", f"--output_dir={tmp_path / 'x'}",
                     "--input_size=128,128")  # fmt: skip
     assert proc.returncode == 1 and "a TFLite model has one input size, 256x256" in proc.stderr

@@ -11,6 +11,7 @@ import tensorflow as tf
 
 from tf_segunravel.importers import tflite_model
 from tf_segunravel.importers.tflite_model import TfliteImportError
+from tf_segunravel.models.framework_layers import ConstantPadding2D
 
 L = keras.layers
 
@@ -71,6 +72,8 @@ CASES = {
     "activations": lambda: [L.LeakyReLU(0.2), L.Activation("sigmoid"), L.Activation("tanh"),
                             L.Activation("hard_silu"), L.Softmax()],
     "prelu": lambda: [L.PReLU(shared_axes=[1, 2])],
+    "crop_strided_slice": lambda: [L.Cropping2D(((1, 0), (0, 2)))],
+    "constant_pad_padv2": lambda: [ConstantPadding2D(((1, 1), (2, 0)), -1.0)],
     "batch_norm_folded_or_scaled": lambda: [L.Conv2D(4, 1), L.BatchNormalization()],
 }  # fmt: skip
 
@@ -179,3 +182,53 @@ def test_an_unknown_custom_op_is_refused_by_name(tmp_path):
     message = str(caught.value)
     assert message.startswith(f"{custom}: MyBlur operator ")
     assert "no importer for this custom op" in message
+
+
+def _rewritten(path, tmp_path, change):
+    """The model at `path` with `change(model, schema)` applied to its object tree, saved."""
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromPackedBuf(open(path, "rb").read(), 0)
+    change(model, schema)
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    out = tmp_path / "rewritten.tflite"
+    out.write_bytes(bytes(builder.Output()))
+    return str(out)
+
+
+def test_sub_between_tensors_and_div_by_a_channel_constant(tmp_path):
+    """SUB of two tensors from the converter; DIV by a per-channel constant written into the
+    file by hand (the converter turns a division by a constant into MUL by its inverse): the
+    MUL's operator and constant are rewritten into DIV by the constant's inverse."""
+    inputs = keras.Input((6, 7, 3))
+    difference = L.Subtract()([inputs, L.Conv2D(3, 1)(inputs)])
+    model = keras.Model(inputs, L.Rescaling([0.5, 0.25, 2.0])(difference))
+    path = converted(model, tmp_path)
+
+    def to_div(model, schema):
+        graph = model.subgraphs[0]
+        for op in graph.operators:
+            code = model.operatorCodes[op.opcodeIndex]
+            if max(code.builtinCode, code.deprecatedBuiltinCode) != schema.BuiltinOperator.MUL:
+                continue
+            model.operatorCodes.append(schema.OperatorCodeT())
+            model.operatorCodes[-1].builtinCode = schema.BuiltinOperator.DIV
+            model.operatorCodes[-1].deprecatedBuiltinCode = schema.BuiltinOperator.DIV
+            op.opcodeIndex = len(model.operatorCodes) - 1
+            op.builtinOptionsType = schema.BuiltinOptions.DivOptions
+            op.builtinOptions = schema.DivOptionsT()
+            constant = graph.tensors[op.inputs[1]]
+            buffer = model.buffers[constant.buffer]
+            values = np.frombuffer(bytes(buffer.data), np.float32)
+            buffer.data = np.frombuffer((1.0 / values).astype(np.float32).tobytes(), np.uint8)
+
+    rewritten = _rewritten(path, tmp_path, to_div)
+    codes = [c.builtinCode for c in tflite_model.read_tflite(rewritten).operatorCodes]
+    assert 42 in codes  # BuiltinOperator.DIV
+    network = tflite_model.import_tflite(rewritten)
+    x = np.random.default_rng(2).standard_normal((1, 6, 7, 3)).astype("f4")
+    np.testing.assert_allclose(np.asarray(network(x)), np.asarray(model(x)), atol=1e-5)
+    kinds = {type(layer).__name__ for layer in network.layers}
+    assert {"Subtract", "Rescaling"} <= kinds
