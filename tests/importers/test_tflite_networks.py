@@ -36,9 +36,9 @@ def test_a_converted_unet_unravels_as_its_keras_original_bit_for_bit(tmp_path):
     from tf_segunravel.unravel import FixationSettings, SegUnravel
 
     keras.utils.set_random_seed(0)
-    original = zoo.unet(64, classes=5, base=4)
+    original = zoo.unet(32, classes=5, base=4)
     imported = tflite_model.import_tflite(_converted(original, tmp_path / "unet.tflite"))
-    images = np.random.default_rng(0).uniform(0, 1, (2, 64, 64, 3)).astype("f4")
+    images = np.random.default_rng(0).uniform(0, 1, (2, 32, 32, 3)).astype("f4")
     np.testing.assert_array_equal(np.asarray(imported(images)), np.asarray(original(images)))
     for k in (1, 3):
         settings = FixationSettings(k=k, sigma=2.0)
