@@ -5,7 +5,8 @@
 For each network (random weights: the cost does not depend on what it learned), one image,
 every predicted class: the median seconds of `fixation_maps` from one `SegUnravel` call
 (all classes in one walk) and of each gradient method of `tf_segunravel/baselines.py`
-(one backward pass per class), with the network's forward pass for scale; medians of
+(Grad-CAM compiled, one backward pass for every class; tf-keras-vis' Grad-CAM and the
+others one backward pass per class), with the network's forward pass for scale; medians of
 `--explain_repeats` for the forward pass and the fixations, of `--explain_repeats` - 2 (at
 least 1, after one untimed call) for each baseline. LargeFOV is full width at 321 x 321,
 the U-Net and DeepLabV3+ of `bench/zoo.py` at 224. The ratios (method / fixations,
@@ -31,8 +32,9 @@ from tf_segunravel.unravel.graph import ModelGraph
 flags.DEFINE_list("networks", ["largefov", "unet", "deeplabv3_plus"], "Networks to time.")
 flags.DEFINE_list(
     "methods",
-    ["gradcam", "saliency", "gradient_x_input"],
-    "Baselines to time (smoothgrad: 20 saliency passes per class).",
+    ["gradcam", "gradcam_reference", "saliency", "gradient_x_input"],
+    "Baselines to time (smoothgrad: 20 saliency passes per class; gradcam_reference: "
+    "tf-keras-vis' Gradcam, one class at a time, beside the compiled one).",
 )
 flags.DEFINE_integer("explain_repeats", 3, "Timed runs per figure (median).")
 FLAGS = flags.FLAGS  # --repeats belongs to bench.zoo
@@ -66,13 +68,18 @@ def measure(name):
     print(f"{name}_forward_s: {forward_s:.3f}")
     print(f"{name}_fixations_s: {fixations_s:.3f}")
     ratios = []
+    ratios.append((f"{name}_fixation_maps_over_forward", fixations_s / forward_s))
     for method in FLAGS.methods:
+        reference = method == "gradcam_reference"
         seconds = median_seconds(
-            lambda method=method: baselines.explain(method, graph, image, classes),
-            max(1, FLAGS.explain_repeats - 2),  # each call is one backward pass per class
+            lambda method=method, reference=reference: baselines.explain(
+                "gradcam" if reference else method, graph, image, classes, reference=reference
+            ),
+            max(1, FLAGS.explain_repeats - 2),  # one call traces the compiled Grad-CAM
         )
         print(f"{name}_{method}_s: {seconds:.3f}")
-        ratios.append((f"{name}_{method}_over_fixations", seconds / fixations_s))
+        label = "gradcam_compiled" if method == "gradcam" else method
+        ratios.append((f"{name}_{label}_over_fixation_maps", seconds / fixations_s))
     return ratios
 
 

@@ -72,9 +72,10 @@ def test_gradcam_layer_defaults_to_a_spatial_convolution_and_bad_input_is_named(
 
 def test_without_the_extra_the_gradient_methods_say_how_to_install(monkeypatch):
     monkeypatch.setattr(baselines, "available", lambda: False)
-    with pytest.raises(InputError, match=r"gradcam, saliency needs the baselines extra: pip"):
-        baselines.check_methods(["gradcam", "saliency", "gradient_x_input"])
-    assert baselines.check_methods(["gradient_x_input", "random"]) == ["gradient_x_input", "random"]
+    with pytest.raises(InputError, match=r"gradcam_plus_plus, saliency needs the baselines"):
+        baselines.check_methods(["gradcam_plus_plus", "saliency", "gradient_x_input"])
+    kept = ["gradcam", "gradient_x_input", "random"]
+    assert baselines.check_methods(kept) == kept
 
 
 def test_smoothgrad_leaves_the_callers_random_state_alone(graph, image):
@@ -94,3 +95,36 @@ def test_smoothgrad_leaves_the_callers_random_state_alone(graph, image):
     assert (tf.random.uniform([]).numpy(), np.random.random()) == expected  # noqa: NPY002
     again = baselines.explain("smoothgrad", graph, image, classes, seed=3)
     np.testing.assert_array_equal(first, again)
+
+
+@pytest.mark.parametrize("layer", ["features", "scores"])
+def test_compiled_gradcam_is_tf_keras_vis_gradcam_for_every_class_at_once(graph, image, layer):
+    """The compiled, class-batched Grad-CAM against tf-keras-vis' Gradcam (the reference),
+    class by class, on the predicted regions; and on a LargeFOV at width 1/16 at fc6."""
+    classes = [0, 1, 2]
+    compiled = baselines.explain("gradcam", graph, image, classes, layer=layer)
+    reference = baselines.explain("gradcam", graph, image, classes, layer=layer, reference=True)
+    np.testing.assert_allclose(compiled, reference, atol=1e-4)
+
+
+def test_compiled_gradcam_matches_the_reference_on_largefov():
+    from tf_segunravel.models.deeplab_largefov import deeplab_largefov
+
+    keras.utils.set_random_seed(2)
+    model = deeplab_largefov(num_classes=4, width=1 / 16)
+    rng = np.random.default_rng(3)
+    model.set_weights([rng.standard_normal(w.shape).astype("f4") * 0.05 for w in model.weights])
+    large = ModelGraph(model)
+    image = rng.integers(0, 256, (41, 53, 3)).astype(np.uint8)
+    # Four classes over quadrants, on the score grid (stride 8) and the image, so that
+    # the batch holds several classes whatever this random network predicts.
+    h, w = baselines.predicted_regions(large, image)[0].shape
+    grid = np.add.outer(np.arange(h) >= h // 2, 2 * (np.arange(w) >= w // 2)).astype(int)
+    full = np.add.outer(np.arange(41) >= 20, 2 * (np.arange(53) >= 26)).astype(int)
+    classes = [0, 1, 2, 3]
+    compiled = baselines.explain("gradcam", large, image, classes, regions=(grid, full))
+    reference = baselines.explain(
+        "gradcam", large, image, classes, regions=(grid, full), reference=True
+    )
+    assert (compiled.reshape(4, -1).max(axis=1) == 1).sum() >= 2  # several classes have maps
+    np.testing.assert_allclose(compiled, reference, atol=1e-4)

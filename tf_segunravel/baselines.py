@@ -7,7 +7,8 @@ Every method answers the same question for a segmentation network, as Seg-Grad-C
 it: what drove class c's mean logit over its predicted region R (on the score grid, from
 the clean image)? Maps are at the image's own size, non-negative, each scaled to [0, 1].
 
-- `gradcam`, `gradcam_plus_plus` (tf-keras-vis), at a feature layer (`layer=`; by default
+- `gradcam` (compiled here for every class in one pass, held to tf-keras-vis' Gradcam by the
+  tests) and `gradcam_plus_plus` (tf-keras-vis), at a feature layer (`layer=`; by default
   the last convolution with a kernel wider than 1 x 1 that the scores depend on: LargeFOV's
   fc6, since at fc7 Grad-CAM of a 1 x 1 classifier is the class's own score map);
 - `saliency` (|gradient|, max over channels) and `smoothgrad` (its mean over 20 noisy
@@ -34,8 +35,8 @@ if typing.TYPE_CHECKING:
 GRADIENT_METHODS = ("gradcam", "gradcam_plus_plus", "saliency", "smoothgrad", "gradient_x_input")
 REFERENCES = ("random", "segment_prior", "distance_prior")
 METHODS = GRADIENT_METHODS + REFERENCES
-# The tf-keras-vis methods; gradient x input needs only TensorFlow.
-NEEDS_EXTRA = ("gradcam", "gradcam_plus_plus", "saliency", "smoothgrad")
+# The tf-keras-vis methods; Grad-CAM (compiled here) and gradient x input need only TensorFlow.
+NEEDS_EXTRA = ("gradcam_plus_plus", "saliency", "smoothgrad")
 INSTALL_HINT = 'needs the baselines extra: pip install -e ".[baselines]"'
 SEGMENT_SIGMA = 6.0
 SMOOTH_SAMPLES = 20
@@ -135,9 +136,13 @@ def explain(
     layer: str | None = None,
     seed: int = 0,
     regions: tuple | None = None,
+    reference: bool = False,
 ) -> np.ndarray:
     """float32 [len(classes), H, W]: `method`'s map of each class for one image [H, W, 3]
     (RGB 0..255), `graph` a `unravel.graph.ModelGraph` (its input settings apply).
+
+    Grad-CAM runs compiled for every class at once (`compiled_gradcam`); `reference` runs
+    tf-keras-vis' Gradcam instead, one class at a time, which the tests compare it with.
 
     `regions` = (labels on the score grid [h, w], labels at image size [H, W]) fixes the
     classes' regions (the randomisation check keeps the clean network's); by default they
@@ -159,6 +164,13 @@ def explain(
             return _normalise(gaussian_blur(tf.constant(masks), SEGMENT_SIGMA).numpy())
         return _normalise(np.stack([1 / (1 + _distance(mask)) for mask in masks]))
     fed = graph.feed(batch)  # the model's own input: resized, input settings applied
+    if method == "gradcam" and not reference:
+        cams = compiled_gradcam(graph, layer or default_layer(graph))
+        regions_grid = np.stack([grid_labels == c for c in classes]).astype(np.float32)
+        maps = cams(fed, tf.constant(classes, tf.int32), tf.constant(regions_grid)).numpy()
+        if maps.shape[1:] != (height, width):
+            maps = _to_image(maps, height, width)
+        return _normalise(maps)
     model = logits_model(graph)
     scores_per_class = _region_scores(graph, classes, grid_labels)
     maps = np.stack(
@@ -167,6 +179,49 @@ def explain(
     if maps.shape[1:] != (height, width):
         maps = _to_image(maps, height, width)
     return _normalise(maps)
+
+
+def compiled_gradcam(graph: "ModelGraph", layer: str) -> typing.Callable:
+    """Grad-CAM of `graph` at `layer` as one compiled function for every class at once:
+    `cams(fed [1, H, W, 3], classes int32 [K], regions float32 [K, h, w])` -> [K, H, W] at the
+    model input's size, unnormalised. The image is repeated K times in the batch, item k
+    scored by class k's mean logit over its region, so one backward pass gives every class's
+    gradient. Its arithmetic is tf-keras-vis's Gradcam (the reference the tests hold it to):
+    weights are the gradient's spatial mean, the map their ReLU'd sum over channels, resized
+    with corners aligned as scipy's order-1 zoom does. Made once per layer and kept with the
+    graph (`ModelGraph.baselines`), so it is traced once."""
+    key = ("compiled_gradcam", layer)
+    if key in graph.baselines:
+        return graph.baselines[key]
+    model = logits_model(graph)
+    try:
+        features = model.get_layer(layer).output
+    except ValueError as e:
+        raise InputError(f"gradcam_layer={layer}: no such layer in {graph.model.name}") from e
+    if len(features.shape) != 4:
+        raise InputError(f"gradcam_layer={layer}: not a feature map [B, h, w, C]")
+    inner = keras.Model(model.inputs, [features, model.output])
+
+    @tf.function(reduce_retracing=True)
+    def cams(fed, classes, regions):
+        batch = tf.repeat(fed, tf.shape(classes)[0], axis=0)
+        with tf.GradientTape() as tape:
+            maps, output = inner(batch, training=False)
+            logits = tf.gather(graph.class_scores(output), classes, axis=-1, batch_dims=1)
+            # An empty region scores 0, so its class's map is 0 (tf-keras-vis' would be NaN).
+            scores = tf.math.divide_no_nan(
+                tf.reduce_sum(logits * regions, axis=[1, 2]), tf.reduce_sum(regions, axis=[1, 2])
+            )
+        gradients = tape.gradient(scores, maps)  # item k's gradient is its own score's
+        weights = tf.reduce_mean(gradients, axis=[1, 2], keepdims=True)
+        cam = tf.nn.relu(tf.reduce_sum(maps * weights, axis=-1))
+        # TensorFlow 1's aligned-corner bilinear is scipy's order-1 zoom, and takes the
+        # input's size at run time (Resize2D needs it when built).
+        size = tf.shape(fed)[1:3]
+        return tf.compat.v1.image.resize_bilinear(cam[..., None], size, align_corners=True)[..., 0]
+
+    graph.baselines[key] = cams
+    return cams
 
 
 def _gradient_map(method, model, graph, fed, score, layer, seed):

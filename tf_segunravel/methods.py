@@ -141,7 +141,8 @@ def _baseline_maps(name):
 BUILT_IN = [
     Method("fixations", _fixation_maps(None), fixations=True),
     Method("fixations_contrastive", _fixation_maps(RUNNER_UP), fixations=True),
-    Method("gradcam", _baseline_maps("gradcam"), "baselines", Cost(1, 1)),
+    # Compiled for every class at once: one forward and one backward pass per image.
+    Method("gradcam", _baseline_maps("gradcam"), None, Cost(1, 1, "image")),
     Method("gradcam_plus_plus", _baseline_maps("gradcam_plus_plus"), "baselines", Cost(1, 1)),
     Method("saliency", _baseline_maps("saliency"), "baselines", Cost(1, 1)),
     # baselines.SMOOTH_SAMPLES noisy copies (tests/test_methods.py checks they agree).

@@ -269,6 +269,9 @@ class ModelGraph:
         # Engines built on this graph by their settings (`methods.engine_for`): they live
         # as long as the graph does.
         self.engines: dict = {}
+        # Compiled explanation baselines by (method, layer) (`baselines.compiled_gradcam`),
+        # kept the same way: each is traced once per graph.
+        self.baselines: dict = {}
         # The step whose rule reads a replaced kernel (a binary split's, or a contrastive
         # margin's), and the steps from it to the scores, whose points carry class channels.
         self.kernel_step = self.split.step if self.split else self.score_step
