@@ -41,8 +41,8 @@ def test_gradient_maps_read_only_the_region_and_its_border(graph, image, method)
     assert maps.shape == (len(classes), 20, 24) and maps.min() >= 0
     for cls, heat in zip(classes, maps, strict=True):
         assert heat.max() == pytest.approx(1.0)
-        if method.startswith("gradcam"):
-            continue  # Grad-CAM weighs whole feature maps: its support is not local
+        if method in ("gradcam", "gradcam_plus_plus", "scorecam"):
+            continue  # CAMs weigh whole feature maps: their support is not local
         region = labels == cls
         border = np.zeros_like(region)
         for dy in (-1, 0, 1):
@@ -125,6 +125,30 @@ def test_compiled_gradcam_matches_the_reference_on_largefov():
     compiled = baselines.explain("gradcam", large, image, classes, regions=(grid, full))
     reference = baselines.explain(
         "gradcam", large, image, classes, regions=(grid, full), reference=True
+    )
+    assert (compiled.reshape(4, -1).max(axis=1) == 1).sum() >= 2  # several classes have maps
+    np.testing.assert_allclose(compiled, reference, atol=1e-4)
+
+
+def test_compiled_scorecam_is_the_naive_loop_over_channels_and_classes():
+    """Score-CAM compiled (masked images in batches, every class from the same passes)
+    against `scorecam_reference`'s loops, on a width-1/16 LargeFOV at fc6 with four classes
+    over quadrants."""
+    from tf_segunravel.models.deeplab_largefov import deeplab_largefov
+
+    keras.utils.set_random_seed(2)
+    model = deeplab_largefov(num_classes=4, width=1 / 16)
+    rng = np.random.default_rng(3)
+    model.set_weights([rng.standard_normal(w.shape).astype("f4") * 0.05 for w in model.weights])
+    large = ModelGraph(model)
+    image = rng.integers(0, 256, (33, 41, 3)).astype(np.uint8)
+    h, w = baselines.predicted_regions(large, image)[0].shape
+    grid = np.add.outer(np.arange(h) >= h // 2, 2 * (np.arange(w) >= w // 2)).astype(int)
+    full = np.add.outer(np.arange(33) >= 16, 2 * (np.arange(41) >= 20)).astype(int)
+    classes = [0, 1, 2, 3]
+    compiled = baselines.explain("scorecam", large, image, classes, regions=(grid, full))
+    reference = baselines.explain(
+        "scorecam", large, image, classes, regions=(grid, full), reference=True
     )
     assert (compiled.reshape(4, -1).max(axis=1) == 1).sum() >= 2  # several classes have maps
     np.testing.assert_allclose(compiled, reference, atol=1e-4)

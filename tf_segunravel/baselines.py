@@ -11,6 +11,8 @@ the clean image)? Maps are at the image's own size, non-negative, each scaled to
   tests) and `gradcam_plus_plus` (tf-keras-vis), at a feature layer (`layer=`; by default
   the last convolution with a kernel wider than 1 x 1 that the scores depend on: LargeFOV's
   fc6, since at fc7 Grad-CAM of a 1 x 1 classifier is the class's own score map);
+- `scorecam` (compiled here; no gradients: one forward pass per channel of the layer, the
+  input masked by that channel), at the same layer;
 - `saliency` (|gradient|, max over channels) and `smoothgrad` (its mean over 20 noisy
   copies, noise 0.2 of the input range), tf-keras-vis;
 - `gradient_x_input`: |gradient x input| summed over channels, by hand (tf-keras-vis has no
@@ -32,7 +34,14 @@ from tf_segunravel.unravel.maps import gaussian_blur
 if typing.TYPE_CHECKING:
     from tf_segunravel.unravel.graph import ModelGraph
 
-GRADIENT_METHODS = ("gradcam", "gradcam_plus_plus", "saliency", "smoothgrad", "gradient_x_input")
+GRADIENT_METHODS = (
+    "gradcam",
+    "gradcam_plus_plus",
+    "scorecam",
+    "saliency",
+    "smoothgrad",
+    "gradient_x_input",
+)
 REFERENCES = ("random", "segment_prior", "distance_prior")
 METHODS = GRADIENT_METHODS + REFERENCES
 # The tf-keras-vis methods; Grad-CAM (compiled here) and gradient x input need only TensorFlow.
@@ -141,8 +150,9 @@ def explain(
     """float32 [len(classes), H, W]: `method`'s map of each class for one image [H, W, 3]
     (RGB 0..255), `graph` a `unravel.graph.ModelGraph` (its input settings apply).
 
-    Grad-CAM runs compiled for every class at once (`compiled_gradcam`); `reference` runs
-    tf-keras-vis' Gradcam instead, one class at a time, which the tests compare it with.
+    Grad-CAM and Score-CAM run compiled for every class at once (`compiled_gradcam`,
+    `compiled_scorecam`); `reference` runs their references instead (tf-keras-vis' Gradcam,
+    one class at a time; `scorecam_reference`'s loops), which the tests compare them with.
 
     `regions` = (labels on the score grid [h, w], labels at image size [H, W]) fixes the
     classes' regions (the randomisation check keeps the clean network's); by default they
@@ -164,10 +174,16 @@ def explain(
             return _normalise(gaussian_blur(tf.constant(masks), SEGMENT_SIGMA).numpy())
         return _normalise(np.stack([1 / (1 + _distance(mask)) for mask in masks]))
     fed = graph.feed(batch)  # the model's own input: resized, input settings applied
-    if method == "gradcam" and not reference:
-        cams = compiled_gradcam(graph, layer or default_layer(graph))
+    if method == "scorecam" or (method == "gradcam" and not reference):
+        name = layer or default_layer(graph)
         regions_grid = np.stack([grid_labels == c for c in classes]).astype(np.float32)
-        maps = cams(fed, tf.constant(classes, tf.int32), tf.constant(regions_grid)).numpy()
+        wanted = (fed, tf.constant(classes, tf.int32), tf.constant(regions_grid))
+        if method == "gradcam":
+            maps = compiled_gradcam(graph, name)(*wanted).numpy()
+        elif reference:
+            maps = scorecam_reference(graph, fed, classes, regions_grid, name)
+        else:
+            maps = compiled_scorecam(graph, name)(*wanted).numpy()
         if maps.shape[1:] != (height, width):
             maps = _to_image(maps, height, width)
         return _normalise(maps)
@@ -193,14 +209,8 @@ def compiled_gradcam(graph: "ModelGraph", layer: str) -> typing.Callable:
     key = ("compiled_gradcam", layer)
     if key in graph.baselines:
         return graph.baselines[key]
-    model = logits_model(graph)
-    try:
-        features = model.get_layer(layer).output
-    except ValueError as e:
-        raise InputError(f"gradcam_layer={layer}: no such layer in {graph.model.name}") from e
-    if len(features.shape) != 4:
-        raise InputError(f"gradcam_layer={layer}: not a feature map [B, h, w, C]")
-    inner = keras.Model(model.inputs, [features, model.output])
+    model, features = _feature_model(graph, layer)
+    inner = keras.Model(model.inputs, [features.output, model.output])
 
     @tf.function(reduce_retracing=True)
     def cams(fed, classes, regions):
@@ -222,6 +232,97 @@ def compiled_gradcam(graph: "ModelGraph", layer: str) -> typing.Callable:
 
     graph.baselines[key] = cams
     return cams
+
+
+def _feature_model(graph: "ModelGraph", layer: str) -> tuple[keras.Model, keras.Model]:
+    """(the logits model, a model from the same input to `layer`'s map), or an InputError."""
+    model = logits_model(graph)
+    try:
+        features = model.get_layer(layer).output
+    except ValueError as e:
+        raise InputError(f"gradcam_layer={layer}: no such layer in {graph.model.name}") from e
+    if len(features.shape) != 4:
+        raise InputError(f"gradcam_layer={layer}: not a feature map [B, h, w, C]")
+    return model, keras.Model(model.inputs, features)
+
+
+SCORECAM_BATCH = 16  # masked images per forward pass
+
+
+def compiled_scorecam(graph: "ModelGraph", layer: str) -> typing.Callable:
+    """Score-CAM of `graph` at `layer`, every class from the same masked images:
+    `cams(fed [1, H, W, 3], classes int32 [K], regions float32 [K, h, w])` -> [K, H, W].
+
+    Each channel k of the layer's map, resized to the input with corners aligned and scaled
+    to [0, 1], masks the input; class c's weight for k is its mean probability (softmax over
+    the classes) over its region in the masked image's prediction; the map is the ReLU of
+    the weighted sum of the channels, resized as Grad-CAM's. tf-keras-vis' Scorecam scores
+    classifiers only (it reshapes the prediction to [channels, samples, logits]), so the
+    tests hold this one to a naive loop over channels and classes (`scorecam_reference`).
+    One forward pass per channel for all classes, SCORECAM_BATCH at a time."""
+    key = ("compiled_scorecam", layer)
+    if key in graph.baselines:
+        return graph.baselines[key]
+    model, features = _feature_model(graph, layer)
+
+    @tf.function(reduce_retracing=True)
+    def masks_of(fed):
+        maps = features(fed, training=False)  # [1, h, w, C]
+        size = tf.shape(fed)[1:3]
+        up = tf.compat.v1.image.resize_bilinear(maps, size, align_corners=True)[0]
+        low = tf.reduce_min(up, axis=[0, 1], keepdims=True)
+        high = tf.reduce_max(up, axis=[0, 1], keepdims=True)
+        normalised = (up - low) / (high - low + keras.config.epsilon())  # [H, W, C]
+        return maps[0], tf.transpose(normalised, [2, 0, 1])  # [h, w, C], [C, H, W]
+
+    @tf.function(reduce_retracing=True)
+    def weights_of(fed, masks, classes, regions):
+        probabilities = tf.nn.softmax(graph.class_scores(model(fed * masks[..., None])), -1)
+        chosen = tf.gather(probabilities, classes, axis=-1)  # [M, h, w, K]
+        area = tf.reduce_sum(regions, axis=[1, 2])  # [K]
+        inside = tf.einsum("mhwk,khw->mk", chosen, regions)
+        return tf.math.divide_no_nan(inside, area[None, :])  # [M, K]
+
+    def cams(fed, classes, regions):
+        maps, masks = masks_of(fed)
+        weights = tf.concat(
+            [
+                weights_of(fed, masks[start : start + SCORECAM_BATCH], classes, regions)
+                for start in range(0, int(masks.shape[0]), SCORECAM_BATCH)
+            ],
+            axis=0,
+        )  # [C, K]
+        cam = tf.nn.relu(tf.einsum("hwc,ck->khw", maps, weights))
+        size = tf.shape(fed)[1:3]
+        return tf.compat.v1.image.resize_bilinear(cam[..., None], size, align_corners=True)[..., 0]
+
+    graph.baselines[key] = cams
+    return cams
+
+
+def scorecam_reference(graph: "ModelGraph", fed, classes, regions, layer: str) -> np.ndarray:
+    """Score-CAM as `compiled_scorecam` defines it, written as plain loops over channels and
+    classes with numpy and scipy (its independent check): [K, H, W], unnormalised."""
+    from scipy.ndimage import zoom
+
+    model, features = _feature_model(graph, layer)
+    fed = np.asarray(fed, np.float32)
+    maps = np.asarray(features(fed))[0].astype(np.float64)  # [h, w, C]
+    height, width = fed.shape[1:3]
+    factor = (height / maps.shape[0], width / maps.shape[1])
+    out = []
+    for cls, region in zip(classes, regions, strict=True):
+        total = np.zeros(maps.shape[:2])
+        for k in range(maps.shape[-1]):
+            mask = zoom(maps[..., k], factor, order=1, mode="nearest")
+            mask = (mask - mask.min()) / (mask.max() - mask.min() + keras.config.epsilon())
+            logits = graph.class_scores(model(fed * mask[None, ..., None].astype(np.float32)))
+            probability = np.asarray(tf.nn.softmax(logits, -1))[0, ..., cls]
+            weight = (probability * region).sum() / region.sum() if region.sum() else 0.0
+            total += weight * maps[..., k]
+        cam = np.maximum(total, 0)
+        out.append(zoom(cam, (height / cam.shape[0], width / cam.shape[1]), order=1))
+    return np.stack(out).astype(np.float32)
 
 
 def _gradient_map(method, model, graph, fed, score, layer, seed):

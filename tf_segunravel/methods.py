@@ -49,7 +49,7 @@ class MethodOptions:
 @dataclasses.dataclass(frozen=True)
 class Cost:
     """What one map costs: forward and backward passes, counted `per` image (all its classes
-    at once) or per class."""
+    at once), per class, or per channel of the method's layer (Score-CAM)."""
 
     forward: int
     backward: int
@@ -126,7 +126,9 @@ def _baseline_maps(name):
         from tf_segunravel import baselines
 
         options = options or MethodOptions()
-        layer = options.gradcam_layer if name.startswith("gradcam") else None
+        layer = (
+            options.gradcam_layer if name in ("gradcam", "gradcam_plus_plus", "scorecam") else None
+        )
         out = []
         for index, image in enumerate(np.asarray(images)):
             own = None if regions is None else (regions[0][index], regions[1][index])
@@ -144,6 +146,8 @@ BUILT_IN = [
     # Compiled for every class at once: one forward and one backward pass per image.
     Method("gradcam", _baseline_maps("gradcam"), None, Cost(1, 1, "image")),
     Method("gradcam_plus_plus", _baseline_maps("gradcam_plus_plus"), "baselines", Cost(1, 1)),
+    # One forward pass per channel of its layer, every class read from the same passes.
+    Method("scorecam", _baseline_maps("scorecam"), None, Cost(1, 0, "channel")),
     Method("saliency", _baseline_maps("saliency"), "baselines", Cost(1, 1)),
     # baselines.SMOOTH_SAMPLES noisy copies (tests/test_methods.py checks they agree).
     Method("smoothgrad", _baseline_maps("smoothgrad"), "baselines", Cost(20, 20)),
