@@ -300,7 +300,13 @@ def compiled_scorecam(graph: "ModelGraph", layer: str) -> typing.Callable:
     return cams
 
 
-def scorecam_reference(graph: "ModelGraph", fed, classes, regions, layer: str) -> np.ndarray:
+def scorecam_reference(
+    graph: "ModelGraph",
+    fed: tf.Tensor,
+    classes: typing.Sequence[int],
+    regions: np.ndarray,
+    layer: str,
+) -> np.ndarray:
     """Score-CAM as `compiled_scorecam` defines it, written as plain loops over channels and
     classes with numpy and scipy (its independent check): [K, H, W], unnormalised."""
     from scipy.ndimage import zoom
