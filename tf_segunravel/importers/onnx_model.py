@@ -35,6 +35,7 @@ import keras
 import numpy as np
 
 from tf_segunravel.errors import InputError
+from tf_segunravel.importers.arithmetic import constant_rescaling
 from tf_segunravel.importers.checking import TOLERANCE, one_line, probe, relative_difference
 from tf_segunravel.models.framework_layers import (
     ConstantPadding2D,
@@ -503,26 +504,16 @@ def _arithmetic(op: str) -> Callable:
         if a in ctx.values and b in ctx.values:
             if op not in merge:
                 raise ctx.refuse(node, "division of two tensors is not imported")
-            x, y = ctx.values[a], ctx.values[b]
+            x, y = ctx.value(node, 0), ctx.value(node, 1)
             if x.is_map != y.is_map:
                 raise ctx.refuse(node, "an operation between an image tensor and a vector")
             return [Value(merge[op](name=name)([x.tensor, y.tensor]), x.is_map)]
         x_first = a in ctx.values
-        x = ctx.values[a] if x_first else ctx.value(node, 1)
+        x = ctx.value(node, 0 if x_first else 1)
         c = _channel_constant(ctx, node, ctx.constants[b if x_first else a], x)
-        if op == "Add":
-            scale, offset = 1.0, c
-        elif op == "Sub":
-            scale, offset = (1.0, -c) if x_first else (-1.0, c)
-        elif op == "Mul":
-            scale, offset = c, 0.0
-        elif x_first:  # x / c
-            scale, offset = 1.0 / np.asarray(c, np.float32), 0.0
-        else:
+        layer = constant_rescaling(op.lower(), c, x_first, name)
+        if layer is None:
             raise ctx.refuse(node, "a constant divided by a tensor is not imported")
-        scale = scale if np.ndim(scale) else float(scale)
-        offset = offset if np.ndim(offset) else float(offset)
-        layer = L.Rescaling(scale=scale, offset=offset, name=name)
         return [Value(layer(x.tensor), x.is_map)]
 
     return convert

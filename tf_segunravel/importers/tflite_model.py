@@ -35,6 +35,7 @@ import keras
 import numpy as np
 
 from tf_segunravel.errors import InputError
+from tf_segunravel.importers.arithmetic import constant_rescaling
 from tf_segunravel.importers.checking import TOLERANCE, one_line, probe, relative_difference
 from tf_segunravel.models.framework_layers import ConstantPadding2D, Resize2D
 
@@ -374,20 +375,10 @@ def _arithmetic(kind: str) -> Callable:
         first = a in ctx.values
         x = ctx.value(op, 0 if first else 1)
         c = _channel_constant(ctx, op, ctx.constant(op, 1 if first else 0), x)
-        if kind == "ADD":
-            scale, offset = 1.0, c
-        elif kind == "SUB":
-            scale, offset = (1.0, -np.asarray(c)) if first else (-1.0, c)
-        elif kind == "MUL":
-            scale, offset = c, 0.0
-        elif first:  # x / c
-            scale, offset = 1.0 / np.asarray(c, np.float32), 0.0
-        else:
+        layer = constant_rescaling(kind.lower(), c, first, name)
+        if layer is None:
             raise ctx.refuse(op, "a constant divided by a tensor is not imported")
-        scale = scale if np.ndim(scale) else float(scale)
-        offset = offset if np.ndim(offset) else float(offset)
-        output = L.Rescaling(scale=scale, offset=offset, name=name)(x)
-        return _fused(ctx, op, output, options)
+        return _fused(ctx, op, layer(x), options)
 
     return convert
 
@@ -707,23 +698,19 @@ def _named(ctx, tensor, index: int):
 
 def _interpreter(content: bytes, every_tensor: bool):
     """LiteRT's interpreter of `content`, its tensors allocated; RuntimeError or ValueError
-    where LiteRT cannot read or prepare it."""
+    where LiteRT cannot read or prepare it. `every_tensor`: built-in kernels only, so that
+    every intermediate tensor is kept (no delegate runs a custom op then)."""
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-    interpreter = _new_interpreter(content, every_tensor, Interpreter, OpResolverType)
+    options: dict[str, Any] = {}
+    if every_tensor:
+        options = {
+            "experimental_op_resolver_type": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+            "experimental_preserve_all_tensors": True,
+        }
+    interpreter = Interpreter(model_content=content, num_threads=1, **options)
     interpreter.allocate_tensors()
     return interpreter
-
-
-def _new_interpreter(content, every_tensor, Interpreter, OpResolverType):
-    if every_tensor:  # built-in kernels only, so that every intermediate tensor is kept
-        return Interpreter(
-            model_content=content,
-            num_threads=1,
-            experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
-            experimental_preserve_all_tensors=True,
-        )
-    return Interpreter(model_content=content, num_threads=1)
 
 
 def compare(
