@@ -48,3 +48,36 @@ def save_tiny_largefov(path, num_classes, seed=3):
     fc8.set_weights([rng.normal(0, 1, w.shape).astype(np.float32) for w in fc8.get_weights()])
     model.save(path)
     return model
+
+
+def evaluate_and_faithfulness(model_args, image, mask, tmp_path):
+    """Runs evaluate and the faithfulness experiment (fixations beside Grad-CAM, one image)
+    on `model_args` (--model and its --input_* flags) over a one-image folder dataset of
+    `image` (a path) and `mask` (uint8 labels, 255 unlabelled), each tool in a subprocess;
+    asserts both succeed and the experiment scores both methods. Returns evaluate's mean
+    IoU."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    dataset = tmp_path / "dataset"
+    (dataset / "images").mkdir(parents=True)
+    (dataset / "masks").mkdir()
+    Image.open(image).save(dataset / "images" / "image.png")
+    Image.fromarray(np.asarray(mask, np.uint8)).save(dataset / "masks" / "image.png")
+    data = [f"--dataset=folder:{dataset}", "--pad_size=256"]
+    scores = tmp_path / "scores.json"
+    proc = run_tool("evaluate", *model_args, *data, f"--output_json={scores}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    faithfulness = tmp_path / "faithfulness"
+    proc = run_tool(
+        "experiments", *model_args, *data, "--experiment=faithfulness",
+        f"--output_dir={faithfulness}", "--methods=fixations,gradcam", "--max_images=1",
+        "--faithfulness_steps=4", "--min_pixels=16", "--randomisation_images=1",
+        "--randomisation_layers=1",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads((faithfulness / "faithfulness.json").read_text())["rows"]
+    assert [r["method"] for r in rows] == ["fixations", "gradcam"]
+    return json.loads(scores.read_text())["mean_iou"]

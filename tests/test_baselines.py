@@ -107,33 +107,11 @@ def test_compiled_gradcam_is_tf_keras_vis_gradcam_for_every_class_at_once(graph,
     np.testing.assert_allclose(compiled, reference, atol=1e-4)
 
 
-def test_compiled_gradcam_matches_the_reference_on_largefov():
-    from tf_segunravel.models.deeplab_largefov import deeplab_largefov
-
-    keras.utils.set_random_seed(2)
-    model = deeplab_largefov(num_classes=4, width=1 / 16)
-    rng = np.random.default_rng(3)
-    model.set_weights([rng.standard_normal(w.shape).astype("f4") * 0.05 for w in model.weights])
-    large = ModelGraph(model)
-    image = rng.integers(0, 256, (41, 53, 3)).astype(np.uint8)
-    # Four classes over quadrants, on the score grid (stride 8) and the image, so that
-    # the batch holds several classes whatever this random network predicts.
-    h, w = baselines.predicted_regions(large, image)[0].shape
-    grid = np.add.outer(np.arange(h) >= h // 2, 2 * (np.arange(w) >= w // 2)).astype(int)
-    full = np.add.outer(np.arange(41) >= 20, 2 * (np.arange(53) >= 26)).astype(int)
-    classes = [0, 1, 2, 3]
-    compiled = baselines.explain("gradcam", large, image, classes, regions=(grid, full))
-    reference = baselines.explain(
-        "gradcam", large, image, classes, regions=(grid, full), reference=True
-    )
-    assert (compiled.reshape(4, -1).max(axis=1) == 1).sum() >= 2  # several classes have maps
-    np.testing.assert_allclose(compiled, reference, atol=1e-4)
-
-
-def test_compiled_scorecam_is_the_naive_loop_over_channels_and_classes():
-    """Score-CAM compiled (masked images in batches, every class from the same passes)
-    against `scorecam_reference`'s loops, on a width-1/16 LargeFOV at fc6 with four classes
-    over quadrants."""
+@pytest.fixture(scope="module")
+def largefov_quadrants():
+    """A width-1/16 LargeFOV with random weights, an image (33 x 41) and four classes over
+    its quadrants, on the score grid (stride 8) and the image, so that a batch holds several
+    classes whatever this random network predicts: (graph, image, classes, regions)."""
     from tf_segunravel.models.deeplab_largefov import deeplab_largefov
 
     keras.utils.set_random_seed(2)
@@ -145,10 +123,16 @@ def test_compiled_scorecam_is_the_naive_loop_over_channels_and_classes():
     h, w = baselines.predicted_regions(large, image)[0].shape
     grid = np.add.outer(np.arange(h) >= h // 2, 2 * (np.arange(w) >= w // 2)).astype(int)
     full = np.add.outer(np.arange(33) >= 16, 2 * (np.arange(41) >= 20)).astype(int)
-    classes = [0, 1, 2, 3]
-    compiled = baselines.explain("scorecam", large, image, classes, regions=(grid, full))
-    reference = baselines.explain(
-        "scorecam", large, image, classes, regions=(grid, full), reference=True
-    )
+    return large, image, [0, 1, 2, 3], (grid, full)
+
+
+@pytest.mark.parametrize("method", ["gradcam", "scorecam"])
+def test_a_compiled_cam_is_its_reference_on_largefov(largefov_quadrants, method):
+    """Grad-CAM compiled against tf-keras-vis' Gradcam; Score-CAM compiled (masked images in
+    batches, every class from the same passes) against `scorecam_reference`'s loops; at
+    fc6, four classes at once."""
+    large, image, classes, regions = largefov_quadrants
+    compiled = baselines.explain(method, large, image, classes, regions=regions)
+    reference = baselines.explain(method, large, image, classes, regions=regions, reference=True)
     assert (compiled.reshape(4, -1).max(axis=1) == 1).sum() >= 2  # several classes have maps
     np.testing.assert_allclose(compiled, reference, atol=1e-4)

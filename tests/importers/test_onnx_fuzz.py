@@ -37,32 +37,38 @@ def mutants(data: bytes, count: int, seed: int):
         yield kind, bytes(buffer)
 
 
-def fuzz(folder: str, count: int, seed: int, seconds: float) -> dict:
-    """Imports `count` mutants of the test segmenter in `folder` within `seconds`; returns the
-    tally, and the mutants that raised anything but an OnnxImportError."""
-    from tests.importers.test_onnx_segmenters import segmenter
-    from tf_segunravel.importers.onnx_model import OnnxImportError, import_onnx
-
-    data = segmenter().SerializeToString()
-    tally = {"imported": 0, "refused": 0, "tried": 0, "unclean": []}
+def tally_imports(data, suffix, importer, refusal, folder, count, seed, seconds) -> dict:
+    """Imports `count` mutants of `data` (saved in `folder` with `suffix`) by `importer`
+    within `seconds`; returns the tally, and the mutants that raised anything but a one-line
+    `refusal` naming the file. Both readers' fuzz tests run this loop."""
+    tally: dict = {"imported": 0, "refused": 0, "tried": 0, "unclean": []}
     started = time.monotonic()
     for number, (kind, mutant) in enumerate(mutants(data, count, seed)):
         if time.monotonic() - started > seconds:
             break
-        path = os.path.join(folder, f"mutant{number}.onnx")
+        path = os.path.join(folder, f"mutant{number}{suffix}")
         with open(path, "wb") as f:
             f.write(mutant)
         tally["tried"] += 1
         try:
-            import_onnx(path)
+            importer(path)
             tally["imported"] += 1
-        except OnnxImportError as e:
+        except refusal as e:
             assert str(e).startswith(path) and "\n" not in str(e), str(e)
             tally["refused"] += 1
         except Exception as e:  # what the test fails on
             tally["unclean"].append(f"{kind} #{number}: {type(e).__name__}: {e}"[:300])
         os.remove(path)
     return tally
+
+
+def fuzz(folder: str, count: int, seed: int, seconds: float) -> dict:
+    """`tally_imports` of the test segmenter's mutants by the ONNX importer."""
+    from tests.importers.test_onnx_segmenters import segmenter
+    from tf_segunravel.importers.onnx_model import OnnxImportError, import_onnx
+
+    data = segmenter().SerializeToString()
+    return tally_imports(data, ".onnx", import_onnx, OnnxImportError, folder, count, seed, seconds)
 
 
 @pytest.mark.slow  # 400 mutants in a subprocess: about 10 s

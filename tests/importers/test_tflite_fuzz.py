@@ -6,14 +6,13 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 
 pytest.importorskip("ai_edge_litert")
 
 from tests.helpers import REPO_ROOT
-from tests.importers.test_onnx_fuzz import mutants
+from tests.importers.test_onnx_fuzz import tally_imports
 
 SECONDS = 120  # the fuzz loop's own budget; the subprocess gets twice that
 
@@ -40,30 +39,13 @@ def small_segmenter() -> bytes:
 
 
 def fuzz(folder: str, count: int, seed: int, seconds: float) -> dict:
-    """Imports `count` mutants of `small_segmenter` in `folder` within `seconds`; returns the
-    tally, and the mutants that raised anything but a TfliteImportError."""
+    """`tally_imports` of `small_segmenter`'s mutants by the TFLite importer."""
     from tf_segunravel.importers.tflite_model import TfliteImportError, import_tflite
 
     data = small_segmenter()
-    tally: dict = {"imported": 0, "refused": 0, "tried": 0, "unclean": []}
-    started = time.monotonic()
-    for number, (kind, mutant) in enumerate(mutants(data, count, seed)):
-        if time.monotonic() - started > seconds:
-            break
-        path = os.path.join(folder, f"mutant{number}.tflite")
-        with open(path, "wb") as f:
-            f.write(mutant)
-        tally["tried"] += 1
-        try:
-            import_tflite(path)
-            tally["imported"] += 1
-        except TfliteImportError as e:
-            assert str(e).startswith(path) and "\n" not in str(e), str(e)
-            tally["refused"] += 1
-        except Exception as e:  # what the test fails on
-            tally["unclean"].append(f"{kind} #{number}: {type(e).__name__}: {e}"[:300])
-        os.remove(path)
-    return tally
+    return tally_imports(
+        data, ".tflite", import_tflite, TfliteImportError, folder, count, seed, seconds
+    )
 
 
 @pytest.mark.slow  # mutants for two minutes in a subprocess

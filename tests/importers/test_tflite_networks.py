@@ -3,7 +3,6 @@ converter and back, the unravel of a converted network against its Keras origina
 MediaPipe's selfie segmenter as it ships inside the mediapipe 0.10.14 wheel, through the
 tools, on matplotlib's photo of Grace Hopper."""
 
-import json
 import os
 import subprocess
 import sys
@@ -17,7 +16,7 @@ pytest.importorskip("ai_edge_litert")
 import keras
 import tensorflow as tf
 
-from tests.helpers import REPO_ROOT, run_tool
+from tests.helpers import REPO_ROOT, evaluate_and_faithfulness, run_tool
 from tf_segunravel.importers import tflite_model
 from tf_segunravel.importers.tflite_model import TfliteImportError
 
@@ -183,28 +182,8 @@ def test_mediapipes_selfie_segmenter_runs_through_the_tools(selfie, person, tmp_
     # evaluate and the faithfulness experiment, on the photo with boxes drawn by hand where
     # the answer is unambiguous (the flag and the wall: background; her face and her
     # uniform: person) and 255, unlabelled, everywhere else.
-    from PIL import Image
 
-    dataset = tmp_path / "hopper"
-    (dataset / "images").mkdir(parents=True)
-    (dataset / "masks").mkdir()
-    Image.open(person).save(dataset / "images" / "hopper.png")
     mask = np.full((256, 256), 255, np.uint8)
     mask[0:90, 0:40] = mask[0:90, 216:256] = 0
     mask[90:140, 100:150] = mask[210:256, 70:190] = 1
-    Image.fromarray(mask).save(dataset / "masks" / "hopper.png")
-    data = [f"--dataset=folder:{dataset}", "--pad_size=256"]
-    scores = tmp_path / "scores.json"
-    proc = run_tool("evaluate", *args, *data, f"--output_json={scores}")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert json.loads(scores.read_text())["mean_iou"] > 0.95  # 0.999 on this machine
-    faithfulness = tmp_path / "faithfulness"
-    proc = run_tool(
-        "experiments", *args, *data, "--experiment=faithfulness",
-        f"--output_dir={faithfulness}", "--methods=fixations,gradcam", "--max_images=1",
-        "--faithfulness_steps=4", "--min_pixels=16", "--randomisation_images=1",
-        "--randomisation_layers=1",
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = json.loads((faithfulness / "faithfulness.json").read_text())["rows"]
-    assert [r["method"] for r in rows] == ["fixations", "gradcam"]
+    assert evaluate_and_faithfulness(args, person, mask, tmp_path) > 0.95  # 0.999 here

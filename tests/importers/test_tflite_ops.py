@@ -67,8 +67,11 @@ CASES = {
     "pad_then_conv": lambda: [L.ZeroPadding2D(((1, 2), (0, 1))), L.Conv2D(4, 3)],
     "bilinear_upsampling": lambda: [L.UpSampling2D(2, interpolation="bilinear")],
     "nearest_resizing": lambda: [L.Resizing(18, 22, interpolation="nearest")],
-    "resizing_align_corners": lambda: [L.Resizing(13, 7, crop_to_aspect_ratio=False,
-                                                  interpolation="bilinear")],
+    "resizing_bilinear_half_pixel": lambda: [L.Resizing(13, 7, interpolation="bilinear")],
+    "resize_bilinear_align_corners": lambda: [L.Lambda(
+        lambda t: tf.compat.v1.image.resize_bilinear(t, (13, 17), align_corners=True))],
+    "resize_bilinear_asymmetric": lambda: [L.Lambda(
+        lambda t: tf.compat.v1.image.resize_bilinear(t, (13, 17)))],
     "activations": lambda: [L.LeakyReLU(0.2), L.Activation("sigmoid"), L.Activation("tanh"),
                             L.Activation("hard_silu"), L.Softmax()],
     "prelu": lambda: [L.PReLU(shared_axes=[1, 2])],

@@ -3,7 +3,6 @@
 tools, on matplotlib's own logo."""
 
 import importlib.metadata
-import json
 import os
 
 import numpy as np
@@ -11,7 +10,7 @@ import pytest
 
 pytest.importorskip("onnxruntime")
 
-from tests.helpers import run_tool
+from tests.helpers import evaluate_and_faithfulness, run_tool
 
 WHEEL = "rapidocr-onnxruntime"
 DETECTOR = "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx"
@@ -87,7 +86,6 @@ def test_a_text_detector_from_a_wheel_runs_through_the_tools(detector, logo, tmp
     # evaluate and the faithfulness experiment, with the logo's ink as text and every pixel
     # more than 6 pixels from ink as background (255, unlabelled, between: a detector's text
     # region covers the word's body, not only its strokes).
-    from PIL import Image
 
     far = ~ink
     for _ in range(6):
@@ -99,25 +97,7 @@ def test_a_text_detector_from_a_wheel_runs_through_the_tools(detector, logo, tmp
         far = ~grown
     mask = np.full(ink.shape, 255, np.uint8)
     mask[ink], mask[far] = 1, 0
-    dataset = tmp_path / "logo_set"
-    (dataset / "images").mkdir(parents=True)
-    (dataset / "masks").mkdir()
-    Image.open(image).save(dataset / "images" / "logo.png")
-    Image.fromarray(mask).save(dataset / "masks" / "logo.png")
-    data = [f"--dataset=folder:{dataset}", "--pad_size=256"]
-    scores = tmp_path / "scores.json"
     # Evaluation pads to a square, so the detector is built for 256 x 256 there.
     square = [f"--model={detector}", "--input_size=256,256", *INPUT]
-    proc = run_tool("evaluate", *square, *data, f"--output_json={scores}")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert json.loads(scores.read_text())["mean_iou"] > 0.45  # 0.58 on this machine
-    faithfulness = tmp_path / "faithfulness"
-    proc = run_tool(
-        "experiments", *square, *data, "--experiment=faithfulness",
-        f"--output_dir={faithfulness}", "--methods=fixations,gradcam", "--max_images=1",
-        "--faithfulness_steps=4", "--min_pixels=16", "--randomisation_images=1",
-        "--randomisation_layers=1",
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = json.loads((faithfulness / "faithfulness.json").read_text())["rows"]
-    assert [r["method"] for r in rows] == ["fixations", "gradcam"]
+    mean_iou = evaluate_and_faithfulness(square, image, mask, tmp_path)
+    assert mean_iou > 0.45  # 0.58 on this machine
