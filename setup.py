@@ -66,6 +66,8 @@ setup(
             # A trained network shipped inside a wheel (PP-OCRv4's text detector, ONNX), for
             # tests/importers/test_wheel_networks.py; the tests read its file, never import it.
             "rapidocr-onnxruntime==1.4.4",
+            # keras-hub's SegFormer, traced by tests/unravel/test_segformer.py.
+            "keras-hub>=0.32",
         ],
         # DeepLab's dense CRF (tf_segunravel/crf.py); built from source, needs a C++ compiler.
         "crf": ["pydensecrf2>=1.1"],
@@ -77,6 +79,9 @@ setup(
         # TFLite models (tf_segunravel/importers/tflite_model.py): LiteRT reads the file's
         # schema and is the runtime every import is checked against.
         "tflite": ["ai-edge-litert>=2.0"],
+        # keras-hub's transformers (SegFormer), whose layers the unravel traces
+        # (tf_segunravel/unravel/rules/segformer.py); the rules import nothing from it.
+        "keras-hub": ["keras-hub>=0.32"],
     },
     classifiers=[
         "Programming Language :: Python :: 3",

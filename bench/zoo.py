@@ -5,7 +5,8 @@
 Every network is built as a user would (`keras.applications.<Name>(weights=None)`, the
 ImageNet classifier on top, random weights) at --size x --size, plus two segmentation
 networks built here: a U-Net (Conv2DTranspose with skip concatenations) and a DeepLabV3+
-head on ResNet50 (ASPP with dilations, image pooling with keepdims, bilinear UpSampling).
+head on ResNet50 (ASPP with dilations, image pooling with keepdims, bilinear UpSampling),
+and keras-hub's SegFormer-B0 (the keras-hub extra), the B0 configuration with random weights.
 For each: `traced` (yes, or the error), `forward_s` (compiled forward pass, one image) and
 `unravel_s` (the engine's walk from the scores to the image on the recorded activations,
 default settings), medians of --repeats. One `name: value` line per figure; the ratios come
@@ -97,9 +98,36 @@ def deeplabv3_plus(size, classes=21):
     return keras.Model(backbone.input, scores, name="deeplabv3_plus")
 
 
+def segformer_b0(size, classes=150):
+    """keras-hub's SegFormerImageSegmenter with MiT-B0's configuration (ADE20K's 150
+    classes), as `SegFormerImageSegmenter.from_preset("segformer_b0_ade20k_512")` builds it
+    but with random weights: presets download, which a benchmark must not need."""
+    import keras_hub
+
+    from tf_segunravel.models.segformer import B0
+
+    encoder = keras_hub.models.MiTBackbone(
+        layerwise_depths=B0["layerwise_depths"],
+        num_layers=len(B0["hidden_dims"]),
+        layerwise_num_heads=B0["layerwise_num_heads"],
+        layerwise_sr_ratios=B0["layerwise_sr_ratios"],
+        max_drop_path_rate=0.1,
+        layerwise_patch_sizes=B0["layerwise_patch_sizes"],
+        layerwise_strides=B0["layerwise_strides"],
+        image_shape=(size, size, 3),
+        hidden_dims=B0["hidden_dims"],
+    )
+    backbone = keras_hub.models.SegFormerBackbone(
+        image_encoder=encoder, projection_filters=B0["projection_filters"]
+    )
+    return keras_hub.models.SegFormerImageSegmenter(backbone=backbone, num_classes=classes)
+
+
 def build(name, size):
     if name == "U-Net":
         return unet(size)
+    if name == "SegFormer-B0":
+        return segformer_b0(size)
     if name == "DeepLabV3+ (ResNet50)":
         return deeplabv3_plus(size)
     return APPLICATIONS[name](weights=None, input_shape=(size, size, 3))
@@ -126,13 +154,14 @@ def measure(name, size, repeats):
 
 
 def main(_):
-    names = FLAGS.models or [*APPLICATIONS, "U-Net", "DeepLabV3+ (ResNet50)"]
+    names = FLAGS.models or [*APPLICATIONS, "U-Net", "DeepLabV3+ (ResNet50)", "SegFormer-B0"]
     print(f"cpu_cores: {os.cpu_count()}")
     print(f"size: {FLAGS.size}")
     ratios = {}
     for name in names:
         traced, forward_s, unravel_s = measure(name, FLAGS.size, FLAGS.repeats)
         key = name.lower().replace(" ", "_").replace("(", "").replace(")", "").replace("+", "plus")
+        key = key.replace("-", "_")
         print(f"{key}_traced: {traced}")
         print(f"{key}_forward_s: {forward_s:.3f}")
         if unravel_s is not None:

@@ -57,6 +57,10 @@ def test_fixation_location_is_exact_on_a_hand_made_case():
     rows = experiments.fixation_location(model, val, 2, max_images=1, pad_size=8)
     assert rows[0]["images"] == 1
     assert rows[0]["inside_truth"] == pytest.approx(24 / 36)
+    # Every pixel is predicted class 0 (the right half ties, lowest index): all inside, and
+    # the segment is the whole image, so no margin over chance.
+    assert rows[0]["inside_predicted"] == 1.0 and rows[0]["predicted_area"] == 1.0
+    assert experiments.location.above_chance(rows) == 0.0
 
 
 @pytest.mark.slow

@@ -38,6 +38,11 @@ def run(main: Callable[[list[str]], typing.Any]) -> None:
             return main(argv)
         except InputError as e:
             _fail(e)
+        except Exception as e:  # a refusal only known once the graph runs (see below)
+            refusal = graph_refusal(e)
+            if refusal is None:
+                raise
+            _fail(refusal)
 
     def parse(argv):
         # absl reports a bad flag on two lines ("FATAL Flags parsing error: ..." and a hint);
@@ -66,6 +71,18 @@ def flag_message(message: str, flag_values: flags.FlagValues = flags.FLAGS) -> s
         return f"--{name}" if name in flag_values else name
 
     return _PARAMETER.sub(as_flag, str(message))
+
+
+def graph_refusal(error: Exception) -> str | None:
+    """The unravel's refusal inside a TensorFlow run-time error, as one line, or None.
+
+    Some refusals depend on values a traced graph computes (tokens that are not their grid's,
+    a SegFormer layer whose recomputation differs), so they arrive as an
+    InvalidArgumentError whose message buries ours among the graph's call sites."""
+    if type(error).__name__ != "InvalidArgumentError":
+        return None
+    found = re.search(r"\[(unravel cannot trace [^\]]*)\]", str(error))
+    return found.group(1).replace("\\'", "'") if found else None
 
 
 def _fail(error):

@@ -353,6 +353,11 @@ def _folder_with_corrupt_image(root):
         ("garbage caffemodel", ["--init=caffe", "--init_path={garbage}"], "garbage.caffemodel"),
         ("missing init model", ["--init=model", "--init_path={tmp}/none"], "none"),
         ("corrupt folder image", ["--dataset=folder:{folder}"], "b.png: not a readable image"),
+        (
+            "segformer crop",
+            ["--architecture=segformer_b0"],
+            "--crop_size=33: segformer_b0 needs a multiple of 32",
+        ),
     ],
 )
 @pytest.mark.slow

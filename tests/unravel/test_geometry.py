@@ -102,6 +102,23 @@ def test_transposed_convolution_and_upsampling_invert_strides():
     np.testing.assert_allclose(geometry.numpy(), [[1.0, 0.0], [1.0, 0.0]])
 
 
+@pytest.mark.parametrize("coarse_first", [True, False])
+def test_a_merge_follows_the_branch_that_stayed_finest(coarse_first):
+    """A fine branch (stride 2, pixel 2j + 0.5) and a coarse one (a strided 1x1 convolution
+    on it, pixel 4j + 0.5, resized back to stride 2: pixel 2j - 0.5), concatenated in
+    either order: the map follows the fine branch, whose positions were last located
+    exactly; so does the engine's, traced."""
+    source = keras.Input((32, 32, 3))
+    fine = L.AveragePooling2D(2)(source)
+    coarse = L.UpSampling2D(2, interpolation="bilinear")(L.Conv2D(3, 1, strides=2)(fine))
+    merged = L.Concatenate()([coarse, fine] if coarse_first else [fine, coarse])
+    model = keras.Model(source, L.Conv2D(2, 1)(merged))
+    _, geometry = ScoreMap(model)(np.zeros((1, 32, 32, 3), np.float32))
+    np.testing.assert_allclose(geometry.numpy(), [[2.0, 0.5], [2.0, 0.5]])
+    traced = SegUnravel(model)(np.zeros((1, 32, 32, 3), np.float32)).geometry
+    np.testing.assert_allclose(np.asarray(traced), [[2.0, 0.5], [2.0, 0.5]])
+
+
 def red_detector(path=None):
     """Stride 2, valid padding: class 1 where a 3x3 window's red mean exceeds 128, so score
     position i sits over pixel 2i + 1.5, not DeepLab's 8i."""

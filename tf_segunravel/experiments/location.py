@@ -18,6 +18,7 @@ from tf_segunravel.atomic import make_output_dir, write_json, write_text
 from tf_segunravel.data.labels import class_name
 from tf_segunravel.evaluation import evaluate
 from tf_segunravel.experiments.common import AnalysisInputs, Network, _bars, _common, _examples
+from tf_segunravel.grids import labels_at_size
 from tf_segunravel.stats import Interval
 from tf_segunravel.unravel.settings import FixationSettings
 from tf_segunravel.unravel.tracer import SegUnravel
@@ -37,7 +38,10 @@ def fixation_location(
     pad_size: int = 513,
     with_iou: bool = True,
 ) -> list[dict]:
-    """Rows per class: images, mean inside-truth share (plain, weighted), IoU, kind.
+    """Rows per class: images, mean inside-truth share (plain, weighted), IoU, kind; and the
+    mean share inside the class's predicted segment beside that segment's share of the
+    image (`predicted_area`: where a point drawn uniformly over the image lands inside as
+    often, the chance level).
 
     With a contrastive `settings` the shares are those of the margin's fixations; without
     `with_iou` the IoU column (a second pass over the images) is None.
@@ -45,13 +49,20 @@ def fixation_location(
     engine = SegUnravel(network, settings)
     shares: dict[typing.Any, list[float]] = {c: [] for c in range(num_classes)}
     weighted: dict[typing.Any, list[float]] = {c: [] for c in range(num_classes)}
+    in_predicted: dict[typing.Any, list[float]] = {c: [] for c in range(num_classes)}
+    areas: dict[typing.Any, list[float]] = {c: [] for c in range(num_classes)}
     for image, truth in _examples(examples, max_images):
-        points, counts = engine(image[None].astype(np.float32)).for_image(0)
+        result = engine(image[None].astype(np.float32))
+        points, counts = result.for_image(0)
+        height, width = truth.shape
+        predicted = labels_at_size(result.scores, height, width, result.geometry).numpy()[0]
         for cls in np.unique(points[:, 0]):
             mine = points[:, 0] == cls
             inside = truth[points[mine, 1], points[mine, 2]] == cls
             shares[cls].append(inside.mean())
             weighted[cls].append(np.average(inside, weights=counts[mine]))
+            in_predicted[cls].append(np.mean(predicted[points[mine, 1], points[mine, 2]] == cls))
+            areas[cls].append(np.mean(predicted == cls))
     iou = None
     if with_iou:
         scores = evaluate(network, examples.take(max_images), num_classes, pad_size)
@@ -68,9 +79,19 @@ def fixation_location(
                 "inside_truth": float(np.mean(shares[cls])) if shares[cls] else None,
                 "inside_truth_weighted": float(np.mean(weighted[cls])) if weighted[cls] else None,
                 "iou": None if iou is None else iou[cls],
+                "inside_predicted": float(np.mean(in_predicted[cls])) if shares[cls] else None,
+                "predicted_area": float(np.mean(areas[cls])) if shares[cls] else None,
             }
         )
     return rows
+
+
+def above_chance(rows: list[dict]) -> float | None:
+    """Mean over the unravelled classes of (share inside the predicted segment minus that
+    segment's share of the image): above 0, fixations land in the segment more often than
+    uniformly drawn points."""
+    gaps = [r["inside_predicted"] - r["predicted_area"] for r in rows if r["images"]]
+    return float(np.mean(gaps)) if gaps else None
 
 
 def by_kind(rows: list[dict], key: str = "inside_truth") -> dict[str, float]:
@@ -117,14 +138,25 @@ def seed_result(inputs: AnalysisInputs, model_name: str, model_dir: str | None) 
             **{**_common(inputs), "settings": chosen},
             with_iou=label == "plain",
         )
-        entry[label] = {"rows": rows, "by_kind": by_kind(rows)}
+        entry[label] = {
+            "rows": rows,
+            "by_kind": by_kind(rows),
+            "inside_predicted": _mean_of(rows, "inside_predicted"),
+            "above_chance": above_chance(rows),
+        }
     return entry
+
+
+def _mean_of(rows: list[dict], key: str) -> float | None:
+    values = [r[key] for r in rows if r[key] is not None]
+    return float(np.mean(values)) if values else None
 
 
 def summarise_seeds(per_model: list[dict], model_names: list[str], inputs: AnalysisInputs) -> dict:
     """Each kind's share per pass, its mean over the models with a 95% t interval, and per
     pass the paired difference intrinsic minus contextual share (above 0: the contextual
-    classes' fixations leave their object more); the models' own results in `per_model`."""
+    classes' fixations leave their object more), the share inside the predicted segment and
+    its margin over chance (`above_chance`); the models' own results in `per_model`."""
     passes = _passes(inputs.settings)
     summary: dict = {"models": list(model_names), "images": inputs.options.max_images}
     summary["passes"] = {}
@@ -141,11 +173,17 @@ def summarise_seeds(per_model: list[dict], model_names: list[str], inputs: Analy
                 for e in per_model
             ]
         )
+        margin = stats.mean_interval([e[label].get("above_chance") for e in per_model])
         summary["passes"][label] = {
             "contrast": passes[label].contrast,
             "by_kind": by,
             "intrinsic_minus_contextual": difference,
             "verdict": stats.verdict(difference),
+            "inside_predicted": stats.mean_interval(
+                [e[label].get("inside_predicted") for e in per_model]
+            ),
+            "above_chance": margin,
+            "above_chance_verdict": stats.verdict(margin),
         }
     summary["per_model"] = per_model
     return summary
@@ -199,6 +237,21 @@ def seeds_markdown(summary: dict) -> str:
         for p in passes.values()
     ]
     rows.append(["intrinsic minus contextual", *difference])
+    rows.append(
+        [
+            "inside the predicted segment",
+            *(stats.describe(p["inside_predicted"], 3) for p in passes.values()),
+        ]
+    )
+    rows.append(
+        [
+            "predicted segment: inside minus chance",
+            *(
+                f"{stats.describe(p['above_chance'], 3, signed=True)} ({p['above_chance_verdict']})"
+                for p in passes.values()
+            ),
+        ]
+    )
     lines += stats.markdown_table(["class kind", *passes], rows)
     return "\n".join(lines) + "\n"
 

@@ -12,7 +12,8 @@ import keras
 import tensorflow as tf
 
 from tf_segunravel.errors import InputError
-from tf_segunravel.models import deeplab_largefov
+from tf_segunravel.models import FEATURE_LAYER, deeplab_largefov, segformer
+from tf_segunravel.models.segformer import segformer_b0
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
@@ -54,10 +55,25 @@ def read_config(model_dir: str) -> dict:
 
 
 def network_from_config(config: dict) -> keras.Model:
-    """The untrained network a model dir's recorded config (`read_config`) describes."""
+    """The untrained network a model dir's recorded config (`read_config`) describes (a
+    config from before `architecture` existed is LargeFOV's)."""
+    if config.get("architecture", "largefov") == "segformer_b0":
+        return segformer_b0(
+            num_classes=config["num_classes"],
+            width=config["width"],
+            dropout=config["dropout"],
+            image_size=config["crop_size"],
+        )
     return deeplab_largefov(
         num_classes=config["num_classes"], width=config["width"], dropout=config["dropout"]
     )
+
+
+def feature_layer(config: dict) -> str:
+    """The layer whose output the template loss compares, in the config's network."""
+    if config.get("architecture", "largefov") == "segformer_b0":
+        return segformer.FEATURE_LAYER
+    return FEATURE_LAYER
 
 
 def _restore(network, prefix):

@@ -26,6 +26,7 @@ HISTORY_FILE = "history.csv"
 # The shipped flagfiles: the checkout's flags/, or their copies in an installed package.
 FLAGS_DIR = flagfiles.flags_dir()
 INITS = ("scratch", "vgg16", "caffe", "model")
+ARCHITECTURES = ("largefov", "segformer_b0")
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 
 
@@ -71,6 +72,14 @@ class TrainConfig:
         1000, "Examples in the shuffle buffer.", check=at_least_one, requirement="must be >= 1"
     )
     # ----------------------------------------------------------------------------- model
+    architecture: str = setting(
+        "largefov",
+        "The network: largefov (DeepLab-LargeFOV) or segformer_b0 (keras-hub's SegFormer-B0 "
+        "encoder and decoder, scores at stride 4, for --crop_size x --crop_size images; needs "
+        "the keras-hub extra).",
+        choices=ARCHITECTURES,
+        network=True,
+    )
     width: float = setting(
         1.0,
         "Channel width multiplier of the network.",
@@ -80,7 +89,7 @@ class TrainConfig:
     )
     dropout: float = setting(
         0.5,
-        "Dropout rate of drop6 and drop7.",
+        "Dropout rate of drop6 and drop7 (segformer_b0: of the classifier's input).",
         check=fraction,
         requirement="must be in [0, 1)",
         network=True,

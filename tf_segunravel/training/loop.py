@@ -306,6 +306,7 @@ def _prepare(config):
             template_reduction=config.template_reduction,
             weight_decay=config.weight_decay,
             use_lr_multipliers=config.lr_multipliers,
+            feature_layer=checkpoints.feature_layer(dataclasses.asdict(config)),
             dropout_seed=config.seed,
         )
         freeze_all_but_last(network, config.train_layers)

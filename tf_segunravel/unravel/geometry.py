@@ -27,7 +27,7 @@ if typing.TYPE_CHECKING:
 
 
 def _spatial(value):
-    """(height, width) of a map; a vector is one position."""
+    """(height, width) of a map; a vector is one position (tokens: `_token_grid`)."""
     if len(value.shape) == 4:
         return spatial_size(value)
     return tf.constant(1), tf.constant(1)
@@ -63,35 +63,106 @@ def _undeclared(step, values):
     return checks
 
 
+def _token_grid(step, kind, in_grid, source, target, checks):
+    """(h, w) of the grid that the tokens `target` [B, N, C] lie on: a layer that makes
+    tokens from a map declares it (`LayerKind.token_grid`); tokens from tokens keep their
+    grid; tokens flattened from a map are that map's positions. Checked: N = h w."""
+    layer = step.layer
+    if kind is not None and kind.token_grid is not None and len(source.shape) == 4:
+        grid = kind.token_grid(layer, *in_grid)
+    else:
+        grid = in_grid
+    message = str(
+        refuse(layer, "its tokens are not the positions of the grid they come from, row by row")
+    )
+    checks.append(
+        tf.debugging.assert_equal(tf.shape(target)[1], grid[0] * grid[1], message=message)
+    )
+    return grid
+
+
+def _finest_map(step, maps, coarsest):
+    """(map, coarsest scale) that a step's output inherits: its input's; for a merge, the
+    input whose positions stayed finest on the way from the image (the smallest coarsest
+    scale, the first among equals). Branches that meet at a merge cover the same grid, but
+    a branch that went down to a coarse grid and was resized back carries the offsets of
+    that coarse grid's centres (SegFormer's stride-32 stage, resized to its 1/4 grid, sits
+    14 pixels off its stride-4 stage), while the finest branch's positions are where the
+    merged features were last located exactly. Chosen with tensor ops: the scales depend
+    on the recorded sizes."""
+    candidates = [i for i in step.inputs if i in maps]
+    if len(set(candidates)) < 2:
+        return maps[step.inputs[0]], coarsest[step.inputs[0]]
+    chosen = tf.argmin(tf.stack([coarsest[i] for i in candidates]), output_type=tf.int32)
+
+    def pick(values):
+        return tf.gather(tf.stack(values), chosen)
+
+    source = tuple(
+        (
+            pick([maps[i][axis][0] for i in candidates]),
+            pick([tf.cast(maps[i][axis][1], tf.float32) for i in candidates]),
+        )
+        for axis in (0, 1)
+    )
+    return source, pick([coarsest[i] for i in candidates])
+
+
 def score_geometry(model_graph: "ModelGraph", values: Values) -> tf.Tensor:
     """float32 [2, 2]: rows (height, width), columns (scale, offset) of the map from the
     score grid to image pixels, from a `graph.ModelGraph` and the recorded values of one
-    pass."""
+    pass.
+
+    Tokens [B, N, C] (a transformer's) lie on the grid of the map they were made from,
+    row by row: they carry its map and its size, and a Reshape back to a map must give
+    that grid again (checked)."""
     one, zero = tf.constant(1.0), tf.constant(0.0)
     # Per tensor and axis, (scale, offset) from its positions to the image's.
     maps: dict[int, typing.Any] = {model_graph.input_id: ((one, zero), (one, zero))}
-    checks = []
+    # Per tensor, the (height, width) of its positions: a token tensor's are its grid's.
+    grids: dict[int, typing.Any] = {model_graph.input_id: _spatial(values[model_graph.input_id])}
+    # Per tensor, the coarsest scale its positions had on the way from the image: a merge
+    # follows the input that stayed finest (below).
+    coarsest: dict[int, typing.Any] = {model_graph.input_id: one}
+    checks: list[typing.Any] = []
     for step in model_graph.steps:
         if step.inputs[0] not in maps:
             continue
-        source = maps[step.inputs[0]]
+        source, finest = _finest_map(step, maps, coarsest)
+        in_grid = grids[step.inputs[0]]
         kind = model_graph.kind(step)
+        for output in step.outputs:
+            target = values[output]
+            if len(target.shape) == 3:
+                grids[output] = _token_grid(
+                    step, kind, in_grid, values[step.inputs[0]], target, checks
+                )
+            else:
+                grids[output] = _spatial(target)
+                if len(values[step.inputs[0]].shape) == 3 and len(target.shape) == 4:
+                    message = str(refuse(step.layer, "a map of another grid than its tokens'"))
+                    checks.append(
+                        tf.debugging.assert_equal(
+                            tf.stack(grids[output]), tf.stack(in_grid), message=message
+                        )
+                    )
         step_map = None if kind is None else kind.geometry
         if step_map is None:
             checks.extend(_undeclared(step, values))
             step_map = KEEPS_MAP
         if isinstance(step_map, str):  # KEEPS_MAP: no ops for the many layers that move nothing
             maps.update((output, source) for output in step.outputs)
+            coarsest.update((output, finest) for output in step.outputs)
             continue
-        in_size = _spatial(values[step.inputs[0]])
         for output in step.outputs:
-            out_size = _spatial(values[output])
+            out_grid = grids[output]
             composed = []
             for axis in (0, 1):
-                a, b = step_map(step.layer, in_size[axis], out_size[axis], axis)
+                a, b = step_map(step.layer, in_grid[axis], out_grid[axis], axis)
                 scale, offset = source[axis]
                 composed.append((scale * a, offset + scale * tf.cast(b, tf.float32)))
             maps[output] = tuple(composed)
+            coarsest[output] = tf.maximum(finest, composed[0][0])
     (scale_y, offset_y), (scale_x, offset_x) = maps[model_graph.output_id]
     with tf.control_dependencies(checks):
         return tf.stack([tf.stack([scale_y, offset_y]), tf.stack([scale_x, offset_x])])

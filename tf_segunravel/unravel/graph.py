@@ -245,7 +245,9 @@ class ModelGraph:
         self.kinds: dict[int, LayerKind | None] = {}
         for step in self.steps:
             try:
-                self.kinds[id(step)] = kind_for(step.layer, len(step.inputs))
+                kind = kind_for(step.layer, len(step.inputs))
+                _check_call(step, kind)
+                self.kinds[id(step)] = kind
             except UntraceableLayerError:
                 if strict:
                     raise
@@ -309,7 +311,7 @@ class ModelGraph:
 
         for step in self.steps:
             if self.kinds[id(step)] is None:
-                kind_for(step.layer, len(step.inputs))
+                _check_call(step, kind_for(step.layer, len(step.inputs)))
         if self._split_error is not None:
             raise self._split_error
 
@@ -378,6 +380,15 @@ class ModelGraph:
 
     def fed_size(self, values: Values) -> tf.Tensor:
         return tf.shape(values[self.input_id])[1:3]
+
+
+def _check_call(step: Step, kind: "LayerKind") -> None:
+    """Refuses a call of a layer that its kind cannot follow (`LayerKind.check`)."""
+    from tf_segunravel.unravel.rules import refuse
+
+    reason = kind.check(step) if kind.check is not None else None
+    if reason:
+        raise refuse(step.layer, reason)
 
 
 def _ancestors(steps, output_id):

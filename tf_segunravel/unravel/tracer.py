@@ -23,7 +23,7 @@ from tf_segunravel.unravel import graph
 from tf_segunravel.unravel.geometry import image_geometry
 from tf_segunravel.unravel.graph import Values
 from tf_segunravel.unravel.rules import Moved, Points, kernel_rows
-from tf_segunravel.unravel.rules.base import Size
+from tf_segunravel.unravel.rules.base import Size, as_map, concat_points
 from tf_segunravel.unravel.rules.convolution import HELD_KERNELS
 from tf_segunravel.unravel.settings import RUNNER_UP, FixationSettings, InputSettings
 
@@ -159,17 +159,15 @@ class Seeds(typing.NamedTuple):
 
 
 def _sizes(tensor, num_classes):
-    shape = tf.unstack(tf.shape(tensor), num=len(tensor.shape))
-    if len(tensor.shape) == 4:
-        return (shape[0], num_classes, shape[1], shape[2], shape[3])
-    return (shape[0], num_classes, 1, 1, shape[1])
+    shape = tf.unstack(tf.shape(as_map(tensor)), num=4)
+    return (shape[0], num_classes, shape[1], shape[2], shape[3])
 
 
 class FlowStep(typing.NamedTuple):
     """The points arriving at one layer's input, unmerged (for flow figures).
 
     layer: the layer's name (a string tensor inside `tf.function`).
-    size: int32 [2], the input's (height, width); (1, 1) for vectors.
+    size: int32 [2], the input's (height, width); (1, 1) for vectors, (1, N) for N tokens.
     points: int32 [M, 4] rows (image, class, y, x); counts: int64 [M].
     """
 
@@ -462,7 +460,7 @@ class SegUnravel:
                 if len(arrived) == 1 and arrived[0][1]:
                     points = arrived[0][0]  # distinct already: merging changes nothing
                 else:
-                    parts = _concat([part for part, _ in arrived])
+                    parts = concat_points([part for part, _ in arrived])
                     points = merge(parts, sizes, sort=self._sort_every_merge)
                 kind = self.graph.kind(step)
                 inputs = [values[i] for i in step.inputs]
@@ -492,7 +490,7 @@ class SegUnravel:
         gives the sorted, distinct (image, class, y, x) points with their path counts. A
         fixed-size model's points are moved from its input's pixels to the images' own
         (pixel centres scaled), and merged again."""
-        final = _concat(parts)
+        final = concat_points(parts)
         final = final.replace(ch=tf.zeros_like(final.ch))
         if self.graph.input_size is not None:
             fed, size = self.graph.fed_size(values), self.graph.image_size(values)
@@ -539,12 +537,4 @@ def _rows(points):
 
 
 def _spatial_size(tensor):
-    if len(tensor.shape) == 4:
-        return tf.shape(tensor)[1:3]
-    return tf.ones([2], tf.int32)
-
-
-def _concat(parts):
-    if len(parts) == 1:
-        return parts[0]
-    return Points(*(tf.concat(fields, axis=0) for fields in zip(*parts, strict=True)))
+    return tf.shape(as_map(tensor))[1:3]

@@ -32,6 +32,11 @@ import tensorflow as tf
 
 from tf_segunravel.models.framework_layers import ExplicitPooling2D, PositionAttention, Resize2D
 from tf_segunravel.models.layers import CaffePooling2D, CaffePreprocess
+from tf_segunravel.unravel.rules import segformer
+from tf_segunravel.unravel.rules.attention import (
+    multi_head_attention_check,
+    multi_head_attention_rule,
+)
 from tf_segunravel.unravel.rules.base import (
     AnyLayer,
     Moved,
@@ -121,6 +126,11 @@ class LayerKind:
       there, and a one-channel head its two classes' kernel (`binary_head.py`), so a head
       may end in this layer only where it is declared.
     kernel_axis: the axis of that weight that holds the layer's output channels.
+    token_grid: for a layer that makes tokens [B, N, C] from a map (a patch embedding),
+      `(layer, in_height, in_width) -> (height, width)` of the grid its tokens lie on, row
+      by row (the geometry's; `geometry` then maps positions of that grid).
+    check: `(step) -> reason or None`, what in one call of the layer the rule cannot follow
+      (an attention mask passed to it); a reason refuses the layer when the graph is built.
     """
 
     rule: Callable
@@ -129,6 +139,8 @@ class LayerKind:
     keeps_merged: bool = False
     kernel: str | None = None
     kernel_axis: int = -1
+    token_grid: Callable | None = None
+    check: Callable | None = None
 
 
 PASS_THROUGH_LAYERS = (
@@ -220,8 +232,36 @@ LAYER_KINDS = [
     (L.Subtract, LayerKind(subtract_rule, multi_input=True, keeps_merged=True)),
     (L.Multiply, LayerKind(multiply_rule, multi_input=True, keeps_merged=True)),
     (L.Concatenate, LayerKind(concatenate_rule, multi_input=True, keeps_merged=True)),
+    (
+        L.MultiHeadAttention,
+        LayerKind(multi_head_attention_rule, multi_input=True, check=multi_head_attention_check),
+    ),
     *_application_layers(),
 ]
+
+# Layers of optional libraries, by their qualified class names, so that the table needs no
+# import of them (keras-hub's SegFormer: `segformer.py`).
+_MIT = "keras_hub.src.models.mit.mit_layers."
+NAMED_LAYER_KINDS = {
+    _MIT + "OverlappingPatchingAndEmbedding": LayerKind(
+        segformer.patch_embedding_rule,
+        geometry=segformer.patch_embedding_map,
+        token_grid=segformer.patch_embedding_grid,
+    ),
+    _MIT + "HierarchicalTransformerEncoder": LayerKind(segformer.encoder_rule),
+    _MIT + "SegFormerMultiheadAttention": LayerKind(segformer.attention_rule),
+    _MIT + "MixFFN": LayerKind(segformer.mix_ffn_rule),
+    _MIT + "DropPath": PASS_THROUGH,  # the identity at inference
+}
+
+
+def _named_kind(layer):
+    for cls in type(layer).__mro__:
+        kind = NAMED_LAYER_KINDS.get(f"{cls.__module__}.{cls.__qualname__}")
+        if kind is not None:
+            return kind
+    return None
+
 
 # Keras ops in a functional graph (`x + 3.0`, `ops.multiply(x, gate)`), by class name.
 # With one tensor argument the other operand is a constant: a per-element map.
@@ -355,6 +395,9 @@ def kind_for(layer: AnyLayer, num_inputs: int = 1) -> LayerKind:
             if unsupported:
                 raise refuse(layer, unsupported)
             return kind
+    named = _named_kind(layer)
+    if named is not None:
+        return named
     if not isinstance(layer, L.Layer) and type(layer).__module__.startswith("keras.src.ops"):
         found = _op_kind(layer, num_inputs)
         if found:

@@ -8,7 +8,8 @@ layer that chooses channels (for the K analysis). docs/method.md section 2 state
 
 Every rule moves a batch of points in a handful of vectorised TensorFlow ops: gather every
 point's input window at once, score, pick. A point is (image b, seed class, y, x, channel,
-count); rank-2 tensors (Dense inputs) use y = x = 0. Ties go to the lowest index (row-major
+count); rank-2 tensors (Dense inputs) use y = x = 0, and rank-3 tensors of tokens [B, N, C]
+(a transformer's) use y = 0, x = the token (`as_map`). Ties go to the lowest index (row-major
 taps, then channel order), as numpy.argmax does, or with `ties="last"` to the highest (as
 Seg-Unravel's code; `best_index` and `top_indices` are the only places a rule breaks ties).
 """
@@ -62,6 +63,13 @@ class Points(typing.NamedTuple):
         return self._replace(**fields)
 
 
+def concat_points(parts: typing.Sequence[Points]) -> Points:
+    """The points of every part, in order (one part is returned as it is)."""
+    if len(parts) == 1:
+        return parts[0]
+    return Points(*(tf.concat(fields, axis=0) for fields in zip(*parts, strict=True)))
+
+
 class Moved(typing.NamedTuple):
     """What a channel-choosing rule returns: one `Points` per input, and the channel scores
     [N, C_in] it chose from (row i for arriving point i)."""
@@ -90,6 +98,24 @@ def top_indices(scores: tf.Tensor, k: int, ties: str = "first") -> tuple[tf.Tens
         return tf.math.top_k(scores, k)  # stable: equal values keep channel order
     values, top = tf.math.top_k(tf.reverse(scores, axis=[1]), k)
     return values, tf.shape(scores)[1] - 1 - top
+
+
+def as_map(tensor: tf.Tensor) -> tf.Tensor:
+    """`tensor` seen as a [B, H, W, C] map, the layout every point reads: a vector [B, C] as
+    one position [B, 1, 1, C], tokens [B, N, C] as one row of N positions [B, 1, N, C] (a
+    token is a position; which grid it lies on is the geometry's business, not the
+    point's)."""
+    rank = len(tensor.shape)
+    if rank == 4:
+        return tensor
+    if rank == 2:
+        return tensor[:, None, None, :]
+    if rank == 3:
+        return tensor[:, None, :, :]
+    raise UntraceableLayerError(
+        f"a rank-{rank} tensor has no (y, x, channel) layout: the unravel reads vectors "
+        f"[B, C], tokens [B, N, C] and maps [B, H, W, C]"
+    )
 
 
 def spatial_size(tensor: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:

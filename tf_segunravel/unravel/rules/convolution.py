@@ -9,6 +9,8 @@ from tf_segunravel.unravel.rules.base import (
     AnyLayer,
     Moved,
     Points,
+    UntraceableLayerError,
+    as_map,
     best_index,
     clamp_taps,
     gather_pixels,
@@ -391,13 +393,15 @@ def dense_rule(
     settings: FixationSettings,
     kernel: tf.Tensor | None = None,
 ) -> Moved:
-    """Dense on a vector (top-K or positive contributions); per position like a 1x1 conv.
-    `kernel` replaces the layer's own, as in `conv_rule`."""
+    """Dense on a vector (top-K or positive contributions); on tokens or a map, per position
+    like a 1x1 conv. `kernel` replaces the layer's own, as in `conv_rule`."""
     kernel = tf.cast(layer.kernel if kernel is None else kernel, x.dtype)
-    if len(x.shape) == 4:
-        window = gather_pixels(x, points.b, points.y[:, None], points.x[:, None])[:, 0]
-    else:
-        window = tf.gather(x, points.b)
+    if len(kernel.shape) != 2:
+        raise UntraceableLayerError(
+            f"unravel cannot trace layer {layer.name!r} (Dense): a kernel of rank "
+            f"{len(kernel.shape)} (its rule reads [C_in, C_out])"
+        )
+    window = gather_pixels(as_map(x), points.b, points.y[:, None], points.x[:, None])[:, 0]
     contributions = window * tf.transpose(tf.gather(kernel, points.ch, axis=1))
     parents, channels = select_channels(contributions, settings, settings.dense_rule)
     return Moved([points.moved(parents, ch=channels)], contributions)

@@ -6,6 +6,7 @@ from tf_segunravel.unravel.rules.base import (
     AnyLayer,
     Points,
     UntraceableLayerError,
+    as_map,
     best_index,
     gather_pixels,
     select_channels,
@@ -16,17 +17,16 @@ from tf_segunravel.unravel.settings import FixationSettings
 
 def value_at(tensor: tf.Tensor, points: Points) -> tf.Tensor:
     """tensor's value at each point, broadcasting as the merge did: a size-1 axis (a
-    [B, 1, 1, C] gate, a single channel) is read at 0; a [B, C] vector at (b, channel)."""
-    if len(tensor.shape) == 2:
-        index = [points.b, tf.minimum(points.ch, tf.shape(tensor)[1] - 1)]
-    else:
-        shape = tf.shape(tensor)
-        index = [
-            points.b,
-            tf.minimum(points.y, shape[1] - 1),
-            tf.minimum(points.x, shape[2] - 1),
-            tf.minimum(points.ch, shape[3] - 1),
-        ]
+    [B, 1, 1, C] gate, a single channel) is read at 0; a [B, C] vector at (b, channel),
+    tokens [B, N, C] at (b, x, channel) (`as_map`)."""
+    tensor = as_map(tensor)
+    shape = tf.shape(tensor)
+    index = [
+        points.b,
+        tf.minimum(points.y, shape[1] - 1),
+        tf.minimum(points.x, shape[2] - 1),
+        tf.minimum(points.ch, shape[3] - 1),
+    ]
     return tf.gather_nd(tensor, tf.stack(index, axis=-1))
 
 

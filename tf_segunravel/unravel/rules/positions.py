@@ -13,8 +13,9 @@ scores. Per kind:
   (j + 0.5) n / m - 0.5;
 - zero padding by a shifts positions by -a, cropping by a by +a;
 - a global pooling, Flatten or Dense output is one position over the centre of its input;
-- per-element, per-channel and merging layers keep the map (`KEEPS_MAP`; a merge follows its
-  first input, the others cover the same positions).
+- per-element, per-channel and merging layers keep the map (`KEEPS_MAP`; a merge follows the
+  input whose positions stayed finest on the way from the image, the first among equals:
+  `geometry._finest_map`).
 
 Paddings depend on the input size ('same' with stride 2 pads differently for odd and even
 sizes), so the maps take the recorded sizes, and are TensorFlow ops that also run inside a

@@ -8,6 +8,7 @@ from tf_segunravel.unravel.rules.base import (
     AnyLayer,
     Points,
     UntraceableLayerError,
+    as_map,
     best_index,
     clamp_taps,
     gather_pixels,
@@ -87,31 +88,26 @@ def flatten_rule(
 
 
 def _element_index(points, tensor):
-    """Row-major index of each point's element in one example of `tensor` (rank 2 or 4)."""
-    if len(tensor.shape) == 2:
-        return points.ch
-    shape = tf.shape(tensor)
+    """Row-major index of each point's element in one example of `tensor` (any rank
+    `as_map` reads)."""
+    shape = tf.shape(as_map(tensor))
     return (points.y * shape[2] + points.x) * shape[3] + points.ch
 
 
 def reshape_rule(
     layer: AnyLayer, x: tf.Tensor, output: tf.Tensor, points: Points, settings: FixationSettings
 ) -> list[Points]:
-    """Reshape between [B, C] and [B, H, W, C] shapes: the element keeps its row-major
-    index, unravelled in the input's shape."""
+    """Reshape between vectors [B, C], tokens [B, N, C] and maps [B, H, W, C]: the element
+    keeps its row-major index, unravelled in the input's shape (`as_map`). Tokens to a map
+    of their own grid ([B, HW, C] -> [B, H, W, C]) moves token y W + x to position (y, x),
+    and back."""
     for tensor in (x, output):
-        if len(tensor.shape) not in (2, 4):
-            raise UntraceableLayerError(
-                f"unravel cannot trace layer {layer.name!r} (Reshape): a rank-"
-                f"{len(tensor.shape)} tensor has no (y, x, channel) layout"
-            )
+        as_map(tensor)  # refuses a rank it cannot read
     index = _element_index(points, output)
-    if len(x.shape) == 2:
-        return [points.replace(y=tf.zeros_like(index), x=tf.zeros_like(index), ch=index)]
-    shape = tf.shape(x)
+    _, _, width, channels = tf.unstack(tf.shape(as_map(x)), num=4)
     return [
         points.replace(
-            y=index // (shape[2] * shape[3]), x=(index // shape[3]) % shape[2], ch=index % shape[3]
+            y=index // (width * channels), x=(index // channels) % width, ch=index % channels
         )
     ]
 
