@@ -87,7 +87,7 @@ def token_of(points: Points, like: tf.Tensor) -> tf.Tensor:
 _MASKS = ("attention_mask", "query_mask", "value_mask", "key_mask")
 
 
-def multi_head_attention_check(step) -> str | None:
+def multi_head_attention_check(step: typing.Any) -> str | None:
     """What the attention rule cannot follow in one call of a Keras `MultiHeadAttention`."""
     layer = step.layer
     arguments = step.arguments

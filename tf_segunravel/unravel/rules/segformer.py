@@ -22,6 +22,7 @@ from tf_segunravel.unravel.rules.base import (
     AnyLayer,
     Moved,
     Points,
+    Size,
     UntraceableLayerError,
     concat_points,
 )
@@ -73,7 +74,7 @@ def patch_embedding_rule(
     return zero_padding_rule(layer.padding, x, padded, at_padded, settings)
 
 
-def patch_embedding_grid(layer: AnyLayer, height, width) -> tuple:
+def patch_embedding_grid(layer: AnyLayer, height: Size, width: Size) -> tuple[Size, Size]:
     """The grid of the patch embedding's tokens: its convolution's output size."""
     pad = layer.patch_size // 2
     return tuple(
@@ -81,7 +82,7 @@ def patch_embedding_grid(layer: AnyLayer, height, width) -> tuple:
     )
 
 
-def patch_embedding_map(layer: AnyLayer, in_size, out_size, axis: int) -> StepResult:
+def patch_embedding_map(layer: AnyLayer, in_size: Size, out_size: Size, axis: int) -> StepResult:
     """Padding by patch_size // 2, then a valid window of patch_size with the stride."""
     return window_step(layer.patch_size, layer.stride, 1, layer.patch_size // 2, in_size, out_size)
 
