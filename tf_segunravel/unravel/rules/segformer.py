@@ -68,6 +68,7 @@ def patch_embedding_rule(
     padded = layer.padding(x)
     conv = layer.proj(padded)
     tokens = tf.reshape(conv, [tf.shape(conv)[0], -1, conv.shape[-1]])
+    # The check runs before the points move (a control dependency on what they read).
     with tf.control_dependencies([_checked(layer, layer.norm(tokens), output)]):
         on_grid = token_points(points, tf.identity(points.x), conv)
     at_padded = _points(conv_rule(layer.proj, padded, conv, on_grid, settings))
@@ -177,6 +178,7 @@ def encoder_rule(
     middle = x + attended
     normed_middle = layer.norm2(middle)
     mixed = layer_call(layer.mlp, normed_middle)
+    # The check runs before the points move (a control dependency on what they read).
     with tf.control_dependencies([_checked(layer, middle + mixed, output)]):
         points = points.replace(b=tf.identity(points.b))
     to_middle, to_mixed = add_rule(layer, [middle, mixed], output, points, settings)
