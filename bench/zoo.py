@@ -104,22 +104,9 @@ def segformer_b0(size, classes=150):
     but with random weights: presets download, which a benchmark must not need."""
     import keras_hub
 
-    from tf_segunravel.models.segformer import B0
+    from tf_segunravel.models.segformer import segformer_b0_backbone
 
-    encoder = keras_hub.models.MiTBackbone(
-        layerwise_depths=B0["layerwise_depths"],
-        num_layers=len(B0["hidden_dims"]),
-        layerwise_num_heads=B0["layerwise_num_heads"],
-        layerwise_sr_ratios=B0["layerwise_sr_ratios"],
-        max_drop_path_rate=0.1,
-        layerwise_patch_sizes=B0["layerwise_patch_sizes"],
-        layerwise_strides=B0["layerwise_strides"],
-        image_shape=(size, size, 3),
-        hidden_dims=B0["hidden_dims"],
-    )
-    backbone = keras_hub.models.SegFormerBackbone(
-        image_encoder=encoder, projection_filters=B0["projection_filters"]
-    )
+    backbone = segformer_b0_backbone(size)
     return keras_hub.models.SegFormerImageSegmenter(backbone=backbone, num_classes=classes)
 
 

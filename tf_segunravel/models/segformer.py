@@ -43,26 +43,11 @@ def _scaled(channels: int, heads: int, width: float) -> int:
     return max(heads, round(channels * width / heads) * heads)
 
 
-def segformer_b0(
-    num_classes: int,
-    width: float = 1.0,
-    dropout: float = 0.1,
-    image_size: int = 129,
-    drop_path_rate: float = 0.1,
+def segformer_b0_backbone(
+    image_size: int, width: float = 1.0, drop_path_rate: float = 0.1
 ) -> keras.Model:
-    """SegFormer-B0 for `num_classes` classes on square `image_size` images, every channel
-    count multiplied by `width` (heads kept, channels rounded to a multiple of them).
-
-    keras-hub's MiT reads its token count as a square grid of a size fixed when it is built,
-    so the network takes images of `image_size` x `image_size` (a multiple of 32); other
-    sizes are resized to it by the unravel and the tools (`ModelGraph.feed`).
-    """
-    if image_size % TOTAL_STRIDE:
-        raise InputError(
-            f"crop_size={image_size}: segformer_b0 needs a multiple of {TOTAL_STRIDE} (its "
-            f"encoder's stages halve the grid down to 1/{TOTAL_STRIDE}), for example "
-            f"{max(TOTAL_STRIDE, image_size // TOTAL_STRIDE * TOTAL_STRIDE)}"
-        )
+    """keras-hub's `SegFormerBackbone` (MiT-B0 encoder, all-MLP decoder) with every channel
+    count multiplied by `width` (rounded to a multiple of the stage's heads)."""
     try:
         import keras_hub
     except ImportError as e:
@@ -83,10 +68,33 @@ def segformer_b0(
         image_shape=(image_size, image_size, 3),
         hidden_dims=dims,
     )
-    backbone = keras_hub.models.SegFormerBackbone(
+    return keras_hub.models.SegFormerBackbone(
         image_encoder=encoder,
         projection_filters=max(1, round(B0["projection_filters"] * width)),
     )
+
+
+def segformer_b0(
+    num_classes: int,
+    width: float = 1.0,
+    dropout: float = 0.1,
+    image_size: int = 129,
+    drop_path_rate: float = 0.1,
+) -> keras.Model:
+    """SegFormer-B0 for `num_classes` classes on square `image_size` images, every channel
+    count multiplied by `width` (heads kept, channels rounded to a multiple of them).
+
+    keras-hub's MiT reads its token count as a square grid of a size fixed when it is built,
+    so the network takes images of `image_size` x `image_size` (a multiple of 32); other
+    sizes are resized to it by the unravel and the tools (`ModelGraph.feed`).
+    """
+    if image_size % TOTAL_STRIDE:
+        raise InputError(
+            f"crop_size={image_size}: segformer_b0 needs a multiple of {TOTAL_STRIDE} (its "
+            f"encoder's stages halve the grid down to 1/{TOTAL_STRIDE}), for example "
+            f"{max(TOTAL_STRIDE, image_size // TOTAL_STRIDE * TOTAL_STRIDE)}"
+        )
+    backbone = segformer_b0_backbone(image_size, width, drop_path_rate)
     images = keras.Input((image_size, image_size, 3), name="images")
     features = keras.layers.Dropout(dropout, name=FEATURE_LAYER)(backbone(images))
     scores = keras.layers.Conv2D(num_classes, 1, name=SCORE_LAYER)(features)
