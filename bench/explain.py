@@ -3,8 +3,9 @@
     python3 -m bench.explain [--networks=largefov,unet,deeplabv3_plus --repeats=3]
 
 For each network (random weights: the cost does not depend on what it learned), one image,
-every predicted class: the median seconds of `fixation_maps` from one `SegUnravel` call
-(all classes in one walk) and of each gradient method of `tf_segunravel/baselines.py`
+every predicted class: the median seconds of the methods table's `fixations` entry (one
+walk for all classes, then the compiled heat maps, as the tools run them) and of each
+gradient method of `tf_segunravel/baselines.py`
 (Grad-CAM compiled, one backward pass for every class; tf-keras-vis' Grad-CAM and the
 others one backward pass per class), with the network's forward pass for scale; medians of
 `--explain_repeats` for the forward pass and the fixations, of `--explain_repeats` - 2 (at
@@ -24,9 +25,9 @@ from absl import app, flags
 
 from bench.timing import median_seconds
 from bench.zoo import deeplabv3_plus, unet
-from tf_segunravel import baselines
+from tf_segunravel import baselines, methods
 from tf_segunravel.models import deeplab_largefov
-from tf_segunravel.unravel import FixationSettings, SegUnravel, fixation_maps
+from tf_segunravel.unravel import FixationSettings
 from tf_segunravel.unravel.graph import ModelGraph
 
 flags.DEFINE_list("networks", ["largefov", "unet", "deeplabv3_plus"], "Networks to time.")
@@ -38,6 +39,8 @@ flags.DEFINE_list(
 )
 flags.DEFINE_integer("explain_repeats", 3, "Timed runs per figure (median).")
 FLAGS = flags.FLAGS  # --repeats belongs to bench.zoo
+SETTINGS = FixationSettings()  # the defaults users run with
+OPTIONS = methods.MethodOptions(SETTINGS)
 
 NETWORKS = {
     "largefov": (lambda: deeplab_largefov(num_classes=21), 321),
@@ -56,14 +59,14 @@ def measure(name):
     batch = tf.constant(image[None], tf.float32)
     forward = tf.function(lambda x: model(x, training=False))
     forward_s = median_seconds(lambda: forward(batch).numpy(), FLAGS.explain_repeats)
-    settings = FixationSettings()
-    engine = SegUnravel(graph, settings)
+    entry = methods.get("fixations")
+    classes = [int(c) for c in np.flatnonzero(methods.engine_for(graph, SETTINGS)(batch).seeds[0])]
 
-    def fixations():
-        return fixation_maps(engine(batch), side, side, settings).numpy()
+    def fixations():  # as every tool runs them: the walk, then the compiled heat maps
+        return entry.maps(graph, image[None], classes, options=OPTIONS)
 
+    fixations()  # traces the heat maps
     fixations_s = median_seconds(fixations, FLAGS.explain_repeats)
-    classes = [int(c) for c in np.flatnonzero(engine(batch).seeds[0])]
     print(f"{name}_classes: {len(classes)}")
     print(f"{name}_forward_s: {forward_s:.3f}")
     print(f"{name}_fixations_s: {fixations_s:.3f}")

@@ -110,6 +110,13 @@ CASES = [
     ("fixations", ["--k=0"], "--k must be a positive integer"),
     ("fixations", ["--contrast=99"], "--contrast=99: --contrast='99' is not a class"),
     ("fixations", ["--output_dir={root}/a_file/out"], "a_file is a file, not a directory"),
+    (
+        "fixations",
+        ["--sigma=60"],
+        "sigma=60 px: a heat-map blur of 60 px is wider than the image (40 x 48)",
+    ),
+    ("fixations", ["--ranking=everything"], "--ranking"),
+    ("fixations", ["--sigma_unit=inches"], "--sigma_unit"),
     # ------------------------------------------------------------------------- evaluate
     ("evaluate", ["--model={root}/garbage.keras"], "garbage.keras: cannot load the .keras model"),
     ("evaluate", ["--split=nosuch"], "--split=nosuch: Unknown split 'nosuch'"),
@@ -199,6 +206,11 @@ CASES = [
         "experiments",
         ["--experiment=faithfulness_over_seeds", "--models={root}/tiny.keras", "--methods=lime"],
         "--methods: unknown ['lime']",
+    ),
+    (
+        "experiments",
+        ["--experiment=faithfulness", "--methods=fixations_density", "--sigma=200"],
+        "sigma=200 px: a heat-map blur of 200 px is wider than the image (129 x 129)",
     ),
     # ----------------------------------------------------------------------------- demo
     (

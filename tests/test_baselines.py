@@ -5,6 +5,7 @@ InputError naming what to fix."""
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from tf_segunravel import baselines
 from tf_segunravel.errors import InputError
@@ -136,3 +137,24 @@ def test_a_compiled_cam_is_its_reference_on_largefov(largefov_quadrants, method)
     reference = baselines.explain(method, large, image, classes, regions=regions, reference=True)
     assert (compiled.reshape(4, -1).max(axis=1) == 1).sum() >= 2  # several classes have maps
     np.testing.assert_allclose(compiled, reference, atol=1e-4)
+
+
+def test_scorecam_refuses_a_layer_whose_masks_would_not_fit(largefov_quadrants, monkeypatch):
+    """One mask per channel at the input's size: over SCORECAM_MAX_BYTES, a one-line error
+    names the layer, its channels and layers that fit, before any masked pass runs."""
+    from tf_segunravel.errors import InputError
+
+    large, image, classes, regions = largefov_quadrants
+    channels = int(large.model.get_layer("fc6").output.shape[-1])
+    fed = large.feed(tf.constant(image[None], tf.float32))
+    one_mask = int(fed.shape[1]) * int(fed.shape[2]) * 4
+    monkeypatch.setattr(baselines, "SCORECAM_MAX_BYTES", one_mask * (channels - 1))
+    message = (
+        rf"gradcam_layer=fc6: Score-CAM holds one mask per channel, {channels} of "
+        rf"{fed.shape[1]} x {fed.shape[2]} \(.* GiB\); pass a layer with at most "
+        rf"{channels - 1} channels \(here: fc8"
+    )
+    with pytest.raises(InputError, match=message):
+        baselines.explain("scorecam", large, image, classes, layer="fc6", regions=regions)
+    monkeypatch.setattr(baselines, "SCORECAM_MAX_BYTES", one_mask * channels)
+    baselines.explain("scorecam", large, image, classes, layer="fc6", regions=regions)

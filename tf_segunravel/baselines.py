@@ -176,6 +176,8 @@ def explain(
     fed = graph.feed(batch)  # the model's own input: resized, input settings applied
     if method == "scorecam" or (method == "gradcam" and not reference):
         name = layer or default_layer(graph)
+        if method == "scorecam":
+            check_scorecam_memory(graph, name, int(fed.shape[1]), int(fed.shape[2]))
         regions_grid = np.stack([grid_labels == c for c in classes]).astype(np.float32)
         wanted = (fed, tf.constant(classes, tf.int32), tf.constant(regions_grid))
         if method == "gradcam":
@@ -247,6 +249,30 @@ def _feature_model(graph: "ModelGraph", layer: str) -> tuple[keras.Model, keras.
 
 
 SCORECAM_BATCH = 16  # masked images per forward pass
+# What Score-CAM's masks may hold: one float32 mask per channel at the input's size.
+SCORECAM_MAX_BYTES = 2**30
+
+
+def check_scorecam_memory(graph: "ModelGraph", layer: str, height: int, width: int) -> None:
+    """Refuses a layer whose Score-CAM masks (channels x height x width float32) would pass
+    SCORECAM_MAX_BYTES, naming the layer, its channels and the layers that fit."""
+    _, features = _feature_model(graph, layer)
+    channels = int(features.output.shape[-1])
+    needed = channels * height * width * 4
+    if needed <= SCORECAM_MAX_BYTES:
+        return
+    most = SCORECAM_MAX_BYTES // (height * width * 4)
+    fits = [
+        step.layer.name
+        for step in reversed(graph.steps)
+        if isinstance(step.layer, keras.layers.Conv2D) and 0 < step.layer.filters <= most
+    ][:3]
+    instead = f" (here: {', '.join(fits)})" if fits else ""
+    raise InputError(
+        f"gradcam_layer={layer}: Score-CAM holds one mask per channel, {channels} of "
+        f"{height} x {width} ({needed / 2**30:.1f} GiB, over its {SCORECAM_MAX_BYTES / 2**30:g} "
+        f"GiB); pass a layer with at most {most} channels{instead}"
+    )
 
 
 def compiled_scorecam(graph: "ModelGraph", layer: str) -> typing.Callable:

@@ -26,7 +26,7 @@ from tf_segunravel.data.labels import class_name, read_image, read_label_png
 from tf_segunravel.errors import InputError
 from tf_segunravel.grids import first_argmax, scores_at_size
 from tf_segunravel.loading import as_loaded
-from tf_segunravel.unravel.maps import heatmaps, inlier_mask
+from tf_segunravel.unravel.maps import check_kernel, heatmap_sigma, heatmaps, inlier_mask
 from tf_segunravel.unravel.settings import FixationSettings
 from tf_segunravel.unravel.tracer import MAX_COUNT, SegUnravel, UnravelResult
 
@@ -130,7 +130,8 @@ def rescale_points(
     result: UnravelResult, from_size: tuple[int, int], to_size: tuple[int, int]
 ) -> UnravelResult:
     """`result` with its points moved from an image of `from_size` to one of `to_size`
-    (pixel centres scaled), identical points merged and their counts added."""
+    (pixel centres scaled), identical points merged and their counts added; its geometry,
+    where it has one, placed on the new size's pixels."""
     (from_h, from_w), (to_h, to_w) = from_size, to_size
     if (from_h, from_w) == (to_h, to_w):
         return result
@@ -143,7 +144,12 @@ def rescale_points(
     sums = np.bincount(inverse.ravel(), weights=result.counts, minlength=len(keys))
     fits = np.minimum(sums, np.nextafter(2.0**63, 0)).astype(np.int64)
     counts = np.where(sums >= 2.0**63, MAX_COUNT, fits)
-    return result._replace(points=keys.astype(np.int32), counts=counts)
+    geometry = result.geometry
+    if geometry is not None:  # score i over small pixel s i + o: over big (s i + o + 0.5) r - 0.5
+        ratio = np.array([to_h / from_h, to_w / from_w], np.float32)
+        geometry = np.asarray(geometry, np.float32)
+        geometry = np.stack([geometry[:, 0] * ratio, (geometry[:, 1] + 0.5) * ratio - 0.5], 1)
+    return result._replace(points=keys.astype(np.int32), counts=counts, geometry=geometry)
 
 
 class FixationWriter:
@@ -250,6 +256,13 @@ class FixationWriter:
         inliers = np.ones(len(points), bool)
         if self.settings.outlier_radius > 0 and len(points):
             inliers = inlier_mask(rows, height, width, self.settings.outlier_radius).numpy()
+        if self.settings.sigma_unit != "pixels" and result.geometry is None:
+            raise InputError(
+                f"sigma_unit={self.settings.sigma_unit}: a SavedModel gives no score grid "
+                f"geometry; pass sigma_unit=pixels, or the Keras, ONNX or TFLite model"
+            )
+        sigma = heatmap_sigma(self.settings, result.geometry)
+        check_kernel(self.settings, sigma, height, width)
         class_maps = heatmaps(
             rows[inliers],
             counts[inliers],
@@ -257,9 +270,11 @@ class FixationWriter:
             num_classes=len(seeds),
             height=height,
             width=width,
-            sigma=self.settings.sigma,
+            sigma=sigma,
             outlier_radius=0,
             weighted=self.settings.weighted,
+            ranking=self.settings.ranking,
+            labels=labels[None],
         ).numpy()[0][classes]
         compared = {}
         if self.compare:

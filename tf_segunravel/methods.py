@@ -31,6 +31,9 @@ import numpy as np
 from tf_segunravel.errors import InputError
 from tf_segunravel.unravel.settings import RUNNER_UP, FixationSettings
 
+# fixations_stride_kernel's blur, in score-grid cells (16 px at LargeFOV's stride of 8).
+STRIDE_KERNEL_CELLS = 2.0
+
 if typing.TYPE_CHECKING:
     from tf_segunravel.unravel.graph import ModelGraph
     from tf_segunravel.unravel.tracer import SegUnravel
@@ -86,38 +89,77 @@ class Method:
 
 
 def engine_for(graph: "ModelGraph", settings: FixationSettings) -> "SegUnravel":
-    """The fixation engine of `graph` with `settings`, made on first use and kept with the
-    graph (`ModelGraph.engines`): a compiled unravel is traced once, not per call (a trace
-    costs seconds; a walk of a small network, milliseconds). Kept on the graph, not in a
-    table here: a table keyed on the graph would keep every graph alive through its engine
-    (the randomisation check makes one per randomised model)."""
+    """The fixation engine of `graph` with `settings`' unravel fields, made on first use and
+    kept with the graph (`ModelGraph.engines`): a compiled unravel is traced once, not per
+    call (a trace costs seconds; a walk of a small network, milliseconds), and variants that
+    differ only in their heat maps share it. Kept on the graph, not in a table here: a table
+    keyed on the graph would keep every graph alive through its engine (the randomisation
+    check makes one per randomised model)."""
     from tf_segunravel.unravel.tracer import SegUnravel
 
-    if settings not in graph.engines:
-        graph.engines[settings] = SegUnravel(graph, settings)
-    return graph.engines[settings]
+    key = FixationSettings(**{name: getattr(settings, name) for name in settings.UNRAVEL_FIELDS})
+    if key not in graph.engines:
+        graph.engines[key] = SegUnravel(graph, key)
+    return graph.engines[key]
 
 
-def _fixation_maps(contrast):
+def _maps_for(graph: "ModelGraph", settings: FixationSettings) -> Callable:
+    """`unravel.maps.fixation_maps` with `settings`, compiled once per graph and settings
+    (eager, the heat maps cost twice their compiled time: docs/benchmarks.md)."""
+    import tensorflow as tf
+
+    from tf_segunravel.unravel.maps import fixation_maps
+
+    key = ("maps", settings)
+    if key not in graph.engines:
+
+        def draw(result, labels, height, width):
+            return fixation_maps(result, height, width, settings, labels)
+
+        graph.engines[key] = tf.function(draw, reduce_retracing=True)
+    return graph.engines[key]
+
+
+def _fixation_maps(**fields):
     def maps(graph, images, classes, regions=None, seed=0, options=None):
         """Each image walked on its own (the engine is compiled for one image at a time),
-        seeded by `regions` where given, else by the network's own prediction."""
-        from tf_segunravel.unravel.maps import fixation_maps
+        seeded by `regions` where given, else by the network's own prediction; the entry's
+        `fields` replace those of `options.settings`."""
+        from tf_segunravel.unravel.maps import check_kernel, heatmap_sigma
+        from tf_segunravel.unravel.tracer import UnravelResult
 
         del seed  # deterministic
         options = options or MethodOptions()
-        settings = dataclasses.replace(options.settings, contrast=contrast)
-        engine = engine_for(graph, settings)
+        settings = dataclasses.replace(options.settings, **fields)
+        engine, draw = engine_for(graph, settings), _maps_for(graph, settings)
         images = np.asarray(images, np.float32)
         height, width = images.shape[1:3]
         out = []
         for index, image in enumerate(images):
-            seed_labels = None if regions is None else np.asarray(regions[1][index])[None]
-            result = engine(image[None], seed_labels=seed_labels)
-            out.append(fixation_maps(result, height, width, settings).numpy()[0][list(classes)])
+            labels = None if regions is None else np.asarray(regions[1][index])[None]
+            result = engine(image[None], seed_labels=labels)
+            check_kernel(settings, heatmap_sigma(settings, result.geometry), height, width)
+            if labels is None and settings.ranking == "segment":
+                labels = _predicted_labels(result, height, width)
+            tensors = UnravelResult(
+                points=result.points,
+                counts=result.counts,
+                labels=None,
+                seeds=result.seeds,
+                scores=result.scores,
+                geometry=result.geometry,
+            )
+            drawn = draw(tensors, labels, height, width).numpy()
+            out.append(drawn[0][list(classes)])
         return np.stack(out).astype(np.float32)
 
     return maps
+
+
+def _predicted_labels(result, height, width):
+    from tf_segunravel.grids import labels_at_size
+
+    return labels_at_size(result.scores, height, width, result.geometry).numpy()
 
 
 def _baseline_maps(name):
@@ -141,8 +183,20 @@ def _baseline_maps(name):
 
 
 BUILT_IN = [
-    Method("fixations", _fixation_maps(None), fixations=True),
-    Method("fixations_contrastive", _fixation_maps(RUNNER_UP), fixations=True),
+    Method("fixations", _fixation_maps(contrast=None), fixations=True),
+    Method("fixations_contrastive", _fixation_maps(contrast=RUNNER_UP), fixations=True),
+    # The variants of the faithfulness study (docs/results.md): denser walks, and heat maps
+    # that rank every pixel or take their blur from the score grid's stride.
+    Method("fixations_k3", _fixation_maps(contrast=None, k=3), fixations=True),
+    Method("fixations_mass", _fixation_maps(contrast=None, mass=0.5), fixations=True),
+    Method("fixations_full_shift", _fixation_maps(contrast=None, shift="full"), fixations=True),
+    Method("fixations_density", _fixation_maps(contrast=None, ranking="density"), fixations=True),
+    Method("fixations_segment", _fixation_maps(contrast=None, ranking="segment"), fixations=True),
+    Method(
+        "fixations_stride_kernel",
+        _fixation_maps(contrast=None, sigma_unit="score_cells", sigma=STRIDE_KERNEL_CELLS),
+        fixations=True,
+    ),
     # Compiled for every class at once: one forward and one backward pass per image.
     Method("gradcam", _baseline_maps("gradcam"), None, Cost(1, 1, "image")),
     Method("gradcam_plus_plus", _baseline_maps("gradcam_plus_plus"), "baselines", Cost(1, 1)),

@@ -147,3 +147,101 @@ def test_outlier_removal_scales_to_a_large_batch():
         sigma=4.0,
     ).numpy()
     assert maps.shape == (8, 4, 513, 513) and maps.max() == pytest.approx(1.0)
+
+
+def _convolved(maps, sigma):
+    """The blur as two one-channel convolutions of the taps (zeros beyond the border): the
+    form the matrix products replaced, and a reference written apart from them."""
+    import tensorflow as tf
+
+    radius = int(np.ceil(3 * sigma))
+    taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+    taps = (taps / taps.sum()).astype(np.float32)
+    x = tf.constant(maps[..., None], tf.float32)
+    x = tf.nn.conv2d(x, taps.reshape(-1, 1, 1, 1), 1, "SAME")
+    return tf.nn.conv2d(x, taps.reshape(1, -1, 1, 1), 1, "SAME").numpy()[..., 0]
+
+
+@pytest.mark.parametrize(
+    ("shape", "sigma"), [((3, 40, 33), 2.0), ((2, 9, 70), 5.5), ((1, 6, 6), 20)]
+)
+def test_the_blur_is_the_separable_convolution(shape, sigma):
+    # Dense random maps (every sum has many terms) and a kernel wider than the map.
+    maps = np.random.default_rng(0).random(shape).astype(np.float32)
+    np.testing.assert_allclose(
+        gaussian_blur(maps, sigma).numpy(), _convolved(maps, sigma), atol=2e-6
+    )
+
+
+def _blur_matrix(size, sigma):
+    """B[i, j] = tap (j - i) of the normalised kernel, 0 beyond 3 sigma (numpy, from the rule)."""
+    radius = int(np.ceil(3 * sigma))
+    total = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2).sum()
+    offset = np.arange(size)[None, :] - np.arange(size)[:, None]
+    return np.where(np.abs(offset) <= radius, np.exp(-0.5 * (offset / sigma) ** 2) / total, 0)
+
+
+def test_a_blur_per_axis_and_as_tensors_inside_a_graph():
+    import tensorflow as tf
+
+    maps = np.random.default_rng(1).random((2, 30, 20)).astype(np.float32)
+    pair = gaussian_blur(maps, (3.0, 1.5)).numpy()  # 3 px along y, 1.5 px along x
+    expected = _blur_matrix(30, 3.0) @ maps.astype(np.float64) @ _blur_matrix(20, 1.5)
+    np.testing.assert_allclose(pair, expected, atol=2e-6)
+    compiled = tf.function(lambda m, s: gaussian_blur(m, (s, s / 2)))
+    np.testing.assert_allclose(compiled(maps, tf.constant(3.0)).numpy(), pair, atol=1e-6)
+
+
+def _two_classes(ranking, labels=None):
+    # Class 1: a cluster of points near (10, 10); class 0: one point at (30, 30).
+    points = np.array([[0, 1, 10, 10], [0, 1, 11, 12], [0, 0, 30, 30]], np.int32)
+    return heatmaps(
+        points, np.ones(3), batch=1, num_classes=2, height=40, width=40, sigma=2.0,
+        outlier_radius=0, ranking=ranking, labels=labels,
+    ).numpy()[0]  # fmt: skip
+
+
+def test_a_complete_ranking_breaks_only_the_ties():
+    plain, dense = _two_classes("points"), _two_classes("density")
+    assert (plain[1] == 0).mean() > 0.8  # most pixels tie at 0 without it
+    assert (dense[1] > 0).all() and dense.max() <= 1
+    # Where the blurred points differ by more than the tie-break, the order is theirs.
+    apart = np.abs(plain[1].ravel()[:, None] - plain[1].ravel()[None, :]) > 2e-3
+    order = np.sign(plain[1].ravel()[:, None] - plain[1].ravel()[None, :])
+    dense_order = np.sign(dense[1].ravel()[:, None] - dense[1].ravel()[None, :])
+    assert (order[apart] == dense_order[apart]).all()
+    # Among the tied pixels, nearer the class's points ranks higher.
+    assert dense[1, 10, 25] > dense[1, 10, 39] > 0 and dense[1, 25, 25] > dense[1, 39, 39]
+
+
+def test_the_segment_ranking_puts_the_class_region_next():
+    labels = np.zeros((1, 40, 40), np.int64)
+    labels[0, :, 20:] = 1  # class 1's region: the right half, away from its points
+    ranked = _two_classes("segment", labels)[1]
+    plain = _two_classes("points")[1]
+    far = plain == 0
+    # The region (blurred at sigma = 2) first: inside it, over pixels 6 px or more outside.
+    columns = np.arange(40)[None, :]
+    inside, outside = far & (columns >= 20), far & (columns < 14)
+    assert ranked[inside].min() > ranked[outside].max()
+    assert (ranked > 0).all()
+    with pytest.raises(ValueError, match="needs each pixel's labels"):
+        _two_classes("segment")
+
+
+def test_the_blur_in_score_cells_follows_the_geometry():
+    from tf_segunravel.errors import InputError
+    from tf_segunravel.unravel import FixationSettings
+    from tf_segunravel.unravel.maps import check_kernel, heatmap_sigma
+
+    geometry = np.array([[8.0, 3.5], [4.0, 1.5]], np.float32)  # stride 8 down, 4 across
+    cells = FixationSettings(sigma=2.0, sigma_unit="score_cells")
+    assert heatmap_sigma(cells, geometry) == (16.0, 8.0)
+    assert heatmap_sigma(FixationSettings(sigma=5.0), geometry) == (5.0, 5.0)
+    check_kernel(cells, (16.0, 8.0), 16, 20)
+    with pytest.raises(
+        InputError,
+        match=r"sigma=2 score cells: a heat-map blur of 16 px is "
+        r"wider than the image \(12 x 10\); pass a sigma of at most 1.5",
+    ):
+        check_kernel(cells, (16.0, 8.0), 12, 10)

@@ -9,6 +9,8 @@ import typing
 
 import tensorflow as tf
 
+from tf_segunravel.errors import InputError
+from tf_segunravel.grids import labels_at_size
 from tf_segunravel.unravel.settings import FixationSettings
 
 if typing.TYPE_CHECKING:
@@ -73,18 +75,63 @@ def inlier_mask(
     return tf.cast(neighbours, tf.float32) > threshold
 
 
-def gaussian_blur(maps: tf.Tensor, sigma: float) -> tf.Tensor:
-    """Separable Gaussian blur of [M, H, W] maps (zeros beyond the border); sigma in px."""
-    if sigma <= 0:
-        return maps
-    radius = math.ceil(3 * sigma)
-    taps = tf.range(-radius, radius + 1, dtype=tf.float32)
+def gaussian_kernel(sigma: typing.Any) -> tf.Tensor:
+    """The blur's taps, float32 [2 r + 1] summing to 1, r = ceil(3 sigma); sigma a number
+    or a float32 scalar tensor (the score grid's stride times `sigma`, inside a graph)."""
+    if isinstance(sigma, (int, float)):
+        radius = tf.constant(math.ceil(3 * sigma))
+    else:
+        sigma = tf.maximum(tf.cast(sigma, tf.float32), 1e-6)  # 0 would make 0 / 0 at the centre
+        radius = tf.cast(tf.math.ceil(3.0 * sigma), tf.int32)
+    taps = tf.cast(tf.range(-radius, radius + 1), tf.float32)
     kernel = tf.exp(-0.5 * tf.square(taps / sigma))
-    kernel /= tf.reduce_sum(kernel)
-    x = maps[..., None]
-    x = tf.nn.conv2d(x, tf.reshape(kernel, [-1, 1, 1, 1]), 1, "SAME")
-    x = tf.nn.conv2d(x, tf.reshape(kernel, [1, -1, 1, 1]), 1, "SAME")
-    return x[..., 0]
+    return kernel / tf.reduce_sum(kernel)
+
+
+def _blur_matrix(sigma: typing.Any, size: typing.Any) -> tf.Tensor:
+    """[size, size]: row i holds the taps centred on i, cut at the border (symmetric)."""
+    kernel = gaussian_kernel(sigma)
+    radius = (tf.shape(kernel)[0] - 1) // 2
+    index = tf.range(size)
+    offset = index[None, :] - index[:, None]
+    taps = tf.gather(kernel, tf.clip_by_value(offset + radius, 0, 2 * radius))
+    return tf.where(tf.abs(offset) <= radius, taps, 0.0)
+
+
+def gaussian_blur(maps: typing.Any, sigma: typing.Any) -> tf.Tensor:
+    """Separable Gaussian blur of [M, H, W] maps (zeros beyond the border); sigma in px, one
+    value or (along H, along W), numbers or float32 scalar tensors (a number <= 0: no blur).
+
+    Written as two matrix products, B_H X B_W with B the banded matrix of the taps, rather
+    than as two one-channel convolutions: the same sums, but a one-channel convolution of
+    121 taps runs at a fraction of the matrix unit's speed (at 321 x 321 the blur was most of
+    a LargeFOV fixation map's cost; docs/benchmarks.md). tests/unravel/test_maps.py holds it
+    to the convolutions."""
+    maps = tf.convert_to_tensor(maps, tf.float32)
+    sigma_y, sigma_x = sigma if isinstance(sigma, (tuple, list)) else (sigma, sigma)
+    shape = tf.shape(maps)
+    if not (isinstance(sigma_y, (int, float)) and sigma_y <= 0):
+        maps = tf.linalg.matmul(_blur_matrix(sigma_y, shape[1]), maps)
+    if not (isinstance(sigma_x, (int, float)) and sigma_x <= 0):
+        maps = tf.linalg.matmul(maps, _blur_matrix(sigma_x, shape[2]))
+    return maps
+
+
+def _blur_drawn(flat: tf.Tensor, sigma: typing.Any) -> tf.Tensor:
+    """`gaussian_blur` of [M, H, W] maps, only those with a positive value blurred (a blurred
+    empty map is empty, and most of a segmentation's classes are absent from any one
+    image), each then scaled to a peak of 1."""
+    present = tf.cast(tf.where(tf.reduce_any(flat > 0, axis=[1, 2])), tf.int32)
+    drawn = gaussian_blur(tf.gather_nd(flat, present), sigma)
+    blurred = tf.scatter_nd(present, drawn, tf.shape(flat))
+    return tf.math.divide_no_nan(blurred, tf.reduce_max(blurred, axis=[1, 2], keepdims=True))
+
+
+# `ranking`'s tie-break: the weight of the density (or the segment) under the blurred points,
+# and of the density under the segment. Small enough to reorder only pixels whose blurred
+# points differ by less than this share of their peak; large enough that float32 near 1
+# (a step of 6e-8) keeps the second term's order, and the third's under the second.
+TIE_BREAK = 1e-3
 
 
 def heatmaps(
@@ -95,37 +142,97 @@ def heatmaps(
     num_classes: int,
     height: typing.Any,
     width: typing.Any,
-    sigma: float = 20.0,
+    sigma: typing.Any = 20.0,
     outlier_radius: float = 0.02,
     weighted: bool = True,
+    ranking: str = "points",
+    labels: typing.Any = None,
 ) -> tf.Tensor:
     """float32 [batch, num_classes, height, width] heat maps, each normalised to [0, 1].
 
     Args:
       points: int [N, 4] rows (image, class, y, x) in pixel coordinates.
       counts: int [N], paths through each point.
-      sigma: Gaussian blur in pixels (0: the bare point mask).
+      sigma: Gaussian blur in pixels (0: the bare point mask), or (along y, along x).
       outlier_radius: fraction of the image diagonal for outlier removal (0: keep all).
       weighted: point masks weighted by count (True) or plain (False).
+      ranking: "points" (pixels no blurred point reaches tie at 0), "density" (ties broken
+        by the points blurred at half the image's longer side, so every pixel ranks by its
+        nearness to the class's points), "segment" (by the class's segment in `labels`,
+        blurred at `sigma`, then by the density). docs/method.md, "Heat maps".
+      labels: int [batch, height, width], each pixel's class; needed by "segment".
     """
     points = tf.cast(points, tf.int32)
     values = tf.cast(counts, tf.float32) if weighted else tf.ones(tf.shape(points)[:1])
     if outlier_radius > 0:
         keep = inlier_mask(points, height, width, outlier_radius)
         points, values = tf.boolean_mask(points, keep), tf.boolean_mask(values, keep)
-    dense = tf.scatter_nd(points, values, tf.stack([batch, num_classes, height, width]))
-    flat = tf.reshape(dense, tf.stack([-1, height, width]))
-    blurred = tf.reshape(gaussian_blur(flat, sigma), tf.shape(dense))
-    peak = tf.reduce_max(blurred, axis=[2, 3], keepdims=True)
-    return tf.math.divide_no_nan(blurred, peak)
+    shape = tf.stack([batch, num_classes, height, width])
+    flat = tf.reshape(tf.scatter_nd(points, values, shape), tf.stack([-1, height, width]))
+    maps = _blur_drawn(flat, sigma)
+    if ranking != "points":
+        if ranking not in ("density", "segment"):
+            raise ValueError(f"ranking={ranking!r}: choose from points, density, segment")
+        longer = tf.cast(tf.maximum(height, width), tf.float32)
+        rest = _blur_drawn(flat, longer / 2.0)  # 3 sigma reaches every pixel from any point
+        if ranking == "segment":
+            if labels is None:
+                raise ValueError("ranking='segment' needs each pixel's labels")
+            classes = tf.range(num_classes, dtype=tf.int32)[None, :, None, None]
+            region = tf.cast(tf.cast(labels, tf.int32)[:, None] == classes, tf.float32)
+            region = tf.reshape(region, tf.stack([-1, height, width]))
+            rest = _blur_drawn(region, sigma) + TIE_BREAK * rest
+        maps = maps + TIE_BREAK * rest
+        maps = tf.math.divide_no_nan(maps, tf.reduce_max(maps, axis=[1, 2], keepdims=True))
+    return tf.reshape(maps, shape)
+
+
+def heatmap_sigma(settings: FixationSettings, geometry: typing.Any) -> typing.Any:
+    """`settings.sigma` in pixels along (y, x): as given, or (`sigma_unit="score_cells"`)
+    times the score grid's stride on the image from `geometry` ([2, 2] rows (y, x) of
+    (scale, offset)); numbers where the geometry is known now, else scalar tensors."""
+    if settings.sigma_unit == "pixels":
+        return settings.sigma, settings.sigma
+    known = tf.get_static_value(geometry)
+    if known is not None:
+        return tuple(settings.sigma * abs(float(known[axis][0])) for axis in (0, 1))
+    stride = tf.abs(tf.cast(geometry, tf.float32)[:, 0])
+    return settings.sigma * stride[0], settings.sigma * stride[1]
+
+
+def check_kernel(settings: FixationSettings, sigma: typing.Any, height: int, width: int) -> None:
+    """Refuses a blur wider than the image (sigma above its longer side: every map would be
+    nearly flat), naming the setting; silent where the sizes are not known yet."""
+    known = [tf.get_static_value(value) for value in (*sigma, height, width)]
+    if any(value is None for value in known):
+        return
+    widest = max(float(known[0]), float(known[1]))
+    rows, columns = int(known[2]), int(known[3])
+    if widest > max(rows, columns):
+        unit = "px" if settings.sigma_unit == "pixels" else "score cells"
+        raise InputError(
+            f"sigma={settings.sigma:g} {unit}: a heat-map blur of {widest:g} px is wider "
+            f"than the image ({rows} x {columns}); pass a sigma of at most "
+            f"{max(rows, columns) * settings.sigma / widest:g}"
+        )
 
 
 def fixation_maps(
-    result: "UnravelResult", height: typing.Any, width: typing.Any, settings: FixationSettings
+    result: "UnravelResult",
+    height: typing.Any,
+    width: typing.Any,
+    settings: FixationSettings,
+    labels: typing.Any = None,
 ) -> tf.Tensor:
     """The heat maps of an `UnravelResult` (tensors or arrays) at image size: float32
-    [B, classes, height, width], drawn as `settings` (a `FixationSettings`) says."""
+    [B, classes, height, width], drawn as `settings` (a `FixationSettings`) says. `labels`
+    [B, height, width] are the regions `ranking="segment"` orders by (default: the
+    prediction, placed on the image by the result's geometry)."""
     seeds = tf.shape(result.seeds)
+    sigma = heatmap_sigma(settings, result.geometry)
+    check_kernel(settings, sigma, height, width)
+    if settings.ranking == "segment" and labels is None:
+        labels = labels_at_size(result.scores, height, width, result.geometry)
     return heatmaps(
         result.points,
         result.counts,
@@ -133,7 +240,9 @@ def fixation_maps(
         num_classes=seeds[1],
         height=height,
         width=width,
-        sigma=settings.sigma,
+        sigma=sigma,
         outlier_radius=settings.outlier_radius,
         weighted=settings.weighted,
+        ranking=settings.ranking,
+        labels=labels,
     )

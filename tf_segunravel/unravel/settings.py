@@ -24,6 +24,8 @@ SEED_RULES = ("grid", "upsampled")
 TIE_RULES = ("first", "last")
 RESIZE_RULES = ("centres", "corners")
 RUNNER_UP = "runner_up"
+RANKINGS = ("points", "density", "segment")
+SIGMA_UNITS = ("pixels", "score_cells")
 
 # Named sets of fields (`FixationSettings.from_preset`, `--preset`). "seg_unravel_code" is
 # what Seg-Unravel's released code does where it changes which points come out
@@ -115,6 +117,21 @@ class FixationSettings:
         "Heat maps: Gaussian blur in pixels (0: the bare point mask).",
         check=lambda v: v >= 0,
         requirement="must be >= 0",
+    )
+    sigma_unit: str = setting(
+        "pixels",
+        "Heat maps: --sigma in image pixels, or in score-grid cells (score_cells: sigma times "
+        "the score grid's stride on the image, from the model's geometry, so the blur follows "
+        "the spacing of the seeds: 8 px per cell for LargeFOV, 1 for a stride-1 U-Net).",
+        choices=SIGMA_UNITS,
+    )
+    ranking: str = setting(
+        "points",
+        "Heat maps: how pixels that no point's blur reaches are ordered: they tie at 0 "
+        "(points); by the class's points blurred over the whole image (density); the class's "
+        "segment first, blurred, then by density (segment). A tie-break only: it reorders "
+        "pixels whose blurred points differ by less than 0.001 of the peak.",
+        choices=RANKINGS,
     )
     outlier_radius: float = setting(
         0.02,
