@@ -259,3 +259,22 @@ def test_compare_draws_baselines_beside_the_fixations(tmp_path, tiny_model):
         proc = run_tool("fixations", *common, f"--output_dir={bad}", *extra)
         assert proc.returncode == 1 and message in last_line(proc.stderr), proc.stderr[-2000:]
         assert "Traceback" not in proc.stderr and not bad.exists()
+
+
+def test_the_rescale_moves_the_geometry_with_the_points():
+    """A blur in score cells (`sigma_unit=score_cells`) reads the stride from the geometry,
+    so the --max_side rescale must place the score grid on the new pixels too: pixel
+    centres scaled, as the points are."""
+    from tf_segunravel.fixation_files import rescale_points
+    from tf_segunravel.unravel import FixationSettings
+    from tf_segunravel.unravel.maps import heatmap_sigma
+    from tf_segunravel.unravel.tracer import UnravelResult
+
+    points = np.array([[0, 1, 3, 3]], np.int32)
+    geometry = np.array([[8.0, 3.5], [8.0, 0.0]], np.float32)
+    result = UnravelResult(points, np.array([1]), None, None, None, geometry)
+    rescaled = rescale_points(result, (64, 32), (128, 16))
+    np.testing.assert_allclose(rescaled.geometry, [[16.0, 7.5], [4.0, -0.25]])
+    # Score position 1 sat over pixel 11.5 (y) and 8 (x); rescaled, over 23.5 and 3.75.
+    settings = FixationSettings(sigma=1.5, sigma_unit="score_cells")
+    assert heatmap_sigma(settings, rescaled.geometry) == (24.0, 6.0)
