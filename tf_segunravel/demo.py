@@ -55,10 +55,18 @@ FINETUNED = ("control", "template")
 # Heat maps for 129-pixel images: a 6-pixel blur instead of the default 20.
 FIXATIONS = FixationSettings(sigma=6.0)
 # The small faithfulness comparison (docs/faithfulness.md has the full one): a few val
-# images, fixations against Grad-CAM, saliency and the segment prior, 20-step curves, no
-# randomisation check (it costs one map per weighted layer).
+# images, fixations (plain, and K = 3, the variant the faithfulness study chose: docs/
+# results.md) against Grad-CAM, Score-CAM, saliency and the segment prior, 20-step curves,
+# no randomisation check (it costs one map per weighted layer).
 FAITHFULNESS_IMAGES = 4
-FAITHFULNESS_METHODS = ("fixations", "gradcam", "saliency", "segment_prior")
+FAITHFULNESS_METHODS = (
+    "fixations",
+    "fixations_k3",
+    "gradcam",
+    "scorecam",
+    "saliency",
+    "segment_prior",
+)
 FAITHFULNESS_STEPS = 20
 FAITHFULNESS_COLUMNS = ("deletion_auc", "insertion_auc", "context_deletion_auc", "road", "energy")
 
@@ -222,14 +230,14 @@ def _experiments(job):
 
 
 def _faithfulness_methods():
-    """The demo's methods; without the baselines extra (the tf-keras-vis methods), gradient
-    x input (TensorFlow only) stands in for Grad-CAM and saliency."""
+    """The demo's methods; without the baselines extra (tf-keras-vis), gradient x input
+    (TensorFlow only) stands in for saliency."""
     from tf_segunravel import baselines
 
     if baselines.available():
         return FAITHFULNESS_METHODS
-    print(f"faithfulness: Grad-CAM and saliency {baselines.INSTALL_HINT}; gradient x input instead")
-    return ("fixations", "gradient_x_input", "segment_prior")
+    print(f"faithfulness: saliency {baselines.INSTALL_HINT}; gradient x input instead")
+    return tuple("gradient_x_input" if m == "saliency" else m for m in FAITHFULNESS_METHODS)
 
 
 def _faithfulness(job):
