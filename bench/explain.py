@@ -37,6 +37,12 @@ flags.DEFINE_list(
     "Baselines to time (smoothgrad: 20 saliency passes per class; gradcam_reference: "
     "tf-keras-vis' Gradcam, one class at a time, beside the compiled one).",
 )
+flags.DEFINE_list(
+    "variants",
+    ["fixations_k3"],
+    "Fixation entries of the methods table timed beside plain fixations (ratios to the "
+    "forward pass as <network>_<entry>_over_forward).",
+)
 flags.DEFINE_integer("explain_repeats", 3, "Timed runs per figure (median).")
 FLAGS = flags.FLAGS  # --repeats belongs to bench.zoo
 SETTINGS = FixationSettings()  # the defaults users run with
@@ -59,19 +65,26 @@ def measure(name):
     batch = tf.constant(image[None], tf.float32)
     forward = tf.function(lambda x: model(x, training=False))
     forward_s = median_seconds(lambda: forward(batch).numpy(), FLAGS.explain_repeats)
-    entry = methods.get("fixations")
     classes = [int(c) for c in np.flatnonzero(methods.engine_for(graph, SETTINGS)(batch).seeds[0])]
 
-    def fixations():  # as every tool runs them: the walk, then the compiled heat maps
-        return entry.maps(graph, image[None], classes, options=OPTIONS)
+    def seconds_of(entry_name):  # as every tool runs them: the walk, then the compiled maps
+        entry = methods.get(entry_name)
 
-    fixations()  # traces the heat maps
-    fixations_s = median_seconds(fixations, FLAGS.explain_repeats)
+        def maps():
+            return entry.maps(graph, image[None], classes, options=OPTIONS)
+
+        maps()  # traces the engine and the heat maps
+        return median_seconds(maps, FLAGS.explain_repeats)
+
+    fixations_s = seconds_of("fixations")
     print(f"{name}_classes: {len(classes)}")
     print(f"{name}_forward_s: {forward_s:.3f}")
     print(f"{name}_fixations_s: {fixations_s:.3f}")
-    ratios = []
-    ratios.append((f"{name}_fixation_maps_over_forward", fixations_s / forward_s))
+    ratios = [(f"{name}_fixation_maps_over_forward", fixations_s / forward_s)]
+    for variant in FLAGS.variants:
+        variant_s = seconds_of(variant)
+        print(f"{name}_{variant}_s: {variant_s:.3f}")
+        ratios.append((f"{name}_{variant}_over_forward", variant_s / forward_s))
     for method in FLAGS.methods:
         reference = method == "gradcam_reference"
         seconds = median_seconds(
