@@ -142,3 +142,19 @@ def test_a_graph_and_its_engines_are_freed_with_it(batch):
     del graph
     gc.collect()
     assert dropped() is None
+
+
+def test_variants_of_the_heat_maps_share_one_engine(batch):
+    """fixations, fixations_density and fixations_stride_kernel differ only in their heat maps:
+    one compiled unravel serves them; K = 3 needs its own."""
+    from tf_segunravel.unravel.tracer import SegUnravel
+
+    images = keras.Input((None, None, 3))
+    graph = ModelGraph(keras.Model(images, L.Conv2D(3, 1)(L.Conv2D(4, 3, padding="same")(images))))
+    for name in ("fixations", "fixations_density", "fixations_stride_kernel"):
+        methods.get(name).maps(graph, batch, [0], regions_for(batch), options=OPTIONS)
+    engines = [value for value in graph.engines.values() if isinstance(value, SegUnravel)]
+    assert len(engines) == 1
+    methods.get("fixations_k3").maps(graph, batch, [0], regions_for(batch), options=OPTIONS)
+    engines = [value for value in graph.engines.values() if isinstance(value, SegUnravel)]
+    assert sorted(engine.settings.k for engine in engines) == [1, 3]

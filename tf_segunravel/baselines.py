@@ -176,8 +176,6 @@ def explain(
     fed = graph.feed(batch)  # the model's own input: resized, input settings applied
     if method == "scorecam" or (method == "gradcam" and not reference):
         name = layer or default_layer(graph)
-        if method == "scorecam":
-            check_scorecam_memory(graph, name, int(fed.shape[1]), int(fed.shape[2]))
         regions_grid = np.stack([grid_labels == c for c in classes]).astype(np.float32)
         wanted = (fed, tf.constant(classes, tf.int32), tf.constant(regions_grid))
         if method == "gradcam":
@@ -253,11 +251,9 @@ SCORECAM_BATCH = 16  # masked images per forward pass
 SCORECAM_MAX_BYTES = 2**30
 
 
-def check_scorecam_memory(graph: "ModelGraph", layer: str, height: int, width: int) -> None:
+def _check_scorecam_memory(graph, layer, channels, height, width):
     """Refuses a layer whose Score-CAM masks (channels x height x width float32) would pass
     SCORECAM_MAX_BYTES, naming the layer, its channels and the layers that fit."""
-    _, features = _feature_model(graph, layer)
-    channels = int(features.output.shape[-1])
     needed = channels * height * width * 4
     if needed <= SCORECAM_MAX_BYTES:
         return
@@ -310,6 +306,9 @@ def compiled_scorecam(graph: "ModelGraph", layer: str) -> typing.Callable:
         return tf.math.divide_no_nan(inside, area[None, :])  # [M, K]
 
     def cams(fed, classes, regions):
+        # Before any pass: the masks are made at once, one per channel.
+        channels = int(features.output.shape[-1])
+        _check_scorecam_memory(graph, layer, channels, int(fed.shape[1]), int(fed.shape[2]))
         maps, masks = masks_of(fed)
         weights = tf.concat(
             [

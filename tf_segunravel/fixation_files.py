@@ -26,7 +26,7 @@ from tf_segunravel.data.labels import class_name, read_image, read_label_png
 from tf_segunravel.errors import InputError
 from tf_segunravel.grids import first_argmax, scores_at_size
 from tf_segunravel.loading import as_loaded
-from tf_segunravel.unravel.maps import check_kernel, heatmap_sigma, heatmaps, inlier_mask
+from tf_segunravel.unravel.maps import heatmap_sigma, heatmaps, inlier_mask
 from tf_segunravel.unravel.settings import FixationSettings
 from tf_segunravel.unravel.tracer import MAX_COUNT, SegUnravel, UnravelResult
 
@@ -256,13 +256,7 @@ class FixationWriter:
         inliers = np.ones(len(points), bool)
         if self.settings.outlier_radius > 0 and len(points):
             inliers = inlier_mask(rows, height, width, self.settings.outlier_radius).numpy()
-        if self.settings.sigma_unit != "pixels" and result.geometry is None:
-            raise InputError(
-                f"sigma_unit={self.settings.sigma_unit}: a SavedModel gives no score grid "
-                f"geometry; pass sigma_unit=pixels, or the Keras, ONNX or TFLite model"
-            )
-        sigma = heatmap_sigma(self.settings, result.geometry)
-        check_kernel(self.settings, sigma, height, width)
+        sigma = heatmap_sigma(self.settings, result.geometry, height, width)
         class_maps = heatmaps(
             rows[inliers],
             counts[inliers],

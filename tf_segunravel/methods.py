@@ -125,8 +125,7 @@ def _fixation_maps(**fields):
         """Each image walked on its own (the engine is compiled for one image at a time),
         seeded by `regions` where given, else by the network's own prediction; the entry's
         `fields` replace those of `options.settings`."""
-        from tf_segunravel.unravel.maps import check_kernel, heatmap_sigma
-        from tf_segunravel.unravel.tracer import UnravelResult
+        from tf_segunravel.unravel.maps import heatmap_sigma
 
         del seed  # deterministic
         options = options or MethodOptions()
@@ -138,28 +137,13 @@ def _fixation_maps(**fields):
         for index, image in enumerate(images):
             labels = None if regions is None else np.asarray(regions[1][index])[None]
             result = engine(image[None], seed_labels=labels)
-            check_kernel(settings, heatmap_sigma(settings, result.geometry), height, width)
-            if labels is None and settings.ranking == "segment":
-                labels = _predicted_labels(result, height, width)
-            tensors = UnravelResult(
-                points=result.points,
-                counts=result.counts,
-                labels=None,
-                seeds=result.seeds,
-                scores=result.scores,
-                geometry=result.geometry,
-            )
-            drawn = draw(tensors, labels, height, width).numpy()
+            # Resolved here for its refusals: inside the compiled maps the sizes are tensors.
+            heatmap_sigma(settings, result.geometry, height, width)
+            drawn = draw(result, labels, height, width).numpy()
             out.append(drawn[0][list(classes)])
         return np.stack(out).astype(np.float32)
 
     return maps
-
-
-def _predicted_labels(result, height, width):
-    from tf_segunravel.grids import labels_at_size
-
-    return labels_at_size(result.scores, height, width, result.geometry).numpy()
 
 
 def _baseline_maps(name):

@@ -277,4 +277,4 @@ def test_the_rescale_moves_the_geometry_with_the_points():
     np.testing.assert_allclose(rescaled.geometry, [[16.0, 7.5], [4.0, -0.25]])
     # Score position 1 sat over pixel 11.5 (y) and 8 (x); rescaled, over 23.5 and 3.75.
     settings = FixationSettings(sigma=1.5, sigma_unit="score_cells")
-    assert heatmap_sigma(settings, rescaled.geometry) == (24.0, 6.0)
+    assert heatmap_sigma(settings, rescaled.geometry, 128, 16) == (24.0, 6.0)

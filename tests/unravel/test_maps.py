@@ -232,16 +232,22 @@ def test_the_segment_ranking_puts_the_class_region_next():
 def test_the_blur_in_score_cells_follows_the_geometry():
     from tf_segunravel.errors import InputError
     from tf_segunravel.unravel import FixationSettings
-    from tf_segunravel.unravel.maps import check_kernel, heatmap_sigma
+    from tf_segunravel.unravel.maps import heatmap_sigma
 
     geometry = np.array([[8.0, 3.5], [4.0, 1.5]], np.float32)  # stride 8 down, 4 across
     cells = FixationSettings(sigma=2.0, sigma_unit="score_cells")
-    assert heatmap_sigma(cells, geometry) == (16.0, 8.0)
-    assert heatmap_sigma(FixationSettings(sigma=5.0), geometry) == (5.0, 5.0)
-    check_kernel(cells, (16.0, 8.0), 16, 20)
+    assert heatmap_sigma(cells, geometry, 64, 64) == (16.0, 8.0)
+    assert heatmap_sigma(FixationSettings(sigma=5.0), geometry, 64, 64) == (5.0, 5.0)
+    heatmap_sigma(cells, geometry, 16, 20)
     with pytest.raises(
         InputError,
         match=r"sigma=2 score cells: a heat-map blur of 16 px is "
         r"wider than the image \(12 x 10\); pass a sigma of at most 1.5",
     ):
-        check_kernel(cells, (16.0, 8.0), 12, 10)
+        heatmap_sigma(cells, geometry, 12, 10)
+    with pytest.raises(
+        InputError,
+        match=r"sigma_unit=score_cells: this model gives no score "
+        r"grid geometry \(a SavedModel\); pass sigma_unit=pixels",
+    ):
+        heatmap_sigma(cells, None, 64, 64)

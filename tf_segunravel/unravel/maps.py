@@ -187,22 +187,32 @@ def heatmaps(
     return tf.reshape(maps, shape)
 
 
-def heatmap_sigma(settings: FixationSettings, geometry: typing.Any) -> typing.Any:
+def heatmap_sigma(
+    settings: FixationSettings, geometry: typing.Any, height: typing.Any, width: typing.Any
+) -> typing.Any:
     """`settings.sigma` in pixels along (y, x): as given, or (`sigma_unit="score_cells"`)
     times the score grid's stride on the image from `geometry` ([2, 2] rows (y, x) of
-    (scale, offset)); numbers where the geometry is known now, else scalar tensors."""
+    (scale, offset)); numbers where the geometry is known now, else scalar tensors. Refuses,
+    naming the setting, a blur wider than a `height` x `width` image (sigma above its longer
+    side: every map would be nearly flat) where the sizes are known now, and score cells
+    without a geometry (a SavedModel's fixations carry none)."""
     if settings.sigma_unit == "pixels":
-        return settings.sigma, settings.sigma
-    known = tf.get_static_value(geometry)
-    if known is not None:
-        return tuple(settings.sigma * abs(float(known[axis][0])) for axis in (0, 1))
-    stride = tf.abs(tf.cast(geometry, tf.float32)[:, 0])
-    return settings.sigma * stride[0], settings.sigma * stride[1]
+        sigma = (settings.sigma, settings.sigma)
+    elif geometry is None:
+        raise InputError(
+            f"sigma_unit={settings.sigma_unit}: this model gives no score grid geometry (a "
+            f"SavedModel); pass sigma_unit=pixels, or the Keras, ONNX or TFLite model"
+        )
+    elif (known := tf.get_static_value(geometry)) is not None:
+        sigma = (settings.sigma * abs(float(known[0][0])), settings.sigma * abs(float(known[1][0])))
+    else:
+        stride = tf.abs(tf.cast(geometry, tf.float32)[:, 0])
+        sigma = (settings.sigma * stride[0], settings.sigma * stride[1])
+    _check_kernel(settings, sigma, height, width)
+    return sigma
 
 
-def check_kernel(settings: FixationSettings, sigma: typing.Any, height: int, width: int) -> None:
-    """Refuses a blur wider than the image (sigma above its longer side: every map would be
-    nearly flat), naming the setting; silent where the sizes are not known yet."""
+def _check_kernel(settings, sigma, height, width):
     known = [tf.get_static_value(value) for value in (*sigma, height, width)]
     if any(value is None for value in known):
         return
@@ -229,8 +239,7 @@ def fixation_maps(
     [B, height, width] are the regions `ranking="segment"` orders by (default: the
     prediction, placed on the image by the result's geometry)."""
     seeds = tf.shape(result.seeds)
-    sigma = heatmap_sigma(settings, result.geometry)
-    check_kernel(settings, sigma, height, width)
+    sigma = heatmap_sigma(settings, result.geometry, height, width)
     if settings.ranking == "segment" and labels is None:
         labels = labels_at_size(result.scores, height, width, result.geometry)
     return heatmaps(
