@@ -12,7 +12,7 @@ from tf_segunravel.fixation_files import FixationWriter
 from tf_segunravel.loading import LoadedModel, as_loaded, load_model
 from tf_segunravel.unravel import SegUnravel
 from tf_segunravel.unravel.graph import ModelGraph
-from tf_segunravel.unravel.settings import InputSettings
+from tf_segunravel.unravel.settings import FixationSettings, InputSettings
 
 L = keras.layers
 
@@ -79,8 +79,10 @@ def test_a_saved_model_loads_as_its_reader_and_is_refused_where_keras_is_needed(
     keras_file = tmp_path / "net.keras"
     model.save(keras_file)
     points = []
+    # The image is 12 x 10: a blur narrower than it (the default 20 px is refused).
+    settings = FixationSettings(sigma=3.0)
     for source in (loaded, load_model(keras_file), str(tmp_path / "saved")):
-        writer = FixationWriter(source, str(tmp_path / "out"))
+        writer = FixationWriter(source, str(tmp_path / "out"), settings)
         points.append(writer.compute(str(tmp_path / "a.png")).points)
     np.testing.assert_array_equal(points[0], points[1])
     np.testing.assert_array_equal(points[0], points[2])

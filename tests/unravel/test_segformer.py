@@ -197,6 +197,8 @@ def test_the_fixation_tool_traces_transformers(tmp_path, network):
         f"--model={model_path}",
         f"--images={tmp_path / 'images'}",
         f"--output_dir={out}",
+        # A blur narrower than the 16-pixel image (the default 20 px is refused there).
+        "--sigma=4",
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
