@@ -40,7 +40,7 @@ import tensorflow as tf
 from absl import app, flags, logging
 
 from bench import zoo
-from bench.timing import median_seconds
+from bench.timing import median_seconds, op_times
 from tf_segunravel.models import deeplab_largefov
 from tf_segunravel.unravel import SegUnravel, tracer
 
@@ -139,38 +139,6 @@ def op_counts(engine, walk, values):
     return counts
 
 
-def op_times(walk, values, repeats, logdir):
-    """[(op type, seconds per walk)], largest first: `repeats` compiled walks traced by
-    TensorFlow's profiler into `logdir`, each op's own time summed by type (over both
-    cores, so the sum exceeds the wall time; "IDLE" is the executor's idle time). The
-    profiler's summary lists the 500 costliest ops, so a walk of many cheap ops is
-    undercounted. It is read through the profiler's private converter, the one
-    TensorBoard's profile plugin calls."""
-    import glob
-    import json
-
-    from tensorflow.python.profiler.internal import _pywrap_profiler_plugin
-
-    walk(values).counts.numpy()  # traced and warm before the profile
-    tf.profiler.experimental.start(logdir)
-    try:
-        for _ in range(repeats):
-            walk(values).counts.numpy()
-    finally:
-        tf.profiler.experimental.stop()
-    (path,) = glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True)
-    data, ok = _pywrap_profiler_plugin.xspace_to_tools_data([path], "framework_op_stats", {})
-    if not ok:
-        raise RuntimeError(f"{path}: the profiler could not summarise it: {data[:200]!r}")
-    table = json.loads(data)[0]  # the table with the idle time (the next one leaves it out)
-    columns = [column["id"] for column in table["cols"]]
-    by_type = collections.Counter()
-    for row in table["rows"]:
-        cells = dict(zip(columns, (cell["v"] if cell else None for cell in row["c"]), strict=True))
-        by_type[cells["type"]] += cells["total_self_time"] * 1e-6 / repeats  # us -> s
-    return by_type.most_common()
-
-
 def main(_):
     logging.set_verbosity(logging.ERROR)  # one tf.function per call retraces by design
     keras.utils.set_random_seed(0)
@@ -241,8 +209,9 @@ def main(_):
     print(f"parts_less_call_overhead_over_walk: {(total - calls * call_s) / walk_s:.3f}")
     if FLAGS.op_times:
         with tempfile.TemporaryDirectory() as logdir:
-            for op_type, seconds in op_times(walk, compiled, FLAGS.repeats, logdir)[: FLAGS.top]:
-                print(f"op_{op_type.lower()}_s: {seconds:.4f}")
+            timed = op_times(lambda: walk(compiled).counts.numpy(), FLAGS.repeats, logdir)
+            for op_type, seconds, _ in timed[: FLAGS.top]:
+                print(f"op_{op_type.lower()}_s: {seconds / FLAGS.repeats:.4f}")
     print(f"walk_over_forward: {walk_s / forward_s:.3f}")
 
 

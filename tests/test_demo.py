@@ -110,6 +110,11 @@ def test_reduced_demo_writes_every_artefact_and_reruns_bit_for_bit(tmp_path, sha
     assert list(explained["methods"]) == list(demo.FAITHFULNESS_METHODS)
     assert explained["pairs"] >= 1 and 0 <= explained["methods"]["fixations"]["energy"] <= 1
     assert "| gradcam |" in (out / "summary.md").read_text()
+    # Each stage's wall time, and their sum, beside the summary (not in it).
+    seconds = json.loads((out / demo.STAGE_SECONDS_FILE).read_text())
+    assert list(seconds) == [*demo.STAGES, "total"]
+    assert seconds["train"] > 0 and seconds["total"] >= max(seconds[s] for s in demo.STAGES)
+    assert "stage seconds: data " in proc.stdout
 
     # A fresh directory gives the same summary, bit for bit (the prepared dataset is shared).
     fresh = tmp_path / "fresh"

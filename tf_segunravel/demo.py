@@ -12,6 +12,9 @@ from the same inputs (`tf_segunravel.resumable`), so a re-run reuses finished wo
   experiments  fixation location by class kind, plain and contrastive
   report       plots, summary.json and summary.md
 
+Each stage's wall time goes to stage_seconds.json (and is printed at the end): times differ
+between runs, so they are kept out of summary.json, which two runs write bit for bit alike.
+
 Every run is `--deterministic` and the input order is fixed, so the same command on the
 same kind of machine writes the same summary.json, bit for bit.
 """
@@ -68,6 +71,7 @@ FAITHFULNESS_METHODS = (
     "segment_prior",
 )
 FAITHFULNESS_STEPS = 20
+STAGE_SECONDS_FILE = "stage_seconds.json"
 FAITHFULNESS_COLUMNS = ("deletion_auc", "insertion_auc", "context_deletion_auc", "road", "energy")
 
 
@@ -359,11 +363,17 @@ def run(
         fixation_images,
         experiment_images,
     )
+    seconds: dict[str, float] = {}
     for name, stage in STAGES.items():
+        start = time.perf_counter()
         stage(job)
+        seconds[name] = round(time.perf_counter() - start, 1)
         if name == stop_after:
-            return None
-    return job.summary
+            break
+    seconds["total"] = round(sum(seconds.values()), 1)
+    write_json(os.path.join(output_dir, STAGE_SECONDS_FILE), seconds)
+    print("\nstage seconds: " + ", ".join(f"{k} {v:g}" for k, v in seconds.items()), flush=True)
+    return None if stop_after is not None else job.summary
 
 
 def _mean_iou_over_seeds(results, arm, name, seeds):

@@ -14,6 +14,7 @@ import shutil
 import tempfile
 import time
 import types
+import typing
 
 import keras
 import tensorflow as tf
@@ -261,7 +262,7 @@ def train(config: TrainConfig, flags_text: str | None = None) -> dict:
     change = _check_resume(config)
     created = not os.path.exists(config.model_dir)
     try:
-        run = _prepare(config)
+        run = prepare(config)
     except BaseException:
         if created:  # nothing should be there yet; make sure nothing is
             shutil.rmtree(config.model_dir, ignore_errors=True)
@@ -269,8 +270,12 @@ def train(config: TrainConfig, flags_text: str | None = None) -> dict:
     return _run(config, run, flags_text, change)
 
 
-def _prepare(config):
-    """Everything before the first step, without writing to the model dir."""
+def prepare(config: TrainConfig) -> types.SimpleNamespace:
+    """Everything before the first step, without writing to the model dir: the strategy, the
+    network, its optimizer and trainer, the restored checkpoint (or initialisation) and the
+    input pipeline (`bench/profile_train_step.py` times a step of exactly this)."""
+    config = resolve_num_classes(config)
+    num_classes = typing.cast(int, config.num_classes)  # resolved: a number from here on
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
@@ -299,7 +304,7 @@ def _prepare(config):
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         trainer = SegmentationTrainer(
             network,
-            config.num_classes,
+            num_classes,
             template_weight=config.template_weight,
             similarity=config.similarity,
             selective=config.selective,
