@@ -1,4 +1,7 @@
-"""CaffePreprocess and CaffePooling2D against Caffe's arithmetic; KeyedDropout's masks."""
+"""CaffePreprocess and CaffePooling2D against Caffe's arithmetic; KeyedDropout's masks;
+AtrousConv2D against Keras' own dilated convolution."""
+
+import sys
 
 import keras
 import numpy as np
@@ -6,11 +9,14 @@ import pytest
 import tensorflow as tf
 
 from tests.caffe_reference import pool as caffe_pool
+from tests.helpers import run_command
 from tests.layer_testing import run_layer_test
 from tf_segunravel.models.layers import (
+    AtrousConv2D,
     CaffePooling2D,
     CaffePreprocess,
     KeyedDropout,
+    _direct_dilation_works,
     caffe_pool_output_size,
     example_keys,
 )
@@ -142,3 +148,93 @@ def test_keyed_dropout_masks_follow_the_example_not_the_batch():
     assert isinstance(layer, keras.layers.Dropout)  # traced as Dropout by the unravel
     restored = KeyedDropout.from_config(layer.get_config())
     assert restored.rate == 0.5 and restored.name == "drop6"
+
+
+def _value_and_gradients(layer, x):
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = layer(x)
+        loss = tf.reduce_sum(y * tf.cos(y))  # an uneven weighting of the outputs
+    return [y, *tape.gradient(loss, [x, layer.kernel, layer.bias])]
+
+
+@pytest.mark.parametrize(
+    "dilation, size, padding",
+    [
+        (2, (13, 13), "same"),
+        (12, (13, 13), "same"),
+        (4, (9, 7), "same"),
+        ((2, 3), (10, 11), "valid"),
+    ],
+)
+def test_atrous_conv_is_keras_conv_in_value_and_gradients(dilation, size, padding):
+    x = tf.constant(np.random.default_rng(0).normal(size=(2, *size, 5)), tf.float32)
+    atrous = AtrousConv2D(6, 3, padding=padding, dilation_rate=dilation)
+    keras_conv = keras.layers.Conv2D(6, 3, padding=padding, dilation_rate=dilation)
+    keras_conv.build(x.shape)
+    atrous.build(x.shape)
+    keras_conv.set_weights(atrous.get_weights())
+    for got, want in zip(
+        _value_and_gradients(atrous, x), _value_and_gradients(keras_conv, x), strict=True
+    ):
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def _op_types(layer, shape):
+    graph = tf.function(layer).get_concrete_function(tf.TensorSpec(shape, tf.float32)).graph
+    return {op.type for op in graph.get_operations()}
+
+
+def test_atrous_conv_runs_as_one_op_where_tensorflow_can():
+    # oneDNN (TensorFlow's default on x86 CPUs, as here) runs dilated gradients: one Conv2D,
+    # where Keras' own layer takes three ops (space-to-batch, convolve, batch-to-space).
+    assert _direct_dilation_works("float32")
+    atrous = AtrousConv2D(4, 3, padding="same", dilation_rate=12)
+    assert "SpaceToBatchND" not in _op_types(atrous, (1, 13, 13, 3))
+    keras_conv = keras.layers.Conv2D(4, 3, padding="same", dilation_rate=12)
+    assert "SpaceToBatchND" in _op_types(keras_conv, (1, 13, 13, 3))
+    # Undilated, it is Keras' convolution unchanged.
+    assert _op_types(AtrousConv2D(4, 3, padding="same"), (1, 13, 13, 3)) == _op_types(
+        keras.layers.Conv2D(4, 3, padding="same"), (1, 13, 13, 3)
+    )
+
+
+def test_atrous_conv_falls_back_where_tensorflow_refuses_dilated_gradients():
+    # TensorFlow's own CPU kernels (oneDNN off) refuse a dilated input gradient; the probe
+    # says so and the layer keeps Keras' form, so a LargeFOV still trains there.
+    script = (
+        "import keras, tensorflow as tf\n"
+        "from tf_segunravel.models import deeplab_largefov\n"
+        "from tf_segunravel.models.layers import _direct_dilation_works\n"
+        "assert not _direct_dilation_works('float32')\n"
+        "model = deeplab_largefov(num_classes=3, width=1 / 16)\n"
+        "x = tf.random.uniform([2, 33, 33, 3], 0, 255)\n"
+        "with tf.GradientTape() as tape:\n"
+        "    loss = tf.reduce_sum(model(x, training=True))\n"
+        "grads = tape.gradient(loss, model.trainable_variables)\n"
+        "assert all(bool(tf.reduce_all(tf.math.is_finite(g))) for g in grads)\n"
+        "print('fell back and trained')\n"
+    )
+    proc = run_command([sys.executable, "-c", script], env={"TF_ENABLE_ONEDNN_OPTS": "0"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "fell back and trained" in proc.stdout
+
+
+def test_atrous_conv_is_a_well_behaved_keras_layer():
+    kwargs = {
+        "filters": 4,
+        "kernel_size": 3,
+        "padding": "same",
+        "dilation_rate": 2,
+        "kernel_initializer": keras.initializers.GlorotUniform(seed=1),
+    }
+    run_layer_test(AtrousConv2D, kwargs, input_channels=3, low=-1.0, high=1.0)
+
+
+def test_largefov_dilates_through_atrous_convs():
+    from tf_segunravel.models import deeplab_largefov
+
+    model = deeplab_largefov(num_classes=3, width=1 / 16)
+    dilated = {layer.name for layer in model.layers if isinstance(layer, AtrousConv2D)}
+    assert dilated == {"conv5_1", "conv5_2", "conv5_3", "fc6"}
+    assert all(max(model.get_layer(name).dilation_rate) > 1 for name in dilated)

@@ -6,7 +6,12 @@ weights map onto the model by name, and so that unravel figures speak the paper'
 
 import keras
 
-from tf_segunravel.models.layers import CaffePooling2D, CaffePreprocess, KeyedDropout
+from tf_segunravel.models.layers import (
+    AtrousConv2D,
+    CaffePooling2D,
+    CaffePreprocess,
+    KeyedDropout,
+)
 
 # (block, number of 3x3 convs, channels at width 1, dilation) for conv1..conv5.
 VGG_BLOCKS = ((1, 2, 64, 1), (2, 2, 128, 1), (3, 3, 256, 1), (4, 3, 512, 1), (5, 3, 512, 2))
@@ -56,7 +61,9 @@ def deeplab_largefov(
     # ReLU convs start from He initialisation when trained from scratch; in practice their
     # weights are replaced by VGG-16 or DeepLab weights (`tf_segunravel.models.weights`).
     def conv(x, name, channels, kernel, dilation=1, relu=True, init="he_normal"):
-        return keras.layers.Conv2D(
+        # Dilated convolutions as one op where TensorFlow can (`AtrousConv2D`).
+        layer = AtrousConv2D if dilation > 1 else keras.layers.Conv2D
+        return layer(
             channels,
             kernel,
             padding="same",

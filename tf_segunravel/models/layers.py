@@ -1,10 +1,12 @@
-"""Layers that reproduce Caffe's behaviour where Keras' built-ins differ, and a dropout whose
-masks do not depend on how training is distributed.
+"""Layers that reproduce Caffe's behaviour where Keras' built-ins differ, a dilated convolution
+that runs as one op where TensorFlow can, and a dropout whose masks do not depend on how
+training is distributed.
 
 Every layer is a registered Keras serialisable, so a model that contains them saves and
 loads as `.keras` without `custom_objects`.
 """
 
+import concurrent.futures
 import contextlib
 import threading
 import typing
@@ -141,6 +143,89 @@ class CaffePooling2D(keras.layers.Layer):
 # The per-example keys of the batch being trained, per thread: `tf.distribute` runs each
 # local replica's step in a thread of its own.
 _example_keys = threading.local()
+
+
+# (dtype, device) -> whether TensorFlow's own dilated Conv2D (forward and both gradients) runs
+# there and agrees with Keras' convolution (`_direct_dilation_works`).
+_DIRECT_DILATION: dict[tuple[str, str], bool] = {}
+
+
+def _direct_dilation_works(dtype: str) -> bool:
+    """Whether `tf.nn.conv2d(..., dilations=d)` and its gradients run for `dtype` on this
+    process's default device and match Keras' convolution, tried once on a small input.
+
+    oneDNN's kernels (TensorFlow's default on x86 CPUs) and GPUs run dilated convolutions and
+    their gradients directly; TensorFlow's own CPU kernels refuse the input gradient ("Current
+    CPU implementations do not yet support dilation rates larger than 1"), for example under
+    TF_ENABLE_ONEDNN_OPTS=0, so there the layer keeps Keras' space-to-batch form. The two
+    must agree on the probe, or the direct op is not used. The probe runs eagerly in a thread
+    of its own: the layer is usually called while a `tf.function` is traced, where tapes are
+    paused (`tf.init_scope`) and a failing op would only fail later, at run time.
+    """
+    device = tf.config.list_logical_devices()[-1].device_type
+    key = (dtype, device)
+    if key not in _DIRECT_DILATION:
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            _DIRECT_DILATION[key] = pool.submit(_probe_direct_dilation, dtype).result()
+    return _DIRECT_DILATION[key]
+
+
+def _probe_direct_dilation(dtype: str) -> bool:
+    values = tf.range(2 * 9 * 9 * 3, dtype=tf.float32) % 17 / 17
+    x = tf.cast(tf.reshape(values, [2, 9, 9, 3]), dtype)
+    kernel = tf.cast(tf.reshape(values[: 3 * 3 * 3 * 2], [3, 3, 3, 2]) - 0.5, dtype)
+
+    def outputs(convolve):
+        with tf.GradientTape() as tape:
+            tape.watch([x, kernel])
+            y = convolve(x, kernel)
+            loss = tf.reduce_sum(tf.cast(y, tf.float32) ** 2)
+        return [y, *tape.gradient(loss, [x, kernel])]
+
+    try:
+        direct = outputs(lambda x, k: tf.nn.conv2d(x, k, 1, "SAME", dilations=4))
+    except (tf.errors.UnimplementedError, tf.errors.InvalidArgumentError, tf.errors.NotFoundError):
+        return False
+    reference = outputs(lambda x, k: keras.ops.conv(x, k, padding="same", dilation_rate=4))
+    tolerance = 1e-2 if tf.as_dtype(dtype).size < 4 else 1e-5
+    for a, b in zip(direct, reference, strict=True):
+        a, b = tf.cast(a, tf.float32), tf.cast(b, tf.float32)
+        if float(tf.reduce_max(tf.abs(a - b))) > tolerance * (1 + float(tf.reduce_max(tf.abs(b)))):
+            return False
+    return True
+
+
+@keras.saving.register_keras_serializable(package="tf_segunravel")
+class AtrousConv2D(keras.layers.Conv2D):
+    """Keras' `Conv2D` (same weights, config and results) whose dilated convolution runs as
+    TensorFlow's one `Conv2D` op with `dilations`, where that op and its gradients run.
+
+    Keras convolves with `tf.nn.convolution`, which turns every dilated convolution into
+    space-to-batch, a convolution of the pieces, and batch-to-space. On a small feature map
+    with a large dilation that is slow: DeepLab-LargeFOV's fc6 (dilation 12) on the 13 x 13
+    map of a 97-pixel crop becomes 144 pieces of 4 x 4 per image, mostly padding, and took
+    a quarter of the main job's train step (docs/benchmarks.md). oneDNN and GPUs convolve
+    with dilations directly; elsewhere (`_direct_dilation_works`) the layer falls back to
+    Keras' form. Undilated, strided, grouped or channels-first convolutions are Keras' own.
+    """
+
+    def convolution_op(self, inputs: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
+        direct = (
+            max(self.dilation_rate) > 1
+            and tuple(self.strides) == (1, 1)
+            and self.groups == 1
+            and self.data_format == "channels_last"
+            and _direct_dilation_works(self.compute_dtype)
+        )
+        if not direct:
+            return super().convolution_op(inputs, kernel)
+        return tf.nn.conv2d(
+            inputs,
+            kernel,
+            strides=1,
+            padding=self.padding.upper(),
+            dilations=list(self.dilation_rate),
+        )
 
 
 @contextlib.contextmanager

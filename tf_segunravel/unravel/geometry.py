@@ -12,6 +12,7 @@ pass, with TensorFlow ops that also run inside a SavedModel signature. DeepLab-L
 is (8, 0) on both axes: score i over pixel 8i, DeepLab's aligned-corner rule (tested).
 """
 
+import functools
 import typing
 
 import keras
@@ -213,3 +214,11 @@ class ScoreMap:
 
         scores, geometry = self(images)
         return scores_at_size(scores, tf.shape(images)[1], tf.shape(images)[2], geometry)
+
+    @functools.cached_property
+    def compiled_at_image_size(self) -> typing.Callable[[tf.Tensor], tf.Tensor]:
+        """`at_image_size` as one compiled function (traced per image shape, the batch left
+        free after the second), for callers that score many batches from Python: run eagerly,
+        every call would walk the model layer by layer and redo the geometry (the main job's
+        faithfulness curves spent most of their time there)."""
+        return tf.function(self.at_image_size, autograph=False, reduce_retracing=True)
