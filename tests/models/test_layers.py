@@ -207,7 +207,7 @@ def test_atrous_conv_falls_back_where_tensorflow_refuses_dilated_gradients():
         "from tf_segunravel.models import deeplab_largefov\n"
         "from tf_segunravel.models.layers import _direct_dilation_works\n"
         "assert not _direct_dilation_works('float32')\n"
-        "model = deeplab_largefov(num_classes=3, width=1 / 16)\n"
+        "model = deeplab_largefov(num_classes=3, width=1 / 16, direct_dilation=True)\n"
         "x = tf.random.uniform([2, 33, 33, 3], 0, 255)\n"
         "with tf.GradientTape() as tape:\n"
         "    loss = tf.reduce_sum(model(x, training=True))\n"
@@ -231,10 +231,13 @@ def test_atrous_conv_is_a_well_behaved_keras_layer():
     run_layer_test(AtrousConv2D, kwargs, input_channels=3, low=-1.0, high=1.0)
 
 
-def test_largefov_dilates_through_atrous_convs():
+def test_largefov_dilates_through_atrous_convs_when_asked():
     from tf_segunravel.models import deeplab_largefov
 
-    model = deeplab_largefov(num_classes=3, width=1 / 16)
+    model = deeplab_largefov(num_classes=3, width=1 / 16, direct_dilation=True)
     dilated = {layer.name for layer in model.layers if isinstance(layer, AtrousConv2D)}
     assert dilated == {"conv5_1", "conv5_2", "conv5_3", "fc6"}
     assert all(max(model.get_layer(name).dilation_rate) > 1 for name in dilated)
+    # By default every layer is Keras' own (the documented numbers were trained so).
+    default = deeplab_largefov(num_classes=3, width=1 / 16)
+    assert not any(isinstance(layer, AtrousConv2D) for layer in default.layers)

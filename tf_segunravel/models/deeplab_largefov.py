@@ -36,6 +36,7 @@ def deeplab_largefov(
     input_shape: tuple = (None, None, 3),
     dropout: float = 0.5,
     name: str = "deeplab_largefov",
+    direct_dilation: bool = False,
 ) -> keras.Model:
     """Builds DeepLab-LargeFOV mapping RGB pixels (0..255) to pre-softmax scores at stride 8.
 
@@ -45,6 +46,10 @@ def deeplab_largefov(
         give tiny models for tests and CPU experiments.
       input_shape: (height, width, 3); `None` sizes accept any image size.
       dropout: rate of `drop6` and `drop7`.
+      direct_dilation: build conv5 and fc6 as `AtrousConv2D` (TensorFlow's one dilated op,
+        the main job's train step 28 -> 20 ms), not Keras' `Conv2D`. Off by default: the same
+        sums in another order, and with oneDNN kept to AVX2 kernels the main job's baseline
+        trained with it scored 4.7 points below the documented figure (docs/benchmarks.md).
       name: the model's name.
 
     Returns:
@@ -61,8 +66,8 @@ def deeplab_largefov(
     # ReLU convs start from He initialisation when trained from scratch; in practice their
     # weights are replaced by VGG-16 or DeepLab weights (`tf_segunravel.models.weights`).
     def conv(x, name, channels, kernel, dilation=1, relu=True, init="he_normal"):
-        # Dilated convolutions as one op where TensorFlow can (`AtrousConv2D`).
-        layer = AtrousConv2D if dilation > 1 else keras.layers.Conv2D
+        # Dilated convolutions as one op where TensorFlow can (`AtrousConv2D`), if asked.
+        layer = AtrousConv2D if dilation > 1 and direct_dilation else keras.layers.Conv2D
         return layer(
             channels,
             kernel,
