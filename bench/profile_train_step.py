@@ -41,7 +41,12 @@ flags.DEFINE_integer("crop_size", 97, "Training crop size.")
 flags.DEFINE_integer("batch_size", 10, "Training batch size.")
 flags.DEFINE_integer("steps", 50, "Steps per timed run.")
 flags.DEFINE_integer("repeats", 5, "Timed runs; medians are printed.")
-flags.DEFINE_bool("xla", False, "Compile the train step with XLA (the training flag --xla).")
+flags.DEFINE_bool(
+    "xla",
+    False,
+    "Compile the train step with XLA (the training flag --xla); turns the recipe's "
+    "--deterministic off, which XLA refuses for max-pool gradients.",
+)
 flags.DEFINE_bool("op_times", False, "Profile the compiled train step per op type.")
 flags.DEFINE_integer("top", 12, "Op types printed, slowest first.")
 FLAGS = flags.FLAGS
