@@ -11,8 +11,10 @@ runs of --steps steps each, in milliseconds per step:
   gradients_ms      forward and backward (the loss's gradients), compiled
   step_ms           the whole train step (gradients, Caffe's decay and multipliers, the
                     optimizer, the metrics), compiled as `fit` compiles it
-  fit_ms            `fit` over the pipeline, as training runs it (Keras' loop, callbacks that
-                    read the loss every step, the pipeline)
+  fit_ms            `fit` over the pipeline, as training runs it (Keras' loop running
+                    `steps_per_call` steps a call, a callback that reads the loss after each
+                    call as the divergence guard does, the pipeline)
+  fit_one_step_a_call_ms   the same `fit`, one step a call (training before 25 steps a call)
 `--xla` compiles the step functions with XLA. With `--op_times`, TensorFlow's profiler
 records --steps compiled train steps and prints each op type's own time per step
 (`op_<type>_ms`, both cores added; `op_idle_ms` is the executor's idle time) and the number
@@ -65,8 +67,8 @@ def median_ms(run, steps, repeats):
 
 
 class _EpochTimes(keras.callbacks.Callback):
-    """Reads the loss after every step, as the training run's divergence guard does, and
-    keeps each epoch's wall time."""
+    """Reads the loss after every call of the train function, as the training run's
+    divergence guard does, and keeps each epoch's wall time."""
 
     def __init__(self):
         super().__init__()
@@ -125,9 +127,15 @@ def main(_):
 
             return run_steps
 
-        def fit_ms():
+        # Training groups the steps of a checkpoint interval (`loop.steps_per_execution`);
+        # an epoch here is --steps steps, so the group divides that instead.
+        steps_per_call = loop.steps_per_execution(steps)
+
+        def fit_ms(steps_per_execution):
             """One `fit` of --repeats + 1 epochs of --steps steps, as training calls it once
             for the whole run: the median epoch after the first, per step."""
+            trainer.steps_per_execution = steps_per_execution
+            trainer.train_function = None  # rebuilt by `fit` for the new group size
             epochs = _EpochTimes()
             trainer.fit(
                 run.batches,
@@ -144,13 +152,15 @@ def main(_):
             "forward_ms": median_ms(repeat(forward, images), steps, FLAGS.repeats),
             "gradients_ms": median_ms(repeat(gradients, images, labels), steps, FLAGS.repeats),
             "step_ms": median_ms(repeat(step, batch), steps, FLAGS.repeats),
-            "fit_ms": fit_ms(),
+            "fit_ms": fit_ms(steps_per_call),
+            "fit_one_step_a_call_ms": fit_ms(1),
         }
         print(f"cpu_cores: {os.cpu_count()}")
         print(f"recipe: {FLAGS.flagfile_name}")
         print(f"crop_size: {FLAGS.crop_size}")
         print(f"batch_size: {FLAGS.batch_size}")
         print(f"xla: {FLAGS.xla}")
+        print(f"steps_per_call: {steps_per_call}")
         for name, value in results.items():
             print(f"{name}: {value:.2f}")
         if FLAGS.op_times:
@@ -162,6 +172,8 @@ def main(_):
                 print(f"op_{op_type.lower()}_ms: {seconds / steps * 1e3:.2f}")
         print(f"fit_over_step: {results['fit_ms'] / results['step_ms']:.3f}")
         print(f"step_over_gradients: {results['step_ms'] / results['gradients_ms']:.3f}")
+        grouping = results["fit_ms"] / results["fit_one_step_a_call_ms"]
+        print(f"fit_grouped_over_one_step: {grouping:.3f}")
 
 
 if __name__ == "__main__":

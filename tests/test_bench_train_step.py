@@ -24,9 +24,10 @@ def test_the_train_step_profile_prints_every_figure(shapes_data_dir):
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = dict(line.split(": ") for line in proc.stdout.strip().splitlines())
     assert lines["recipe"] == "shapes_demo.cfg" and lines["crop_size"] == "33"
-    for figure in ("pipeline", "forward", "gradients", "step", "fit"):
+    assert lines["steps_per_call"] == "2"
+    for figure in ("pipeline", "forward", "gradients", "step", "fit", "fit_one_step_a_call"):
         assert float(lines[f"{figure}_ms"]) > 0
     # The step's time is mostly its convolutions (oneDNN's, or Eigen's without oneDNN).
     assert int(lines["ops_per_step"]) > 100
     assert any("conv2d" in name for name in lines)
-    assert list(lines)[-2:] == ["fit_over_step", "step_over_gradients"]
+    assert list(lines)[-3:] == ["fit_over_step", "step_over_gradients", "fit_grouped_over_one_step"]

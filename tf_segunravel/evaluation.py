@@ -44,6 +44,27 @@ def predictions(
         yield image, scores, labels[0, :height, :width]
 
 
+def confusion_counts(truth: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
+    """Pixel counts [truth, prediction] (int64) of one labelling, `IGNORE_LABEL` pixels left out.
+
+    In NumPy rather than through keras.metrics.MeanIoU: the metric's eager update cost more
+    than the network's pass on the main job's small images (evaluation took 6.7 s a network on
+    500 images, 4.4 s in NumPy, the same counts).
+    """
+    truth = np.asarray(truth).ravel()
+    predicted = np.asarray(predicted).ravel()
+    kept = truth != IGNORE_LABEL
+    truth, predicted = truth[kept].astype(np.int64), predicted[kept].astype(np.int64)
+    for name, labels in (("truth", truth), ("prediction", predicted)):
+        if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+            bad = labels[(labels < 0) | (labels >= num_classes)][0]
+            raise ValueError(
+                f"{name} label {bad} outside 0..{num_classes - 1} (and {IGNORE_LABEL}, ignored)"
+            )
+    counts = np.bincount(truth * num_classes + predicted, minlength=num_classes * num_classes)
+    return counts.reshape(num_classes, num_classes)
+
+
 def iou_scores(confusion: np.ndarray, class_names: Sequence[str] | None = None) -> dict:
     """Per-class IoU, mean IoU and pixel accuracy from a confusion matrix (rows: truth).
 
@@ -86,21 +107,23 @@ def evaluate(
     truth, columns: prediction). With `crf_settings` (a `crf.CRFSettings`), the same pass also
     scores DeepLab's dense CRF on the softmax, under `crf` (with the settings used).
     """
-    plain = keras.metrics.MeanIoU(num_classes, ignore_class=IGNORE_LABEL)
-    refined = keras.metrics.MeanIoU(num_classes, ignore_class=IGNORE_LABEL)
+    plain = np.zeros((num_classes, num_classes), np.int64)
+    refined = np.zeros_like(plain)
     images_seen = 0
     for image, scores, truth in predictions(network, examples, pad_size):
-        plain.update_state(truth, first_argmax(scores, axis=-1))
+        truth = truth.numpy()
+        plain += confusion_counts(truth, first_argmax(scores, axis=-1).numpy(), num_classes)
         if crf_settings is not None:
             from tf_segunravel.crf import dense_crf
 
             probabilities = tf.nn.softmax(scores, axis=-1).numpy()
-            refined.update_state(truth, dense_crf(image.numpy(), probabilities, crf_settings))
+            refined_labels = dense_crf(image.numpy(), probabilities, crf_settings)
+            refined += confusion_counts(truth, refined_labels, num_classes)
         images_seen += 1
-    results = {**iou_scores(plain.total_cm.numpy(), class_names), "images": images_seen}
+    results = {**iou_scores(plain, class_names), "images": images_seen}
     if crf_settings is not None:
         results["crf"] = {
-            **iou_scores(refined.total_cm.numpy(), class_names),
+            **iou_scores(refined, class_names),
             "settings": dataclasses.asdict(crf_settings),
         }
     return results
@@ -123,10 +146,12 @@ def crf_search(
         kept.append((image.numpy(), probabilities, truth.numpy()))
     rows = []
     for crf_settings in grid:
-        metric = keras.metrics.MeanIoU(num_classes, ignore_class=IGNORE_LABEL)
+        confusion = np.zeros((num_classes, num_classes), np.int64)
         for image, probabilities, truth in kept:
-            metric.update_state(truth, dense_crf(image, probabilities, crf_settings))
-        ious = iou_scores(metric.total_cm.numpy())
+            confusion += confusion_counts(
+                truth, dense_crf(image, probabilities, crf_settings), num_classes
+            )
+        ious = iou_scores(confusion)
         rows.append({**dataclasses.asdict(crf_settings), "mean_iou": ious["mean_iou"]})
     return sorted(rows, key=lambda row: -row["mean_iou"])
 

@@ -38,6 +38,24 @@ FLAGS_FILE = "flags.txt"
 CONFIG_CHANGES_FILE = "config_changes.jsonl"
 
 
+# Steps that one call of Keras' train function runs (`steps_per_execution`), at most: the
+# call's fixed cost (Keras' loop, callbacks, the logs' round trip to Python) then falls on a
+# group of steps instead of each. The steps themselves are the same ops on the same batches,
+# so the weights are the same bit for bit (tests/training/test_train.py). The divergence
+# guard then reads the loss once a group, which is enough: the loss it reads is the interval's
+# running mean, NaN from the first bad step on. Only without a distribution strategy: under
+# MultiWorkerMirroredStrategy, Keras 3.15's grouped loop fails ("You must feed a value for
+# placeholder tensor 'while/body/.../Placeholder_7'"), and the other strategies are not
+# tested here with it.
+MOST_STEPS_PER_EXECUTION = 25
+
+
+def steps_per_execution(interval: int, most: int = MOST_STEPS_PER_EXECUTION) -> int:
+    """The largest number of steps, at most `most`, that divides the checkpoint `interval`:
+    a group never straddles a checkpoint, so every checkpoint lands where it did."""
+    return max(k for k in range(1, min(interval, most) + 1) if interval % k == 0)
+
+
 class TrainingDiverged(InputError):
     """The loss became NaN or Inf; the last good checkpoint is left in place."""
 
@@ -111,6 +129,7 @@ class _CheckpointAndGuard(keras.callbacks.Callback):
         self.diverged_at = None
 
     def on_train_batch_end(self, batch, logs=None):
+        # Called once per group of steps (`steps_per_execution`), `batch` the group's last.
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(float(loss)):
             self.diverged_at = int(self.step.numpy()) + batch + 1
@@ -315,7 +334,13 @@ def prepare(config: TrainConfig) -> types.SimpleNamespace:
             dropout_seed=config.seed,
         )
         freeze_all_but_last(network, config.train_layers)
-        trainer.compile(optimizer=optimizer, jit_compile=config.xla)
+        trainer.compile(
+            optimizer=optimizer,
+            jit_compile=config.xla,
+            steps_per_execution=(
+                steps_per_execution(config.checkpoint_every) if config.strategy == "default" else 1
+            ),
+        )
         optimizer.build(network.trainable_variables)
 
     # ------------------------------------------------------------------ checkpoint load
@@ -412,7 +437,7 @@ def _loop(config, run, flags_text, change):
         ).history
     if guard.diverged_at is not None:
         raise TrainingDiverged(
-            f"{config.model_dir}: loss or weights became NaN/Inf at step {guard.diverged_at}; "
+            f"{config.model_dir}: loss or weights became NaN/Inf by step {guard.diverged_at}; "
             "stopped. "
             f"Last good checkpoint: {manager.latest_checkpoint or 'none'}; lower --base_lr"
         )
