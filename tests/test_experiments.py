@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from tests.helpers import run_tool
+from tests.helpers import last_line, run_tool
 from tf_segunravel import experiments
 from tf_segunravel.data import load_split
 from tf_segunravel.data.shapes import CLASS_KINDS, CLASS_NAMES
@@ -165,13 +165,14 @@ def test_location_over_seeds_tool_reports_intervals_and_resumes(tmp_path, shapes
 def test_every_registered_experiment_has_a_module_that_runs_it():
     import importlib
 
-    from tf_segunravel.experiment_registry import MODEL, MODELS, REGISTRY, TRAINS
+    from tf_segunravel.experiment_registry import MODEL, MODELS, REGISTRY, RESULTS, TRAINS
 
     assert "faithfulness" not in ALL_EXPERIMENTS
     hooks = {
         MODEL: ("run", "plot"),  # the runner and the figure
         MODELS: ("seeds_key", "seed_result", "summarise_seeds", "write_seed_summary"),
         TRAINS: ("run_settings", "markdown"),
+        RESULTS: ("run", "markdown"),
     }
     for name, spec in REGISTRY.items():
         module = importlib.import_module(f"tf_segunravel.experiments.{spec.module}")
@@ -182,6 +183,8 @@ def test_every_registered_experiment_has_a_module_that_runs_it():
         experiments.run_experiment("template_sweep", None)
     with pytest.raises(ValueError, match="experiment=k_analysis: not run over seeds"):
         experiments.run_over_seeds("k_analysis", [], [], None)
+    with pytest.raises(ValueError, match="experiment=faithfulness: not one of the experiments"):
+        experiments.run_on_results("faithfulness", [], "unused")
 
 
 def _one_by_one_model(path, flip):
@@ -317,3 +320,98 @@ def test_model_stamp_follows_the_files_the_model_loads_from(tmp_path):
     manager.save()
     assert experiments.model_stamp(str(trained)) != at_first
     assert experiments.model_stamp(first) == at_first  # a named checkpoint stays as it was
+
+
+def _faithfulness_result(folder, rows):
+    """A faithfulness.json as --experiment=faithfulness writes it, with `rows` {method:
+    (deletion, insertion, ROAD)}."""
+    folder.mkdir(parents=True)
+    payload = {
+        "experiment": "faithfulness",
+        "rows": [
+            {"method": m, "deletion_auc": d, "insertion_auc": i, "road": r, "energy": 0.5}
+            for m, (d, i, r) in rows.items()
+        ],
+        "summary": {},
+    }
+    (folder / "faithfulness.json").write_text(json.dumps(payload))
+    return str(folder)
+
+
+def test_the_choice_rule_ranks_each_cell_and_breaks_ties_by_table_order(tmp_path):
+    from tf_segunravel.experiments import choice
+
+    # Network a: fixations_k3 best on every curve; network b: fixations_mass best on
+    # deletion and insertion, fixations and fixations_mass tie on ROAD. The baselines and
+    # the contrastive map are no candidates; fixations_density is missing from b.
+    a = _faithfulness_result(
+        tmp_path / "a",
+        {
+            "fixations": (0.5, 0.7, 0.3),
+            "fixations_k3": (0.3, 0.9, 0.5),
+            "fixations_mass": (0.4, 0.8, 0.4),
+            "fixations_density": (0.1, 0.99, 0.9),
+            "fixations_contrastive": (0.0, 1.0, 1.0),
+            "gradcam": (0.0, 1.0, 1.0),
+        },
+    )
+    b = _faithfulness_result(
+        tmp_path / "b",
+        {
+            "fixations": (0.5, 0.7, 0.2),
+            "fixations_k3": (0.4, 0.8, 0.1),
+            "fixations_mass": (0.3, 0.9, 0.2),
+            "gradcam": (0.0, 1.0, 1.0),
+        },
+    )
+    summary = choice.choose([a, b])
+    assert summary["candidates"] == ["fixations", "fixations_k3", "fixations_mass"]
+    # ranks: fixations 3,3,3 | 3,3,1 (ROAD tie: first in the table); k3 1,1,1 | 2,2,3;
+    # mass 2,2,2 | 1,1,2
+    assert summary["mean_rank"] == pytest.approx(
+        {"fixations": 16 / 6, "fixations_k3": 10 / 6, "fixations_mass": 10 / 6}
+    )
+    assert summary["chosen"] == "fixations_k3"  # tied with mass: first in the table
+    road_b = next(c for c in summary["cells"] if c["folder"] == b and c["metric"] == "road")
+    assert road_b["order"] == ["fixations", "fixations_mass", "fixations_k3"]
+
+
+def test_the_choice_tool_writes_its_tables_and_refuses_bad_results(tmp_path):
+    good = _faithfulness_result(
+        tmp_path / "good", {"fixations": (0.5, 0.7, 0.3), "fixations_k3": (0.3, 0.9, 0.5)}
+    )
+    out = tmp_path / "choice"
+    proc = run_tool(
+        "experiments",
+        "--experiment=choose_fixation_variant",
+        f"--results={good}",
+        f"--output_dir={out}",
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((out / "choose_fixation_variant.json").read_text())["chosen"] == (
+        "fixations_k3"
+    )
+    assert "fixations_k3 | 1.00" in (out / "choose_fixation_variant.md").read_text()
+
+    nan_road = _faithfulness_result(
+        tmp_path / "nan", {"fixations": (0.5, 0.7, float("nan")), "fixations_k3": (0.3, 0.9, 0.5)}
+    )
+    one = _faithfulness_result(tmp_path / "one", {"fixations": (0.5, 0.7, 0.3)})
+    cases = [
+        ([f"--results={tmp_path / 'absent'}"], "faithfulness.json: no such file"),
+        ([f"--results={nan_road}"], "fixations has no finite road"),
+        ([f"--results={one}"], "the rule needs at least two"),
+        ([], "--results is required"),
+    ]
+    for flags, message in cases:
+        refused = tmp_path / "refused"
+        proc = run_tool(
+            "experiments",
+            "--experiment=choose_fixation_variant",
+            *flags,
+            f"--output_dir={refused}",
+            timeout=300,
+        )
+        assert proc.returncode != 0 and message in last_line(proc.stderr), proc.stderr[-2000:]
+        assert not refused.exists()

@@ -13,8 +13,8 @@ import dataclasses
 from tf_segunravel.flag_settings import at_least_one, non_negative, setting, validate
 
 # What an experiment reads: one trained model analysed by the unravel, one model per
-# training seed, or nothing (it trains its own models).
-MODEL, MODELS, TRAINS = "model", "models", "trains"
+# training seed, nothing (it trains its own models), or the results other experiments wrote.
+MODEL, MODELS, TRAINS, RESULTS = "model", "models", "trains", "results"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,7 +22,7 @@ class Experiment:
     """One experiment.
 
     name: its `--experiment` value and the stem of the files it writes.
-    reads: MODEL, MODELS or TRAINS.
+    reads: MODEL, MODELS, TRAINS or RESULTS.
     summary: one line for `--help` and the docs.
     module: the module of `tf_segunravel.experiments` that runs it, by name (this registry
       loads no TensorFlow). What the module provides depends on `reads`:
@@ -30,7 +30,8 @@ class Experiment:
         `plot(axis, rows)`;
       - MODELS: the hooks of `tf_segunravel.experiments.over_seeds`, which runs the
         experiment on each model and caches each model's result;
-      - TRAINS: `run_settings(output_dir, options: ExperimentSettings, data_dir, log)`.
+      - TRAINS: `run_settings(output_dir, options: ExperimentSettings, data_dir, log)`;
+      - RESULTS: `run(folders, output_dir, name) -> summary` and `markdown(summary)`.
     in_all: whether `--experiment=all` runs it.
     """
 
@@ -96,6 +97,14 @@ REGISTRY = {
             "the faithfulness experiment over one model per seed: each fixation method minus "
             "every other method per metric, with 95% t intervals over the seeds",
             module="faithfulness",
+            in_all=False,
+        ),
+        Experiment(
+            "choose_fixation_variant",
+            RESULTS,
+            "the faithfulness study's rule: the fixation variant with the lowest mean rank by "
+            "deletion, insertion and ROAD over faithfulness runs on development networks",
+            module="choice",
             in_all=False,
         ),
     )

@@ -16,6 +16,12 @@ reports each class kind's share with a 95% interval over the models. faithfulnes
 by name) scores --methods with deletion, insertion, ROAD, energy, pointing game and the
 randomisation check, and faithfulness_over_seeds runs it on each of --models (resuming) and
 reports each fixation method minus every other method with a 95% interval over the models.
+choose_fixation_variant applies the faithfulness study's rule to faithfulness runs on
+development networks (--results, their output dirs) and writes choose_fixation_variant.json
+and .md:
+
+    python3 tools/experiments.py --experiment=choose_fixation_variant \
+        --results=runs/study/dev_shapes,runs/study/dev_selfie --output_dir=runs/study/choice
 """
 
 from absl import flags
@@ -27,6 +33,7 @@ from tf_segunravel.experiment_registry import (
     MODEL_EXPERIMENTS,
     MODELS,
     REGISTRY,
+    RESULTS,
     ExperimentSettings,
 )
 
@@ -45,6 +52,12 @@ flags.DEFINE_list(
     "models",
     None,
     "location_over_seeds, faithfulness_over_seeds: the models, one per training seed.",
+)
+flags.DEFINE_list(
+    "results",
+    None,
+    "choose_fixation_variant: output dirs of --experiment=faithfulness on the development "
+    "networks, each with its faithfulness.json.",
 )
 flags.DEFINE_string("dataset", "segunravel_shapes", "TFDS dataset name, or folder:<dir>.")
 flags.DEFINE_string("split", "val", "Split to analyse.")
@@ -76,6 +89,13 @@ flags.register_multi_flags_validator(
     ),
     "--models is required by --experiment=location_over_seeds and faithfulness_over_seeds "
     "(one model per seed)",
+)
+flags.register_multi_flags_validator(
+    ["experiment", "results"],
+    lambda f: (
+        f["experiment"] == "all" or REGISTRY[f["experiment"]].reads != RESULTS or bool(f["results"])
+    ),
+    "--results is required by --experiment=choose_fixation_variant (faithfulness output dirs)",
 )
 # Flags generated from settings classes are declared by tf_segunravel.flag_settings; list them
 # with the tool's own in --help.
@@ -146,6 +166,13 @@ def run_over_seeds(name):
     print(ex.markdown(name, summary))
 
 
+def run_on_results(name):
+    from tf_segunravel import experiments as ex
+
+    summary = ex.run_on_results(name, FLAGS.results, FLAGS.output_dir)
+    print(ex.markdown(name, summary))
+
+
 def run_on_model(chosen):
     from tf_segunravel import experiments as ex
     from tf_segunravel.experiments.faithfulness import NoPairsError
@@ -167,6 +194,8 @@ def main(argv):
     if FLAGS.experiment == "all":
         return run_on_model(ALL_EXPERIMENTS)
     reads = REGISTRY[FLAGS.experiment].reads
+    if reads == RESULTS:
+        return run_on_results(FLAGS.experiment)
     if reads == MODELS:
         return run_over_seeds(FLAGS.experiment)
     if reads == MODEL:

@@ -1,4 +1,4 @@
-"""The experiments, one module each, and the three ways the registry
+"""The experiments, one module each, and the four ways the registry
 (`tf_segunravel/experiment_registry.py`) runs them:
 
 - `run_experiment(name, inputs) -> (rows, summary)`: an experiment that analyses one model
@@ -9,6 +9,8 @@
   `faithfulness_over_seeds`), through the one aggregator in `over_seeds.py`.
 - `run_training(name, output_dir, options, data_dir, log) -> summary`: an experiment that
   trains its own models (`template_sweep`).
+- `run_on_results(name, folders, output_dir) -> summary`: an experiment that reads what
+  others wrote (`choose_fixation_variant`: the faithfulness study's rule, `choice.py`).
 
 `markdown(name, summary)` is the table such a summary is reported with. The names load on
 first use (`tf_segunravel/lazy.py` says why): the demo imports `experiments.template_sweep`
@@ -32,6 +34,7 @@ __getattr__, __dir__, __all__ = lazy_exports(
         "run_experiment": "running",
         "run_over_seeds": "running",
         "run_training": "running",
+        "run_on_results": "running",
         "markdown": "running",
     },
 )

@@ -15,7 +15,14 @@ import numpy as np
 import tensorflow as tf
 
 from tf_segunravel.atomic import make_output_dir, save_atomically, write_json
-from tf_segunravel.experiment_registry import MODEL, MODELS, REGISTRY, TRAINS, ExperimentSettings
+from tf_segunravel.experiment_registry import (
+    MODEL,
+    MODELS,
+    REGISTRY,
+    RESULTS,
+    TRAINS,
+    ExperimentSettings,
+)
 from tf_segunravel.unravel.graph import ModelGraph
 from tf_segunravel.unravel.settings import FixationSettings
 
@@ -75,11 +82,13 @@ _KINDS = {
     MODEL: "one of the one-model experiments",
     MODELS: "run over seeds",
     TRAINS: "one of the training experiments",
+    RESULTS: "one of the experiments that read other experiments' results",
 }
 
 
 def experiment_module(name: str, reads: str) -> ModuleType:
-    """The module of experiment `name`, which must read `reads` (MODEL, MODELS or TRAINS);
+    """The module of experiment `name`, which must read `reads` (MODEL, MODELS, TRAINS or
+    RESULTS);
     a ValueError naming the experiment and the choices otherwise."""
     spec = REGISTRY.get(name)
     if spec is None or spec.reads != reads:

@@ -3,7 +3,14 @@
 
 from collections.abc import Callable, Sequence
 
-from tf_segunravel.experiment_registry import MODEL, MODELS, REGISTRY, TRAINS, ExperimentSettings
+from tf_segunravel.experiment_registry import (
+    MODEL,
+    MODELS,
+    REGISTRY,
+    RESULTS,
+    TRAINS,
+    ExperimentSettings,
+)
 from tf_segunravel.experiments import over_seeds as aggregator
 from tf_segunravel.experiments.common import AnalysisInputs
 from tf_segunravel.experiments.common import experiment_module as _module
@@ -36,9 +43,17 @@ def run_training(
     return _module(name, TRAINS).run_settings(output_dir, options, data_dir, log)
 
 
+def run_on_results(name: str, folders: Sequence[str], output_dir: str) -> dict:
+    """The experiment `name` that reads the results other experiments wrote in `folders`."""
+    return _module(name, RESULTS).run(folders, output_dir, name)
+
+
 def markdown(name: str, summary: dict) -> str:
-    """The table that the over-seeds or training experiment `name` reports `summary` with."""
+    """The table that the over-seeds, training or results experiment `name` reports `summary`
+    with."""
     spec = REGISTRY.get(name)
     if spec is not None and spec.reads == MODELS:
         return aggregator.hooks(name).seeds_markdown(summary)
+    if spec is not None and spec.reads == RESULTS:
+        return _module(name, RESULTS).markdown(summary)
     return _module(name, TRAINS).markdown(summary)
