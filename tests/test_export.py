@@ -120,6 +120,17 @@ def test_bad_inputs_fail_at_the_signature(exported, images):
 
 
 @pytest.mark.slow
+def test_the_fixations_signature_refuses_a_blur_wider_than_the_image(exported):
+    """The export fixes sigma = 3 px: a 2 x 2 image is narrower than that blur (the tools
+    refuse it before the graph runs; the signature asserts it when it runs)."""
+    _, export_dir, _ = exported
+    signature = tf.saved_model.load(str(export_dir)).signatures["fixations"]
+    signature(images=tf.zeros((1, 3, 3, 3), tf.uint8))  # as wide as the blur: drawn
+    with pytest.raises(tf.errors.InvalidArgumentError, match="heat-map blur is wider"):
+        signature(images=tf.zeros((1, 2, 2, 3), tf.uint8))
+
+
+@pytest.mark.slow
 def test_saved_model_cli_shows_the_signatures(exported):
     _, export_dir, _ = exported
     proc = subprocess.run(

@@ -4,6 +4,7 @@ SavedModel-or-Keras choice made once."""
 import keras
 import numpy as np
 import pytest
+from PIL import Image
 
 from tests.helpers import last_line, run_tool
 from tf_segunravel.errors import InputError
@@ -66,20 +67,23 @@ def test_as_loaded_takes_what_the_writer_is_given():
 @pytest.mark.slow
 def test_a_saved_model_loads_as_its_reader_and_is_refused_where_keras_is_needed(tmp_path):
     model = binary_net()
-    export_saved_model(model, str(tmp_path / "saved"))
+    # The image below is 12 x 10: the SavedModel's own maps need a blur narrower than it
+    # (the default 20 px is refused, by the signature and by the writer).
+    export_saved_model(model, str(tmp_path / "default_blur"))
+    Image.fromarray(image()[0]).save(tmp_path / "a.png")
+    writer = FixationWriter(str(tmp_path / "default_blur"), str(tmp_path / "refused"))
+    with pytest.raises(InputError, match=r"exported with sigma=20 px, .* wider than this 12 x 10"):
+        writer.compute(str(tmp_path / "a.png"))
+    export_saved_model(model, str(tmp_path / "saved"), FixationSettings(sigma=3.0))
     loaded = load_model(tmp_path / "saved")
     assert loaded.graph is None and loaded.saved_model is not None
     assert loaded.num_classes == 2 and loaded.class_names == ["background", "foreground"]
     with pytest.raises(InputError, match=r"the flow: needs a Keras model .* not the SavedModel"):
         loaded.keras("the flow")
     # The writer reads either through the same object: the same points.
-    from PIL import Image
-
-    Image.fromarray(image()[0]).save(tmp_path / "a.png")
     keras_file = tmp_path / "net.keras"
     model.save(keras_file)
     points = []
-    # The image is 12 x 10: a blur narrower than it (the default 20 px is refused).
     settings = FixationSettings(sigma=3.0)
     for source in (loaded, load_model(keras_file), str(tmp_path / "saved")):
         writer = FixationWriter(source, str(tmp_path / "out"), settings)

@@ -201,6 +201,15 @@ class SavedModelReader:
         [H, W], softmax [H, W, C] with `probabilities`, else None)."""
         if seed_labels is not None:
             raise InputError("seeding from masks needs a Keras model, not a SavedModel")
+        height, width = image.shape[:2]
+        sigma = self.metadata.get("sigma")
+        pixels = self.metadata.get("sigma_unit", "pixels") == "pixels"
+        if pixels and isinstance(sigma, int | float) and sigma > max(height, width):
+            # The signature draws its own maps and asserts this; said here in one line.
+            raise InputError(
+                f"{self.path}: exported with sigma={sigma:g} px, a heat-map blur wider than "
+                f"this {height} x {width} image; export it again with a smaller --sigma"
+            )
         out = {k: v.numpy() for k, v in self.signature(images=tf.constant(image[None])).items()}
         points, counts, seeds = out["points"], out["counts"], out["seeds"]
         if classes is not None:  # each class's points come from its own seeds only

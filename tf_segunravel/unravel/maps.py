@@ -194,8 +194,9 @@ def heatmap_sigma(
     times the score grid's stride on the image from `geometry` ([2, 2] rows (y, x) of
     (scale, offset)); numbers where the geometry is known now, else scalar tensors. Refuses,
     naming the setting, a blur wider than a `height` x `width` image (sigma above its longer
-    side: every map would be nearly flat) where the sizes are known now, and score cells
-    without a geometry (a SavedModel's fixations carry none)."""
+    side: every map would be nearly flat) where the sizes are known now, and as a graph
+    assertion where they are known only when the graph runs; and score cells without a
+    geometry (a SavedModel's fixations carry none)."""
     if settings.sigma_unit == "pixels":
         sigma = (settings.sigma, settings.sigma)
     elif geometry is None:
@@ -213,13 +214,23 @@ def heatmap_sigma(
 
 
 def _check_kernel(settings, sigma, height, width):
+    unit = "px" if settings.sigma_unit == "pixels" else "score cells"
     known = [tf.get_static_value(value) for value in (*sigma, height, width)]
     if any(value is None for value in known):
+        # The sizes are known only when the graph runs (a SavedModel's signature): the same
+        # refusal as an assertion, which fails the call with this message.
+        widest = tf.maximum(tf.cast(sigma[0], tf.float32), tf.cast(sigma[1], tf.float32))
+        longest = tf.cast(tf.maximum(height, width), tf.float32)
+        tf.debugging.assert_less_equal(
+            widest,
+            longest,
+            message=f"sigma={settings.sigma:g} {unit}: the heat-map blur is wider than the "
+            "image (sigma above its longer side); export with a smaller sigma",
+        )
         return
     widest = max(float(known[0]), float(known[1]))
     rows, columns = int(known[2]), int(known[3])
     if widest > max(rows, columns):
-        unit = "px" if settings.sigma_unit == "pixels" else "score cells"
         raise InputError(
             f"sigma={settings.sigma:g} {unit}: a heat-map blur of {widest:g} px is wider "
             f"than the image ({rows} x {columns}); pass a sigma of at most "
