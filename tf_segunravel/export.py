@@ -33,7 +33,7 @@ from tf_segunravel.errors import InputError
 from tf_segunravel.grids import first_argmax, labels_at_size, scores_at_size
 from tf_segunravel.unravel.geometry import ScoreMap
 from tf_segunravel.unravel.graph import as_graph
-from tf_segunravel.unravel.maps import fixation_maps
+from tf_segunravel.unravel.maps import fixation_maps, heatmap_sigma
 from tf_segunravel.unravel.settings import FixationSettings
 from tf_segunravel.unravel.tracer import SegUnravel, UnravelResult
 
@@ -201,15 +201,18 @@ class SavedModelReader:
         [H, W], softmax [H, W, C] with `probabilities`, else None)."""
         if seed_labels is not None:
             raise InputError("seeding from masks needs a Keras model, not a SavedModel")
-        height, width = image.shape[:2]
         sigma = self.metadata.get("sigma")
-        pixels = self.metadata.get("sigma_unit", "pixels") == "pixels"
-        if pixels and isinstance(sigma, int | float) and sigma > max(height, width):
-            # The signature draws its own maps and asserts this; said here in one line.
-            raise InputError(
-                f"{self.path}: exported with sigma={sigma:g} px, a heat-map blur wider than "
-                f"this {height} x {width} image; export it again with a smaller --sigma"
-            )
+        if self.metadata.get("sigma_unit", "pixels") == "pixels" and isinstance(sigma, int | float):
+            # The signature draws its own maps and asserts this (`heatmap_sigma`'s rule, run
+            # in the graph); the same rule here says it in one line, naming the export.
+            height, width = image.shape[:2]
+            try:
+                heatmap_sigma(FixationSettings(sigma=float(sigma)), None, height, width)
+            except InputError:
+                raise InputError(
+                    f"{self.path}: exported with sigma={sigma:g} px, a heat-map blur wider "
+                    f"than this {height} x {width} image; export it again with a smaller --sigma"
+                ) from None
         out = {k: v.numpy() for k, v in self.signature(images=tf.constant(image[None])).items()}
         points, counts, seeds = out["points"], out["counts"], out["seeds"]
         if classes is not None:  # each class's points come from its own seeds only
