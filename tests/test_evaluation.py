@@ -39,3 +39,46 @@ def test_labels_outside_the_classes_are_refused(truth, predicted, message):
 def test_an_all_ignored_image_counts_nothing():
     truth = np.full((4, 4), IGNORE_LABEL)
     assert confusion_counts(truth, np.zeros((4, 4), int), 3).sum() == 0
+
+
+def _examples(count, num_classes=4):
+    """`count` examples of different sizes (so each is padded differently)."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(1)
+    sizes = [(23 - 2 * (i % 3), 19 + i) for i in range(count)]
+
+    def generate():
+        for height, width in sizes:
+            yield {
+                "image": rng.integers(0, 256, (height, width, 3)).astype(np.uint8),
+                "segmentation": rng.integers(0, num_classes, (height, width, 1)).astype(np.uint8),
+            }
+
+    spec = {
+        "image": tf.TensorSpec([None, None, 3], tf.uint8),
+        "segmentation": tf.TensorSpec([None, None, 1], tf.uint8),
+    }
+    return tf.data.Dataset.from_generator(generate, output_signature=spec).cache(), sizes
+
+
+def test_batched_predictions_are_the_single_image_ones_in_order(tmp_path):
+    from tests.helpers import save_tiny_largefov
+    from tf_segunravel.evaluation import evaluate, predictions
+
+    network = save_tiny_largefov(tmp_path / "net.keras", 4)
+    examples, sizes = _examples(5)
+    list(examples)  # fills the cache: both passes read the same examples
+    alone = list(predictions(network, examples, pad_size=25))
+    batched = list(predictions(network, examples, pad_size=25, batch_size=2))  # 2, 2, then 1
+    assert [tuple(scores.shape[:2]) for _, scores, _ in batched] == sizes
+    assert len(batched) == len(alone) == 5
+    for (image, scores, truth), (image_b, scores_b, truth_b) in zip(alone, batched, strict=True):
+        np.testing.assert_array_equal(image.numpy(), image_b.numpy())
+        np.testing.assert_array_equal(truth.numpy(), truth_b.numpy())
+        # Bit for bit with oneDNN's AVX-512 kernels; with its AVX2 ones a batch rounds
+        # differently (up to 3e-5 on the main job's networks, whose labels stay the same).
+        np.testing.assert_allclose(scores.numpy(), scores_b.numpy(), rtol=1e-5, atol=1e-4)
+        np.testing.assert_array_equal(np.argmax(scores, -1), np.argmax(scores_b, -1))
+    one, three = (evaluate(network, examples, 4, 25, batch_size=b) for b in (1, 3))
+    assert one == three and one["images"] == 5

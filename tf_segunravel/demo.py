@@ -72,6 +72,9 @@ FAITHFULNESS_METHODS = (
 )
 FAITHFULNESS_STEPS = 20
 STAGE_SECONDS_FILE = "stage_seconds.json"
+# Val images a network pass in the evaluate stage: half the time of one at a time, the same
+# labels (`evaluation.predictions`).
+EVAL_BATCH = 10
 FAITHFULNESS_COLUMNS = ("deletion_auc", "insertion_auc", "context_deletion_auc", "road", "energy")
 
 
@@ -105,6 +108,20 @@ class _Job:
     kinds: list = dataclasses.field(default_factory=list)
     results: dict = dataclasses.field(default_factory=dict)  # (arm, seed) -> val.json
     summary: dict | None = None
+    graph: object = None  # the first seed's baseline as a ModelGraph, once a stage needs it
+
+    def baseline_graph(self):
+        """The first seed's baseline as one `ModelGraph`, loaded once: the fixation,
+        experiment and faithfulness stages share it, so each engine (`methods.engine_for`)
+        and compiled scorer of the same settings is traced once in the job, not per stage."""
+        from tf_segunravel.training import load_network
+        from tf_segunravel.unravel.graph import as_graph
+
+        if self.graph is None:
+            self.graph = as_graph(
+                load_network(self.model_dir("baseline", self.seeds[0])), strict=False
+            )
+        return self.graph
 
     def model_dir(self, arm, seed):
         return self.configs[(arm, seed)].model_dir
@@ -143,7 +160,8 @@ def _evaluate(job):
     for arm, seed in job.configs:
 
         def score(model_dir):
-            return evaluate(load_network(model_dir), scored, 6, PAD_SIZE, job.names)
+            network = load_network(model_dir)
+            return evaluate(network, scored, 6, PAD_SIZE, job.names, batch_size=EVAL_BATCH)
 
         record, reused = resumable.evaluate_arm(
             job.model_dir(arm, seed),
@@ -178,7 +196,6 @@ def _export(job):
 
 def _write_fixations(job, fixation_dir, contrast):
     from tf_segunravel.fixation_files import FixationWriter
-    from tf_segunravel.training import load_network
 
     _banner("fixations", f"{job.fixation_images} val images -> {fixation_dir}")
     shutil.rmtree(fixation_dir, ignore_errors=True)  # no files left from other inputs
@@ -187,7 +204,7 @@ def _write_fixations(job, fixation_dir, contrast):
     os.makedirs(image_dir, exist_ok=True)
     os.makedirs(mask_dir, exist_ok=True)
     writer = FixationWriter(
-        load_network(_baseline_dir(job)),
+        job.baseline_graph(),
         fixation_dir,
         dataclasses.replace(FIXATIONS, contrast=contrast),
         class_names=job.names,
@@ -220,7 +237,9 @@ def _experiments(job):
     def make():
         seeds = list(job.seeds)
         _banner("experiments", f"fixation location, plain and contrastive, seeds {seeds}")
-        networks = [load_network(job.model_dir("baseline", seed)) for seed in seeds]
+        networks = [job.baseline_graph()] + [
+            load_network(job.model_dir("baseline", seed)) for seed in seeds[1:]
+        ]
         options = ExperimentSettings(max_images=job.experiment_images, pad_size=PAD_SIZE)
         inputs = experiments.AnalysisInputs(
             networks[0], job.val, 6, job.names, job.kinds, FIXATIONS, options
@@ -246,7 +265,6 @@ def _faithfulness_methods():
 
 def _faithfulness(job):
     from tf_segunravel import experiments
-    from tf_segunravel.training import load_network
 
     methods = _faithfulness_methods()
     seed = job.seeds[0]
@@ -259,9 +277,8 @@ def _faithfulness(job):
             faithfulness_steps=FAITHFULNESS_STEPS,
             randomisation_images=0,
         )
-        network = load_network(job.model_dir("baseline", seed))
         inputs = experiments.AnalysisInputs(
-            network, job.val, 6, job.names, job.kinds, FIXATIONS, options
+            job.baseline_graph(), job.val, 6, job.names, job.kinds, FIXATIONS, options
         )
         rows, summary = experiments.run_experiment("faithfulness", inputs)
         experiments.write_results(

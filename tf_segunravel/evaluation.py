@@ -31,17 +31,29 @@ def full_resolution_scores(network: keras.Model, images: tf.Tensor) -> tf.Tensor
 
 
 def predictions(
-    network: keras.Model, examples: tf.data.Dataset, pad_size: int = 513
+    network: keras.Model, examples: tf.data.Dataset, pad_size: int = 513, batch_size: int = 1
 ) -> Iterator[tuple[tf.Tensor, tf.Tensor, tf.Tensor]]:
     """Per example, by DeepLab's protocol: (image uint8 [H, W, 3], scores at image size
-    float32 [H, W, C], truth int32 [H, W]), all cropped back to the image."""
+    float32 [H, W, C], truth int32 [H, W]), all cropped back to the image, in the examples'
+    order. `batch_size` images go through the network together (each padded to `pad_size`);
+    a batch costs less an image where the network is small, and gives each image the scores
+    a pass on its own does up to float rounding (bit for bit with oneDNN's AVX-512 kernels;
+    with its AVX2 ones up to 3e-5 apart on the main job's networks, whose 1,500 labellings
+    stayed the same: tests/test_evaluation.py, docs/benchmarks.md)."""
     # No tensor-dependent Python control flow inside: AutoGraph would only cost trace time.
-    predict = tf.function(lambda images: full_resolution_scores(network, images), autograph=False)
-    for features, labels in eval_pipeline(examples, pad_size=pad_size, batch_size=1):
-        height, width = int(features["height"][0]), int(features["width"][0])
-        scores = predict(features["image"])[0, :height, :width]
-        image = tf.cast(features["image"][0, :height, :width], tf.uint8)
-        yield image, scores, labels[0, :height, :width]
+    # reduce_retracing: a last, smaller batch reuses the trace.
+    predict = tf.function(
+        lambda images: full_resolution_scores(network, images),
+        autograph=False,
+        reduce_retracing=True,
+    )
+    for features, labels in eval_pipeline(examples, pad_size=pad_size, batch_size=batch_size):
+        scores = predict(features["image"])
+        for index in range(int(tf.shape(scores)[0])):
+            height = int(features["height"][index])
+            width = int(features["width"][index])
+            image = tf.cast(features["image"][index, :height, :width], tf.uint8)
+            yield image, scores[index, :height, :width], labels[index, :height, :width]
 
 
 def confusion_counts(truth: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
@@ -99,8 +111,10 @@ def evaluate(
     pad_size: int = 513,
     class_names: Sequence[str] | None = None,
     crf_settings: "CRFSettings | None" = None,
+    batch_size: int = 1,
 ) -> dict:
-    """Runs the test protocol over `examples`; returns a JSON-ready dict of scores.
+    """Runs the test protocol over `examples`, `batch_size` images a pass (`predictions`);
+    returns a JSON-ready dict of scores.
 
     Keys: `per_class_iou` {name: IoU or None when the class never occurs nor is predicted},
     `mean_iou` (over classes that occur), `pixel_accuracy`, `images`, `confusion` (rows:
@@ -110,7 +124,7 @@ def evaluate(
     plain = np.zeros((num_classes, num_classes), np.int64)
     refined = np.zeros_like(plain)
     images_seen = 0
-    for image, scores, truth in predictions(network, examples, pad_size):
+    for image, scores, truth in predictions(network, examples, pad_size, batch_size):
         truth = truth.numpy()
         plain += confusion_counts(truth, first_argmax(scores, axis=-1).numpy(), num_classes)
         if crf_settings is not None:

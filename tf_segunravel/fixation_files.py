@@ -26,6 +26,7 @@ from tf_segunravel.data.labels import class_name, read_image, read_label_png
 from tf_segunravel.errors import InputError
 from tf_segunravel.grids import first_argmax, scores_at_size
 from tf_segunravel.loading import as_loaded
+from tf_segunravel.unravel.graph import as_graph
 from tf_segunravel.unravel.maps import heatmap_sigma, heatmaps, inlier_mask
 from tf_segunravel.unravel.settings import FixationSettings
 from tf_segunravel.unravel.tracer import MAX_COUNT, SegUnravel, UnravelResult
@@ -105,7 +106,13 @@ class KerasFixations:
         """`name`: how an error names the model (its path, where it was loaded from one;
         else the Keras model's name)."""
         try:
-            self.engine = SegUnravel(model, settings, keep_flow=flow)
+            # Without the flow, the graph's engine for these settings (`methods.engine_for`):
+            # made once per graph, so writers and experiments handed one graph trace it once.
+            self.engine = (
+                SegUnravel(model, settings, keep_flow=True)
+                if flow
+                else methods.engine_for(as_graph(model, strict=False), settings)
+            )
         except ValueError as e:  # a model or setting the engine cannot take
             name = name or getattr(model, "name", None) or model.model.name  # model or graph
             raise InputError(f"{name}: {e}") from e

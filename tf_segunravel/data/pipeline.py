@@ -8,6 +8,8 @@ Randomness is stateless and keyed on (seed, example index), so a seeded pipeline
 same batches whatever the parallelism, and a deterministic one in the same order too.
 """
 
+import os
+
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
@@ -55,6 +57,22 @@ def dataset_classes(
     return (list(names) if names else None), (list(kinds) if kinds else None)
 
 
+# Every dataset here runs without tf.data's autotuning, at fixed parallelism (a map's calls
+# on every core, two batches prefetched). With autotuning on, an iterator's destructor joins
+# the autotuner's thread, and mid-optimisation that took 2-36 s after the main job's
+# training ended (its `fit` returned only once its iterator was gone; seen in native
+# stacks, docs/benchmarks.md). A fixed setting keeps two cores busy as well.
+PARALLEL_CALLS = os.cpu_count() or 1
+PREFETCH_BATCHES = 2
+
+
+def without_autotune(dataset: tf.data.Dataset) -> tf.data.Dataset:
+    """`dataset` with tf.data's autotuning off (see `PARALLEL_CALLS`)."""
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return dataset.with_options(options)
+
+
 def load_split(
     dataset: str, split: str, data_dir: str | None = None, num_classes: int | None = None
 ) -> tf.data.Dataset:
@@ -71,9 +89,13 @@ def load_split(
 
         root = dataset[len(FOLDER_PREFIX) :]
         split_root = tf.io.gfile.join(root, split)
-        return folder_dataset(split_root if tf.io.gfile.isdir(split_root) else root, num_classes)
+        return without_autotune(
+            folder_dataset(split_root if tf.io.gfile.isdir(split_root) else root, num_classes)
+        )
     try:
-        return tfds.load(dataset, split=split, data_dir=data_dir, shuffle_files=False)
+        return without_autotune(
+            tfds.load(dataset, split=split, data_dir=data_dir, shuffle_files=False)
+        )
     except tfds.core.registered.DatasetNotFoundError as e:
         raise _unknown_dataset(dataset, e) from e
     except ValueError as e:
@@ -180,7 +202,7 @@ def train_pipeline(
     dataset = (
         dataset.enumerate()
         .skip(skip_batches * batch_size)
-        .map(augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic or None)
+        .map(augment, num_parallel_calls=PARALLEL_CALLS, deterministic=deterministic or None)
     )
     dataset = dataset.batch(batch_size, drop_remainder=True)
     options = tf.data.Options()
@@ -189,7 +211,8 @@ def train_pipeline(
     # keeps its replicas' share of each global batch: the workers together see exactly the
     # batches one process would, which file sharding would not promise.
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
+    options.autotune.enabled = False  # see PARALLEL_CALLS
+    return dataset.with_options(options).prefetch(PREFETCH_BATCHES)
 
 
 def pad_for_eval(example: dict, pad_size: int = 513) -> tuple[dict, tf.Tensor]:
@@ -227,7 +250,5 @@ def eval_pipeline(
     examples: tf.data.Dataset, pad_size: int = 513, batch_size: int = 1
 ) -> tf.data.Dataset:
     """Ordered, padded, batched evaluation examples (see `pad_for_eval`)."""
-    dataset = examples.map(
-        lambda ex: pad_for_eval(ex, pad_size), num_parallel_calls=tf.data.AUTOTUNE
-    )
-    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    dataset = examples.map(lambda ex: pad_for_eval(ex, pad_size), num_parallel_calls=PARALLEL_CALLS)
+    return without_autotune(dataset.batch(batch_size).prefetch(PREFETCH_BATCHES))

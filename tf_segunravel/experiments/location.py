@@ -13,15 +13,15 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow as tf
 
-from tf_segunravel import stats
+from tf_segunravel import methods, stats
 from tf_segunravel.atomic import make_output_dir, write_json, write_text
 from tf_segunravel.data.labels import class_name
 from tf_segunravel.evaluation import evaluate
 from tf_segunravel.experiments.common import AnalysisInputs, Network, _bars, _common, _examples
 from tf_segunravel.grids import labels_at_size
 from tf_segunravel.stats import Interval
+from tf_segunravel.unravel.graph import as_graph
 from tf_segunravel.unravel.settings import FixationSettings
-from tf_segunravel.unravel.tracer import SegUnravel
 
 if typing.TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -46,7 +46,9 @@ def fixation_location(
     With a contrastive `settings` the shares are those of the margin's fixations; without
     `with_iou` the IoU column (a second pass over the images) is None.
     """
-    engine = SegUnravel(network, settings)
+    # The graph's engine for these settings, made once (a trace costs seconds): a caller
+    # that hands the same `ModelGraph` to several experiments traces it once.
+    engine = methods.engine_for(as_graph(network, strict=False), settings or FixationSettings())
     shares: dict[typing.Any, list[float]] = {c: [] for c in range(num_classes)}
     weighted: dict[typing.Any, list[float]] = {c: [] for c in range(num_classes)}
     in_predicted: dict[typing.Any, list[float]] = {c: [] for c in range(num_classes)}
