@@ -158,3 +158,30 @@ def test_variants_of_the_heat_maps_share_one_engine(batch):
     methods.get("fixations_k3").maps(graph, batch, [0], regions_for(batch), options=OPTIONS)
     engines = [value for value in graph.engines.values() if isinstance(value, SegUnravel)]
     assert sorted(engine.settings.k for engine in engines) == [1, 3]
+
+
+def test_the_writer_and_the_location_experiment_share_the_graphs_engines(tmp_path, batch):
+    """One graph handed to the fixation writer (without the flow), the location experiment
+    and the methods table traces one engine per setting (the main job hands its baseline's
+    graph to all three); the flow needs an engine of its own."""
+    from tf_segunravel.experiments.location import fixation_location
+    from tf_segunravel.fixation_files import KerasFixations
+    from tf_segunravel.unravel.settings import RUNNER_UP
+    from tf_segunravel.unravel.tracer import SegUnravel
+
+    images = keras.Input((None, None, 3))
+    graph = ModelGraph(keras.Model(images, L.Conv2D(3, 1)(L.Conv2D(4, 3, padding="same")(images))))
+    plain, contrastive = (
+        FixationSettings(sigma=3.0),
+        FixationSettings(sigma=3.0, contrast=RUNNER_UP),
+    )
+    writer = KerasFixations(graph, contrastive)
+    assert writer.engine is methods.engine_for(graph, contrastive)
+    assert KerasFixations(graph, plain, flow=True).engine is not methods.engine_for(graph, plain)
+    labels = np.zeros((2, 14, 11, 1), np.uint8)
+    examples = tf.data.Dataset.from_tensor_slices({"image": batch, "segmentation": labels})
+    rows = fixation_location(graph, examples, 3, settings=plain, max_images=2, pad_size=16)
+    assert sum(row["images"] for row in rows) >= 2
+    methods.get("fixations").maps(graph, batch, [0], regions_for(batch), options=OPTIONS)
+    engines = [value for value in graph.engines.values() if isinstance(value, SegUnravel)]
+    assert len(engines) == 2  # plain (location, then the table) and contrastive (the writer)

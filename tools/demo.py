@@ -6,7 +6,7 @@ Prepares the dataset, trains a reduced-width DeepLab-LargeFOV baseline, fine-tun
 fc6..fc8 with and without the template loss, evaluates all three, exports a SavedModel, runs
 the fixation tool (plain and contrastive) on validation images and the fixation-location
 experiment, and writes plots, summary.json and summary.md into --output_dir. Deterministic:
-a second run in a fresh directory writes the same summary.json. About 4.5-5.5 minutes on a
+a second run in a fresh directory writes the same summary.json. About 4.5-5 minutes on a
 2-core CPU (each stage's time in stage_seconds.json); a re-run reuses finished stages;
 --seeds=0,1,2,3,4 adds 95% intervals.
 """

@@ -128,3 +128,30 @@ def test_eval_padding_remembers_the_size_and_crops_back():
 def test_eval_rejects_images_larger_than_the_pad_size():
     with pytest.raises(tf.errors.InvalidArgumentError, match="ex0: image is 56x40, larger"):
         pad_for_eval(block_example(), pad_size=32)
+
+
+def test_pipelines_run_without_the_autotuner(tmp_path):
+    """Destroying an autotuned iterator joins the autotuner's thread, which stalled the main
+    job for up to 36 s after training (docs/data.md): every dataset the package builds has
+    it off, the folder datasets `load_split` reads included."""
+    from PIL import Image
+
+    from tf_segunravel.data import load_split
+
+    examples = [block_example(seed=s) for s in range(3)]
+    dataset = tf.data.Dataset.from_tensor_slices(
+        {k: np.stack([e[k] for e in examples]) for k in ("image", "segmentation")}
+    )
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    for number, example in enumerate(examples):
+        Image.fromarray(example["image"]).save(tmp_path / "images" / f"{number}.png")
+        Image.fromarray(example["segmentation"][..., 0]).save(tmp_path / "masks" / f"{number}.png")
+    built = {
+        "train": train_pipeline(dataset, crop_size=32, batch_size=2, deterministic=True),
+        "eval": eval_pipeline(dataset, pad_size=64),
+        "folder": load_split(f"folder:{tmp_path}", "val", num_classes=5),
+    }
+    for name, pipeline in built.items():
+        assert pipeline.options().autotune.enabled is False, name
+        assert len(list(pipeline.take(2))) == 2, name
