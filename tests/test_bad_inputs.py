@@ -122,6 +122,7 @@ CASES = [
     ("evaluate", ["--split=nosuch"], "--split=nosuch: Unknown split 'nosuch'"),
     ("evaluate", ["--dataset=nosuch"], "--dataset=nosuch: not a registered TFDS dataset"),
     ("evaluate", ["--pad_size=0"], "--pad_size"),
+    ("evaluate", ["--batch_size=0"], "--batch_size must be >= 1"),
     ("evaluate", ["--output_json={root}/a_file/x.json"], "a_file is a file, not a directory"),
     (
         "evaluate",

@@ -36,7 +36,7 @@ def predictions(
     """Per example, by DeepLab's protocol: (image uint8 [H, W, 3], scores at image size
     float32 [H, W, C], truth int32 [H, W]), all cropped back to the image, in the examples'
     order. `batch_size` images go through the network together (each padded to `pad_size`);
-    a batch costs less an image where the network is small, and gives each image the scores
+    a batch costs less per image where the network is small, and gives each image the scores
     a pass on its own does up to float rounding (bit for bit with oneDNN's AVX-512 kernels;
     with its AVX2 ones up to 3e-5 apart on the main job's networks, whose 1,500 labellings
     stayed the same: tests/test_evaluation.py, docs/benchmarks.md)."""
