@@ -376,6 +376,7 @@ def test_the_choice_rule_ranks_each_cell_and_breaks_ties_by_table_order(tmp_path
     assert road_b["order"] == ["fixations", "fixations_mass", "fixations_k3"]
 
 
+@pytest.mark.slow  # five subprocesses (about 20 s); the rule itself is tested above, fast
 def test_the_choice_tool_writes_its_tables_and_refuses_bad_results(tmp_path):
     good = _faithfulness_result(
         tmp_path / "good", {"fixations": (0.5, 0.7, 0.3), "fixations_k3": (0.3, 0.9, 0.5)}
