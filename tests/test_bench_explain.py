@@ -2,10 +2,13 @@
 quote, and the fixation entries it times are the methods table's, on every predicted class."""
 
 import keras
+import pytest
 
 from tf_segunravel.models import deeplab_largefov
 
 
+# Times two networks (about 11 s): with the slow tests, for the fast suite's 5-minute budget.
+@pytest.mark.slow
 def test_the_explain_bench_prints_every_figure_and_ratio(monkeypatch, capsys):
     from absl import flags
 

@@ -3,9 +3,13 @@ through `training.loop.prepare`) and prints every figure docs/benchmarks.md quot
 
 import sys
 
+import pytest
+
 from tests.helpers import run_command
 
 
+# A bench run in a subprocess (about 13 s): with the slow tests, for the fast suite's budget.
+@pytest.mark.slow
 def test_the_train_step_profile_prints_every_figure(shapes_data_dir):
     proc = run_command(
         [
