@@ -82,3 +82,19 @@ def test_batched_predictions_are_the_single_image_ones_in_order(tmp_path):
         np.testing.assert_array_equal(np.argmax(scores, -1), np.argmax(scores_b, -1))
     one, three = (evaluate(network, examples, 4, 25, batch_size=b) for b in (1, 3))
     assert one == three and one["images"] == 5
+
+
+def test_the_crf_search_scores_the_same_in_batches(tmp_path):
+    from tests.helpers import save_tiny_largefov
+    from tf_segunravel import crf
+    from tf_segunravel.evaluation import crf_search
+
+    if not crf.available():
+        pytest.skip('the crf extra: pip install ".[crf]"')
+    network = save_tiny_largefov(tmp_path / "net.keras", 4)
+    examples, _ = _examples(3)
+    list(examples)  # fills the cache: both passes read the same examples
+    grid = [crf.CRFSettings(iterations=2), crf.CRFSettings(bilateral_weight=6.0, iterations=2)]
+    alone = crf_search(network, examples, 4, grid, pad_size=25)
+    batched = crf_search(network, examples, 4, grid, pad_size=25, batch_size=2)
+    assert [row["mean_iou"] for row in batched] == [row["mean_iou"] for row in alone]

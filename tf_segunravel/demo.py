@@ -118,9 +118,7 @@ class _Job:
         from tf_segunravel.unravel.graph import as_graph
 
         if self.graph is None:
-            self.graph = as_graph(
-                load_network(self.model_dir("baseline", self.seeds[0])), strict=False
-            )
+            self.graph = as_graph(load_network(_baseline_dir(self)), strict=False)
         return self.graph
 
     def model_dir(self, arm, seed):

@@ -49,9 +49,8 @@ def predictions(
     )
     for features, labels in eval_pipeline(examples, pad_size=pad_size, batch_size=batch_size):
         scores = predict(features["image"])
-        for index in range(int(tf.shape(scores)[0])):
-            height = int(features["height"][index])
-            width = int(features["width"][index])
+        heights, widths = features["height"].numpy(), features["width"].numpy()
+        for index, (height, width) in enumerate(zip(heights, widths, strict=True)):
             image = tf.cast(features["image"][index, :height, :width], tf.uint8)
             yield image, scores[index, :height, :width], labels[index, :height, :width]
 
@@ -149,13 +148,15 @@ def crf_search(
     num_classes: int,
     grid: Sequence["CRFSettings"],
     pad_size: int = 513,
+    batch_size: int = 1,
 ) -> list[dict]:
     """DeepLab's cross-validation of the CRF: mean IoU of every `CRFSettings` in `grid` on
-    `examples` (a held-out subset), from one network pass. Rows sorted best first."""
+    `examples` (a held-out subset), from one network pass (`batch_size` images at a time,
+    `predictions`). Rows sorted best first."""
     from tf_segunravel.crf import dense_crf
 
     kept = []  # the network runs once; the CRF reruns per setting on the kept softmax
-    for image, scores, truth in predictions(network, examples, pad_size):
+    for image, scores, truth in predictions(network, examples, pad_size, batch_size):
         probabilities = tf.nn.softmax(scores, axis=-1).numpy().astype(np.float16)
         kept.append((image.numpy(), probabilities, truth.numpy()))
     rows = []

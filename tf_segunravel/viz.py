@@ -27,8 +27,8 @@ FRAME_DPI = 80
 
 def _figure_to_array(figure):
     """uint8 RGB [H, W, 3]: the figure as Agg drew it. Read from the canvas, not through a PNG
-    written and read back: the same pixels (checked when this replaced that), at 60% of
-    the cost, which was most of the main job's fixation stage."""
+    written and read back: the same pixels (tests/test_viz.py holds it to savefig's PNG) for
+    26 instead of 42-46 ms a frame (a flow GIF has a frame per layer)."""
     figure.canvas.draw()
     pixels = np.array(figure.canvas.buffer_rgba())[..., :3]
     plt.close(figure)

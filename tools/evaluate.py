@@ -29,7 +29,8 @@ flags.DEFINE_integer("pad_size", 513, "Images are padded to pad_size x pad_size.
 flags.DEFINE_integer(
     "batch_size",
     1,
-    "Images a network pass: faster on small networks; scores the same up to float rounding.",
+    "Images a network pass (the scores and --crf_search's pass): faster on small networks; "
+    "the same scores up to float rounding.",
 )
 flags.DEFINE_string("output_json", None, "Also write the results here.")
 flags.DEFINE_boolean("crf", False, "Also score DeepLab's dense CRF on the softmax.")
@@ -93,7 +94,7 @@ def main(argv):
             base=crf_settings,
         )
         held_out = examples.take(FLAGS.crf_search_images)
-        rows = crf_search(network, held_out, num_classes, grid, FLAGS.pad_size)
+        rows = crf_search(network, held_out, num_classes, grid, FLAGS.pad_size, FLAGS.batch_size)
         best = rows[0]
         crf_settings = CRFSettings(**{k: v for k, v in best.items() if k != "mean_iou"})
         print(

@@ -211,8 +211,7 @@ def train_pipeline(
     # keeps its replicas' share of each global batch: the workers together see exactly the
     # batches one process would, which file sharding would not promise.
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    options.autotune.enabled = False  # see PARALLEL_CALLS
-    return dataset.with_options(options).prefetch(PREFETCH_BATCHES)
+    return without_autotune(dataset.with_options(options).prefetch(PREFETCH_BATCHES))
 
 
 def pad_for_eval(example: dict, pad_size: int = 513) -> tuple[dict, tf.Tensor]:
