@@ -78,6 +78,15 @@ def keep_channels(scores, opt, positive=False):
     return kept
 
 
+def with_shares(moved, scores, columns):
+    """`moved` [(input, point)] as [(input, point, share)]: each point's chosen channel
+    (`columns[i]`) as a share of the unit's positive contribution `scores` (path weights);
+    a unit with none shares equally among its children."""
+    total = sum(max(s, 0.0) for s in scores)
+    shares = [max(scores[c], 0.0) / total if total > 0 else 1.0 / len(moved) for c in columns]
+    return [(index, point, share) for (index, point), share in zip(moved, shares, strict=True)]
+
+
 def best_of(values, opt):
     """Index of the largest of `values` (None entries are no candidates), ties by `opt`."""
     best, where = -math.inf, None
@@ -119,8 +128,9 @@ def conv_point(layer, x, out, point, opt, against=None):
                 value = x[b, yy, xj, group * group_in + c] if inside else 0.0
                 contribution = float(value) * float(kernel[i, j, c, ch])
                 channel_scores[c] += contribution
-    moved = []
+    moved, columns = [], []
     for c in keep_channels(channel_scores, opt):
+        columns.append(c)
         if opt.full((dh, dw)):
             values = []
             for i, j, yy, xj, inside in taps:
@@ -134,7 +144,7 @@ def conv_point(layer, x, out, point, opt, against=None):
         else:
             _, _, yy, xj, _ = taps[((kh - 1) // 2) * kw + (kw - 1) // 2]
         moved.append((0, (b, yy, xj, group * group_in + c)))
-    return moved
+    return with_shares(moved, channel_scores, columns)
 
 
 def dense_point(layer, x, point, opt, against=None):
@@ -142,8 +152,8 @@ def dense_point(layer, x, point, opt, against=None):
     kernel = margin_kernel(layer, ch, against)
     vector = x[b, y, xx] if x.ndim == 4 else x[b]
     scores = [float(vector[c]) * float(kernel[c, ch]) for c in range(len(vector))]
-    positive = opt.dense_rule == "positive"
-    return [(0, (b, y, xx, c)) for c in keep_channels(scores, opt, positive)]
+    kept = keep_channels(scores, opt, opt.dense_rule == "positive")
+    return with_shares([(0, (b, y, xx, c)) for c in kept], scores, kept)
 
 
 def depthwise_taps(x, out, point, kernel, strides, dilation, padding):
@@ -197,10 +207,12 @@ def separable_point(layer, x, out, point, opt):
         for c in range(pointwise.shape[2])
     ]
     scores = [middle[c] * float(pointwise[0, 0, c, ch]) for c in range(len(middle))]
-    moved = []
+    moved, columns = [], []
     for c in keep_channels(scores, opt):
-        moved += depthwise_point(x, out, (b, y, xx, c), depthwise, *args, opt)
-    return moved
+        children = depthwise_point(x, out, (b, y, xx, c), depthwise, *args, opt)
+        moved += children
+        columns += [c] * len(children)
+    return with_shares(moved, scores, columns)
 
 
 def transpose_point(layer, x, out, point, opt):
@@ -225,8 +237,9 @@ def transpose_point(layer, x, out, point, opt):
         sum(float(x[b, iy, ix, c]) * float(kernel[i, j, ch, c]) for i, j, iy, ix in candidates)
         for c in range(channels)
     ]
-    moved = []
+    moved, columns = [], []
     for c in keep_channels(scores, opt):
+        columns.append(c)
         if opt.full((dh, dw)):
             values = [
                 float(x[b, t[2], t[3], c]) * float(kernel[t[0], t[1], ch, c]) for t in candidates
@@ -237,7 +250,7 @@ def transpose_point(layer, x, out, point, opt):
             ]
         best = candidates[best_of(values, opt)]
         moved.append((0, (b, best[2], best[3], c)))
-    return moved
+    return with_shares(moved, scores, columns)
 
 
 def broadcast_value(tensor, point):
@@ -448,8 +461,10 @@ def naive_unravel(
     resize_mapping="centres",
     seed_limit=None,
     contrast=None,
+    path_weight="count",
 ):
-    """{(b, class, y, x): count} at the image, for a functional model of single-use layers.
+    """{(b, class, y, x): count} at the image, for a functional model of single-use layers
+    (with `path_weight="contribution"`, the summed products of each path's shares).
 
     The keyword arguments are FixationSettings' unravel fields. `seed_limit` keeps only the
     first seeds (row-major), for timing on full-size networks. `contrast` ("runner_up" or a
@@ -497,10 +512,11 @@ def naive_unravel(
         for (cls, point, *against), count in arrived.items():
             if out.ndim == 2:
                 point = (point[0], 0, 0, point[3])
-            for index, new in move(layer, in_values, out, point, opt, *against):
+            for index, new, *share in move(layer, in_values, out, point, opt, *against):
                 if in_values[index].ndim == 2:
                     new = (new[0], 0, 0, new[3])
-                points[id(inputs[index])][(cls, new)] += count
+                weighed = path_weight == "contribution" and share
+                points[id(inputs[index])][(cls, new)] += count * share[0] if weighed else count
     at_image = collections.Counter()
     for (cls, (b, y, xx, _)), count in points[id(model.input)].items():
         at_image[(b, cls, y, xx)] += count

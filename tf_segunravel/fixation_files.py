@@ -1,7 +1,8 @@
 """Fixations for image files: what `tools/fixations.py` writes for each image.
 
 For an image `<stem>` the output dir receives, each written atomically:
-  <stem>.npz   points int32 [N, 3] (class, y, x) sorted, counts int32 [N], labels int32
+  <stem>.npz   points int32 [N, 3] (class, y, x) sorted, counts int32 [N] (float64 path
+               weights under --path_weight=contribution), labels int32
                [H, W] (prediction at image size), classes int32 [C], maps float32 [C, H, W]
   <stem>.png   the overlay figure
   <stem>.json  per class: seeds, fixation points, how many the heat map's outlier removal
@@ -149,14 +150,23 @@ def rescale_points(
     # bincount sums in float64: exact to 2^53 paths; beyond int64 the sum saturates at
     # int64's largest, as the engine's counts do (a plain cast would wrap to negative).
     sums = np.bincount(inverse.ravel(), weights=result.counts, minlength=len(keys))
+    if np.issubdtype(np.asarray(result.counts).dtype, np.floating):  # path weights: sums
+        geometry = _rescaled_geometry(result.geometry, from_size, to_size)
+        return result._replace(points=keys.astype(np.int32), counts=sums, geometry=geometry)
     fits = np.minimum(sums, np.nextafter(2.0**63, 0)).astype(np.int64)
     counts = np.where(sums >= 2.0**63, MAX_COUNT, fits)
-    geometry = result.geometry
-    if geometry is not None:  # score i over small pixel s i + o: over big (s i + o + 0.5) r - 0.5
-        ratio = np.array([to_h / from_h, to_w / from_w], np.float32)
-        geometry = np.asarray(geometry, np.float32)
-        geometry = np.stack([geometry[:, 0] * ratio, (geometry[:, 1] + 0.5) * ratio - 0.5], 1)
+    geometry = _rescaled_geometry(result.geometry, from_size, to_size)
     return result._replace(points=keys.astype(np.int32), counts=counts, geometry=geometry)
+
+
+def _rescaled_geometry(geometry, from_size, to_size):
+    """A score grid's geometry on the pixels of `to_size` instead of `from_size`'s."""
+    if geometry is None:
+        return None
+    # score i over small pixel s i + o: over big (s i + o + 0.5) r - 0.5
+    ratio = np.array([to_size[0] / from_size[0], to_size[1] / from_size[1]], np.float32)
+    geometry = np.asarray(geometry, np.float32)
+    return np.stack([geometry[:, 0] * ratio, (geometry[:, 1] + 0.5) * ratio - 0.5], 1)
 
 
 class FixationWriter:
@@ -254,7 +264,8 @@ class FixationWriter:
             )
         seeds = result.seeds[0]
         points, counts = result.for_image(0)
-        if counts.size and counts.max() > np.iinfo(np.int32).max:
+        weights = np.issubdtype(counts.dtype, np.floating)  # path_weight=contribution
+        if not weights and counts.size and counts.max() > np.iinfo(np.int32).max:
             raise InputError(f"{image_path}: path counts overflow int32; use a smaller k=")
         classes = np.flatnonzero(seeds).astype(np.int32)
         # The outlier removal runs once: its mask both draws the maps (as `fixation_maps`
@@ -328,7 +339,10 @@ class FixationWriter:
             self._output_made = True
         arrays = {
             "points": fixations.points,
-            "counts": fixations.counts.astype(np.int32),
+            # Path counts as int32, or path weights (path_weight=contribution) as float64.
+            "counts": fixations.counts.astype(
+                np.float64 if np.issubdtype(fixations.counts.dtype, np.floating) else np.int32
+            ),
             "labels": fixations.labels,
             "classes": fixations.classes,
             "maps": fixations.maps,

@@ -169,8 +169,8 @@ def _baseline_maps(name):
 BUILT_IN = [
     Method("fixations", _fixation_maps(contrast=None), fixations=True),
     Method("fixations_contrastive", _fixation_maps(contrast=RUNNER_UP), fixations=True),
-    # The variants of the faithfulness study (docs/results.md): denser walks, and heat maps
-    # that rank every pixel or take their blur from the score grid's stride.
+    # The variants of the faithfulness study (docs/results.md): denser walks, heat maps that
+    # rank every pixel or take their blur from the score grid's stride, and path weights.
     Method("fixations_k3", _fixation_maps(contrast=None, k=3), fixations=True),
     Method("fixations_mass", _fixation_maps(contrast=None, mass=0.5), fixations=True),
     Method("fixations_full_shift", _fixation_maps(contrast=None, shift="full"), fixations=True),
@@ -179,6 +179,17 @@ BUILT_IN = [
     Method(
         "fixations_stride_kernel",
         _fixation_maps(contrast=None, sigma_unit="score_cells", sigma=STRIDE_KERNEL_CELLS),
+        fixations=True,
+    ),
+    # Points that carry their paths' contribution shares instead of counts (K = 1, K = 3).
+    Method(
+        "fixations_weighted",
+        _fixation_maps(contrast=None, path_weight="contribution"),
+        fixations=True,
+    ),
+    Method(
+        "fixations_k3_weighted",
+        _fixation_maps(contrast=None, k=3, path_weight="contribution"),
         fixations=True,
     ),
     # Compiled for every class at once: one forward and one backward pass per image.

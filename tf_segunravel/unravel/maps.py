@@ -152,7 +152,7 @@ def heatmaps(
 
     Args:
       points: int [N, 4] rows (image, class, y, x) in pixel coordinates.
-      counts: int [N], paths through each point.
+      counts: int [N], paths through each point, or float path weights.
       sigma: Gaussian blur in pixels (0: the bare point mask), or (along y, along x).
       outlier_radius: fraction of the image diagonal for outlier removal (0: keep all).
       weighted: point masks weighted by count (True) or plain (False).
@@ -163,7 +163,15 @@ def heatmaps(
       labels: int [batch, height, width], each pixel's class; needed by "segment".
     """
     points = tf.cast(points, tf.int32)
-    values = tf.cast(counts, tf.float32) if weighted else tf.ones(tf.shape(points)[:1])
+    counts = tf.convert_to_tensor(counts)
+    if weighted and counts.dtype.is_floating:
+        # Path weights can lie below float32's range (a product of a share per layer): each
+        # map's scaled to its largest in float64 first, as the map is scaled in the end.
+        values = tf.cast(_per_map_scaled(points, counts, batch, num_classes), tf.float32)
+    elif weighted:
+        values = tf.cast(counts, tf.float32)
+    else:
+        values = tf.ones(tf.shape(points)[:1])
     if outlier_radius > 0:
         keep = inlier_mask(points, height, width, outlier_radius)
         points, values = tf.boolean_mask(points, keep), tf.boolean_mask(values, keep)
@@ -185,6 +193,14 @@ def heatmaps(
         maps = maps + TIE_BREAK * rest
         maps = tf.math.divide_no_nan(maps, tf.reduce_max(maps, axis=[1, 2], keepdims=True))
     return tf.reshape(maps, shape)
+
+
+def _per_map_scaled(points, weights, batch, num_classes):
+    """float64 `weights` [N] divided by the largest of their (image, class) map's."""
+    weights = tf.cast(weights, tf.float64)
+    which = points[:, 0] * tf.cast(num_classes, tf.int32) + points[:, 1]
+    largest = tf.math.unsorted_segment_max(weights, which, batch * num_classes)
+    return tf.math.divide_no_nan(weights, tf.gather(largest, which))
 
 
 def heatmap_sigma(

@@ -26,6 +26,7 @@ RESIZE_RULES = ("centres", "corners")
 RUNNER_UP = "runner_up"
 RANKINGS = ("points", "density", "segment")
 SIGMA_UNITS = ("pixels", "score_cells")
+PATH_WEIGHTS = ("count", "contribution")
 
 # Named sets of fields (`FixationSettings.from_preset`, `--preset`). "seg_unravel_code" is
 # what Seg-Unravel's released code does where it changes which points come out
@@ -112,6 +113,14 @@ class FixationSettings:
         check=_contrast_ok,
         requirement="must be runner_up, a class id or a class name",
     )
+    path_weight: str = setting(
+        "count",
+        "Unravel: what a point carries: the number of seed paths through it (count), or "
+        "the product along each path of the chosen channel's share of its unit's positive "
+        "contribution (activation x weight) at every convolution and Dense layer, summed "
+        "over the paths (contribution).",
+        choices=PATH_WEIGHTS,
+    )
     sigma: float = setting(
         20.0,
         "Heat maps: Gaussian blur in pixels (0: the bare point mask).",
@@ -139,7 +148,9 @@ class FixationSettings:
         check=lambda v: 0 <= v < 1,
         requirement="must be in [0, 1)",
     )
-    weighted: bool = setting(True, "Heat maps: weight points by their path counts.")
+    weighted: bool = setting(
+        True, "Heat maps: weight points by what they carry (--path_weight), or count each once."
+    )
 
     def __post_init__(self):
         flag_settings.validate(self)
@@ -186,6 +197,7 @@ class FixationSettings:
         "padded_taps",
         "resize_mapping",
         "contrast",
+        "path_weight",
     )
 
 

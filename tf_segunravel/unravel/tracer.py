@@ -29,7 +29,8 @@ from tf_segunravel.unravel.settings import RUNNER_UP, FixationSettings, InputSet
 
 
 def merge(points: Points, sizes: typing.Sequence[Size], sort: bool = True) -> Points:
-    """Merges identical (b, cls, y, x, ch) points, adding counts; sorted by that key, or with
+    """Merges identical (b, cls, y, x, ch) points, adding counts (or path weights); sorted by
+    that key, or with
     `sort=False` in the order of each key's first occurrence.
 
     `sizes` = (B, classes, H, W, C) bound each field, so the five pack into one int64 key.
@@ -42,7 +43,10 @@ def merge(points: Points, sizes: typing.Sequence[Size], sort: bool = True) -> Po
     key = tf.reduce_sum(tf.cast(fields, tf.int64) * strides, axis=1)
     unique, index = tf.unique(key)
     segments = tf.shape(unique)[0]
-    counts = _saturating_sum(points.count, index, segments)
+    if points.count.dtype.is_floating:  # path weights (`path_weight="contribution"`)
+        counts = tf.math.unsorted_segment_sum(points.count, index, segments)
+    else:
+        counts = _saturating_sum(points.count, index, segments)
     # Each key's fields are read back from its first occurrence (decoding the int64 keys
     # by division cost more, in the walks of dense networks).
     first = tf.math.unsorted_segment_min(tf.range(tf.shape(key)[0]), index, segments)
@@ -54,6 +58,44 @@ def merge(points: Points, sizes: typing.Sequence[Size], sort: bool = True) -> Po
 
 
 MAX_COUNT = np.iinfo(np.int64).max
+# Path weights are products of one share per weighing layer: float64, so that fifty layers
+# of shares near 0.01 (1e-100) stay far above its smallest normal number (1e-308).
+WEIGHT_DTYPE = tf.float64
+
+
+def carry_weights(
+    layer: typing.Any,
+    kind: typing.Any,
+    weights: tf.Tensor,
+    moved: Points,
+    channel_scores: tf.Tensor | None,
+) -> Points:
+    """`path_weight="contribution"` (docs/method.md, "Path weights"): the moved points of a
+    rule called with each arriving point's index in `count` get their parent's weight
+    (`weights` [N]) times, where the rule chose channels by `channel_scores` [N, C], the
+    chosen channel's share of the parent's positive contribution: max(s_c, 0) / sum of
+    max(s, 0) over the row. A parent with no positive contribution shares its weight
+    equally among its children. A layer whose scores the kind cannot map to the moved
+    points' channels (`LayerKind.channel_column`) is refused, naming it."""
+    parents = tf.cast(moved.count, tf.int32)
+    carried = tf.gather(weights, parents)
+    if channel_scores is None:
+        return moved.replace(count=carried)
+    column = None if kind.channel_column is None else kind.channel_column(layer, moved.ch)
+    if column is None or isinstance(column, str):
+        from tf_segunravel.unravel.rules import refuse
+
+        why = column or "its rule scores something other than the input's channels"
+        raise refuse(layer, f"path_weight=contribution cannot weigh its choice: {why}")
+    positive = tf.maximum(tf.cast(channel_scores, WEIGHT_DTYPE), 0.0)
+    total = tf.gather(tf.reduce_sum(positive, axis=1), parents)
+    chosen = tf.gather_nd(positive, tf.stack([parents, tf.cast(column, tf.int32)], axis=1))
+    siblings = tf.gather(
+        tf.math.unsorted_segment_sum(tf.ones_like(carried), parents, tf.shape(channel_scores)[0]),
+        parents,
+    )
+    share = tf.where(total > 0, tf.math.divide_no_nan(chosen, total), 1.0 / siblings)
+    return moved.replace(count=carried * share)
 
 
 def _saturating_sum(counts, index, segments):
@@ -417,6 +459,8 @@ class SegUnravel:
                 own, pairs // self.num_classes, pairs % self.num_classes, kind.kernel_axis
             )
             points = points.replace(ch=pair_index)
+        if self.settings.path_weight == "contribution":
+            points = points.replace(count=tf.cast(points.count, WEIGHT_DTYPE))
         batch = tf.shape(values[self.graph.input_id])[0]
         per_class = tf.math.bincount(
             points.b * self.num_classes + points.cls,
@@ -438,6 +482,7 @@ class SegUnravel:
     def _propagate(self, values, seeds):
         pending = {self.graph.output_id: [(seeds.points, False)]}
         flow, channel_scores = [], []
+        weighing = self.settings.path_weight == "contribution"
         # Where a kernel replaces the kernel step's, the points from the scores down to it
         # carry that kernel's channels (a binary head's two classes, a margin's pairs).
         head = {id(step) for step in self.graph.head_steps} if seeds.kernel is not None else ()
@@ -465,13 +510,20 @@ class SegUnravel:
                 kind = self.graph.kind(step)
                 inputs = [values[i] for i in step.inputs]
                 x = inputs if kind.multi_input else inputs[0]
+                arriving = points
+                if weighing:  # each point's index rides in `count`: its children's parent
+                    points = points.replace(count=tf.range(tf.size(points.b, tf.int64)))
                 moved = kind.rule(step.layer, x, output, points, self.settings, **extra)
-            if isinstance(moved, Moved):
-                if self.keep_channel_scores and moved.channel_scores is not None:
-                    channel_scores.append(
-                        ChannelScores(tf.constant(step.layer.name), moved.channel_scores)
-                    )
-                moved = moved.points
+                scored = moved.channel_scores if isinstance(moved, Moved) else None
+                if isinstance(moved, Moved):
+                    moved = moved.points
+                if weighing:
+                    moved = [
+                        carry_weights(step.layer, kind, arriving.count, part, scored)
+                        for part in moved
+                    ]
+            if self.keep_channel_scores and scored is not None:
+                channel_scores.append(ChannelScores(tf.constant(step.layer.name), scored))
             for key, part in zip(step.inputs, moved, strict=True):
                 pending.setdefault(key, []).append((part, kind.keeps_merged))
                 if self.keep_flow:

@@ -131,6 +131,11 @@ class LayerKind:
       by row (the geometry's; `geometry` then maps positions of that grid).
     check: `(step) -> reason or None`, what in one call of the layer the rule cannot follow
       (an attention mask passed to it); a reason refuses the layer when the graph is built.
+    channel_column: for a rule that returns channel scores, `(layer, ch) -> column`: the
+      column of its scores that a moved point on input channel `ch` was chosen by, or a
+      reason string where no column says it (`path_weight="contribution"` weighs each
+      point by that column's share and refuses the layer with the reason). None: the
+      rule's scores cannot be read so (an attention rule scores tokens and heads).
     """
 
     rule: Callable
@@ -141,6 +146,7 @@ class LayerKind:
     kernel_axis: int = -1
     token_grid: Callable | None = None
     check: Callable | None = None
+    channel_column: Callable | None = None
 
 
 PASS_THROUGH_LAYERS = (
@@ -202,19 +208,57 @@ GLOBAL_POOLING_LAYERS = (L.GlobalMaxPooling2D, L.GlobalAveragePooling2D)
 
 _KERNEL_AXIS_2: dict[str, typing.Any] = {"kernel": "kernel", "kernel_axis": 2}
 
+
+def _same_channel(layer, ch):
+    """The scores' columns are the input's channels (Dense, Conv2DTranspose)."""
+    return ch
+
+
+def _channel_in_group(layer, ch):
+    """Conv2D scores the channels of the point's group: column = channel within it."""
+    groups = getattr(layer, "groups", 1)
+    return ch if groups == 1 else ch % (layer.kernel.shape[2])
+
+
+def _separable_channel(layer, ch):
+    """SeparableConv2D scores the depthwise output's channels; with a depth multiplier of
+    1 each is its input channel's, past 1 the input channel does not say which it was."""
+    if layer.depth_multiplier == 1:
+        return ch
+    return f"depth_multiplier={layer.depth_multiplier} (which depthwise channel was chosen)"
+
+
 # Most specific first: Conv2DTranspose, DepthwiseConv2D and SeparableConv2D are not Conv2D
 # subclasses in Keras 3, but the order keeps that safe if they become ones.
 LAYER_KINDS = [
     (PASS_THROUGH_LAYERS, PASS_THROUGH),
     # Conv2DTranspose's kernel is [kh, kw, filters, C_in]: its output channels are axis 2.
-    (L.Conv2DTranspose, LayerKind(transpose_rule, geometry=transpose_map, **_KERNEL_AXIS_2)),
+    (
+        L.Conv2DTranspose,
+        LayerKind(
+            transpose_rule, geometry=transpose_map, channel_column=_same_channel, **_KERNEL_AXIS_2
+        ),
+    ),
     (L.DepthwiseConv2D, LayerKind(depthwise_rule, geometry=conv_window_map, kernel="kernel")),
     (
         L.SeparableConv2D,
-        LayerKind(separable_rule, geometry=conv_window_map, kernel="pointwise_kernel"),
+        LayerKind(
+            separable_rule,
+            geometry=conv_window_map,
+            kernel="pointwise_kernel",
+            channel_column=_separable_channel,
+        ),
     ),
-    (L.Conv2D, LayerKind(conv_rule, geometry=conv_window_map, kernel="kernel")),
-    (L.Dense, LayerKind(dense_rule, geometry=collapse_map, kernel="kernel")),
+    (
+        L.Conv2D,
+        LayerKind(
+            conv_rule, geometry=conv_window_map, kernel="kernel", channel_column=_channel_in_group
+        ),
+    ),
+    (
+        L.Dense,
+        LayerKind(dense_rule, geometry=collapse_map, kernel="kernel", channel_column=_same_channel),
+    ),
     (POOLING_LAYERS, LayerKind(pooling_rule, geometry=pooling_map)),
     (GLOBAL_POOLING_LAYERS, LayerKind(global_pooling_rule, geometry=collapse_map)),
     (L.Flatten, LayerKind(flatten_rule, geometry=collapse_map)),
@@ -309,6 +353,7 @@ def register_rule(
     keeps_merged: bool = False,
     kernel: str | None = None,
     kernel_axis: int = -1,
+    channel_column: Callable | None = None,
 ) -> Registration:
     """Traces `layer_class` (and its subclasses) with `rule` from now on; a registered rule
     wins over the built-in ones. See the module docstring for the rule's signature.
@@ -328,6 +373,10 @@ def register_rule(
         end in this layer (it is split there into two classes) and the contrastive unravel
         start from it.
       kernel_axis: the output-channel axis of that weight.
+      channel_column: for a rule that returns `Moved(points, channel_scores)`, `(layer, ch)
+        -> column` of the scores that chose a point now on input channel `ch`, so that
+        `path_weight="contribution"` can weigh it (`LayerKind`); None refuses that setting
+        on the layer.
 
     Returns a `Registration`: `remove()` it, or use it as a context manager, to undo.
     """
@@ -344,7 +393,15 @@ def register_rule(
         raise TypeError(f"layer_class must be a class or a tuple of classes, got {layer_class!r}")
     entry = (
         types,
-        LayerKind(rule, bool(multi_input), geometry, bool(keeps_merged), kernel, int(kernel_axis)),
+        LayerKind(
+            rule,
+            bool(multi_input),
+            geometry,
+            bool(keeps_merged),
+            kernel,
+            int(kernel_axis),
+            channel_column=channel_column,
+        ),
     )
     _registered.insert(0, entry)
     return Registration(entry)
