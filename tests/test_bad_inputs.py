@@ -117,6 +117,7 @@ CASES = [
     ),
     ("fixations", ["--ranking=everything"], "--ranking"),
     ("fixations", ["--sigma_unit=inches"], "--sigma_unit"),
+    ("fixations", ["--path_weight=gradient"], "--path_weight"),
     # ------------------------------------------------------------------------- evaluate
     ("evaluate", ["--model={root}/garbage.keras"], "garbage.keras: cannot load the .keras model"),
     ("evaluate", ["--split=nosuch"], "--split=nosuch: Unknown split 'nosuch'"),

@@ -29,6 +29,7 @@ from tf_segunravel.grids import first_argmax, scores_at_size
 from tf_segunravel.loading import as_loaded
 from tf_segunravel.unravel.graph import as_graph
 from tf_segunravel.unravel.maps import heatmap_sigma, heatmaps, inlier_mask
+from tf_segunravel.unravel.rules import UntraceableLayerError
 from tf_segunravel.unravel.settings import FixationSettings
 from tf_segunravel.unravel.tracer import MAX_COUNT, SegUnravel, UnravelResult
 
@@ -117,6 +118,7 @@ class KerasFixations:
         except ValueError as e:  # a model or setting the engine cannot take
             name = name or getattr(model, "name", None) or model.model.name  # model or graph
             raise InputError(f"{name}: {e}") from e
+        self._name = name or getattr(model, "name", None) or model.model.name
 
     def __call__(
         self,
@@ -128,7 +130,10 @@ class KerasFixations:
         """(`UnravelResult` of a batch of one, predicted labels [H, W], and with
         `probabilities` the softmax at image size [H, W, C], else None) for one image."""
         labels = None if seed_labels is None else seed_labels[None]
-        result = self.engine(image[None], seed_labels=labels, classes=classes)
+        try:
+            result = self.engine(image[None], seed_labels=labels, classes=classes)
+        except UntraceableLayerError as e:  # refused when traced (path_weight=contribution)
+            raise InputError(f"{self._name}: {e}") from e
         full = scores_at_size(result.scores, image.shape[0], image.shape[1], result.geometry)[0]
         softmax = tf.nn.softmax(full, axis=-1).numpy() if probabilities else None
         return result, first_argmax(full, axis=-1).numpy().astype(np.int32), softmax

@@ -190,3 +190,28 @@ def test_the_saved_models_fixations_carry_the_weights(tmp_path):
     want = SegUnravel(model, settings)(image.astype(np.float32))
     np.testing.assert_array_equal(out["points"].numpy(), want.points)
     np.testing.assert_array_equal(out["counts"].numpy(), want.counts)
+
+
+@pytest.mark.slow  # a subprocess: the tool's own start
+def test_the_fixation_tool_refuses_weights_through_attention_in_one_line(tmp_path):
+    from PIL import Image
+
+    from tests.helpers import run_tool
+
+    seeded(token_segmenter()).save(tmp_path / "tokens.keras")
+    image = np.random.default_rng(0).integers(0, 255, (16, 16, 3)).astype(np.uint8)
+    Image.fromarray(image).save(tmp_path / "photo.png")
+    proc = run_tool(
+        "fixations",
+        f"--model={tmp_path / 'tokens.keras'}",
+        f"--images={tmp_path / 'photo.png'}",
+        f"--output_dir={tmp_path / 'out'}",
+        "--path_weight=contribution",
+        "--sigma=2",
+        timeout=300,
+    )
+    assert proc.returncode == 1
+    line = proc.stderr.strip().splitlines()[-1]
+    assert "tokens.keras" in line and "multi_head_attention" in line, proc.stderr[-2000:]
+    assert "path_weight=contribution" in line
+    assert not (tmp_path / "out").exists()
