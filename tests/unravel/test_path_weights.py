@@ -67,7 +67,8 @@ def weights_of(result):
 
 @pytest.mark.parametrize("network", sorted(NETWORKS))
 @pytest.mark.parametrize(
-    "options", [{}, {"k": 3}, {"shift": "full", "k": 2}, {"mass": 0.5, "shift": "none"}]
+    "options",
+    [{}, {"k": 3}, {"shift": "full", "k": 2}, {"mass": 0.5, "shift": "none"}, {"mass": 0.6}],
 )
 def test_the_weights_are_the_references_products_of_shares(network, options):
     """Every point's weight is the naive reference's sum over its paths of the products of

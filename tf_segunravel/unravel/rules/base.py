@@ -203,7 +203,10 @@ def channels_to_reach(
     cap = channels if cap is None else tf.minimum(cap, channels)
     values, top = top_indices(scores, cap, ties)
     total = tf.reduce_sum(tf.maximum(scores, 0.0), axis=1, keepdims=True)
-    reached = tf.cumsum(values, axis=1) >= fraction * total
+    # Compared in float64: float32's 0.6 is 0.6000000238, so a running sum of exactly 60%
+    # (120 of 200) would not reach it, where the fraction as written is reached.
+    running = tf.cast(tf.cumsum(values, axis=1), tf.float64)
+    reached = running >= fraction * tf.cast(total, tf.float64)
     first = tf.cast(first_argmax(tf.cast(reached, tf.int32)), tf.int32) + 1
     return tf.where(tf.reduce_any(reached, axis=1), first, cap), top
 
