@@ -216,7 +216,13 @@ NEW_KINDS = {
 # mass 0.6 is not exact in binary: the engine compares the running sums with it in float64,
 # as the reference does, so a sum of exactly 60% of the total reaches it in both.
 @pytest.mark.parametrize(
-    "options", [{}, {"shift": "full", "k": 2}, {"shift": "none", "mass": 0.5}, {"mass": 0.6}]
+    "options",
+    [
+        {},
+        {"shift": "full", "k": 2},
+        {"shift": "none", "mass": 0.5},
+        pytest.param({"mass": 0.6}, marks=pytest.mark.slow),  # the fast suite's budget
+    ],
 )
 def test_new_layer_kinds(kind, options):
     model = NEW_KINDS[kind]()

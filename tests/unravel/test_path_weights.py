@@ -68,7 +68,14 @@ def weights_of(result):
 @pytest.mark.parametrize("network", sorted(NETWORKS))
 @pytest.mark.parametrize(
     "options",
-    [{}, {"k": 3}, {"shift": "full", "k": 2}, {"mass": 0.5, "shift": "none"}, {"mass": 0.6}],
+    [
+        {},
+        {"k": 3},
+        {"mass": 0.5, "shift": "none"},
+        # The fast suite's budget: these two run with the slow tests.
+        pytest.param({"shift": "full", "k": 2}, marks=pytest.mark.slow),
+        pytest.param({"mass": 0.6}, marks=pytest.mark.slow),
+    ],
 )
 def test_the_weights_are_the_references_products_of_shares(network, options):
     """Every point's weight is the naive reference's sum over its paths of the products of
@@ -176,6 +183,7 @@ def test_the_fixation_writer_keeps_the_weights(tmp_path):
     np.testing.assert_allclose(saved["maps"], want, atol=1e-6)
 
 
+@pytest.mark.slow  # exports and loads a SavedModel
 def test_the_saved_models_fixations_carry_the_weights(tmp_path):
     import tensorflow as tf
 
