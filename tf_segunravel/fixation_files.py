@@ -107,6 +107,7 @@ class KerasFixations:
     ) -> None:
         """`name`: how an error names the model (its path, where it was loaded from one;
         else the Keras model's name)."""
+        self._name = name or getattr(model, "name", None) or model.model.name  # model or graph
         try:
             # Without the flow, the graph's engine for these settings (`methods.engine_for`):
             # made once per graph, so writers and experiments handed one graph trace it once.
@@ -116,9 +117,7 @@ class KerasFixations:
                 else methods.engine_for(as_graph(model, strict=False), settings)
             )
         except ValueError as e:  # a model or setting the engine cannot take
-            name = name or getattr(model, "name", None) or model.model.name  # model or graph
-            raise InputError(f"{name}: {e}") from e
-        self._name = name or getattr(model, "name", None) or model.model.name
+            raise InputError(f"{self._name}: {e}") from e
 
     def __call__(
         self,
@@ -329,7 +328,10 @@ class FixationWriter:
         options = methods.MethodOptions(self.settings, self.gradcam_layer)
         batch = (regions[0][None], regions[1][None])
         classes = [int(c) for c in classes]
-        maps = methods.get(method).maps(graph, fed[None], classes, batch, 0, options)[0]
+        try:
+            maps = methods.get(method).maps(graph, fed[None], classes, batch, 0, options)[0]
+        except UntraceableLayerError as e:  # refused only when traced (path_weight=contribution)
+            raise InputError(f"--compare={method}: {e}") from e
         if maps.shape[1:] != size:
             maps = tf.image.resize(maps[..., None], size, method="bilinear").numpy()[..., 0]
         return maps.astype(np.float32)

@@ -126,7 +126,6 @@ def _fixation_maps(**fields):
         seeded by `regions` where given, else by the network's own prediction; the entry's
         `fields` replace those of `options.settings`."""
         from tf_segunravel.unravel.maps import heatmap_sigma
-        from tf_segunravel.unravel.rules import UntraceableLayerError
 
         del seed  # deterministic
         options = options or MethodOptions()
@@ -137,10 +136,7 @@ def _fixation_maps(**fields):
         out = []
         for index, image in enumerate(images):
             labels = None if regions is None else np.asarray(regions[1][index])[None]
-            try:
-                result = engine(image[None], seed_labels=labels)
-            except UntraceableLayerError as e:  # refused when traced: one line for the tools
-                raise InputError(str(e)) from e
+            result = engine(image[None], seed_labels=labels)
             # Resolved here for its refusals: inside the compiled maps the sizes are tensors.
             heatmap_sigma(settings, result.geometry, height, width)
             drawn = draw(result, labels, height, width).numpy()

@@ -224,3 +224,30 @@ def test_the_fixation_tool_refuses_weights_through_attention_in_one_line(tmp_pat
     assert "tokens.keras" in line and "multi_head_attention" in line, proc.stderr[-2000:]
     assert "path_weight=contribution" in line
     assert not (tmp_path / "out").exists()
+
+
+def test_the_tools_method_lists_name_the_flag_of_a_refused_method(tmp_path):
+    """A weighted method asked of a network with attention: the experiments' `--methods`
+    and the fixation tool's `--compare` name the flag and the method, one line."""
+    from PIL import Image
+
+    from tf_segunravel.baselines import predicted_regions
+    from tf_segunravel.errors import InputError
+    from tf_segunravel.experiments.faithfulness import _maps
+    from tf_segunravel.fixation_files import FixationWriter
+    from tf_segunravel.methods import MethodOptions
+    from tf_segunravel.unravel.graph import ModelGraph
+
+    model = seeded(token_segmenter())
+    image = np.random.default_rng(0).integers(0, 255, (16, 16, 3)).astype(np.uint8)
+    graph = ModelGraph(model)
+    regions = predicted_regions(graph, image.astype(np.float32))
+    with pytest.raises(InputError, match=r"^--methods=fixations_weighted: .*path_weight"):
+        _maps("fixations_weighted", graph, image, [0], MethodOptions(), 0, regions)
+    Image.fromarray(image).save(tmp_path / "photo.png")
+    writer = FixationWriter(
+        model, str(tmp_path / "out"), FixationSettings(sigma=2.0), compare=["fixations_k3_weighted"]
+    )
+    with pytest.raises(InputError, match=r"^--compare=fixations_k3_weighted: .*path_weight"):
+        writer.compute(str(tmp_path / "photo.png"))
+    assert not (tmp_path / "out").exists()

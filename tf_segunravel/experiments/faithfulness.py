@@ -16,6 +16,7 @@ import tensorflow as tf
 from tf_segunravel import methods as method_table
 from tf_segunravel import stats
 from tf_segunravel.atomic import make_output_dir, write_json, write_text
+from tf_segunravel.errors import InputError
 from tf_segunravel.experiment_registry import ExperimentSettings
 from tf_segunravel.experiments.common import AnalysisInputs, Network, _bars, write_results
 from tf_segunravel.faithfulness import (
@@ -173,10 +174,13 @@ class NoPairsError(ValueError):
 
 def _maps(method, graph, image, classes, options, seed, regions):
     """float32 [len(classes), H, W]: `method`'s maps (an entry of `methods`) for one image."""
-    from tf_segunravel import methods
+    from tf_segunravel.unravel.rules import UntraceableLayerError
 
     batch = (regions[0][None], regions[1][None])
-    return methods.get(method).maps(graph, image[None], classes, batch, seed, options)[0]
+    try:
+        return method_table.get(method).maps(graph, image[None], classes, batch, seed, options)[0]
+    except UntraceableLayerError as e:  # refused only when traced (path_weight=contribution)
+        raise InputError(f"--methods={method}: {e}") from e
 
 
 def _explainer(method, graph, image, classes, options, seed):

@@ -22,7 +22,7 @@ from tf_segunravel.grids import first_argmax, labels_at_size, shrink_labels
 from tf_segunravel.unravel import graph
 from tf_segunravel.unravel.geometry import image_geometry
 from tf_segunravel.unravel.graph import Values
-from tf_segunravel.unravel.rules import Moved, Points, kernel_rows
+from tf_segunravel.unravel.rules import Moved, Points, kernel_rows, refuse
 from tf_segunravel.unravel.rules.base import Size, as_map, concat_points
 from tf_segunravel.unravel.rules.convolution import HELD_KERNELS
 from tf_segunravel.unravel.settings import RUNNER_UP, FixationSettings, InputSettings
@@ -83,8 +83,6 @@ def carry_weights(
         return moved.replace(count=carried)
     column = None if kind.channel_column is None else kind.channel_column(layer, moved.ch)
     if column is None or isinstance(column, str):
-        from tf_segunravel.unravel.rules import refuse
-
         why = column or "its rule scores something other than the input's channels"
         raise refuse(layer, f"path_weight=contribution cannot weigh its choice: {why}")
     positive = tf.maximum(tf.cast(channel_scores, WEIGHT_DTYPE), 0.0)
